@@ -1,0 +1,115 @@
+//! Wire types shared by the kernel programs (`tcpq-ebpf`) and userspace (`tcpq-user`).
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields and explicit padding: no enums or
+//! bools cross the ring buffers, only integers whose meaning is given by the consts below.
+#![no_std]
+
+/// Names of maps and programs, shared so that a rename cannot silently break the loader.
+pub mod names {
+    pub const LISTEN_EVENTS: &str = "LISTEN_EVENTS";
+    pub const LISTEN_COUNTS: &str = "LISTEN_COUNTS";
+    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    pub const ACCEPTS_BY_TGID: &str = "ACCEPTS_BY_TGID";
+
+    pub const PROG_LISTEN_INGRESS: &str = "listen_ingress";
+    pub const PROG_SYNACK_RETRANS: &str = "synack_retransmit";
+    pub const PROG_SEND_RESET: &str = "send_reset";
+    pub const PROG_SYS_ENTER_LISTEN: &str = "sys_enter_listen";
+    pub const PROG_SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
+    pub const PROG_SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
+    pub const PROG_FENTRY_PROBE: &str = "fentry_probe";
+}
+
+/// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
+/// the kernel increments for every classified packet whether or not the event fit in the ring.
+pub mod kind {
+    /// SYN dropped because the accept queue is full (`tcp_conn_request`, LINUX_MIB_LISTENOVERFLOWS).
+    pub const SYN_DROP: u16 = 1;
+    /// Final handshake ACK dropped because the accept queue is full (`tcp_v4_syn_recv_sock`).
+    pub const ACK_DROP: u16 = 2;
+    /// SYN dropped because the request (SYN) queue is full and syncookies are off
+    /// (LINUX_MIB_TCPREQQFULLDROP).
+    pub const SYNQ_DROP: u16 = 3;
+    /// SYN answered with a syncookie because the request queue is full (LINUX_MIB_SYNCOOKIESSENT).
+    pub const COOKIE: u16 = 4;
+    /// A SYN-ACK retransmitted by a listener (`tcp:tcp_retransmit_synack`).
+    pub const SYNACK_RETRANS: u16 = 5;
+    /// A reset sent by a listener whose accept queue is full (`tcp_abort_on_overflow=1`).
+    pub const OVERFLOW_RESET: u16 = 6;
+    /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
+    pub const LISTEN_CALL: u16 = 16;
+    /// Size of the `LISTEN_COUNTS` array.
+    pub const COUNT_SLOTS: u32 = 17;
+}
+
+/// Index into the per-CPU `LOST_EVENTS` array: one slot per hook that writes a ring buffer.
+pub mod hook {
+    pub const LISTEN_INGRESS: u32 = 0;
+    pub const SYNACK_RETRANS: u32 = 1;
+    pub const SEND_RESET: u32 = 2;
+    pub const SYS_ENTER_LISTEN: u32 = 3;
+    pub const SLOTS: u32 = 4;
+}
+
+/// A connection refused (or answered with a cookie) at a listening socket.
+///
+/// Written by the cgroup_skb ingress hook (SYN/ACK/SYNQ/COOKIE), `tcp_retransmit_synack`
+/// and `tcp_send_reset`. Addresses are in network byte order, IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenEvent {
+    /// One of `kind::*` (first field of every record in `LISTEN_EVENTS`).
+    pub kind: u16,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Network namespace inode (`sock_net(sk)->ns.inum`).
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Socket cookie of the listener (`sock_gen_cookie`, as in sock_diag); 0 if unknown.
+    pub cookie: u64,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Local (listener) port, host byte order.
+    pub lport: u16,
+    /// Remote (client) port, host byte order.
+    pub rport: u16,
+    /// `sk_ack_backlog`: connections waiting in the accept queue.
+    pub queue: u32,
+    /// `sk_max_ack_backlog`: the effective backlog, min(listen() argument, somaxconn).
+    pub backlog: u32,
+    /// `icsk_accept_queue.qlen`: request sockets in SYN_RECV (the SYN queue).
+    pub synq: u32,
+}
+
+/// `listen(fd, backlog)` as the application called it (before somaxconn caps it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenCallEvent {
+    /// Always `kind::LISTEN_CALL`.
+    pub kind: u16,
+    pub _pad0: u16,
+    pub netns: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    /// The listen() argument, as passed (an int; negative values are clamped by the kernel).
+    pub backlog: i32,
+    pub _pad1: u32,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ListenEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 48);
+const _: () = assert!(core::mem::align_of::<ListenEvent>() == 8);
+
+/// The largest record in `LISTEN_EVENTS`; userspace rejects shorter records.
+pub const MAX_LISTEN_RECORD: usize = 72;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] structs of integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::ListenEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenCallEvent {}
+}

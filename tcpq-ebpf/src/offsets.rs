@@ -1,0 +1,63 @@
+//! Read-only globals set by userspace at load time (`EbpfLoader::override_global`).
+//! Offsets come from /sys/kernel/btf/vmlinux; tracepoint field offsets from tracefs `format`.
+//!
+//! Plain `u32` statics read with a volatile load, rather than `aya_ebpf::Global<T>`: the latter
+//! emits a `MaybeUninit<u32>` BTF name that this kernel's BTF loader rejects (EINVAL).
+
+/// A read-only global the loader overrides; `load()` stops the compiler from constant-folding 0.
+#[repr(transparent)]
+pub struct Knob(u32);
+
+impl Knob {
+    #[inline(always)]
+    pub fn load(&'static self) -> u32 {
+        // SAFETY: reading a static u32; volatile so the loader-patched value is used.
+        unsafe { core::ptr::read_volatile(&self.0) }
+    }
+}
+
+macro_rules! offsets {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            pub static $name: Knob = Knob(0);
+        )*
+    };
+}
+
+offsets!(
+    // struct sock / sock_common
+    OFF_SK_STATE,
+    OFF_SK_FAMILY,
+    OFF_SK_NET,
+    OFF_SK_COOKIE,
+    OFF_SK_NUM,
+    OFF_SK_DPORT,
+    OFF_SK_RCV_SADDR,
+    OFF_SK_DADDR,
+    OFF_SK_V6_RCV_SADDR,
+    OFF_SK_V6_DADDR,
+    OFF_SK_ACK_BACKLOG,
+    OFF_SK_MAX_ACK_BACKLOG,
+    // inet_connection_sock.icsk_accept_queue.qlen
+    OFF_ICSK_QLEN,
+    // struct net
+    OFF_NET_INUM,
+    OFF_NET_SYNCOOKIES,
+    OFF_NET_ABORT_ON_OVERFLOW,
+    // struct sk_buff
+    OFF_SKB_HEAD,
+    OFF_SKB_NETWORK_HEADER,
+    OFF_SKB_TRANSPORT_HEADER,
+    // struct task_struct / nsproxy
+    OFF_TASK_NSPROXY,
+    OFF_NSPROXY_NET_NS,
+    // tracepoint record fields (tracefs events/syscalls/*/format)
+    TP_LISTEN_FD,
+    TP_LISTEN_BACKLOG,
+    TP_ACCEPT_RET,
+    // 1 when inet_csk_reqsk_queue_is_full() compares with >= (older kernels), 0 for >.
+    REQQ_FULL_GE,
+    // Only report listeners on this local port (0 = all).
+    FILTER_LPORT,
+);

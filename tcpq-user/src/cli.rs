@@ -1,0 +1,154 @@
+//! Command line: argument definitions and validation (bad input → one line, exit 2).
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::lab::LabName;
+
+#[derive(Debug, Parser)]
+#[command(name = "tcpq", version, about = "Why do TCP connections fail on this server? Live, per listener, process and destination.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every kernel hook tcpq uses: attached, available or unavailable, and why.
+    Check {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream events live.
+    Trace {
+        #[command(subcommand)]
+        what: TraceWhat,
+    },
+    /// Reproduce an incident in network namespaces of its own (root), then clean up.
+    Lab {
+        /// Which incident.
+        #[arg(value_enum)]
+        name: LabName,
+        /// Use (or create) this named network namespace instead of a fresh one.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Port the lab's server listens on.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// listen() backlog of the lab's server.
+        #[arg(long)]
+        backlog: Option<u32>,
+        /// How long the connect storm runs (e.g. 3, 3s, 1500ms).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        duration: Duration,
+        /// synflood: tcp_syncookies inside the lab's server namespace (0, 1 or 2).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+        syncookies: u8,
+        /// overflow: connections the server accepts per second (0 = never accepts).
+        #[arg(long, default_value_t = 20)]
+        accept_rate: u32,
+        /// Connection attempts per second from the client.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Print the lab's facts as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceWhat {
+    /// Connections refused at listening sockets: accept queue, SYN queue, syncookies.
+    Overflow {
+        /// Only this local (listener) port.
+        #[arg(long, value_parser = parse_port)]
+        port: Option<u16>,
+        /// Only listeners of this process: a pid or a process name.
+        #[arg(long)]
+        pid: Option<String>,
+        /// NDJSON output (one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Lines per listener per second before they are aggregated (exact counts kept).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        lines_per_sec: u32,
+        /// Interval between per-listener summaries.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        summary_interval: Duration,
+    },
+}
+
+/// `10`, `10s`, `1500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("invalid duration '{s}': must be a positive number of seconds"));
+        }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}' ({e}): use e.g. 10s, 500ms, 2m"))?
+    };
+    if d.is_zero() {
+        return Err(format!("invalid duration '{s}': must be greater than zero"));
+    }
+    Ok(d)
+}
+
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("invalid port '{s}': use a number from 1 to 65535")),
+    }
+}
+
+pub fn validate(cli: &Cli) -> Result<()> {
+    if let Command::Lab { backlog: Some(0), .. } = cli.command {
+        bail!("invalid --backlog 0: use at least 1");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["0", "-1", "abc", "", "NaN", "10 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("8080").unwrap(), 8080);
+        for bad in ["0", "65536", "http", "-1"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_trace_overflow() {
+        let cli = Cli::try_parse_from(["tcpq", "trace", "overflow", "--port", "80", "--pid", "nginx", "--json"]).unwrap();
+        match cli.command {
+            Command::Trace { what: TraceWhat::Overflow { port, pid, json, .. } } => {
+                assert_eq!(port, Some(80));
+                assert_eq!(pid.as_deref(), Some("nginx"));
+                assert!(json);
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(Cli::try_parse_from(["tcpq", "trace", "overflow", "--port", "99999"]).is_err());
+        assert!(Cli::try_parse_from(["tcpq", "lab", "nosuchlab"]).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! `tcpq check`: which kernel hooks tcpq uses, which are attached, and why others are not.
+use anyhow::Result;
+use aya::{Btf, programs::FEntry};
+use serde_json::json;
+use tcpq_common::names;
+
+use crate::kernel::{
+    env,
+    probe::{self, Environment, Family, HookState, LoadOptions, explain_program_error},
+};
+
+fn privileges_line(env: &Environment) -> String {
+    let p = &env.privileges;
+    let caps: Vec<&str> = [
+        (env::cap::BPF, "CAP_BPF"),
+        (env::cap::PERFMON, "CAP_PERFMON"),
+        (env::cap::NET_ADMIN, "CAP_NET_ADMIN"),
+        (env::cap::SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (env::cap::SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (env::cap::DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .iter()
+    .filter(|(b, _)| p.has(*b))
+    .map(|(_, n)| *n)
+    .collect();
+    format!(
+        "{} (uid {}), capabilities: {}",
+        if p.euid == 0 { "root" } else { "not root" },
+        p.euid,
+        if caps.is_empty() { "none".to_string() } else { caps.join(" ") }
+    )
+}
+
+/// Tries to load the fentry probe: reports whether this kernel allows fentry at all.
+fn fentry_status(loaded: &mut probe::Loaded) -> String {
+    let Some(prog) = loaded.ebpf.program_mut(names::PROG_FENTRY_PROBE) else {
+        return "not probed (program missing)".into();
+    };
+    let btf = match Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => return format!("not probed: {e}"),
+    };
+    let p: &mut FEntry = match prog.try_into() {
+        Ok(p) => p,
+        Err(e) => return format!("not probed: {e}"),
+    };
+    match p.load("tcp_conn_request", &btf) {
+        Ok(()) => "available (not needed: tcpq uses tracepoints and cgroup_skb everywhere)".into(),
+        Err(e) => format!("refused: {} — tcpq does not depend on fentry", explain_program_error(&e)),
+    }
+}
+
+pub fn run(json_out: bool) -> Result<i32> {
+    let env = Environment::gather();
+    let fatal = env.fatal_problem();
+    let mut rows: Vec<(String, String, String, String)> = Vec::new(); // state, program, attach, detail
+    let mut fentry = "not probed (needs root)".to_string();
+    let mut core_failure: Option<String> = None;
+    if fatal.is_none() {
+        match probe::load(&[Family::Listen], &LoadOptions::default()) {
+            Ok(mut loaded) => {
+                for h in &loaded.hooks {
+                    let (state, detail) = match &h.state {
+                        HookState::Attached => ("attached", h.spec.gives.to_string()),
+                        HookState::Unavailable(why) => ("unavailable", format!("{why} — without it: {}", h.spec.without)),
+                    };
+                    rows.push((state.into(), h.spec.program.into(), h.spec.attach.describe(), detail));
+                }
+                fentry = fentry_status(&mut loaded);
+            }
+            Err(e) => core_failure = Some(crate::one_line(&e)),
+        }
+    } else {
+        for h in probe::HOOKS {
+            rows.push(("not tried".into(), h.program.into(), h.attach.describe(), h.gives.into()));
+        }
+    }
+    let kprobes = match env.kprobes {
+        Some(true) => "available (not needed)".to_string(),
+        Some(false) => "unavailable: CONFIG_KPROBES unset (no kprobe_events in tracefs) — not needed".to_string(),
+        None => "unknown (tracefs unavailable) — not needed".to_string(),
+    };
+    let cgroup2 = match &env.cgroup2 {
+        Ok(p) => format!("{} (cgroup_skb hooks attach to its root)", p.display()),
+        Err(e) => e.clone(),
+    };
+    let btf = if env.btf_present {
+        format!("{} present", env.btf_path.display())
+    } else {
+        format!("{} missing: struct offsets cannot be resolved", env.btf_path.display())
+    };
+    let problem = fatal.clone().or(core_failure.clone());
+    let code = if problem.is_some() { 2 } else { 0 };
+    if json_out {
+        let v = json!({
+            "event": "check",
+            "kernel": env.kernel,
+            "privileges": privileges_line(&env),
+            "btf": btf,
+            "cgroup2": cgroup2,
+            "tracefs": env.tracefs.describe(),
+            "kprobes": kprobes,
+            "fentry": fentry,
+            "hooks": rows.iter().map(|(s, p, a, d)| json!({"state": s, "program": p, "attach": a, "detail": d})).collect::<Vec<_>>(),
+            "ok": problem.is_none(),
+            "error": problem,
+        });
+        println!("{v}");
+    } else {
+        println!("tcpq check — kernel {}", env.kernel);
+        println!("  {:<11} {}", "privileges", privileges_line(&env));
+        println!("  {:<11} {}", "btf", btf);
+        println!("  {:<11} {}", "cgroup2", cgroup2);
+        println!("  {:<11} {}", "tracefs", env.tracefs.describe());
+        println!("  {:<11} {}", "kprobes", kprobes);
+        println!("  {:<11} {}", "fentry", fentry);
+        println!("hooks:");
+        for (s, p, a, d) in &rows {
+            println!("  {s:<11} {p:<18} {a:<44} {d}");
+        }
+        match &problem {
+            None => println!("result: core hooks work"),
+            Some(p) => println!("result: core hooks cannot work: {p}"),
+        }
+    }
+    if let Some(p) = problem {
+        eprintln!("tcpq: {p}");
+    }
+    Ok(code)
+}

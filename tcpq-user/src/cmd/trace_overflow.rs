@@ -1,0 +1,371 @@
+//! `tcpq trace overflow`: every connection refused at a listening socket, live, with the
+//! listener's process, and a per-listener summary with the cause and the fix.
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tcpq_common::names;
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+
+use crate::{
+    decode::{ListenRecord, OverflowEvent, decode_listen},
+    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
+    listen::{
+        diagnose::{ListenerEvidence, diagnose_listener},
+        resolve::ListenerDirectory,
+    },
+    model::{Admit, KindCounts, LineLimiter, ListenerAgg, OverflowAggregator, OverflowKind},
+    output::{self, Clock, ListenerSummary},
+    snapshot::{counters, netns, procs},
+};
+
+#[derive(Debug, Clone)]
+pub struct TraceOverflowArgs {
+    pub port: Option<u16>,
+    pub pid: Option<String>,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub lines_per_sec: u32,
+    pub summary_every: Duration,
+}
+
+struct Tracer {
+    args: TraceOverflowArgs,
+    clock: Clock,
+    out: std::io::BufWriter<std::io::Stdout>,
+    dir: ListenerDirectory,
+    agg: OverflowAggregator,
+    limiter: LineLimiter,
+    pid_filter: Option<HashSet<u32>>,
+    host_netns: u32,
+    started: Instant,
+    window_started: Instant,
+    accepts: Option<BpfHashMap<MapData, u32, u64>>,
+    accepts_run_base: HashMap<u32, u64>,
+    accepts_window_base: HashMap<u32, u64>,
+    netns_counters_run: HashMap<u32, HashMap<String, u64>>,
+    netns_counters_window: HashMap<u32, HashMap<String, u64>>,
+    decode_errors: u64,
+    header_printed: bool,
+}
+
+fn read_accepts(map: &BpfHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
+    map.iter().flatten().collect()
+}
+
+impl Tracer {
+    fn emit(&mut self, line: String) {
+        if self.out.write_all(line.as_bytes()).and_then(|_| self.out.write_all(b"\n")).is_err() {
+            // stdout closed (e.g. `| head`): nothing more to say.
+            std::process::exit(0);
+        }
+    }
+
+    fn passes_filter(&self, info_owner_pids: &[u32]) -> bool {
+        match &self.pid_filter {
+            None => true,
+            Some(f) => info_owner_pids.iter().any(|p| f.contains(p)),
+        }
+    }
+
+    fn note_netns(&mut self, ns: u32) {
+        if !self.netns_counters_run.contains_key(&ns)
+            && let Ok(c) = counters::read_in(ns)
+        {
+            self.netns_counters_window.insert(ns, c.clone());
+            self.netns_counters_run.insert(ns, c);
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        let rec = match decode_listen(bytes) {
+            Ok(r) => r,
+            Err(_) => {
+                self.decode_errors += 1;
+                return;
+            }
+        };
+        let ev: OverflowEvent = match rec {
+            ListenRecord::ListenCall(call) => {
+                self.dir.on_listen_call(&call);
+                return;
+            }
+            ListenRecord::Overflow(ev) => ev,
+        };
+        self.note_netns(ev.netns);
+        let info = self.dir.lookup(ev.netns, ev.cookie, ev.laddr, ev.lport).cloned();
+        let pids: Vec<u32> = info.as_ref().map(|i| i.owners.iter().map(|o| o.pid).collect()).unwrap_or_default();
+        if !self.passes_filter(&pids) {
+            return;
+        }
+        self.agg.record(&ev);
+        let (flushed, admit) = self.limiter.admit(ev.ts_ns / 1_000_000_000, &ev);
+        self.print_aggregates(flushed);
+        if admit == Admit::Print {
+            if self.args.json {
+                let v = output::event_json(&self.clock, &ev, info.as_ref());
+                self.emit(v.to_string());
+            } else {
+                if !self.header_printed {
+                    self.header_printed = true;
+                    self.emit(output::TEXT_HEADER.to_string());
+                }
+                let t = output::event_text(&self.clock, &ev, info.as_ref());
+                self.emit(t);
+            }
+        }
+    }
+
+    fn print_aggregates(&mut self, lines: Vec<crate::model::AggregateLine>) {
+        for l in lines {
+            let info = self.dir.lookup(l.key.netns, l.key.cookie, l.key.laddr, l.key.lport).cloned();
+            let s = if self.args.json {
+                output::aggregate_json(&self.clock, &l, info.as_ref()).to_string()
+            } else {
+                output::aggregate_text(&self.clock, &l, info.as_ref())
+            };
+            self.emit(s);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now_sec = Clock::now_mono_ns() / 1_000_000_000;
+        let lines = self.limiter.flush_until(now_sec);
+        self.print_aggregates(lines);
+        let _ = self.out.flush();
+    }
+
+    /// Prints the summary of the last window (`final_run`: of the whole run).
+    fn summary(&mut self, kernel_totals: &KindCounts, lost: u64, final_run: bool) {
+        let lines = if final_run { self.limiter.flush_all() } else { Vec::new() };
+        self.print_aggregates(lines);
+        let duration_s = if final_run { self.started.elapsed() } else { self.window_started.elapsed() }.as_secs_f64();
+        let accepts_now = self.accepts.as_ref().map(read_accepts);
+        let ranked: Vec<ListenerAgg> = self
+            .agg
+            .ranked()
+            .into_iter()
+            .filter(|a| !(if final_run { a.total } else { a.window }).is_empty())
+            .cloned()
+            .collect();
+        let mut sysctl_cache: HashMap<u32, counters::ListenSysctls> = HashMap::new();
+        let mut counters_now: HashMap<u32, HashMap<String, u64>> = HashMap::new();
+        let mut infos = Vec::new();
+        for a in &ranked {
+            let info = self.dir.lookup(a.key.netns, a.key.cookie, a.key.laddr, a.key.lport).cloned();
+            infos.push(info);
+        }
+        let mut summaries = Vec::new();
+        for (a, info) in ranked.iter().zip(infos.iter()) {
+            let ns = a.key.netns;
+            let sysctls = sysctl_cache.entry(ns).or_insert_with(|| counters::ListenSysctls::read_in(ns)).clone();
+            let now = counters_now.entry(ns).or_insert_with(|| counters::read_in(ns).unwrap_or_default()).clone();
+            let base = if final_run { self.netns_counters_run.get(&ns) } else { self.netns_counters_window.get(&ns) };
+            let cookies_sent_recv = base.map(|b| {
+                (counters::delta(b, &now, "TcpExt:SyncookiesSent"), counters::delta(b, &now, "TcpExt:SyncookiesRecv"))
+            });
+            let counts = if final_run { a.total } else { a.window };
+            let accepts = match (&accepts_now, info) {
+                (Some(now), Some(info)) if !info.owners.is_empty() => {
+                    let base = if final_run { &self.accepts_run_base } else { &self.accepts_window_base };
+                    Some(
+                        info.owners
+                            .iter()
+                            .map(|o| now.get(&o.pid).copied().unwrap_or(0).saturating_sub(base.get(&o.pid).copied().unwrap_or(0)))
+                            .sum(),
+                    )
+                }
+                _ => None,
+            };
+            let listen_arg = info.as_ref().and_then(|i| i.listen_arg.or_else(|| self.dir.listen_arg(ns, i.inode)));
+            let evidence = ListenerEvidence {
+                netns: ns,
+                host_netns: self.host_netns,
+                laddr: Some(a.key.laddr),
+                lport: a.key.lport,
+                owners: info.as_ref().map(|i| i.owners.clone()).unwrap_or_default(),
+                counts,
+                duration_s,
+                backlog: a.backlog,
+                last_queue: a.last_queue,
+                max_synq: a.max_synq,
+                listen_arg,
+                sysctls: sysctls.clone(),
+                accepts,
+                cookies_sent_recv,
+                clients: a.clients.len(),
+            };
+            let findings = diagnose_listener(&evidence);
+            summaries.push((a, evidence, findings));
+        }
+        let views: Vec<ListenerSummary> = summaries
+            .iter()
+            .zip(infos.iter())
+            .map(|((a, e, f), info)| ListenerSummary {
+                netns: a.key.netns,
+                laddr: a.key.laddr,
+                lport: a.key.lport,
+                info: info.as_ref(),
+                counts: e.counts,
+                backlog: a.backlog,
+                last_queue: a.last_queue,
+                somaxconn: e.sysctls.somaxconn,
+                listen_arg: e.listen_arg,
+                accepts: e.accepts,
+                clients: e.clients,
+                findings: f.clone(),
+            })
+            .collect();
+        let text = if self.args.json {
+            output::summary_json(&self.clock, Clock::now_mono_ns(), duration_s, lost, kernel_totals, &views).to_string()
+        } else {
+            output::summary_text(duration_s, lost, kernel_totals, &views)
+        };
+        self.emit(text.trim_end().to_string());
+        let _ = self.out.flush();
+        // next window
+        self.agg.reset_window();
+        self.window_started = Instant::now();
+        if let Some(now) = accepts_now {
+            self.accepts_window_base = now;
+        }
+        for (ns, c) in counters_now {
+            self.netns_counters_window.insert(ns, c);
+        }
+        if let (Some(name), Some(_)) = (&self.args.pid, &self.pid_filter)
+            && let Ok(owners) = procs::resolve_pid_arg(name)
+        {
+            self.pid_filter = Some(owners.iter().map(|o| o.pid).collect());
+        }
+    }
+}
+
+fn kernel_totals(counts: &aya::maps::PerCpuArray<MapData, u64>) -> KindCounts {
+    let mut k = KindCounts::default();
+    for kind in OverflowKind::ALL {
+        k.add(kind, sum_per_cpu(counts, kind.wire() as u32));
+    }
+    k
+}
+
+fn lost_total(lost: &aya::maps::PerCpuArray<MapData, u64>) -> u64 {
+    (0..tcpq_common::hook::SLOTS).map(|i| sum_per_cpu(lost, i)).sum()
+}
+
+pub fn run(args: TraceOverflowArgs) -> Result<()> {
+    // Resolve the filter before loading anything: a typo must fail fast and cleanly.
+    let pid_filter = match &args.pid {
+        Some(p) => Some(procs::resolve_pid_arg(p)?.into_iter().map(|o| o.pid).collect::<HashSet<u32>>()),
+        None => None,
+    };
+    let mut loaded = probe::load(&[Family::Listen], &LoadOptions { filter_lport: args.port.unwrap_or(0) })?;
+    let ring = loaded.take_ring(names::LISTEN_EVENTS)?;
+    let counts = loaded.take_per_cpu_counters(names::LISTEN_COUNTS)?;
+    let lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
+    let accepts = if loaded.attached(names::PROG_SYS_EXIT_ACCEPT4) {
+        let map = loaded.ebpf.take_map(names::ACCEPTS_BY_TGID).context("kernel object has no accept map")?;
+        Some(BpfHashMap::<MapData, u32, u64>::try_from(map).context("open accept counters")?)
+    } else {
+        None
+    };
+    let attached: Vec<String> = loaded
+        .hooks
+        .iter()
+        .map(|h| match &h.state {
+            HookState::Attached => format!("{} ✓", h.spec.program),
+            HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
+        })
+        .collect();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
+    rt.block_on(async move {
+        let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
+        let mut t = Tracer {
+            clock: Clock::new(),
+            out: std::io::BufWriter::new(std::io::stdout()),
+            dir: ListenerDirectory::new(),
+            agg: OverflowAggregator::new(10_000),
+            limiter: LineLimiter::new(args.lines_per_sec),
+            pid_filter,
+            host_netns: netns::current().unwrap_or(0),
+            started: Instant::now(),
+            window_started: Instant::now(),
+            accepts,
+            accepts_run_base: base.clone(),
+            accepts_window_base: base,
+            netns_counters_run: HashMap::new(),
+            netns_counters_window: HashMap::new(),
+            decode_errors: 0,
+            header_printed: false,
+            args: args.clone(),
+        };
+        if let Some(ns) = netns::current() {
+            t.note_netns(ns);
+        }
+        eprintln!(
+            "tcpq: tracing listen overflows{}{} — hooks: {} — Ctrl-C to stop",
+            args.port.map(|p| format!(" on port {p}")).unwrap_or_default(),
+            args.pid.as_ref().map(|p| format!(" for {p}")).unwrap_or_default(),
+            attached.join(", ")
+        );
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as
+        // the AsyncFd (which owns the RingBuf) lives.
+        let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
+        let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut summary_tick = tokio::time::interval(args.summary_every);
+        summary_tick.tick().await; // the first tick is immediate
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let sleep_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep_deadline);
+        loop {
+            tokio::select! {
+                guard = afd.readable_mut() => {
+                    let mut guard = guard.context("poll the ring buffer")?;
+                    let rb = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        t.handle(&item);
+                    }
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => t.tick(),
+                _ = summary_tick.tick() => {
+                    let k = kernel_totals(&counts);
+                    t.summary(&k, lost_total(&lost), false);
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = sighup.recv() => break,
+                _ = &mut sleep_deadline => break,
+            }
+        }
+        // Drain what the kernel already queued, then the final summary over the whole run.
+        let rb = afd.get_mut();
+        while let Some(item) = rb.next() {
+            t.handle(&item);
+        }
+        let k = kernel_totals(&counts);
+        t.summary(&k, lost_total(&lost), true);
+        if t.decode_errors > 0 {
+            eprintln!("tcpq: {} records could not be decoded (kernel object and tcpq out of step?)", t.decode_errors);
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(loaded);
+    Ok(())
+}

@@ -1,0 +1,4 @@
+pub mod btf;
+pub mod env;
+pub mod probe;
+pub mod tracefs;

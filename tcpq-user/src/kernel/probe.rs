@@ -1,0 +1,362 @@
+//! Loading and attaching the kernel programs. The hook registry says, for every program, what it
+//! gives, whether tcpq can work without it, and why it may be unavailable (kunai's compat idea).
+//! All kernel plumbing lives in `kernel::*`; everything after decode is plain Rust.
+use std::{fs::File, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
+    },
+};
+use tcpq_common::names;
+
+use super::{btf, env, tracefs};
+
+/// The kernel object built by build.rs (aya-build).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpq"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// cgroup_skb ingress on the cgroup2 root: sees every packet delivered to a local socket.
+    CgroupSkbIngress,
+    /// Raw tracepoint by name (no tracefs needed).
+    RawTracepoint(&'static str),
+    /// Tracepoint category/name (needs tracefs for the id and the record format).
+    Tracepoint(&'static str, &'static str),
+}
+
+impl Attach {
+    pub fn describe(&self) -> String {
+        match self {
+            Attach::CgroupSkbIngress => "cgroup_skb/ingress on the cgroup2 root".into(),
+            Attach::RawTracepoint(n) => format!("raw_tracepoint {n}"),
+            Attach::Tracepoint(c, n) => format!("tracepoint {c}:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Listen,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HookSpec {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub family: Family,
+    /// tcpq cannot do its job for this family without it.
+    pub core: bool,
+    pub gives: &'static str,
+    /// What is lost when it is unavailable.
+    pub without: &'static str,
+}
+
+pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        program: names::PROG_LISTEN_INGRESS,
+        attach: Attach::CgroupSkbIngress,
+        family: Family::Listen,
+        core: true,
+        gives: "SYN/ACK dropped on a full accept queue, SYN-queue drops, syncookies",
+        without: "no listen-path drops at all",
+    },
+    HookSpec {
+        program: names::PROG_SYNACK_RETRANS,
+        attach: Attach::RawTracepoint("tcp_retransmit_synack"),
+        family: Family::Listen,
+        core: false,
+        gives: "retransmitted SYN-ACKs per listener",
+        without: "SYN-ACK retransmits not shown",
+    },
+    HookSpec {
+        program: names::PROG_SEND_RESET,
+        attach: Attach::RawTracepoint("tcp_send_reset"),
+        family: Family::Listen,
+        core: false,
+        gives: "resets sent on overflow (tcp_abort_on_overflow=1)",
+        without: "overflow resets not shown",
+    },
+    HookSpec {
+        program: names::PROG_SYS_ENTER_LISTEN,
+        attach: Attach::Tracepoint("syscalls", "sys_enter_listen"),
+        family: Family::Listen,
+        core: false,
+        gives: "the backlog each application passed to listen()",
+        without: "the listen() argument is inferred from the effective backlog",
+    },
+    HookSpec {
+        program: names::PROG_SYS_EXIT_ACCEPT4,
+        attach: Attach::Tracepoint("syscalls", "sys_exit_accept4"),
+        family: Family::Listen,
+        core: false,
+        gives: "accept rate per process (is the application accepting?)",
+        without: "cannot tell a stuck application from a small backlog",
+    },
+    HookSpec {
+        program: names::PROG_SYS_EXIT_ACCEPT,
+        attach: Attach::Tracepoint("syscalls", "sys_exit_accept"),
+        family: Family::Listen,
+        core: false,
+        gives: "accept rate per process (accept(2) callers)",
+        without: "accept(2) callers not counted (accept4 still is)",
+    },
+];
+
+#[derive(Debug, Clone)]
+pub enum HookState {
+    Attached,
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HookStatus {
+    pub spec: HookSpec,
+    pub state: HookState,
+}
+
+/// Environment facts gathered before loading, reported by `tcpq check`.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub privileges: env::Privileges,
+    pub kernel: String,
+    pub btf_path: PathBuf,
+    pub btf_present: bool,
+    pub cgroup2: Result<PathBuf, String>,
+    pub tracefs: env::Tracefs,
+    pub kprobes: Option<bool>,
+}
+
+impl Environment {
+    pub fn gather() -> Self {
+        let privileges = env::Privileges::current();
+        let tracefs = env::ensure_tracefs(privileges.euid == 0 || privileges.has(env::cap::SYS_ADMIN));
+        let kprobes = env::kprobes_available(&tracefs);
+        let btf_path = env::btf_path();
+        Self {
+            kernel: env::kernel_release(),
+            btf_present: btf_path.exists(),
+            btf_path,
+            cgroup2: env::find_cgroup2().map_err(|e| format!("{e:#}")),
+            tracefs,
+            kprobes,
+            privileges,
+        }
+    }
+
+    /// The first reason the core hooks cannot work, as a one-line error with its remedy.
+    pub fn fatal_problem(&self) -> Option<String> {
+        if !self.privileges.can_load_bpf() {
+            let missing = self.privileges.missing_for_bpf().join(", ");
+            return Some(if self.privileges.euid != 0 {
+                format!(
+                    "tcpq needs root (or {missing}) to load its kernel programs: run it with sudo"
+                )
+            } else {
+                format!("tcpq runs as root but lacks {missing}: run it outside the restricted container/capability set")
+            });
+        }
+        if !self.btf_present {
+            return Some(format!(
+                "kernel BTF not found at {}: tcpq needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+                self.btf_path.display()
+            ));
+        }
+        if let Err(e) = &self.cgroup2 {
+            return Some(e.clone());
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Only report listeners on this port (kernel-side filter; 0 = all).
+    pub filter_lport: u16,
+}
+
+/// Loaded programs, attached links (detached on drop) and the maps userspace reads.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub env: Environment,
+}
+
+impl Loaded {
+    pub fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("kernel object has no map {name}"))?;
+        RingBuf::try_from(map).with_context(|| format!("open ring buffer {name}"))
+    }
+
+    pub fn take_per_cpu_counters(&mut self, name: &str) -> Result<PerCpuArray<MapData, u64>> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("kernel object has no map {name}"))?;
+        PerCpuArray::try_from(map).with_context(|| format!("open per-CPU array {name}"))
+    }
+
+    pub fn attached(&self, program: &str) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.spec.program == program && matches!(h.state, HookState::Attached))
+    }
+}
+
+/// Sums a per-CPU u64 slot.
+pub fn sum_per_cpu(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0)
+        .map(|values| values.iter().copied().sum())
+        .unwrap_or(0)
+}
+
+/// Explains a program load/attach failure in one line, with the verifier's last words.
+pub fn explain_program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(2).collect();
+            let why = match io_error.raw_os_error() {
+                Some(libc::EPERM) => " (EPERM: not allowed on this kernel, e.g. lockdown or missing CAP_BPF/CAP_PERFMON)",
+                Some(libc::EINVAL) => " (EINVAL: program type or helper not supported)",
+                Some(libc::EACCES) => " (EACCES: rejected by the verifier)",
+                _ => "",
+            };
+            if tail.is_empty() {
+                format!("kernel refused to load it: {io_error}{why}")
+            } else {
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("kernel refused to load it: {io_error}{why}; verifier: {}", tail.join(" / "))
+            }
+        }
+        other => {
+            let mut s = format!("{other}");
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    cgroup: Option<&File>,
+    tracefs_ok: bool,
+) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("program {} missing from the kernel object", spec.program))?;
+    match spec.attach {
+        Attach::CgroupSkbIngress => {
+            let cgroup = cgroup.ok_or_else(|| "no cgroup2 mount to attach to".to_string())?;
+            let p: &mut CgroupSkb = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load().map_err(|e| explain_program_error(&e))?;
+            // aya attaches with a BPF link on kernels ≥ 5.7: cgroup links always coexist with other
+            // programs (multi semantics) and the kernel rejects any flag there (EINVAL), so the
+            // mode must be `Single` (no flag) — it does not exclude systemd's own programs.
+            p.attach(cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+        }
+        Attach::RawTracepoint(name) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load().map_err(|e| explain_program_error(&e))?;
+            p.attach(name)
+                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+        }
+        Attach::Tracepoint(category, name) => {
+            if !tracefs_ok {
+                return Err("tracefs unavailable (see the tracefs line)".into());
+            }
+            let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load().map_err(|e| explain_program_error(&e))?;
+            p.attach(category, name)
+                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Tracepoint field offsets the programs need; None when tracefs (or the event) is missing.
+fn tracepoint_globals(env: &Environment) -> Vec<(&'static str, u32)> {
+    let Some(tfs) = env.tracefs.path() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (global, cat, ev, field) in [
+        ("TP_LISTEN_FD", "syscalls", "sys_enter_listen", "fd"),
+        ("TP_LISTEN_BACKLOG", "syscalls", "sys_enter_listen", "backlog"),
+        ("TP_ACCEPT_RET", "syscalls", "sys_exit_accept4", "ret"),
+    ] {
+        if let Ok(off) = tracefs::field_offset(tfs, cat, ev, field) {
+            out.push((global, off));
+        }
+    }
+    out
+}
+
+/// Loads the object, sets the globals and attaches every hook of `families`.
+/// Fails (with a one-line remedy) only when a core hook cannot work.
+pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
+    let env = Environment::gather();
+    if let Some(problem) = env.fatal_problem() {
+        bail!(problem);
+    }
+    let kbtf = btf::KernelBtf::load(&env.btf_path)?;
+    let mut globals: Vec<(&'static str, u32)> = btf::resolve_offsets(&kbtf)?;
+    let tp_globals = tracepoint_globals(&env);
+    let tp_ok = tp_globals.len() == 3;
+    globals.extend(tp_globals);
+    globals.push(("REQQ_FULL_GE", reqq_full_uses_ge(env::kernel_version()) as u32));
+    globals.push(("FILTER_LPORT", opts.filter_lport as u32));
+
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("load tcpq's kernel object (maps and BTF)")?;
+
+    let cgroup = match &env.cgroup2 {
+        Ok(p) => Some(File::open(p).with_context(|| format!("open cgroup2 root {}", p.display()))?),
+        Err(_) => None,
+    };
+    let mut hooks = Vec::new();
+    for spec in HOOKS.iter().filter(|h| families.contains(&h.family)) {
+        let state = match attach_one(&mut ebpf, spec, cgroup.as_ref(), tp_ok || !matches!(spec.attach, Attach::Tracepoint(..))) {
+            Ok(()) => HookState::Attached,
+            Err(why) => {
+                if spec.core {
+                    bail!(
+                        "cannot attach core hook {} ({}): {why}",
+                        spec.program,
+                        spec.attach.describe()
+                    );
+                }
+                HookState::Unavailable(why)
+            }
+        };
+        hooks.push(HookStatus { spec: *spec, state });
+    }
+    Ok(Loaded { ebpf, hooks, env })
+}
+
+/// `inet_csk_reqsk_queue_is_full()` compared `qlen >= backlog` until it became `>`
+/// (include/net/inet_connection_sock.h, 6.x). tcpq checks this against the kernel's own
+/// counters in its integration tests.
+pub fn reqq_full_uses_ge((major, minor): (u32, u32)) -> bool {
+    (major, minor) < (6, 12)
+}

@@ -1,0 +1,413 @@
+//! `tcpq lab NAME`: reproducible incidents in network namespaces of their own, so a user can
+//! check on their own kernel that tcpq sees what it should. The integration tests use the same
+//! generators. Everything a lab creates (namespaces, veth, nft tables) is removed on exit,
+//! including on Ctrl-C. Sysctls are only ever set inside the lab's own namespaces.
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sched::{CloneFlags, setns};
+use serde_json::json;
+use socket2::{Domain, Socket, Type};
+
+use crate::snapshot::netns;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Sleeps in small steps so Ctrl-C is honoured quickly.
+fn nap(d: Duration) {
+    let end = Instant::now() + d;
+    while !stopped() {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabName {
+    /// Accept-queue overflow on loopback: final ACKs dropped (`ack`), then SYNs (`syn`).
+    Overflow,
+    /// SYN queue full: a client over veth whose final ACKs are lost (`synq` or `cookie`).
+    Synflood,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabArgs {
+    pub name: LabName,
+    pub netns: Option<String>,
+    pub port: u16,
+    pub backlog: u32,
+    pub duration: Duration,
+    pub syncookies: u8,
+    pub accept_rate: u32,
+    pub rate: u32,
+    pub json: bool,
+}
+
+fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: cannot run {:?} (is iproute2/nftables installed?)", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_cmd(Command::new("ip").args(args), &format!("ip {}", args.join(" ")))
+}
+
+fn nft_in(ns: &str, script: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft (apt-get install nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())
+        .context("write nft script")?;
+    let out = child.wait_with_output().context("wait for nft")?;
+    if !out.status.success() {
+        bail!("nft in namespace {ns} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn nft_available() -> bool {
+    Command::new("nft").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// A named network namespace, deleted on drop when the lab created it.
+pub struct NetnsGuard {
+    pub name: String,
+    created: bool,
+}
+
+impl NetnsGuard {
+    pub fn create_or_use(name: &str) -> Result<Self> {
+        let path = PathBuf::from("/run/netns").join(name);
+        if path.exists() {
+            return Ok(Self { name: name.into(), created: false });
+        }
+        ip(&["netns", "add", name])?;
+        let g = Self { name: name.into(), created: true };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(g)
+    }
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+    pub fn inode(&self) -> u32 {
+        netns::inode_of(&self.path()).unwrap_or(0)
+    }
+    pub fn file(&self) -> Result<File> {
+        File::open(self.path()).with_context(|| format!("open network namespace {}", self.name))
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Spawns a thread that lives in `ns`.
+fn spawn_in<T: Send + 'static>(ns: &NetnsGuard, f: impl FnOnce() -> T + Send + 'static) -> Result<thread::JoinHandle<Result<T>>> {
+    let file = ns.file()?;
+    let name = ns.name.clone();
+    Ok(thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("enter network namespace {name}"))?;
+        Ok(f())
+    }))
+}
+
+fn write_sysctl_in(ns: &NetnsGuard, path: &'static str, value: &str) -> Result<()> {
+    let v = value.to_string();
+    let h = spawn_in(ns, move || std::fs::write(path, v))?;
+    h.join()
+        .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))??
+        .with_context(|| format!("set {path} in namespace {}", ns.name))
+}
+
+/// A listener with an explicit backlog that accepts at `accept_rate`/s while `accepting`.
+struct Server {
+    stop: Arc<AtomicBool>,
+    accepting: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    handle: Option<thread::JoinHandle<Result<Result<()>>>>,
+}
+
+impl Server {
+    fn start(ns: &NetnsGuard, addr: SocketAddrV4, backlog: u32, accept_rate: u32) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepting = Arc::new(AtomicBool::new(true));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (s, a, n) = (stop.clone(), accepting.clone(), accepted.clone());
+        let handle = spawn_in(ns, move || -> Result<()> {
+            let sock = (|| -> Result<Socket> {
+                let sock = Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
+                sock.set_reuse_address(true)?;
+                sock.bind(&SocketAddr::V4(addr).into()).with_context(|| format!("bind {addr}"))?;
+                sock.listen(backlog as i32).context("listen")?;
+                sock.set_nonblocking(true)?;
+                Ok(sock)
+            })();
+            let sock = match sock {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("{e:#}")));
+                    return Ok(());
+                }
+            };
+            let interval = if accept_rate == 0 { None } else { Some(Duration::from_secs_f64(1.0 / accept_rate as f64)) };
+            while !s.load(Ordering::SeqCst) {
+                match interval {
+                    Some(iv) if a.load(Ordering::SeqCst) => {
+                        thread::sleep(iv);
+                        if let Ok((conn, _)) = sock.accept() {
+                            n.fetch_add(1, Ordering::Relaxed);
+                            drop(conn);
+                        }
+                    }
+                    _ => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            Ok(())
+        })?;
+        rx.recv_timeout(Duration::from_secs(5)).context("server did not start")??;
+        Ok(Self { stop, accepting, accepted, handle: Some(handle) })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn connect_nonblocking(dst: SocketAddrV4) -> Option<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    s.set_nonblocking(true).ok()?;
+    match s.connect(&SocketAddr::V4(dst).into()) {
+        Ok(()) => Some(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Some(s),
+        Err(_) => None,
+    }
+}
+
+fn facts(args: &LabArgs, extra: serde_json::Value) {
+    let mut v = json!({
+        "event": "lab",
+        "lab": format!("{:?}", args.name).to_lowercase(),
+        "pid": std::process::id(),
+        "lport": args.port,
+        "backlog": args.backlog,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in e {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("tcpq lab: {}", v);
+    }
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        bail!("tcpq lab needs root (it creates network namespaces): run it with sudo");
+    }
+    if args.backlog == 0 || args.port == 0 {
+        bail!("tcpq lab needs a non-zero --port and --backlog");
+    }
+    install_stop_handler();
+    match args.name {
+        LabName::Overflow => overflow(&args),
+        LabName::Synflood => synflood(&args),
+    }
+}
+
+/// Loopback, one namespace. Phase 1 (`ack`, needs nft): clients complete the handshake while
+/// their final ACKs are held back, then all ACK at once into a full accept queue. Phase 2
+/// (`syn`): a connect storm against a server accepting `accept_rate`/s.
+fn overflow(args: &LabArgs) -> Result<()> {
+    let name = args.netns.clone().unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
+    let ns = NetnsGuard::create_or_use(&name)?;
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port);
+    let server = Server::start(&ns, addr, args.backlog, args.accept_rate)?;
+    let with_nft = nft_available();
+    facts(args, json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate}));
+
+    let attempts = Arc::new(AtomicU64::new(0));
+    let mut held: Vec<Socket> = Vec::new();
+    if with_nft && !stopped() {
+        // Hold the server still so the queue fills exactly from these handshakes.
+        server.accepting.store(false, Ordering::SeqCst);
+        nft_in(
+            &ns.name,
+            &format!(
+                "table inet tcpq_lab {{ chain out {{ type filter hook output priority 0; policy accept; tcp dport {} tcp flags & (fin | syn | rst) == 0 drop; }} }}",
+                args.port
+            ),
+        )?;
+        let n = args.backlog as usize + 1 + 8;
+        let at = attempts.clone();
+        let h = spawn_in(&ns, move || {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                if let Some(s) = connect_nonblocking(addr) {
+                    v.push(s);
+                }
+                at.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(5));
+            }
+            v
+        })?;
+        held = h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        nap(Duration::from_millis(300));
+        nft_in(&ns.name, "delete table inet tcpq_lab")?;
+        // Data rides on an ACK: each one completes a handshake into the (full) accept queue.
+        for s in &held {
+            let _ = s.send(b"x");
+        }
+        nap(Duration::from_millis(500));
+        server.accepting.store(true, Ordering::SeqCst);
+    }
+
+    // Phase 2: connect storm, each client socket held for a second then closed.
+    let deadline = Instant::now() + args.duration;
+    let rate = args.rate.max(1);
+    let at = attempts.clone();
+    let storm = spawn_in(&ns, move || {
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut open: VecDeque<(Instant, Socket)> = VecDeque::new();
+        while Instant::now() < deadline && !stopped() {
+            if let Some(s) = connect_nonblocking(addr) {
+                open.push_back((Instant::now(), s));
+            }
+            at.fetch_add(1, Ordering::Relaxed);
+            while open.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(1)) {
+                open.pop_front();
+            }
+            thread::sleep(interval);
+        }
+    })?;
+    storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked"))??;
+    drop(held);
+    nap(Duration::from_millis(500));
+    let accepted = server.accepted.load(Ordering::Relaxed);
+    drop(server);
+    let done = json!({"event": "lab_done", "lab": "overflow", "connect_attempts": attempts.load(Ordering::Relaxed), "accepted": accepted, "interrupted": stopped()});
+    if args.json { println!("{done}") } else { println!("tcpq lab: {done}") }
+    Ok(())
+}
+
+/// Two namespaces over veth: the client's final ACKs are dropped (nft in the client namespace),
+/// so every handshake stays half-open in the server's SYN queue until it is full.
+fn synflood(args: &LabArgs) -> Result<()> {
+    if !nft_available() {
+        bail!("tcpq lab synflood needs nft to drop the client's ACKs: apt-get install nftables");
+    }
+    let id = std::process::id() % 100_000;
+    let srv_name = args.netns.clone().unwrap_or_else(|| format!("tcpq-lab-srv-{id}"));
+    let cli_name = format!("{srv_name}-cli");
+    let srv = NetnsGuard::create_or_use(&srv_name)?;
+    let cli = NetnsGuard::create_or_use(&cli_name)?;
+    let (vs, vc) = (format!("tqs{id}"), format!("tqc{id}"));
+    // Link-local addresses on a veth between our own two namespaces: nothing leaves the host.
+    let (srv_ip, cli_ip) = (Ipv4Addr::new(169, 254, 77, 1), Ipv4Addr::new(169, 254, 77, 2));
+    ip(&["link", "add", &vs, "netns", &srv.name, "type", "veth", "peer", "name", &vc, "netns", &cli.name])?;
+    ip(&["-n", &srv.name, "addr", "add", "169.254.77.1/30", "dev", &vs])?;
+    ip(&["-n", &cli.name, "addr", "add", "169.254.77.2/30", "dev", &vc])?;
+    ip(&["-n", &srv.name, "link", "set", &vs, "up"])?;
+    ip(&["-n", &cli.name, "link", "set", &vc, "up"])?;
+    write_sysctl_in(&srv, "/proc/sys/net/ipv4/tcp_syncookies", &args.syncookies.to_string())?;
+    nft_in(
+        &cli.name,
+        &format!(
+            "table inet tcpq_lab {{ chain out {{ type filter hook output priority 0; policy accept; ip daddr {srv_ip} tcp dport {} tcp flags & (fin | syn | rst) == 0 drop; }} }}",
+            args.port
+        ),
+    )?;
+    let addr = SocketAddrV4::new(srv_ip, args.port);
+    let server = Server::start(&srv, addr, args.backlog, 1000)?;
+    facts(args, json!({"netns": srv.name, "netns_inode": srv.inode(), "client_netns": cli.name, "laddr": srv_ip.to_string(), "raddr": cli_ip.to_string(), "syncookies": args.syncookies}));
+
+    let deadline = Instant::now() + args.duration;
+    let rate = args.rate.max(1);
+    let attempts = Arc::new(AtomicU64::new(0));
+    let at = attempts.clone();
+    let client = spawn_in(&cli, move || {
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut open = Vec::new();
+        while Instant::now() < deadline && !stopped() {
+            if open.len() < 20_000
+                && let Some(s) = connect_nonblocking(addr)
+            {
+                open.push(s);
+            }
+            at.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(interval);
+        }
+        open
+    })?;
+    let open = client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    nap(Duration::from_millis(300));
+    drop(server);
+    drop(open);
+    let done = json!({"event": "lab_done", "lab": "synflood", "connect_attempts": attempts.load(Ordering::Relaxed), "interrupted": stopped()});
+    if args.json { println!("{done}") } else { println!("tcpq lab: {done}") }
+    drop(cli);
+    drop(srv);
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Listen-path diagnosis: evidence about one listener → causes, each with the exact fix.
+//! Pure; every rule is unit-tested.
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{
+    model::{KindCounts, OverflowKind},
+    snapshot::{counters::ListenSysctls, procs::Owner},
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct ListenerEvidence {
+    pub netns: u32,
+    /// The namespace tcpq runs in: commands for another namespace get an `nsenter` prefix.
+    pub host_netns: u32,
+    pub laddr: Option<IpAddr>,
+    pub lport: u16,
+    pub owners: Vec<Owner>,
+    pub counts: KindCounts,
+    pub duration_s: f64,
+    pub backlog: u32,
+    pub last_queue: u32,
+    pub max_synq: u32,
+    pub listen_arg: Option<i32>,
+    pub sysctls: ListenSysctls,
+    /// Successful accept() calls by the owners during the interval (None: not measured).
+    pub accepts: Option<u64>,
+    /// (SyncookiesSent, SyncookiesRecv) deltas of the namespace over the interval.
+    pub cookies_sent_recv: Option<(u64, u64)>,
+    pub clients: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Cause id (DESIGN.md).
+    pub cause: &'static str,
+    /// Refused connections (or cookies) attributable to it: used to rank, worst first.
+    pub impact: u64,
+    pub text: String,
+    pub fix: Vec<String>,
+}
+
+/// Which limit made the effective backlog what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BacklogLimit {
+    /// listen()'s argument is below somaxconn: the application sets the limit.
+    Application { arg: u32, seen: bool },
+    /// somaxconn caps what the application asked for.
+    Somaxconn { somaxconn: u32, arg: Option<u32> },
+    Unknown,
+}
+
+pub fn backlog_limit(backlog: u32, listen_arg: Option<i32>, somaxconn: Option<u32>) -> BacklogLimit {
+    // listen(): sk_max_ack_backlog = min(backlog, somaxconn) (negative/oversized → somaxconn).
+    match (listen_arg, somaxconn) {
+        (Some(arg), Some(s)) => {
+            let arg_u = if arg < 0 { u32::MAX } else { arg as u32 };
+            if arg_u < s {
+                BacklogLimit::Application { arg: arg_u, seen: true }
+            } else {
+                BacklogLimit::Somaxconn { somaxconn: s, arg: Some(arg_u) }
+            }
+        }
+        (Some(arg), None) if arg >= 0 => BacklogLimit::Application { arg: arg as u32, seen: true },
+        (None, Some(s)) if backlog < s => BacklogLimit::Application { arg: backlog, seen: false },
+        (None, Some(s)) => BacklogLimit::Somaxconn { somaxconn: s, arg: None },
+        _ => BacklogLimit::Unknown,
+    }
+}
+
+/// A backlog worth suggesting: at least 4× the current one, at least 1024, a power of two, ≤ 65535.
+pub fn suggested_backlog(current: u32) -> u32 {
+    (current.saturating_mul(4)).max(1024).next_power_of_two().min(65535)
+}
+
+fn who(e: &ListenerEvidence) -> String {
+    match e.owners.first() {
+        Some(o) if e.owners.len() > 1 => format!("pid {} ({}) and {} more", o.pid, o.comm, e.owners.len() - 1),
+        Some(o) => format!("pid {} ({})", o.pid, o.comm),
+        None => "an unknown process".into(),
+    }
+}
+
+/// Prefix to run a command in the listener's namespace when it is not tcpq's.
+fn in_ns(e: &ListenerEvidence) -> String {
+    if e.netns == 0 || e.netns == e.host_netns {
+        return String::new();
+    }
+    match e.owners.first() {
+        Some(o) => format!("nsenter -t {} -n ", o.pid),
+        None => format!("(in network namespace {}) ", e.netns),
+    }
+}
+
+fn rate(n: u64, secs: f64) -> String {
+    if secs <= 0.0 {
+        return format!("{n}");
+    }
+    format!("{n} ({:.1}/s)", n as f64 / secs)
+}
+
+fn app_backlog_fix(port: u16, n: u32) -> String {
+    format!(
+        "raise the application's backlog to {n}: nginx `listen {port} backlog={n};` · php-fpm `listen.backlog = {n}` · others: the backlog argument of listen(); then restart it (the backlog is fixed when listen() is called)"
+    )
+}
+
+fn somaxconn_fix(prefix: &str, n: u32) -> String {
+    format!(
+        "{prefix}sysctl -w net.core.somaxconn={n}   # persist: echo 'net.core.somaxconn = {n}' > /etc/sysctl.d/90-tcpq-somaxconn.conf"
+    )
+}
+
+pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let c = &e.counts;
+    let syn = c.get(OverflowKind::Syn);
+    let ack = c.get(OverflowKind::Ack);
+    let synq = c.get(OverflowKind::Synq);
+    let cookie = c.get(OverflowKind::Cookie);
+    let resets = c.get(OverflowKind::Reset);
+    let retrans = c.get(OverflowKind::SynackRetrans);
+    let prefix = in_ns(e);
+    let somaxconn = e.sysctls.somaxconn;
+    let overflow = syn + ack + resets;
+
+    if overflow > 0 {
+        let mut detail = format!(
+            "{} refused: {} SYN{}, {} final ACK{} dropped",
+            rate(overflow, e.duration_s),
+            syn,
+            if syn == 1 { "" } else { "s" },
+            ack,
+            if ack == 1 { "" } else { "s" },
+        );
+        if resets > 0 {
+            detail.push_str(&format!(", {resets} reset"));
+        }
+        if ack > 0 {
+            detail.push_str(" (clients whose ACK was dropped think they are connected: their first request waits for a SYN-ACK retransmit, ≥1 s)");
+        }
+        if retrans > 0 {
+            detail.push_str(&format!("; {retrans} SYN-ACKs retransmitted"));
+        }
+        let not_accepting = e.accepts == Some(0);
+        if not_accepting {
+            out.push(Finding {
+                cause: "app_not_accepting",
+                impact: overflow,
+                text: format!(
+                    "{} accepted 0 connections in {:.0} s while its accept queue on :{} was full ({}/{}): the application is not calling accept(); {detail}",
+                    who(e), e.duration_s, e.lport, e.last_queue, e.backlog
+                ),
+                fix: vec![
+                    "the application is saturated or stuck, not the kernel: are all workers busy? php-fpm: raise pm.max_children (log: 'server reached max_children setting'); nginx: worker_connections / worker_processes".into(),
+                    format!("see what the workers are doing: `cat /proc/{}/stack`, `strace -f -p {}`", e.owners.first().map(|o| o.pid).unwrap_or(0), e.owners.first().map(|o| o.pid).unwrap_or(0)),
+                    "a larger backlog only delays the failure while nothing accepts".into(),
+                ],
+            });
+        } else {
+            let limit = backlog_limit(e.backlog, e.listen_arg, somaxconn);
+            let n = suggested_backlog(e.backlog);
+            let (why, fix) = match &limit {
+                BacklogLimit::Application { arg, seen } => {
+                    let src = if *seen { "seen by tcpq" } else { "inferred: below somaxconn, so it is what listen() asked for" };
+                    let mut fix = vec![app_backlog_fix(e.lport, n)];
+                    if somaxconn.is_some_and(|s| s < n) {
+                        fix.push(somaxconn_fix(&prefix, n) + "  # somaxconn caps the backlog too");
+                    }
+                    (
+                        format!(
+                            "effective backlog {} = min(listen() {} [{}], net.core.somaxconn {}): the application's backlog is the limit",
+                            e.backlog, arg, src, somaxconn.map(|s| s.to_string()).unwrap_or_else(|| "?".into())
+                        ),
+                        fix,
+                    )
+                }
+                BacklogLimit::Somaxconn { somaxconn: s, arg } => {
+                    let asked = match arg {
+                        Some(a) => format!("listen() {a} [seen by tcpq]"),
+                        None => format!("listen() ≥ {s} [inferred]"),
+                    };
+                    (
+                        format!(
+                            "effective backlog {} = min({asked}, net.core.somaxconn {s}): somaxconn is the limit",
+                            e.backlog
+                        ),
+                        vec![somaxconn_fix(&prefix, n), app_backlog_fix(e.lport, n)],
+                    )
+                }
+                BacklogLimit::Unknown => (
+                    format!("effective backlog {}", e.backlog),
+                    vec![somaxconn_fix(&prefix, n), app_backlog_fix(e.lport, n)],
+                ),
+            };
+            let accept_note = match e.accepts {
+                Some(a) if e.duration_s > 0.0 => format!(
+                    "; the application accepted {:.1}/s — if that rate is its ceiling, it is too slow for the arrival rate and a bigger backlog only absorbs bursts",
+                    a as f64 / e.duration_s
+                ),
+                _ => String::new(),
+            };
+            out.push(Finding {
+                cause: "accept_queue_full",
+                impact: overflow,
+                text: format!(
+                    "accept queue of {} on :{} full ({}/{}): {detail}; {why}{accept_note}",
+                    who(e), e.lport, e.last_queue, e.backlog
+                ),
+                fix,
+            });
+        }
+    }
+
+    if synq > 0 {
+        let n = suggested_backlog(e.backlog);
+        out.push(Finding {
+            cause: "syn_queue_full",
+            impact: synq,
+            text: format!(
+                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests ≥ backlog {}) and tcp_syncookies=0",
+                rate(synq, e.duration_s), e.lport, e.max_synq, e.backlog
+            ),
+            fix: vec![
+                format!("{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"),
+                format!("{} (the backlog also sizes the SYN queue)", app_backlog_fix(e.lport, n)),
+                "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one".into(),
+            ],
+        });
+    }
+
+    if cookie > 0 {
+        let (verdict, fix) = match e.cookies_sent_recv {
+            Some((sent, recv)) if sent > 0 && recv * 2 >= sent => (
+                format!("{recv} of {sent} cookies came back: real clients completing the handshake — legitimate load, the SYN queue is too small"),
+                vec![app_backlog_fix(e.lport, suggested_backlog(e.backlog))],
+            ),
+            Some((sent, recv)) if sent > 0 => (
+                format!("only {recv} of {sent} cookies came back: most clients never complete the handshake — looks like a SYN flood (or their ACKs are lost); cookies are protecting the listener"),
+                vec!["keep net.ipv4.tcp_syncookies=1; find and filter the sources (tcpq trace overflow --json lists them)".into()],
+            ),
+            _ => (
+                "SYN queue full".into(),
+                vec![app_backlog_fix(e.lport, suggested_backlog(e.backlog))],
+            ),
+        };
+        out.push(Finding {
+            cause: "syn_cookies",
+            impact: cookie,
+            text: format!(
+                "{} SYNs to :{} answered with syncookies (SYN queue {} ≥ backlog {}, \"Possible SYN flooding\"): {verdict}",
+                rate(cookie, e.duration_s), e.lport, e.max_synq, e.backlog
+            ),
+            fix,
+        });
+    }
+
+    if resets > 0 {
+        out.push(Finding {
+            cause: "overflow_resets",
+            impact: resets,
+            text: format!(
+                "{resets} clients of :{} got a RST instead of a retry: tcp_abort_on_overflow=1 turns every accept-queue overflow into a connection error",
+                e.lport
+            ),
+            fix: vec![format!(
+                "{prefix}sysctl -w net.ipv4.tcp_abort_on_overflow=0   # clients retry instead of failing (keep 1 only if fast failure is wanted)"
+            )],
+        });
+    }
+    out.sort_by(|a, b| b.impact.cmp(&a.impact));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> ListenerEvidence {
+        ListenerEvidence {
+            netns: 1,
+            host_netns: 1,
+            lport: 8080,
+            owners: vec![Owner { pid: 42, comm: "nginx".into() }],
+            duration_s: 10.0,
+            backlog: 8,
+            last_queue: 9,
+            sysctls: ListenSysctls { somaxconn: Some(4096), ..Default::default() },
+            accepts: Some(100),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn backlog_limits() {
+        assert_eq!(backlog_limit(8, Some(8), Some(4096)), BacklogLimit::Application { arg: 8, seen: true });
+        assert_eq!(backlog_limit(128, Some(511), Some(128)), BacklogLimit::Somaxconn { somaxconn: 128, arg: Some(511) });
+        assert_eq!(backlog_limit(8, None, Some(4096)), BacklogLimit::Application { arg: 8, seen: false });
+        assert_eq!(backlog_limit(4096, None, Some(4096)), BacklogLimit::Somaxconn { somaxconn: 4096, arg: None });
+        assert_eq!(backlog_limit(4096, Some(-1), Some(4096)), BacklogLimit::Somaxconn { somaxconn: 4096, arg: Some(u32::MAX) });
+        assert_eq!(backlog_limit(5, None, None), BacklogLimit::Unknown);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggested_backlog(8), 1024);
+        assert_eq!(suggested_backlog(511), 2048);
+        assert_eq!(suggested_backlog(40000), 65535);
+    }
+
+    #[test]
+    fn small_app_backlog_names_the_app_setting() {
+        let mut e = ev();
+        e.counts.add(OverflowKind::Syn, 30);
+        e.counts.add(OverflowKind::Ack, 3);
+        e.listen_arg = Some(8);
+        let f = diagnose_listener(&e);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].cause, "accept_queue_full");
+        assert_eq!(f[0].impact, 33);
+        assert!(f[0].text.contains("min(listen() 8 [seen by tcpq], net.core.somaxconn 4096)"), "{}", f[0].text);
+        assert!(f[0].text.contains("the application's backlog is the limit"));
+        assert!(f[0].text.contains("think they are connected"));
+        assert!(f[0].fix[0].contains("nginx `listen 8080 backlog=1024;`"), "{:?}", f[0].fix);
+        assert!(f[0].fix[0].contains("listen.backlog = 1024"));
+    }
+
+    #[test]
+    fn somaxconn_limit_names_the_sysctl() {
+        let mut e = ev();
+        e.backlog = 128;
+        e.sysctls.somaxconn = Some(128);
+        e.listen_arg = Some(511);
+        e.counts.add(OverflowKind::Syn, 5);
+        let f = diagnose_listener(&e);
+        assert!(f[0].text.contains("somaxconn is the limit"), "{}", f[0].text);
+        assert!(f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"), "{:?}", f[0].fix);
+    }
+
+    #[test]
+    fn inferred_when_not_seen_and_nsenter_in_other_netns() {
+        let mut e = ev();
+        e.netns = 2;
+        e.backlog = 4096;
+        e.counts.add(OverflowKind::Syn, 5);
+        let f = diagnose_listener(&e);
+        assert!(f[0].text.contains("listen() ≥ 4096 [inferred]"), "{}", f[0].text);
+        assert!(f[0].fix[0].starts_with("nsenter -t 42 -n sysctl -w net.core.somaxconn=16384"), "{:?}", f[0].fix);
+    }
+
+    #[test]
+    fn zero_accepts_means_app_not_accepting() {
+        let mut e = ev();
+        e.accepts = Some(0);
+        e.counts.add(OverflowKind::Syn, 12);
+        let f = diagnose_listener(&e);
+        assert_eq!(f[0].cause, "app_not_accepting");
+        assert!(f[0].text.contains("accepted 0 connections"));
+        assert!(f[0].fix[0].contains("pm.max_children"));
+    }
+
+    #[test]
+    fn synq_cookies_resets() {
+        let mut e = ev();
+        e.max_synq = 9;
+        e.counts.add(OverflowKind::Synq, 7);
+        e.counts.add(OverflowKind::Cookie, 20);
+        e.counts.add(OverflowKind::Reset, 2);
+        e.cookies_sent_recv = Some((20, 1));
+        let f = diagnose_listener(&e);
+        let causes: Vec<&str> = f.iter().map(|f| f.cause).collect();
+        assert_eq!(causes, ["syn_cookies", "syn_queue_full", "accept_queue_full", "overflow_resets"]);
+        assert!(f[0].text.contains("looks like a SYN flood"));
+        assert!(f[1].fix[0].contains("tcp_syncookies=1"));
+        assert!(f[3].fix[0].contains("tcp_abort_on_overflow=0"));
+    }
+
+    #[test]
+    fn nothing_no_findings() {
+        assert!(diagnose_listener(&ev()).is_empty());
+    }
+}

@@ -1,0 +1,2 @@
+pub mod diagnose;
+pub mod resolve;

@@ -1,0 +1,54 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tcpq::{
+    cli::{self, Cli, Command, TraceWhat},
+    cmd,
+    lab::{self, LabArgs, LabName},
+};
+
+/// Errors are one line (`tcpq: …`) and exit 2; tcpq never panics on bad input.
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("TCPQ_LOG", "warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tcpq: {}", tcpq::one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    cli::validate(&cli)?;
+    match cli.command {
+        Command::Check { json } => Ok(cmd::check::run(json)? as u8),
+        Command::Trace { what: TraceWhat::Overflow { port, pid, json, duration, lines_per_sec, summary_interval } } => {
+            cmd::trace_overflow::run(cmd::trace_overflow::TraceOverflowArgs {
+                port,
+                pid,
+                json,
+                duration,
+                lines_per_sec,
+                summary_every: summary_interval,
+            })?;
+            Ok(0)
+        }
+        Command::Lab { name, netns, port, backlog, duration, syncookies, accept_rate, rate, json } => {
+            let backlog = backlog.unwrap_or(match name {
+                LabName::Overflow => 4,
+                LabName::Synflood => 16,
+            });
+            lab::run(LabArgs { name, netns, port, backlog, duration, syncookies, accept_rate, rate, json })?;
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Aggregation of listen-path events: per listener totals, per-window counts and the
+//! per-second line limiter that keeps output readable at high rates without losing counts.
+//! Pure and unit-tested.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use tcpq_common::kind;
+
+use crate::decode::OverflowEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OverflowKind {
+    Syn,
+    Ack,
+    Synq,
+    Cookie,
+    SynackRetrans,
+    Reset,
+}
+
+impl OverflowKind {
+    pub const ALL: [OverflowKind; 6] = [
+        OverflowKind::Syn,
+        OverflowKind::Ack,
+        OverflowKind::Synq,
+        OverflowKind::Cookie,
+        OverflowKind::SynackRetrans,
+        OverflowKind::Reset,
+    ];
+
+    pub fn from_wire(k: u16) -> Option<Self> {
+        Some(match k {
+            kind::SYN_DROP => OverflowKind::Syn,
+            kind::ACK_DROP => OverflowKind::Ack,
+            kind::SYNQ_DROP => OverflowKind::Synq,
+            kind::COOKIE => OverflowKind::Cookie,
+            kind::SYNACK_RETRANS => OverflowKind::SynackRetrans,
+            kind::OVERFLOW_RESET => OverflowKind::Reset,
+            _ => return None,
+        })
+    }
+
+    pub fn wire(self) -> u16 {
+        match self {
+            OverflowKind::Syn => kind::SYN_DROP,
+            OverflowKind::Ack => kind::ACK_DROP,
+            OverflowKind::Synq => kind::SYNQ_DROP,
+            OverflowKind::Cookie => kind::COOKIE,
+            OverflowKind::SynackRetrans => kind::SYNACK_RETRANS,
+            OverflowKind::Reset => kind::OVERFLOW_RESET,
+        }
+    }
+
+    /// Stable id used in text and JSON (`kind`).
+    pub fn id(self) -> &'static str {
+        match self {
+            OverflowKind::Syn => "syn",
+            OverflowKind::Ack => "ack",
+            OverflowKind::Synq => "synq",
+            OverflowKind::Cookie => "cookie",
+            OverflowKind::SynackRetrans => "synack_retrans",
+            OverflowKind::Reset => "reset",
+        }
+    }
+
+    /// JSON `event` name.
+    pub fn event(self) -> &'static str {
+        match self {
+            OverflowKind::SynackRetrans => "synack_retransmit",
+            OverflowKind::Reset => "overflow_reset",
+            _ => "overflow",
+        }
+    }
+
+    /// Cause id (DESIGN.md) this kind is evidence for.
+    pub fn cause(self) -> &'static str {
+        match self {
+            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => "accept_queue_full",
+            OverflowKind::Synq => "syn_queue_full",
+            OverflowKind::Cookie => "syn_cookies",
+            OverflowKind::Reset => "overflow_resets",
+        }
+    }
+
+    /// Does this kind mean a connection attempt was refused (dropped or reset)?
+    pub fn is_refusal(self) -> bool {
+        matches!(self, OverflowKind::Syn | OverflowKind::Ack | OverflowKind::Synq | OverflowKind::Reset)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            OverflowKind::Syn => "SYN dropped: accept queue full",
+            OverflowKind::Ack => "final ACK dropped: accept queue full (client thinks it is connected)",
+            OverflowKind::Synq => "SYN dropped: SYN queue full, syncookies off",
+            OverflowKind::Cookie => "SYN answered with a syncookie: SYN queue full",
+            OverflowKind::SynackRetrans => "SYN-ACK retransmitted",
+            OverflowKind::Reset => "reset sent: accept queue full, tcp_abort_on_overflow=1",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCounts([u64; 6]);
+
+impl KindCounts {
+    pub fn add(&mut self, k: OverflowKind, n: u64) {
+        self.0[k.index()] += n;
+    }
+    pub fn get(&self, k: OverflowKind) -> u64 {
+        self.0[k.index()]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    pub fn refused(&self) -> u64 {
+        OverflowKind::ALL.iter().filter(|k| k.is_refusal()).map(|k| self.get(*k)).sum()
+    }
+    pub fn merge(&mut self, other: &KindCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
+/// Identity of a listening socket: its netns and sock_diag cookie (distinguishes SO_REUSEPORT
+/// siblings), plus the address for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub cookie: u64,
+    pub laddr: IpAddr,
+    pub lport: u16,
+}
+
+impl ListenerKey {
+    pub fn of(ev: &OverflowEvent) -> Self {
+        Self { netns: ev.netns, cookie: ev.cookie, laddr: ev.laddr, lport: ev.lport }
+    }
+}
+
+/// Bounded set of distinct clients (counting stops growing at the cap; the count is then a floor).
+#[derive(Debug, Clone, Default)]
+pub struct ClientSet {
+    set: HashSet<IpAddr>,
+    pub saturated: bool,
+}
+
+impl ClientSet {
+    pub const CAP: usize = 4096;
+    pub fn insert(&mut self, a: IpAddr) {
+        if self.set.len() < Self::CAP {
+            self.set.insert(a);
+        } else if !self.set.contains(&a) {
+            self.saturated = true;
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerAgg {
+    pub key: ListenerKey,
+    pub total: KindCounts,
+    pub window: KindCounts,
+    pub last_queue: u32,
+    pub backlog: u32,
+    pub max_synq: u32,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    pub clients: ClientSet,
+}
+
+/// Per-listener aggregates, bounded: beyond `max_listeners` new listeners are folded into
+/// `other` and counted as evictions.
+#[derive(Debug)]
+pub struct OverflowAggregator {
+    pub listeners: HashMap<ListenerKey, ListenerAgg>,
+    pub other: KindCounts,
+    pub evicted: u64,
+    max_listeners: usize,
+}
+
+impl OverflowAggregator {
+    pub fn new(max_listeners: usize) -> Self {
+        Self { listeners: HashMap::new(), other: KindCounts::default(), evicted: 0, max_listeners }
+    }
+
+    pub fn record(&mut self, ev: &OverflowEvent) {
+        let key = ListenerKey::of(ev);
+        if !self.listeners.contains_key(&key) && self.listeners.len() >= self.max_listeners {
+            self.other.add(ev.kind, 1);
+            self.evicted += 1;
+            return;
+        }
+        let agg = self.listeners.entry(key).or_insert_with(|| ListenerAgg {
+            key,
+            total: KindCounts::default(),
+            window: KindCounts::default(),
+            last_queue: 0,
+            backlog: 0,
+            max_synq: 0,
+            first_ts_ns: ev.ts_ns,
+            last_ts_ns: ev.ts_ns,
+            clients: ClientSet::default(),
+        });
+        agg.total.add(ev.kind, 1);
+        agg.window.add(ev.kind, 1);
+        agg.last_queue = ev.queue;
+        agg.backlog = ev.backlog;
+        agg.max_synq = agg.max_synq.max(ev.synq);
+        agg.last_ts_ns = agg.last_ts_ns.max(ev.ts_ns);
+        agg.first_ts_ns = agg.first_ts_ns.min(ev.ts_ns);
+        if ev.kind != OverflowKind::SynackRetrans {
+            agg.clients.insert(ev.raddr);
+        }
+    }
+
+    pub fn totals(&self) -> KindCounts {
+        let mut t = self.other;
+        for a in self.listeners.values() {
+            t.merge(&a.total);
+        }
+        t
+    }
+
+    /// Listeners ranked by refused connections, worst first.
+    pub fn ranked(&self) -> Vec<&ListenerAgg> {
+        let mut v: Vec<&ListenerAgg> = self.listeners.values().collect();
+        v.sort_by(|a, b| {
+            b.total
+                .refused()
+                .cmp(&a.total.refused())
+                .then(b.total.total().cmp(&a.total.total()))
+                .then(a.key.cmp(&b.key))
+        });
+        v
+    }
+
+    pub fn reset_window(&mut self) {
+        for a in self.listeners.values_mut() {
+            a.window = KindCounts::default();
+        }
+    }
+}
+
+/// What to do with one event under the per-second line budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Print,
+    Suppress,
+}
+
+/// Events folded into one line because a listener exceeded its line budget in one second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateLine {
+    pub second: u64,
+    pub key: ListenerKey,
+    pub kind: OverflowKind,
+    pub count: u64,
+    pub clients: usize,
+    pub last_queue: u32,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Default)]
+struct SecondState {
+    printed: u32,
+    suppressed: HashMap<OverflowKind, (u64, HashSet<IpAddr>, u32, u32)>,
+}
+
+/// Prints up to `per_second` lines per listener per second; the rest become one aggregated line
+/// per listener and kind, with the exact count, when the second ends.
+#[derive(Debug)]
+pub struct LineLimiter {
+    per_second: u32,
+    second: u64,
+    state: HashMap<ListenerKey, SecondState>,
+}
+
+impl LineLimiter {
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second, second: 0, state: HashMap::new() }
+    }
+
+    /// Call with the event's second (monotonic); returns the lines of finished seconds first.
+    pub fn admit(&mut self, second: u64, ev: &OverflowEvent) -> (Vec<AggregateLine>, Admit) {
+        let flushed = if second > self.second { self.flush_until(second) } else { Vec::new() };
+        let st = self.state.entry(ListenerKey::of(ev)).or_default();
+        if st.printed < self.per_second {
+            st.printed += 1;
+            return (flushed, Admit::Print);
+        }
+        let e = st.suppressed.entry(ev.kind).or_insert_with(|| (0, HashSet::new(), 0, 0));
+        e.0 += 1;
+        if e.1.len() < 1024 {
+            e.1.insert(ev.raddr);
+        }
+        e.2 = ev.queue;
+        e.3 = ev.backlog;
+        (flushed, Admit::Suppress)
+    }
+
+    /// Ends every second before `second` and returns their aggregated lines.
+    pub fn flush_until(&mut self, second: u64) -> Vec<AggregateLine> {
+        if second <= self.second {
+            return Vec::new();
+        }
+        let done = self.second;
+        self.second = second;
+        let mut out = Vec::new();
+        for (key, st) in self.state.drain() {
+            for (kind, (count, clients, q, b)) in st.suppressed {
+                out.push(AggregateLine {
+                    second: done,
+                    key,
+                    kind,
+                    count,
+                    clients: clients.len(),
+                    last_queue: q,
+                    backlog: b,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key).then(a.kind.cmp(&b.kind)));
+        out
+    }
+
+    /// Flushes everything (exit).
+    pub fn flush_all(&mut self) -> Vec<AggregateLine> {
+        let next = self.second + 1;
+        self.flush_until(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn ev(kind: OverflowKind, lport: u16, client: u8) -> OverflowEvent {
+        OverflowEvent {
+            kind,
+            ts_ns: 1,
+            netns: 1,
+            cookie: lport as u64,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport,
+            raddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, client)),
+            rport: 1000,
+            queue: 9,
+            backlog: 8,
+            synq: 2,
+        }
+    }
+
+    #[test]
+    fn wire_round_trip() {
+        for k in OverflowKind::ALL {
+            assert_eq!(OverflowKind::from_wire(k.wire()), Some(k));
+        }
+        assert_eq!(OverflowKind::from_wire(0), None);
+    }
+
+    #[test]
+    fn aggregates_per_listener_and_ranks() {
+        let mut a = OverflowAggregator::new(10);
+        for i in 0..5 {
+            a.record(&ev(OverflowKind::Syn, 80, i));
+        }
+        a.record(&ev(OverflowKind::Ack, 80, 1));
+        a.record(&ev(OverflowKind::Cookie, 443, 1));
+        let r = a.ranked();
+        assert_eq!(r[0].key.lport, 80);
+        assert_eq!(r[0].total.get(OverflowKind::Syn), 5);
+        assert_eq!(r[0].total.refused(), 6);
+        assert_eq!(r[0].clients.len(), 5);
+        assert_eq!(r[1].total.refused(), 0);
+        assert_eq!(a.totals().total(), 7);
+        a.reset_window();
+        assert!(a.listeners.values().all(|l| l.window.is_empty()));
+        assert_eq!(a.totals().total(), 7);
+    }
+
+    #[test]
+    fn bounded_listeners_count_evictions() {
+        let mut a = OverflowAggregator::new(2);
+        for port in 1..=4 {
+            a.record(&ev(OverflowKind::Syn, port, 1));
+        }
+        assert_eq!(a.listeners.len(), 2);
+        assert_eq!(a.evicted, 2);
+        assert_eq!(a.totals().get(OverflowKind::Syn), 4, "no count is lost");
+    }
+
+    #[test]
+    fn limiter_keeps_exact_counts() {
+        let mut l = LineLimiter::new(3);
+        let mut printed = 0;
+        let mut aggregated = 0;
+        for i in 0..10u8 {
+            let (flushed, admit) = l.admit(5, &ev(OverflowKind::Syn, 80, i));
+            assert!(flushed.is_empty() || i == 0);
+            if admit == Admit::Print {
+                printed += 1;
+            }
+        }
+        // next second flushes the aggregate of second 5
+        let (flushed, admit) = l.admit(6, &ev(OverflowKind::Syn, 80, 1));
+        assert_eq!(admit, Admit::Print);
+        assert_eq!(flushed.len(), 1);
+        aggregated += flushed[0].count;
+        assert_eq!(flushed[0].second, 5);
+        assert_eq!(flushed[0].clients, 7);
+        assert_eq!(printed + aggregated, 10);
+        assert!(l.flush_all().is_empty());
+    }
+}

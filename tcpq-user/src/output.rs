@@ -1,0 +1,332 @@
+//! Rendering of listen-path events, aggregated lines and summaries as text (ss-like columns) or
+//! NDJSON (field names documented in README.md: a public interface). Pure.
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    decode::OverflowEvent,
+    listen::{diagnose::Finding, resolve::ListenerInfo},
+    model::{AggregateLine, KindCounts, OverflowKind},
+};
+
+/// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_minus_mono_ns: i128,
+}
+
+fn clock_ns(id: nix::time::ClockId) -> i128 {
+    nix::time::clock_gettime(id)
+        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        .unwrap_or(0)
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mono = clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
+        let wall = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
+        Self { wall_minus_mono_ns: wall - mono }
+    }
+    pub fn fixed(wall_minus_mono_ns: i128) -> Self {
+        Self { wall_minus_mono_ns }
+    }
+    pub fn now_mono_ns() -> u64 {
+        clock_ns(nix::time::ClockId::CLOCK_MONOTONIC).max(0) as u64
+    }
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        let ns = (mono_ns as i128 + self.wall_minus_mono_ns).max(0) as u128;
+        UNIX_EPOCH + Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+    }
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        humantime::format_rfc3339_micros(self.wall(mono_ns)).to_string()
+    }
+    /// `HH:MM:SS.micro` (UTC) for text lines.
+    pub fn short(&self, mono_ns: u64) -> String {
+        let s = self.rfc3339(mono_ns);
+        s.get(11..26).unwrap_or(&s).to_string()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    }
+}
+
+fn process_label(info: Option<&ListenerInfo>) -> String {
+    match info.and_then(|i| i.primary()) {
+        Some(o) => {
+            let more = info.map(|i| i.owners.len()).unwrap_or(1);
+            if more > 1 {
+                format!("{}/{} +{}", o.pid, o.comm, more - 1)
+            } else {
+                format!("{}/{}", o.pid, o.comm)
+            }
+        }
+        None => "-".into(),
+    }
+}
+
+pub const TEXT_HEADER: &str = "TIME             NETNS       KIND            LISTENER               CLIENT                 QUEUE      PROCESS";
+
+pub fn event_text(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>) -> String {
+    format!(
+        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}",
+        clock.short(ev.ts_ns),
+        ev.netns,
+        ev.kind.id(),
+        endpoint(ev.laddr, ev.lport),
+        endpoint(ev.raddr, ev.rport),
+        format!("{}/{}", ev.queue, ev.backlog),
+        process_label(info),
+    )
+}
+
+fn owners_json(info: Option<&ListenerInfo>) -> (Value, Value, Value) {
+    match info {
+        Some(i) if !i.owners.is_empty() => (
+            json!(i.owners[0].pid),
+            json!(i.owners[0].comm),
+            json!(i.owners.iter().map(|o| o.pid).collect::<Vec<_>>()),
+        ),
+        _ => (Value::Null, Value::Null, json!([])),
+    }
+}
+
+pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>) -> Value {
+    let (pid, comm, pids) = owners_json(info);
+    json!({
+        "ts": clock.rfc3339(ev.ts_ns),
+        "event": ev.kind.event(),
+        "kind": ev.kind.id(),
+        "cause": ev.kind.cause(),
+        "count": 1,
+        "netns": ev.netns,
+        "laddr": ev.laddr.to_string(),
+        "lport": ev.lport,
+        "raddr": ev.raddr.to_string(),
+        "rport": ev.rport,
+        "pid": pid,
+        "comm": comm,
+        "pids": pids,
+        "backlog": ev.backlog,
+        "queue": ev.queue,
+        "synq": ev.synq,
+    })
+}
+
+pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> String {
+    format!(
+        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}",
+        clock.short(line.second * 1_000_000_000),
+        line.key.netns,
+        format!("{}×{}", line.kind.id(), line.count),
+        endpoint(line.key.laddr, line.key.lport),
+        format!("({} more, {} clients)", line.count, line.clients),
+        format!("{}/{}", line.last_queue, line.backlog),
+        process_label(info),
+    )
+}
+
+pub fn aggregate_json(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> Value {
+    let (pid, comm, pids) = owners_json(info);
+    json!({
+        "ts": clock.rfc3339(line.second * 1_000_000_000),
+        "event": line.kind.event(),
+        "kind": line.kind.id(),
+        "cause": line.kind.cause(),
+        "count": line.count,
+        "aggregated": true,
+        "clients": line.clients,
+        "netns": line.key.netns,
+        "laddr": line.key.laddr.to_string(),
+        "lport": line.key.lport,
+        "raddr": Value::Null,
+        "rport": Value::Null,
+        "pid": pid,
+        "comm": comm,
+        "pids": pids,
+        "backlog": line.backlog,
+        "queue": line.last_queue,
+    })
+}
+
+pub fn counts_json(c: &KindCounts) -> Value {
+    let mut m = serde_json::Map::new();
+    for k in OverflowKind::ALL {
+        m.insert(k.id().into(), json!(c.get(k)));
+    }
+    Value::Object(m)
+}
+
+pub fn counts_text(c: &KindCounts) -> String {
+    OverflowKind::ALL
+        .iter()
+        .filter(|k| c.get(**k) > 0)
+        .map(|k| format!("{} {}", k.id(), c.get(*k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One listener's block of a summary.
+pub struct ListenerSummary<'a> {
+    pub netns: u32,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub info: Option<&'a ListenerInfo>,
+    pub counts: KindCounts,
+    pub backlog: u32,
+    pub last_queue: u32,
+    pub somaxconn: Option<u32>,
+    pub listen_arg: Option<i32>,
+    pub accepts: Option<u64>,
+    pub clients: usize,
+    pub findings: Vec<Finding>,
+}
+
+pub fn summary_text(duration_s: f64, lost: u64, kernel_totals: &KindCounts, listeners: &[ListenerSummary]) -> String {
+    let mut s = format!(
+        "── summary over {duration_s:.1} s ── kernel counted: {} ── lost events: {lost}{}\n",
+        if kernel_totals.is_empty() { "nothing".into() } else { counts_text(kernel_totals) },
+        if lost > 0 { " (ring buffer full: per-kind counts above stay exact)" } else { "" }
+    );
+    if listeners.is_empty() {
+        s.push_str("  no listener refused a connection\n");
+    }
+    for l in listeners {
+        s.push_str(&format!(
+            "  {} netns {} {}: {} · queue {}/{} · listen() {} · somaxconn {} · accepts {} · clients {}\n",
+            endpoint(l.laddr, l.lport),
+            l.netns,
+            process_label(l.info),
+            counts_text(&l.counts),
+            l.last_queue,
+            l.backlog,
+            l.listen_arg.map(|a| format!("{a} (seen)")).unwrap_or_else(|| "not seen".into()),
+            l.somaxconn.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            l.accepts.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            l.clients,
+        ));
+        for f in &l.findings {
+            s.push_str(&format!("    cause {}: {}\n", f.cause, f.text));
+            for fix in &f.fix {
+                s.push_str(&format!("      fix: {fix}\n"));
+            }
+        }
+    }
+    s
+}
+
+pub fn summary_json(clock: &Clock, now_mono: u64, duration_s: f64, lost: u64, kernel_totals: &KindCounts, listeners: &[ListenerSummary]) -> Value {
+    let ls: Vec<Value> = listeners
+        .iter()
+        .map(|l| {
+            let (pid, comm, pids) = owners_json(l.info);
+            json!({
+                "netns": l.netns,
+                "laddr": l.laddr.to_string(),
+                "lport": l.lport,
+                "pid": pid,
+                "comm": comm,
+                "pids": pids,
+                "counts": counts_json(&l.counts),
+                "count": l.counts.refused(),
+                "backlog": l.backlog,
+                "queue": l.last_queue,
+                "somaxconn": l.somaxconn,
+                "listen_arg": l.listen_arg,
+                "listen_arg_source": if l.listen_arg.is_some() { "seen" } else { "inferred" },
+                "accepts": l.accepts,
+                "clients": l.clients,
+                "causes": l.findings,
+            })
+        })
+        .collect();
+    json!({
+        "ts": clock.rfc3339(now_mono),
+        "event": "summary",
+        "duration_s": (duration_s * 10.0).round() / 10.0,
+        "lost_events": lost,
+        "kernel_counts": counts_json(kernel_totals),
+        "listeners": ls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::snapshot::procs::Owner;
+
+    fn ev() -> OverflowEvent {
+        OverflowEvent {
+            kind: OverflowKind::Ack,
+            ts_ns: 1_500_000_000,
+            netns: 4026531840,
+            cookie: 9,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport: 8080,
+            raddr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            rport: 40000,
+            queue: 5,
+            backlog: 4,
+            synq: 1,
+        }
+    }
+
+    fn info() -> ListenerInfo {
+        ListenerInfo {
+            inode: 1,
+            backlog: 4,
+            owners: vec![Owner { pid: 10, comm: "nginx".into() }, Owner { pid: 11, comm: "nginx".into() }],
+            listen_arg: Some(4),
+        }
+    }
+
+    #[test]
+    fn json_event_has_the_public_fields() {
+        let clock = Clock::fixed(0);
+        let v = event_json(&clock, &ev(), Some(&info()));
+        for k in ["ts", "event", "kind", "count", "netns", "laddr", "lport", "raddr", "rport", "pid", "comm", "backlog", "queue"] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["ts"], "1970-01-01T00:00:01.500000Z");
+        assert_eq!(v["kind"], "ack");
+        assert_eq!(v["event"], "overflow");
+        assert_eq!(v["pid"], 10);
+        assert_eq!(v["pids"], json!([10, 11]));
+        assert_eq!(v["raddr"], "127.0.0.2");
+    }
+
+    #[test]
+    fn text_line_columns() {
+        let clock = Clock::fixed(0);
+        let t = event_text(&clock, &ev(), Some(&info()));
+        assert!(t.starts_with("00:00:01.500000"), "{t}");
+        assert!(t.contains("127.0.0.1:8080") && t.contains("127.0.0.2:40000") && t.contains("5/4") && t.contains("10/nginx +1"), "{t}");
+        let none = event_text(&clock, &ev(), None);
+        assert!(none.trim_end().ends_with('-'));
+        assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");
+    }
+
+    #[test]
+    fn summary_without_listeners_does_not_panic() {
+        let t = summary_text(0.0, 0, &KindCounts::default(), &[]);
+        assert!(t.contains("no listener refused"));
+        let v = summary_json(&Clock::fixed(0), 0, 0.0, 3, &KindCounts::default(), &[]);
+        assert_eq!(v["lost_events"], 3);
+        assert_eq!(v["listeners"], json!([]));
+    }
+}

@@ -1,0 +1,110 @@
+//! Kernel counters (/proc/net/netstat, /proc/net/snmp) and sysctls, per network namespace.
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+
+use super::netns;
+
+/// Parses the "Prefix: names…" / "Prefix: values…" line pairs of /proc/net/netstat and
+/// /proc/net/snmp into `Prefix:Name → value`. (procfs parses snmp but not netstat's TcpExt.)
+pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let mut header: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        let Some((prefix, rest)) = line.split_once(':') else {
+            header = None;
+            continue;
+        };
+        let numeric = rest.split_whitespace().all(|t| t.parse::<i64>().is_ok());
+        match header {
+            Some((hp, names)) if hp == prefix && numeric => {
+                for (n, v) in names.split_whitespace().zip(rest.split_whitespace()) {
+                    if let Ok(v) = v.parse::<i64>() {
+                        out.insert(format!("{prefix}:{n}"), v.max(0) as u64);
+                    }
+                }
+                header = None;
+            }
+            _ => header = Some((prefix, rest)),
+        }
+    }
+    out
+}
+
+/// TcpExt and Tcp counters of the calling thread's network namespace.
+pub fn read_here() -> Result<HashMap<String, u64>> {
+    let mut all = HashMap::new();
+    for f in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {f}"))?;
+        all.extend(parse_pairs(&text));
+    }
+    Ok(all)
+}
+
+pub fn read_in(netns_inum: u32) -> Result<HashMap<String, u64>> {
+    netns::run_in(netns_inum, read_here)?
+}
+
+/// Sysctls relevant to the listen path, of the calling thread's network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenSysctls {
+    pub somaxconn: Option<u32>,
+    pub tcp_max_syn_backlog: Option<u32>,
+    pub tcp_syncookies: Option<u32>,
+    pub tcp_abort_on_overflow: Option<u32>,
+}
+
+fn read_u32(path: &str) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl ListenSysctls {
+    pub fn read_here() -> Self {
+        Self {
+            somaxconn: read_u32("/proc/sys/net/core/somaxconn"),
+            tcp_max_syn_backlog: read_u32("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+            tcp_syncookies: read_u32("/proc/sys/net/ipv4/tcp_syncookies"),
+            tcp_abort_on_overflow: read_u32("/proc/sys/net/ipv4/tcp_abort_on_overflow"),
+        }
+    }
+    pub fn read_in(netns_inum: u32) -> Self {
+        netns::run_in(netns_inum, Self::read_here).unwrap_or_default()
+    }
+}
+
+/// `after - before` for the listed counters (missing counters count as 0).
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
+    after.get(key).copied().unwrap_or(0).saturating_sub(before.get(key).copied().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_netstat() {
+        let t = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops\nTcpExt: 3 1 38 40\nIpExt: InNoRoutes\nIpExt: 0\n";
+        let m = parse_pairs(t);
+        assert_eq!(m["TcpExt:ListenOverflows"], 38);
+        assert_eq!(m["TcpExt:SyncookiesSent"], 3);
+        assert_eq!(m["IpExt:InNoRoutes"], 0);
+        let mut after = m.clone();
+        after.insert("TcpExt:ListenOverflows".into(), 50);
+        assert_eq!(delta(&m, &after, "TcpExt:ListenOverflows"), 12);
+        assert_eq!(delta(&m, &after, "TcpExt:Missing"), 0);
+    }
+
+    #[test]
+    fn tolerates_garbage() {
+        let m = parse_pairs("garbage\nTcpExt: A B\nOther: 1 2\nTcp: RtoMin\nTcp: -1\n");
+        assert_eq!(m.get("Tcp:RtoMin"), Some(&0), "negative values clamp to 0");
+        assert!(!m.contains_key("TcpExt:A"), "a header without values is ignored");
+    }
+
+    #[test]
+    fn reads_own_namespace() {
+        let m = read_here().unwrap();
+        assert!(m.contains_key("TcpExt:ListenOverflows"));
+        assert!(ListenSysctls::read_here().somaxconn.is_some());
+    }
+}

@@ -1,0 +1,4 @@
+pub mod counters;
+pub mod netns;
+pub mod procs;
+pub mod sockdiag;
