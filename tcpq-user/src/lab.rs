@@ -296,7 +296,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
         nft_in(
             &ns.name,
             &format!(
-                "table inet tcpq_lab {{ chain out {{ type filter hook output priority 0; policy accept; tcp dport {} tcp flags & (fin | syn | rst) == 0 drop; }} }}",
+                "table inet tcpq_lab {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  tcp dport {} tcp flags & (fin | syn | rst) == 0 drop\n }}\n}}\n",
                 args.port
             ),
         )?;
@@ -375,7 +375,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
     nft_in(
         &cli.name,
         &format!(
-            "table inet tcpq_lab {{ chain out {{ type filter hook output priority 0; policy accept; ip daddr {srv_ip} tcp dport {} tcp flags & (fin | syn | rst) == 0 drop; }} }}",
+            "table inet tcpq_lab {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip daddr {srv_ip} tcp dport {} tcp flags & (fin | syn | rst) == 0 drop\n }}\n}}\n",
             args.port
         ),
     )?;
