@@ -46,6 +46,9 @@ pub enum Command {
         /// synflood: tcp_syncookies inside the lab's server namespace (0, 1 or 2).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
         syncookies: u8,
+        /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
+        #[arg(long)]
+        abort_on_overflow: bool,
         /// overflow: connections the server accepts per second (0 = never accepts).
         #[arg(long, default_value_t = 20)]
         accept_rate: u32,

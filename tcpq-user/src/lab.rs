@@ -71,6 +71,7 @@ pub struct LabArgs {
     pub backlog: u32,
     pub duration: Duration,
     pub syncookies: u8,
+    pub abort_on_overflow: bool,
     pub accept_rate: u32,
     pub rate: u32,
     pub json: bool,
@@ -283,16 +284,36 @@ pub fn run(args: LabArgs) -> Result<()> {
 fn overflow(args: &LabArgs) -> Result<()> {
     let name = args.netns.clone().unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
     let ns = NetnsGuard::create_or_use(&name)?;
+    if args.abort_on_overflow {
+        write_sysctl_in(&ns, "/proc/sys/net/ipv4/tcp_abort_on_overflow", "1")?;
+    }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port);
     let server = Server::start(&ns, addr, args.backlog, args.accept_rate)?;
     let with_nft = nft_available();
-    facts(args, json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate}));
+    facts(args, json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate, "abort_on_overflow": args.abort_on_overflow}));
 
     let attempts = Arc::new(AtomicU64::new(0));
     let mut held: Vec<Socket> = Vec::new();
     if with_nft && !stopped() {
         // Hold the server still so the queue fills exactly from these handshakes.
         server.accepting.store(false, Ordering::SeqCst);
+        // Half-fill the accept queue with completed handshakes first, so that some of the
+        // request sockets below overflow too (not only cookie ACKs): with
+        // tcp_abort_on_overflow=1 those are the ones answered with a reset.
+        let prefill = (args.backlog as usize).div_ceil(2);
+        let at = attempts.clone();
+        let h = spawn_in(&ns, move || {
+            let mut v = Vec::new();
+            for _ in 0..prefill {
+                if let Some(s) = connect_nonblocking(addr) {
+                    v.push(s);
+                }
+                at.fetch_add(1, Ordering::Relaxed);
+            }
+            v
+        })?;
+        held.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+        nap(Duration::from_millis(50));
         nft_in(
             &ns.name,
             &format!(
@@ -313,7 +334,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
             }
             v
         })?;
-        held = h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        held.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
         nap(Duration::from_millis(300));
         nft_in(&ns.name, "delete table inet tcpq_lab")?;
         // Data rides on an ACK: each one completes a handshake into the (full) accept queue.

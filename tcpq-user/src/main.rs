@@ -42,12 +42,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
-        Command::Lab { name, netns, port, backlog, duration, syncookies, accept_rate, rate, json } => {
+        Command::Lab { name, netns, port, backlog, duration, syncookies, abort_on_overflow, accept_rate, rate, json } => {
             let backlog = backlog.unwrap_or(match name {
                 LabName::Overflow => 4,
                 LabName::Synflood => 16,
             });
-            lab::run(LabArgs { name, netns, port, backlog, duration, syncookies, accept_rate, rate, json })?;
+            lab::run(LabArgs { name, netns, port, backlog, duration, syncookies, abort_on_overflow, accept_rate, rate, json })?;
             Ok(0)
         }
     }

@@ -49,6 +49,8 @@ struct Tracer {
     accepts_window_base: HashMap<u32, u64>,
     netns_counters_run: HashMap<u32, HashMap<String, u64>>,
     netns_counters_window: HashMap<u32, HashMap<String, u64>>,
+    /// Sysctls per namespace as first seen: the namespace may be gone by summary time.
+    netns_sysctls: HashMap<u32, counters::ListenSysctls>,
     decode_errors: u64,
     header_printed: bool,
 }
@@ -78,6 +80,7 @@ impl Tracer {
         {
             self.netns_counters_window.insert(ns, c.clone());
             self.netns_counters_run.insert(ns, c);
+            self.netns_sysctls.insert(ns, counters::ListenSysctls::read_in(ns));
         }
     }
 
@@ -162,7 +165,14 @@ impl Tracer {
         let mut summaries = Vec::new();
         for (a, info) in ranked.iter().zip(infos.iter()) {
             let ns = a.key.netns;
-            let sysctls = sysctl_cache.entry(ns).or_insert_with(|| counters::ListenSysctls::read_in(ns)).clone();
+            let cached = self.netns_sysctls.get(&ns).cloned().unwrap_or_default();
+            let sysctls = sysctl_cache
+                .entry(ns)
+                .or_insert_with(|| {
+                    let now = counters::ListenSysctls::read_in(ns);
+                    if now.somaxconn.is_some() { now } else { cached }
+                })
+                .clone();
             let now = counters_now.entry(ns).or_insert_with(|| counters::read_in(ns).unwrap_or_default()).clone();
             let base = if final_run { self.netns_counters_run.get(&ns) } else { self.netns_counters_window.get(&ns) };
             let cookies_sent_recv = base.map(|b| {
@@ -302,6 +312,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
             accepts_window_base: base,
             netns_counters_run: HashMap::new(),
             netns_counters_window: HashMap::new(),
+            netns_sysctls: HashMap::new(),
             decode_errors: 0,
             header_printed: false,
             args: args.clone(),
