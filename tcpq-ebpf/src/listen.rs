@@ -98,36 +98,36 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     }
 
     // Packet data starts at the network header for cgroup_skb.
-    let b0: u8 = ctx.load(0).map_err(|e| e as i64)?;
+    let b0: u8 = ctx.load(0)?;
     let mut ev = ListenEvent::default();
     let l4: usize;
     match b0 >> 4 {
         4 => {
-            let proto: u8 = ctx.load(9).map_err(|e| e as i64)?;
+            let proto: u8 = ctx.load(9)?;
             if proto != IPPROTO_TCP {
                 return Ok(());
             }
             l4 = ((b0 & 0x0f) as usize) * 4;
             ev.family = AF_INET;
-            let src: [u8; 4] = ctx.load(12).map_err(|e| e as i64)?;
-            let dst: [u8; 4] = ctx.load(16).map_err(|e| e as i64)?;
+            let src: [u8; 4] = ctx.load(12)?;
+            let dst: [u8; 4] = ctx.load(16)?;
             ev.raddr[..4].copy_from_slice(&src);
             ev.laddr[..4].copy_from_slice(&dst);
         }
         6 => {
-            let next: u8 = ctx.load(6).map_err(|e| e as i64)?;
+            let next: u8 = ctx.load(6)?;
             if next != IPPROTO_TCP {
                 return Ok(()); // extension headers: not worth the cost here
             }
             l4 = 40;
             ev.family = AF_INET6;
-            ev.raddr = ctx.load(8).map_err(|e| e as i64)?;
-            ev.laddr = ctx.load(24).map_err(|e| e as i64)?;
+            ev.raddr = ctx.load(8)?;
+            ev.laddr = ctx.load(24)?;
         }
         _ => return Ok(()),
     }
-    let ports: [u8; 4] = ctx.load(l4).map_err(|e| e as i64)?;
-    let flags: u8 = ctx.load(l4 + 13).map_err(|e| e as i64)?;
+    let ports: [u8; 4] = ctx.load(l4)?;
+    let flags: u8 = ctx.load(l4 + 13)?;
     ev.rport = u16::from_be_bytes([ports[0], ports[1]]);
     ev.lport = u16::from_be_bytes([ports[2], ports[3]]);
     let filter = FILTER_LPORT.load();
@@ -322,10 +322,9 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 
 fn try_sys_enter_listen(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offsets come from this tracepoint's format file; fields are 8-byte longs.
-    let fd: u64 = unsafe { ctx.read_at(TP_LISTEN_FD.load() as usize) }.map_err(|e| e as i64)?;
+    let fd: u64 = unsafe { ctx.read_at(TP_LISTEN_FD.load() as usize) }?;
     // SAFETY: as above.
-    let backlog: u64 =
-        unsafe { ctx.read_at(TP_LISTEN_BACKLOG.load() as usize) }.map_err(|e| e as i64)?;
+    let backlog: u64 = unsafe { ctx.read_at(TP_LISTEN_BACKLOG.load() as usize) }?;
     let ev = ListenCallEvent {
         kind: kind::LISTEN_CALL,
         _pad0: 0,

@@ -6,8 +6,57 @@ use clap::{Parser, Subcommand};
 
 use crate::lab::LabName;
 
+/// `tcpq lab` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// Which incident.
+    #[arg(value_enum)]
+    pub name: LabName,
+    /// Use (or create) this named network namespace instead of a fresh one.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Port the lab's server listens on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// listen() backlog of the lab's server.
+    #[arg(long)]
+    pub backlog: Option<u32>,
+    /// How long the connect storm runs (e.g. 3, 3s, 1500ms).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// synflood: tcp_syncookies inside the lab's server namespace (0, 1 or 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub syncookies: u8,
+    /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
+    #[arg(long)]
+    pub abort_on_overflow: bool,
+    /// overflow: connections the server accepts per second (0 = never accepts).
+    #[arg(long, default_value_t = 20)]
+    pub accept_rate: u32,
+    /// Connection attempts per second from the client.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Print the lab's facts as NDJSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LabArgs {
+    /// The listen() backlog: given, or the lab's default (small enough to overflow at once).
+    pub fn backlog(&self) -> u32 {
+        self.backlog.unwrap_or(match self.name {
+            LabName::Overflow => 4,
+            LabName::Synflood => 16,
+        })
+    }
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "tcpq", version, about = "Why do TCP connections fail on this server? Live, per listener, process and destination.")]
+#[command(
+    name = "tcpq",
+    version,
+    about = "Why do TCP connections fail on this server? Live, per listener, process and destination."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,38 +76,7 @@ pub enum Command {
         what: TraceWhat,
     },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
-    Lab {
-        /// Which incident.
-        #[arg(value_enum)]
-        name: LabName,
-        /// Use (or create) this named network namespace instead of a fresh one.
-        #[arg(long)]
-        netns: Option<String>,
-        /// Port the lab's server listens on.
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// listen() backlog of the lab's server.
-        #[arg(long)]
-        backlog: Option<u32>,
-        /// How long the connect storm runs (e.g. 3, 3s, 1500ms).
-        #[arg(long, default_value = "3s", value_parser = parse_duration)]
-        duration: Duration,
-        /// synflood: tcp_syncookies inside the lab's server namespace (0, 1 or 2).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-        syncookies: u8,
-        /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
-        #[arg(long)]
-        abort_on_overflow: bool,
-        /// overflow: connections the server accepts per second (0 = never accepts).
-        #[arg(long, default_value_t = 20)]
-        accept_rate: u32,
-        /// Connection attempts per second from the client.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        /// Print the lab's facts as NDJSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Lab(LabArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,11 +109,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let d = if let Ok(secs) = s.parse::<f64>() {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration '{s}': must be a positive number of seconds"));
+            return Err(format!(
+                "invalid duration '{s}': must be a positive number of seconds"
+            ));
         }
         Duration::from_secs_f64(secs)
     } else {
-        humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}' ({e}): use e.g. 10s, 500ms, 2m"))?
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration '{s}' ({e}): use e.g. 10s, 500ms, 2m"))?
     };
     if d.is_zero() {
         return Err(format!("invalid duration '{s}': must be greater than zero"));
@@ -111,7 +132,10 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
 }
 
 pub fn validate(cli: &Cli) -> Result<()> {
-    if let Command::Lab { backlog: Some(0), .. } = cli.command {
+    if let Command::Lab(LabArgs {
+        backlog: Some(0), ..
+    }) = &cli.command
+    {
         bail!("invalid --backlog 0: use at least 1");
     }
     Ok(())
@@ -142,9 +166,17 @@ mod tests {
 
     #[test]
     fn parses_trace_overflow() {
-        let cli = Cli::try_parse_from(["tcpq", "trace", "overflow", "--port", "80", "--pid", "nginx", "--json"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "tcpq", "trace", "overflow", "--port", "80", "--pid", "nginx", "--json",
+        ])
+        .unwrap();
         match cli.command {
-            Command::Trace { what: TraceWhat::Overflow { port, pid, json, .. } } => {
+            Command::Trace {
+                what:
+                    TraceWhat::Overflow {
+                        port, pid, json, ..
+                    },
+            } => {
                 assert_eq!(port, Some(80));
                 assert_eq!(pid.as_deref(), Some("nginx"));
                 assert!(json);

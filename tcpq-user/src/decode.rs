@@ -56,7 +56,10 @@ impl std::fmt::Display for DecodeError {
 fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked above; T is a #[repr(C)] integer-only wire type for which every bit
     // pattern is valid; read_unaligned copes with any alignment of the ring buffer slice.
@@ -83,7 +86,10 @@ pub fn comm_str(raw: &[u8; 16]) -> String {
 
 pub fn decode_listen(bytes: &[u8]) -> Result<ListenRecord, DecodeError> {
     if bytes.len() < 2 {
-        return Err(DecodeError::Short { len: bytes.len(), need: 2 });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need: 2,
+        });
     }
     let k = u16::from_ne_bytes([bytes[0], bytes[1]]);
     if k == kind::LISTEN_CALL {
@@ -120,28 +126,54 @@ mod tests {
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a plain #[repr(C)] wire struct; we copy its bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
     fn decodes_syn_drop_v4() {
-        let mut e = ListenEvent { kind: kind::SYN_DROP, family: 2, netns: 4026531840, ts_ns: 5, cookie: 77, lport: 8080, rport: 40000, queue: 9, backlog: 8, synq: 0, ..Default::default() };
+        let mut e = ListenEvent {
+            kind: kind::SYN_DROP,
+            family: 2,
+            netns: 4026531840,
+            ts_ns: 5,
+            cookie: 77,
+            lport: 8080,
+            rport: 40000,
+            queue: 9,
+            backlog: 8,
+            synq: 0,
+            ..Default::default()
+        };
         e.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         let rec = decode_listen(&bytes_of(&e)).unwrap();
-        let ListenRecord::Overflow(o) = rec else { panic!("wrong record") };
+        let ListenRecord::Overflow(o) = rec else {
+            panic!("wrong record")
+        };
         assert_eq!(o.kind, OverflowKind::Syn);
         assert_eq!(o.laddr.to_string(), "127.0.0.1");
         assert_eq!(o.raddr.to_string(), "10.1.2.3");
-        assert_eq!((o.lport, o.rport, o.queue, o.backlog, o.cookie), (8080, 40000, 9, 8, 77));
+        assert_eq!(
+            (o.lport, o.rport, o.queue, o.backlog, o.cookie),
+            (8080, 40000, 9, 8, 77)
+        );
     }
 
     #[test]
     fn decodes_v6_and_mapped() {
-        let mut e = ListenEvent { kind: kind::COOKIE, family: 10, ..Default::default() };
+        let mut e = ListenEvent {
+            kind: kind::COOKIE,
+            family: 10,
+            ..Default::default()
+        };
         e.laddr = Ipv6Addr::LOCALHOST.octets();
         e.raddr = Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped().octets();
-        let ListenRecord::Overflow(o) = decode_listen(&bytes_of(&e)).unwrap() else { panic!() };
+        let ListenRecord::Overflow(o) = decode_listen(&bytes_of(&e)).unwrap() else {
+            panic!()
+        };
         assert_eq!(o.laddr.to_string(), "::1");
         assert_eq!(o.raddr.to_string(), "192.0.2.1");
         assert_eq!(o.kind, OverflowKind::Cookie);
@@ -151,16 +183,40 @@ mod tests {
     fn decodes_listen_call() {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"nginx");
-        let e = ListenCallEvent { kind: kind::LISTEN_CALL, tgid: 42, fd: 6, backlog: 511, comm, ..Default::default() };
-        let ListenRecord::ListenCall(c) = decode_listen(&bytes_of(&e)).unwrap() else { panic!() };
-        assert_eq!((c.tgid, c.fd, c.backlog, c.comm.as_str()), (42, 6, 511, "nginx"));
+        let e = ListenCallEvent {
+            kind: kind::LISTEN_CALL,
+            tgid: 42,
+            fd: 6,
+            backlog: 511,
+            comm,
+            ..Default::default()
+        };
+        let ListenRecord::ListenCall(c) = decode_listen(&bytes_of(&e)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.tgid, c.fd, c.backlog, c.comm.as_str()),
+            (42, 6, 511, "nginx")
+        );
     }
 
     #[test]
     fn rejects_short_and_unknown() {
-        assert!(matches!(decode_listen(&[1]), Err(DecodeError::Short { .. })));
-        assert!(matches!(decode_listen(&[1, 0, 0]), Err(DecodeError::Short { .. })));
-        let e = ListenEvent { kind: 99, ..Default::default() };
-        assert_eq!(decode_listen(&bytes_of(&e)), Err(DecodeError::UnknownKind(99)));
+        assert!(matches!(
+            decode_listen(&[1]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            decode_listen(&[1, 0, 0]),
+            Err(DecodeError::Short { .. })
+        ));
+        let e = ListenEvent {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_listen(&bytes_of(&e)),
+            Err(DecodeError::UnknownKind(99))
+        );
     }
 }

@@ -63,33 +63,29 @@ pub enum LabName {
     Synflood,
 }
 
-#[derive(Debug, Clone)]
-pub struct LabArgs {
-    pub name: LabName,
-    pub netns: Option<String>,
-    pub port: u16,
-    pub backlog: u32,
-    pub duration: Duration,
-    pub syncookies: u8,
-    pub abort_on_overflow: bool,
-    pub accept_rate: u32,
-    pub rate: u32,
-    pub json: bool,
-}
+pub use crate::cli::LabArgs;
 
 fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{what}: cannot run {:?} (is iproute2/nftables installed?)", cmd.get_program()))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
+        format!(
+            "{what}: cannot run {:?} (is iproute2/nftables installed?)",
+            cmd.get_program()
+        )
+    })?;
     if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    run_cmd(Command::new("ip").args(args), &format!("ip {}", args.join(" ")))
+    run_cmd(
+        Command::new("ip").args(args),
+        &format!("ip {}", args.join(" ")),
+    )
 }
 
 fn nft_in(ns: &str, script: &str) -> Result<()> {
@@ -108,13 +104,21 @@ fn nft_in(ns: &str, script: &str) -> Result<()> {
         .context("write nft script")?;
     let out = child.wait_with_output().context("wait for nft")?;
     if !out.status.success() {
-        bail!("nft in namespace {ns} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "nft in namespace {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 pub fn nft_available() -> bool {
-    Command::new("nft").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A named network namespace, deleted on drop when the lab created it.
@@ -127,10 +131,16 @@ impl NetnsGuard {
     pub fn create_or_use(name: &str) -> Result<Self> {
         let path = PathBuf::from("/run/netns").join(name);
         if path.exists() {
-            return Ok(Self { name: name.into(), created: false });
+            return Ok(Self {
+                name: name.into(),
+                created: false,
+            });
         }
         ip(&["netns", "add", name])?;
-        let g = Self { name: name.into(), created: true };
+        let g = Self {
+            name: name.into(),
+            created: true,
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(g)
     }
@@ -148,17 +158,24 @@ impl NetnsGuard {
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if self.created {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
 
 /// Spawns a thread that lives in `ns`.
-fn spawn_in<T: Send + 'static>(ns: &NetnsGuard, f: impl FnOnce() -> T + Send + 'static) -> Result<thread::JoinHandle<Result<T>>> {
+fn spawn_in<T: Send + 'static>(
+    ns: &NetnsGuard,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<Result<T>>> {
     let file = ns.file()?;
     let name = ns.name.clone();
     Ok(thread::spawn(move || {
-        setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("enter network namespace {name}"))?;
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter network namespace {name}"))?;
         Ok(f())
     }))
 }
@@ -188,9 +205,11 @@ impl Server {
         let (s, a, n) = (stop.clone(), accepting.clone(), accepted.clone());
         let handle = spawn_in(ns, move || -> Result<()> {
             let sock = (|| -> Result<Socket> {
-                let sock = Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
+                let sock =
+                    Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
                 sock.set_reuse_address(true)?;
-                sock.bind(&SocketAddr::V4(addr).into()).with_context(|| format!("bind {addr}"))?;
+                sock.bind(&SocketAddr::V4(addr).into())
+                    .with_context(|| format!("bind {addr}"))?;
                 sock.listen(backlog as i32).context("listen")?;
                 sock.set_nonblocking(true)?;
                 Ok(sock)
@@ -205,7 +224,11 @@ impl Server {
                     return Ok(());
                 }
             };
-            let interval = if accept_rate == 0 { None } else { Some(Duration::from_secs_f64(1.0 / accept_rate as f64)) };
+            let interval = if accept_rate == 0 {
+                None
+            } else {
+                Some(Duration::from_secs_f64(1.0 / accept_rate as f64))
+            };
             while !s.load(Ordering::SeqCst) {
                 match interval {
                     Some(iv) if a.load(Ordering::SeqCst) => {
@@ -220,8 +243,14 @@ impl Server {
             }
             Ok(())
         })?;
-        rx.recv_timeout(Duration::from_secs(5)).context("server did not start")??;
-        Ok(Self { stop, accepting, accepted, handle: Some(handle) })
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("server did not start")??;
+        Ok(Self {
+            stop,
+            accepting,
+            accepted,
+            handle: Some(handle),
+        })
     }
 }
 
@@ -250,7 +279,7 @@ fn facts(args: &LabArgs, extra: serde_json::Value) {
         "lab": format!("{:?}", args.name).to_lowercase(),
         "pid": std::process::id(),
         "lport": args.port,
-        "backlog": args.backlog,
+        "backlog": args.backlog(),
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, val) in e {
@@ -268,10 +297,12 @@ pub fn run(args: LabArgs) -> Result<()> {
     if nix::unistd::geteuid().as_raw() != 0 {
         bail!("tcpq lab needs root (it creates network namespaces): run it with sudo");
     }
-    if args.backlog == 0 || args.port == 0 {
+    if args.backlog() == 0 || args.port == 0 {
         bail!("tcpq lab needs a non-zero --port and --backlog");
     }
     install_stop_handler();
+    // Name the process so its listener is easy to tell from tcpq itself (/proc/PID/comm).
+    let _ = nix::sys::prctl::set_name(c"tcpq-lab");
     match args.name {
         LabName::Overflow => overflow(&args),
         LabName::Synflood => synflood(&args),
@@ -282,15 +313,21 @@ pub fn run(args: LabArgs) -> Result<()> {
 /// their final ACKs are held back, then all ACK at once into a full accept queue. Phase 2
 /// (`syn`): a connect storm against a server accepting `accept_rate`/s.
 fn overflow(args: &LabArgs) -> Result<()> {
-    let name = args.netns.clone().unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
+    let name = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
     let ns = NetnsGuard::create_or_use(&name)?;
     if args.abort_on_overflow {
         write_sysctl_in(&ns, "/proc/sys/net/ipv4/tcp_abort_on_overflow", "1")?;
     }
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port);
-    let server = Server::start(&ns, addr, args.backlog, args.accept_rate)?;
+    let server = Server::start(&ns, addr, args.backlog(), args.accept_rate)?;
     let with_nft = nft_available();
-    facts(args, json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate, "abort_on_overflow": args.abort_on_overflow}));
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate, "abort_on_overflow": args.abort_on_overflow}),
+    );
 
     let attempts = Arc::new(AtomicU64::new(0));
     let mut held: Vec<Socket> = Vec::new();
@@ -300,7 +337,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
         // Half-fill the accept queue with completed handshakes first, so that some of the
         // request sockets below overflow too (not only cookie ACKs): with
         // tcp_abort_on_overflow=1 those are the ones answered with a reset.
-        let prefill = (args.backlog as usize).div_ceil(2);
+        let prefill = (args.backlog() as usize).div_ceil(2);
         let at = attempts.clone();
         let h = spawn_in(&ns, move || {
             let mut v = Vec::new();
@@ -312,7 +349,10 @@ fn overflow(args: &LabArgs) -> Result<()> {
             }
             v
         })?;
-        held.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+        held.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
         nap(Duration::from_millis(50));
         nft_in(
             &ns.name,
@@ -321,7 +361,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
                 args.port
             ),
         )?;
-        let n = args.backlog as usize + 1 + 8;
+        let n = args.backlog() as usize + 1 + 8;
         let at = attempts.clone();
         let h = spawn_in(&ns, move || {
             let mut v = Vec::new();
@@ -334,7 +374,10 @@ fn overflow(args: &LabArgs) -> Result<()> {
             }
             v
         })?;
-        held.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+        held.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
         nap(Duration::from_millis(300));
         nft_in(&ns.name, "delete table inet tcpq_lab")?;
         // Data rides on an ACK: each one completes a handshake into the (full) accept queue.
@@ -357,19 +400,28 @@ fn overflow(args: &LabArgs) -> Result<()> {
                 open.push_back((Instant::now(), s));
             }
             at.fetch_add(1, Ordering::Relaxed);
-            while open.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(1)) {
+            while open
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(1))
+            {
                 open.pop_front();
             }
             thread::sleep(interval);
         }
     })?;
-    storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked"))??;
+    storm
+        .join()
+        .map_err(|_| anyhow::anyhow!("storm thread panicked"))??;
     drop(held);
     nap(Duration::from_millis(500));
     let accepted = server.accepted.load(Ordering::Relaxed);
     drop(server);
     let done = json!({"event": "lab_done", "lab": "overflow", "connect_attempts": attempts.load(Ordering::Relaxed), "accepted": accepted, "interrupted": stopped()});
-    if args.json { println!("{done}") } else { println!("tcpq lab: {done}") }
+    if args.json {
+        println!("{done}")
+    } else {
+        println!("tcpq lab: {done}")
+    }
     Ok(())
 }
 
@@ -380,19 +432,48 @@ fn synflood(args: &LabArgs) -> Result<()> {
         bail!("tcpq lab synflood needs nft to drop the client's ACKs: apt-get install nftables");
     }
     let id = std::process::id() % 100_000;
-    let srv_name = args.netns.clone().unwrap_or_else(|| format!("tcpq-lab-srv-{id}"));
+    let srv_name = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| format!("tcpq-lab-srv-{id}"));
     let cli_name = format!("{srv_name}-cli");
     let srv = NetnsGuard::create_or_use(&srv_name)?;
     let cli = NetnsGuard::create_or_use(&cli_name)?;
     let (vs, vc) = (format!("tqs{id}"), format!("tqc{id}"));
     // Link-local addresses on a veth between our own two namespaces: nothing leaves the host.
-    let (srv_ip, cli_ip) = (Ipv4Addr::new(169, 254, 77, 1), Ipv4Addr::new(169, 254, 77, 2));
-    ip(&["link", "add", &vs, "netns", &srv.name, "type", "veth", "peer", "name", &vc, "netns", &cli.name])?;
-    ip(&["-n", &srv.name, "addr", "add", "169.254.77.1/30", "dev", &vs])?;
-    ip(&["-n", &cli.name, "addr", "add", "169.254.77.2/30", "dev", &vc])?;
+    let (srv_ip, cli_ip) = (
+        Ipv4Addr::new(169, 254, 77, 1),
+        Ipv4Addr::new(169, 254, 77, 2),
+    );
+    ip(&[
+        "link", "add", &vs, "netns", &srv.name, "type", "veth", "peer", "name", &vc, "netns",
+        &cli.name,
+    ])?;
+    ip(&[
+        "-n",
+        &srv.name,
+        "addr",
+        "add",
+        "169.254.77.1/30",
+        "dev",
+        &vs,
+    ])?;
+    ip(&[
+        "-n",
+        &cli.name,
+        "addr",
+        "add",
+        "169.254.77.2/30",
+        "dev",
+        &vc,
+    ])?;
     ip(&["-n", &srv.name, "link", "set", &vs, "up"])?;
     ip(&["-n", &cli.name, "link", "set", &vc, "up"])?;
-    write_sysctl_in(&srv, "/proc/sys/net/ipv4/tcp_syncookies", &args.syncookies.to_string())?;
+    write_sysctl_in(
+        &srv,
+        "/proc/sys/net/ipv4/tcp_syncookies",
+        &args.syncookies.to_string(),
+    )?;
     nft_in(
         &cli.name,
         &format!(
@@ -401,8 +482,11 @@ fn synflood(args: &LabArgs) -> Result<()> {
         ),
     )?;
     let addr = SocketAddrV4::new(srv_ip, args.port);
-    let server = Server::start(&srv, addr, args.backlog, 1000)?;
-    facts(args, json!({"netns": srv.name, "netns_inode": srv.inode(), "client_netns": cli.name, "laddr": srv_ip.to_string(), "raddr": cli_ip.to_string(), "syncookies": args.syncookies}));
+    let server = Server::start(&srv, addr, args.backlog(), 1000)?;
+    facts(
+        args,
+        json!({"netns": srv.name, "netns_inode": srv.inode(), "client_netns": cli.name, "laddr": srv_ip.to_string(), "raddr": cli_ip.to_string(), "syncookies": args.syncookies}),
+    );
 
     let deadline = Instant::now() + args.duration;
     let rate = args.rate.max(1);
@@ -422,12 +506,18 @@ fn synflood(args: &LabArgs) -> Result<()> {
         }
         open
     })?;
-    let open = client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let open = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     nap(Duration::from_millis(300));
     drop(server);
     drop(open);
     let done = json!({"event": "lab_done", "lab": "synflood", "connect_attempts": attempts.load(Ordering::Relaxed), "interrupted": stopped()});
-    if args.json { println!("{done}") } else { println!("tcpq lab: {done}") }
+    if args.json {
+        println!("{done}")
+    } else {
+        println!("tcpq lab: {done}")
+    }
     drop(cli);
     drop(srv);
     Ok(())

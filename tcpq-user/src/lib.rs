@@ -19,7 +19,13 @@ pub mod snapshot;
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
-        let first = cause.to_string().lines().next().unwrap_or("").trim().to_string();
+        let first = cause
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
             parts.push(first);
         }

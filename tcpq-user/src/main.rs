@@ -3,8 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcpq::{
     cli::{self, Cli, Command, TraceWhat},
-    cmd,
-    lab::{self, LabArgs, LabName},
+    cmd, lab,
 };
 
 /// Errors are one line (`tcpq: …`) and exit 2; tcpq never panics on bad input.
@@ -31,7 +30,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     cli::validate(&cli)?;
     match cli.command {
         Command::Check { json } => Ok(cmd::check::run(json)? as u8),
-        Command::Trace { what: TraceWhat::Overflow { port, pid, json, duration, lines_per_sec, summary_interval } } => {
+        Command::Trace {
+            what:
+                TraceWhat::Overflow {
+                    port,
+                    pid,
+                    json,
+                    duration,
+                    lines_per_sec,
+                    summary_interval,
+                },
+        } => {
             cmd::trace_overflow::run(cmd::trace_overflow::TraceOverflowArgs {
                 port,
                 pid,
@@ -42,12 +51,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
-        Command::Lab { name, netns, port, backlog, duration, syncookies, abort_on_overflow, accept_rate, rate, json } => {
-            let backlog = backlog.unwrap_or(match name {
-                LabName::Overflow => 4,
-                LabName::Synflood => 16,
-            });
-            lab::run(LabArgs { name, netns, port, backlog, duration, syncookies, abort_on_overflow, accept_rate, rate, json })?;
+        Command::Lab(args) => {
+            lab::run(args)?;
             Ok(0)
         }
     }

@@ -77,7 +77,9 @@ impl OverflowKind {
     /// Cause id (DESIGN.md) this kind is evidence for.
     pub fn cause(self) -> &'static str {
         match self {
-            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => "accept_queue_full",
+            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => {
+                "accept_queue_full"
+            }
             OverflowKind::Synq => "syn_queue_full",
             OverflowKind::Cookie => "syn_cookies",
             OverflowKind::Reset => "overflow_resets",
@@ -86,13 +88,18 @@ impl OverflowKind {
 
     /// Does this kind mean a connection attempt was refused (dropped or reset)?
     pub fn is_refusal(self) -> bool {
-        matches!(self, OverflowKind::Syn | OverflowKind::Ack | OverflowKind::Synq | OverflowKind::Reset)
+        matches!(
+            self,
+            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::Synq | OverflowKind::Reset
+        )
     }
 
     pub fn describe(self) -> &'static str {
         match self {
             OverflowKind::Syn => "SYN dropped: accept queue full",
-            OverflowKind::Ack => "final ACK dropped: accept queue full (client thinks it is connected)",
+            OverflowKind::Ack => {
+                "final ACK dropped: accept queue full (client thinks it is connected)"
+            }
             OverflowKind::Synq => "SYN dropped: SYN queue full, syncookies off",
             OverflowKind::Cookie => "SYN answered with a syncookie: SYN queue full",
             OverflowKind::SynackRetrans => "SYN-ACK retransmitted",
@@ -119,7 +126,11 @@ impl KindCounts {
         self.0.iter().sum()
     }
     pub fn refused(&self) -> u64 {
-        OverflowKind::ALL.iter().filter(|k| k.is_refusal()).map(|k| self.get(*k)).sum()
+        OverflowKind::ALL
+            .iter()
+            .filter(|k| k.is_refusal())
+            .map(|k| self.get(*k))
+            .sum()
     }
     pub fn merge(&mut self, other: &KindCounts) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
@@ -143,7 +154,12 @@ pub struct ListenerKey {
 
 impl ListenerKey {
     pub fn of(ev: &OverflowEvent) -> Self {
-        Self { netns: ev.netns, cookie: ev.cookie, laddr: ev.laddr, lport: ev.lport }
+        Self {
+            netns: ev.netns,
+            cookie: ev.cookie,
+            laddr: ev.laddr,
+            lport: ev.lport,
+        }
     }
 }
 
@@ -196,7 +212,12 @@ pub struct OverflowAggregator {
 
 impl OverflowAggregator {
     pub fn new(max_listeners: usize) -> Self {
-        Self { listeners: HashMap::new(), other: KindCounts::default(), evicted: 0, max_listeners }
+        Self {
+            listeners: HashMap::new(),
+            other: KindCounts::default(),
+            evicted: 0,
+            max_listeners,
+        }
     }
 
     pub fn record(&mut self, ev: &OverflowEvent) {
@@ -293,18 +314,29 @@ pub struct LineLimiter {
 
 impl LineLimiter {
     pub fn new(per_second: u32) -> Self {
-        Self { per_second, second: 0, state: HashMap::new() }
+        Self {
+            per_second,
+            second: 0,
+            state: HashMap::new(),
+        }
     }
 
     /// Call with the event's second (monotonic); returns the lines of finished seconds first.
     pub fn admit(&mut self, second: u64, ev: &OverflowEvent) -> (Vec<AggregateLine>, Admit) {
-        let flushed = if second > self.second { self.flush_until(second) } else { Vec::new() };
+        let flushed = if second > self.second {
+            self.flush_until(second)
+        } else {
+            Vec::new()
+        };
         let st = self.state.entry(ListenerKey::of(ev)).or_default();
         if st.printed < self.per_second {
             st.printed += 1;
             return (flushed, Admit::Print);
         }
-        let e = st.suppressed.entry(ev.kind).or_insert_with(|| (0, HashSet::new(), 0, 0));
+        let e = st
+            .suppressed
+            .entry(ev.kind)
+            .or_insert_with(|| (0, HashSet::new(), 0, 0));
         e.0 += 1;
         if e.1.len() < 1024 {
             e.1.insert(ev.raddr);

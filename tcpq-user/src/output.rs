@@ -29,7 +29,9 @@ impl Clock {
     pub fn new() -> Self {
         let mono = clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
         let wall = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
-        Self { wall_minus_mono_ns: wall - mono }
+        Self {
+            wall_minus_mono_ns: wall - mono,
+        }
     }
     pub fn fixed(wall_minus_mono_ns: i128) -> Self {
         Self { wall_minus_mono_ns }
@@ -127,9 +129,10 @@ pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
 }
 
 pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> String {
+    let t = clock.short(line.second * 1_000_000_000);
     format!(
         "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}",
-        clock.short(line.second * 1_000_000_000),
+        format!("{} +1s", t.get(..8).unwrap_or(&t)),
         line.key.netns,
         format!("{}×{}", line.kind.id(), line.count),
         endpoint(line.key.laddr, line.key.lport),
@@ -195,11 +198,24 @@ pub struct ListenerSummary<'a> {
     pub findings: Vec<Finding>,
 }
 
-pub fn summary_text(duration_s: f64, lost: u64, kernel_totals: &KindCounts, listeners: &[ListenerSummary]) -> String {
+pub fn summary_text(
+    duration_s: f64,
+    lost: u64,
+    kernel_totals: &KindCounts,
+    listeners: &[ListenerSummary],
+) -> String {
     let mut s = format!(
         "── summary over {duration_s:.1} s ── kernel counted: {} ── lost events: {lost}{}\n",
-        if kernel_totals.is_empty() { "nothing".into() } else { counts_text(kernel_totals) },
-        if lost > 0 { " (ring buffer full: per-kind counts above stay exact)" } else { "" }
+        if kernel_totals.is_empty() {
+            "nothing".into()
+        } else {
+            counts_text(kernel_totals)
+        },
+        if lost > 0 {
+            " (ring buffer full: per-kind counts above stay exact)"
+        } else {
+            ""
+        }
     );
     if listeners.is_empty() {
         s.push_str("  no listener refused a connection\n");
@@ -228,7 +244,14 @@ pub fn summary_text(duration_s: f64, lost: u64, kernel_totals: &KindCounts, list
     s
 }
 
-pub fn summary_json(clock: &Clock, now_mono: u64, duration_s: f64, lost: u64, kernel_totals: &KindCounts, listeners: &[ListenerSummary]) -> Value {
+pub fn summary_json(
+    clock: &Clock,
+    now_mono: u64,
+    duration_s: f64,
+    lost: u64,
+    kernel_totals: &KindCounts,
+    listeners: &[ListenerSummary],
+) -> Value {
     let ls: Vec<Value> = listeners
         .iter()
         .map(|l| {
@@ -290,7 +313,16 @@ mod tests {
         ListenerInfo {
             inode: 1,
             backlog: 4,
-            owners: vec![Owner { pid: 10, comm: "nginx".into() }, Owner { pid: 11, comm: "nginx".into() }],
+            owners: vec![
+                Owner {
+                    pid: 10,
+                    comm: "nginx".into(),
+                },
+                Owner {
+                    pid: 11,
+                    comm: "nginx".into(),
+                },
+            ],
             listen_arg: Some(4),
         }
     }
@@ -299,7 +331,10 @@ mod tests {
     fn json_event_has_the_public_fields() {
         let clock = Clock::fixed(0);
         let v = event_json(&clock, &ev(), Some(&info()));
-        for k in ["ts", "event", "kind", "count", "netns", "laddr", "lport", "raddr", "rport", "pid", "comm", "backlog", "queue"] {
+        for k in [
+            "ts", "event", "kind", "count", "netns", "laddr", "lport", "raddr", "rport", "pid",
+            "comm", "backlog", "queue",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["ts"], "1970-01-01T00:00:01.500000Z");
@@ -315,7 +350,13 @@ mod tests {
         let clock = Clock::fixed(0);
         let t = event_text(&clock, &ev(), Some(&info()));
         assert!(t.starts_with("00:00:01.500000"), "{t}");
-        assert!(t.contains("127.0.0.1:8080") && t.contains("127.0.0.2:40000") && t.contains("5/4") && t.contains("10/nginx +1"), "{t}");
+        assert!(
+            t.contains("127.0.0.1:8080")
+                && t.contains("127.0.0.2:40000")
+                && t.contains("5/4")
+                && t.contains("10/nginx +1"),
+            "{t}"
+        );
         let none = event_text(&clock, &ev(), None);
         assert!(none.trim_end().ends_with('-'));
         assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");

@@ -1,0 +1,315 @@
+//! Helpers for tcpq's integration tests: they run the real `tcpq` binary as root against
+//! incidents reproduced by `tcpq lab` in network namespaces created here, and compare what tcpq
+//! reports with the kernel's own counters of those namespaces.
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (returns true) with a clear message when not root. CI runs as root, so there they run.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root (loads eBPF programs, creates network namespaces); run `cargo xtask test` as root"
+    );
+    true
+}
+
+/// The tcpq binary: $TCPQ_BIN, else target/debug/tcpq of this workspace (`cargo xtask test`
+/// builds it first).
+pub fn tcpq_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TCPQ_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tcpq");
+    assert!(
+        p.exists(),
+        "{} missing: build it first (`cargo build -p tcpq-user` or `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
+
+pub fn tcpq() -> Command {
+    Command::new(tcpq_bin())
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace owned by the test; deleted on drop (also its `-cli` sibling that
+/// `tcpq lab synflood` creates), even when the test panics.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "tqt-{tag}-{}-{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Self { name }
+    }
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+    /// TcpExt/Tcp counters of this namespace, read with the kernel's own /proc files (not tcpq).
+    pub fn counters(&self) -> HashMap<String, u64> {
+        self.counters_of(&self.name)
+    }
+    pub fn counters_of(&self, name: &str) -> HashMap<String, u64> {
+        let mut all = HashMap::new();
+        for f in ["/proc/net/netstat", "/proc/net/snmp"] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", name, "cat", f])
+                .output()
+                .expect("ip netns exec");
+            assert!(out.status.success(), "read {f} in {name}");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.chunks(2) {
+                if let [h, v] = pair {
+                    let (p, hs) = h.split_once(':').unwrap();
+                    let (_, vs) = v.split_once(':').unwrap();
+                    for (k, val) in hs.split_whitespace().zip(vs.split_whitespace()) {
+                        all.insert(
+                            format!("{p}:{k}"),
+                            val.parse::<i64>().unwrap_or(0).max(0) as u64,
+                        );
+                    }
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in [self.name.clone(), format!("{}-cli", self.name)] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &n])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
+    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `tcpq trace overflow --json …`.
+pub struct Tracer {
+    child: Child,
+    stderr_lines: Vec<String>,
+}
+
+impl Tracer {
+    /// Starts tcpq and waits until its hooks are attached (the `tcpq: tracing` line).
+    pub fn start(extra: &[&str]) -> Self {
+        let mut child = tcpq()
+            .args(["trace", "overflow", "--json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpq trace overflow");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stderr_lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.starts_with("tcpq: tracing");
+                    stderr_lines.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tcpq did not start: {stderr_lines:?}");
+                }
+            }
+        }
+        Self {
+            child,
+            stderr_lines,
+        }
+    }
+
+    /// SIGINT, then every NDJSON line it printed (events, aggregates, summaries).
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "tcpq exited with {status}; stderr: {:?}",
+            self.stderr_lines
+        );
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tcpq lab … --json --netns NS` to completion; returns (facts, done) lines.
+pub fn run_lab(ns: &Netns, args: &[&str]) -> (Value, Value) {
+    let out = tcpq()
+        .arg("lab")
+        .args(args)
+        .args(["--json", "--netns", &ns.name])
+        .output()
+        .expect("spawn tcpq lab");
+    assert!(
+        out.status.success(),
+        "tcpq lab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("lab JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "lab prints facts and done: {lines:?}");
+    (lines[0].clone(), lines[1].clone())
+}
+
+/// Sums `count` per `kind` over event and aggregate lines of one namespace.
+pub fn counts_by_kind(lines: &[Value], netns: u64) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for v in lines {
+        if v["event"] == "summary" || v["netns"].as_u64() != Some(netns) {
+            continue;
+        }
+        *m.entry(v["kind"].as_str().unwrap().to_string())
+            .or_insert(0) += v["count"].as_u64().unwrap();
+    }
+    m
+}
+
+/// The final (whole-run) summary line.
+pub fn final_summary(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "summary")
+        .expect("a summary line")
+}
+
+/// The summary block of the listener in namespace `netns`.
+pub fn listener_summary(summary: &Value, netns: u64) -> &Value {
+    summary["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["netns"].as_u64() == Some(netns))
+        .unwrap_or_else(|| panic!("no listener of netns {netns} in {summary}"))
+}
+
+pub fn causes(listener: &Value) -> Vec<String> {
+    listener["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cause"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A `tcpq lab` running in the background.
+pub struct BackgroundLab {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    pub facts: Value,
+}
+
+impl BackgroundLab {
+    /// Starts the lab and returns once its server listens (the facts line).
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let mut child = tcpq()
+            .arg("lab")
+            .args(args)
+            .args(["--json", "--netns", &ns.name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpq lab");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("lab facts");
+        let facts =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("lab facts ({e}): {line}"));
+        Self {
+            child,
+            stdout,
+            facts,
+        }
+    }
+
+    /// Waits for the lab to finish; returns its `lab_done` line.
+    pub fn finish(mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("lab done");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lab failed: {status}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("lab done ({e}): {line}"))
+    }
+}
+
+impl Drop for BackgroundLab {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

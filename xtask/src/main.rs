@@ -1,1 +1,203 @@
-fn main() {}
+//! `cargo xtask setup|build|test|demo`: the developer and CI entry points.
+//!
+//! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
+//! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs and tests).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const BPF_LINKER_VERSION: &str = "0.10.0";
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => setup().and_then(|_| build()),
+        Some("test") => test(),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output_of(cmd: &mut Command) -> Option<String> {
+    cmd.stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn on_path(bin: &str) -> bool {
+    output_of(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_some()
+}
+
+fn is_root() -> bool {
+    output_of(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    // The eBPF crate builds with the installed nightly (LLVM matching bpf-linker 0.10).
+    let toolchains =
+        output_of(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!("no nightly toolchain: the eBPF crate needs it (`rustup toolchain install nightly`)");
+    }
+    let installed = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = output_of(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {missing:?}: run `apt-get install -y {}` as root",
+                missing.join(" ")
+            );
+        }
+        run(Command::new("apt-get").arg("update").stdout(Stdio::null()))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()))?;
+    }
+    eprintln!(
+        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables)"
+    );
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root_dir())
+        .args(["build", "--package", "tcpq-user"]))
+}
+
+fn tcpq_bin() -> PathBuf {
+    root_dir().join("target/debug/tcpq")
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    build()?;
+    if !is_root() {
+        eprintln!(
+            "xtask: not root: the integration tests will report SKIPPED (they load eBPF programs)"
+        );
+    }
+    // Unit tests of every host crate, then the integration tests one at a time (each loads the
+    // programs and drives a lab; parallel labs would compete for 2 CPUs).
+    run(Command::new("cargo").current_dir(root_dir()).args([
+        "test",
+        "--package",
+        "tcpq-common",
+        "--package",
+        "tcpq-user",
+        "--package",
+        "xtask",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(root_dir())
+        .args(["test", "--package", "tcpq-tests", "--", "--test-threads=1"])
+        .env("TCPQ_BIN", tcpq_bin()))?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    build()?;
+    if !is_root() {
+        bail!("the demo loads eBPF programs and creates a network namespace: run it as root");
+    }
+    let bin = tcpq_bin();
+    println!("== tcpq check ==");
+    run(Command::new(&bin).arg("check"))?;
+    println!(
+        "\n== tcpq trace overflow (10 s) while `tcpq lab overflow` fills a backlog-4 accept queue =="
+    );
+    let mut tracer = Command::new(&bin)
+        .args([
+            "trace",
+            "overflow",
+            "--duration",
+            "10",
+            "--lines-per-sec",
+            "5",
+        ])
+        .spawn()
+        .context("start tcpq trace overflow")?;
+    thread::sleep(Duration::from_secs(2));
+    let lab = Command::new(&bin)
+        .args(["lab", "overflow", "--duration", "4"])
+        .stdout(Stdio::null())
+        .status();
+    let status = tracer.wait().context("wait for tcpq")?;
+    lab.context("run tcpq lab overflow")?;
+    if !status.success() {
+        bail!("tcpq trace overflow failed: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packages_cover_the_lab_tools() {
+        let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
+        assert_eq!(bins, ["ip", "nft"]);
+    }
+}

@@ -27,7 +27,11 @@ fn privileges_line(env: &Environment) -> String {
         "{} (uid {}), capabilities: {}",
         if p.euid == 0 { "root" } else { "not root" },
         p.euid,
-        if caps.is_empty() { "none".to_string() } else { caps.join(" ") }
+        if caps.is_empty() {
+            "none".to_string()
+        } else {
+            caps.join(" ")
+        }
     )
 }
 
@@ -46,7 +50,10 @@ fn fentry_status(loaded: &mut probe::Loaded) -> String {
     };
     match p.load("tcp_conn_request", &btf) {
         Ok(()) => "available (not needed: tcpq uses tracepoints and cgroup_skb everywhere)".into(),
-        Err(e) => format!("refused: {} — tcpq does not depend on fentry", explain_program_error(&e)),
+        Err(e) => format!(
+            "refused: {} — tcpq does not depend on fentry",
+            explain_program_error(&e)
+        ),
     }
 }
 
@@ -62,9 +69,17 @@ pub fn run(json_out: bool) -> Result<i32> {
                 for h in &loaded.hooks {
                     let (state, detail) = match &h.state {
                         HookState::Attached => ("attached", h.spec.gives.to_string()),
-                        HookState::Unavailable(why) => ("unavailable", format!("{why} — without it: {}", h.spec.without)),
+                        HookState::Unavailable(why) => (
+                            "unavailable",
+                            format!("{why} — without it: {}", h.spec.without),
+                        ),
                     };
-                    rows.push((state.into(), h.spec.program.into(), h.spec.attach.describe(), detail));
+                    rows.push((
+                        state.into(),
+                        h.spec.program.into(),
+                        h.spec.attach.describe(),
+                        detail,
+                    ));
                 }
                 fentry = fentry_status(&mut loaded);
             }
@@ -72,12 +87,20 @@ pub fn run(json_out: bool) -> Result<i32> {
         }
     } else {
         for h in probe::HOOKS {
-            rows.push(("not tried".into(), h.program.into(), h.attach.describe(), h.gives.into()));
+            rows.push((
+                "not tried".into(),
+                h.program.into(),
+                h.attach.describe(),
+                h.gives.into(),
+            ));
         }
     }
     let kprobes = match env.kprobes {
         Some(true) => "available (not needed)".to_string(),
-        Some(false) => "unavailable: CONFIG_KPROBES unset (no kprobe_events in tracefs) — not needed".to_string(),
+        Some(false) => {
+            "unavailable: CONFIG_KPROBES unset (no kprobe_events in tracefs) — not needed"
+                .to_string()
+        }
         None => "unknown (tracefs unavailable) — not needed".to_string(),
     };
     let cgroup2 = match &env.cgroup2 {
@@ -87,7 +110,10 @@ pub fn run(json_out: bool) -> Result<i32> {
     let btf = if env.btf_present {
         format!("{} present", env.btf_path.display())
     } else {
-        format!("{} missing: struct offsets cannot be resolved", env.btf_path.display())
+        format!(
+            "{} missing: struct offsets cannot be resolved",
+            env.btf_path.display()
+        )
     };
     let problem = fatal.clone().or(core_failure.clone());
     let code = if problem.is_some() { 2 } else { 0 };

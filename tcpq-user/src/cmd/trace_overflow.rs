@@ -9,7 +9,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tcpq_common::names;
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     decode::{ListenRecord, OverflowEvent, decode_listen},
@@ -49,6 +52,10 @@ struct Tracer {
     accepts_window_base: HashMap<u32, u64>,
     netns_counters_run: HashMap<u32, HashMap<String, u64>>,
     netns_counters_window: HashMap<u32, HashMap<String, u64>>,
+    /// Last counters read per namespace with activity (a lab's namespace may be gone by the
+    /// final summary).
+    netns_counters_last: HashMap<u32, HashMap<String, u64>>,
+    active_netns: HashSet<u32>,
     /// Sysctls per namespace as first seen: the namespace may be gone by summary time.
     netns_sysctls: HashMap<u32, counters::ListenSysctls>,
     decode_errors: u64,
@@ -61,16 +68,30 @@ fn read_accepts(map: &BpfHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
 
 impl Tracer {
     fn emit(&mut self, line: String) {
-        if self.out.write_all(line.as_bytes()).and_then(|_| self.out.write_all(b"\n")).is_err() {
+        if self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|_| self.out.write_all(b"\n"))
+            .is_err()
+        {
             // stdout closed (e.g. `| head`): nothing more to say.
             std::process::exit(0);
         }
     }
 
-    fn passes_filter(&self, info_owner_pids: &[u32]) -> bool {
+    /// `--pid`: a listener passes when one of its owners is a selected pid or, for a name,
+    /// is a process of that name (including ones started after tcpq).
+    fn passes_filter(&self, owners: &[procs::Owner]) -> bool {
         match &self.pid_filter {
             None => true,
-            Some(f) => info_owner_pids.iter().any(|p| f.contains(p)),
+            Some(f) => owners.iter().any(|o| {
+                f.contains(&o.pid)
+                    || self
+                        .args
+                        .pid
+                        .as_deref()
+                        .is_some_and(|name| name.parse::<u32>().is_err() && o.comm == name)
+            }),
         }
     }
 
@@ -80,7 +101,8 @@ impl Tracer {
         {
             self.netns_counters_window.insert(ns, c.clone());
             self.netns_counters_run.insert(ns, c);
-            self.netns_sysctls.insert(ns, counters::ListenSysctls::read_in(ns));
+            self.netns_sysctls
+                .insert(ns, counters::ListenSysctls::read_in(ns));
         }
     }
 
@@ -100,9 +122,10 @@ impl Tracer {
             ListenRecord::Overflow(ev) => ev,
         };
         self.note_netns(ev.netns);
-        let info = self.dir.lookup(ev.netns, ev.cookie, ev.laddr, ev.lport).cloned();
-        let pids: Vec<u32> = info.as_ref().map(|i| i.owners.iter().map(|o| o.pid).collect()).unwrap_or_default();
-        if !self.passes_filter(&pids) {
+        self.active_netns.insert(ev.netns);
+        let info = self.dir.lookup(ev.netns, ev.cookie, ev.laddr, ev.lport);
+        let owners: &[procs::Owner] = info.as_deref().map(|i| i.owners.as_slice()).unwrap_or(&[]);
+        if !self.passes_filter(owners) {
             return;
         }
         self.agg.record(&ev);
@@ -110,14 +133,14 @@ impl Tracer {
         self.print_aggregates(flushed);
         if admit == Admit::Print {
             if self.args.json {
-                let v = output::event_json(&self.clock, &ev, info.as_ref());
+                let v = output::event_json(&self.clock, &ev, info.as_deref());
                 self.emit(v.to_string());
             } else {
                 if !self.header_printed {
                     self.header_printed = true;
                     self.emit(output::TEXT_HEADER.to_string());
                 }
-                let t = output::event_text(&self.clock, &ev, info.as_ref());
+                let t = output::event_text(&self.clock, &ev, info.as_deref());
                 self.emit(t);
             }
         }
@@ -125,11 +148,13 @@ impl Tracer {
 
     fn print_aggregates(&mut self, lines: Vec<crate::model::AggregateLine>) {
         for l in lines {
-            let info = self.dir.lookup(l.key.netns, l.key.cookie, l.key.laddr, l.key.lport).cloned();
+            let info = self
+                .dir
+                .lookup(l.key.netns, l.key.cookie, l.key.laddr, l.key.lport);
             let s = if self.args.json {
-                output::aggregate_json(&self.clock, &l, info.as_ref()).to_string()
+                output::aggregate_json(&self.clock, &l, info.as_deref()).to_string()
             } else {
-                output::aggregate_text(&self.clock, &l, info.as_ref())
+                output::aggregate_text(&self.clock, &l, info.as_deref())
             };
             self.emit(s);
         }
@@ -140,13 +165,27 @@ impl Tracer {
         let lines = self.limiter.flush_until(now_sec);
         self.print_aggregates(lines);
         let _ = self.out.flush();
+        for ns in std::mem::take(&mut self.active_netns) {
+            if let Ok(c) = counters::read_in(ns) {
+                self.netns_counters_last.insert(ns, c);
+            }
+        }
     }
 
     /// Prints the summary of the last window (`final_run`: of the whole run).
     fn summary(&mut self, kernel_totals: &KindCounts, lost: u64, final_run: bool) {
-        let lines = if final_run { self.limiter.flush_all() } else { Vec::new() };
+        let lines = if final_run {
+            self.limiter.flush_all()
+        } else {
+            Vec::new()
+        };
         self.print_aggregates(lines);
-        let duration_s = if final_run { self.started.elapsed() } else { self.window_started.elapsed() }.as_secs_f64();
+        let duration_s = if final_run {
+            self.started.elapsed()
+        } else {
+            self.window_started.elapsed()
+        }
+        .as_secs_f64();
         let accepts_now = self.accepts.as_ref().map(read_accepts);
         let ranked: Vec<ListenerAgg> = self
             .agg
@@ -159,7 +198,9 @@ impl Tracer {
         let mut counters_now: HashMap<u32, HashMap<String, u64>> = HashMap::new();
         let mut infos = Vec::new();
         for a in &ranked {
-            let info = self.dir.lookup(a.key.netns, a.key.cookie, a.key.laddr, a.key.lport).cloned();
+            let info = self
+                .dir
+                .lookup(a.key.netns, a.key.cookie, a.key.laddr, a.key.lport);
             infos.push(info);
         }
         let mut summaries = Vec::new();
@@ -173,25 +214,51 @@ impl Tracer {
                     if now.somaxconn.is_some() { now } else { cached }
                 })
                 .clone();
-            let now = counters_now.entry(ns).or_insert_with(|| counters::read_in(ns).unwrap_or_default()).clone();
-            let base = if final_run { self.netns_counters_run.get(&ns) } else { self.netns_counters_window.get(&ns) };
+            let last = self
+                .netns_counters_last
+                .get(&ns)
+                .cloned()
+                .unwrap_or_default();
+            let now = counters_now
+                .entry(ns)
+                .or_insert_with(|| counters::read_in(ns).unwrap_or(last))
+                .clone();
+            let base = if final_run {
+                self.netns_counters_run.get(&ns)
+            } else {
+                self.netns_counters_window.get(&ns)
+            };
             let cookies_sent_recv = base.map(|b| {
-                (counters::delta(b, &now, "TcpExt:SyncookiesSent"), counters::delta(b, &now, "TcpExt:SyncookiesRecv"))
+                (
+                    counters::delta(b, &now, "TcpExt:SyncookiesSent"),
+                    counters::delta(b, &now, "TcpExt:SyncookiesRecv"),
+                )
             });
             let counts = if final_run { a.total } else { a.window };
             let accepts = match (&accepts_now, info) {
                 (Some(now), Some(info)) if !info.owners.is_empty() => {
-                    let base = if final_run { &self.accepts_run_base } else { &self.accepts_window_base };
+                    let base = if final_run {
+                        &self.accepts_run_base
+                    } else {
+                        &self.accepts_window_base
+                    };
                     Some(
                         info.owners
                             .iter()
-                            .map(|o| now.get(&o.pid).copied().unwrap_or(0).saturating_sub(base.get(&o.pid).copied().unwrap_or(0)))
+                            .map(|o| {
+                                now.get(&o.pid)
+                                    .copied()
+                                    .unwrap_or(0)
+                                    .saturating_sub(base.get(&o.pid).copied().unwrap_or(0))
+                            })
                             .sum(),
                     )
                 }
                 _ => None,
             };
-            let listen_arg = info.as_ref().and_then(|i| i.listen_arg.or_else(|| self.dir.listen_arg(ns, i.inode)));
+            let listen_arg = info
+                .as_ref()
+                .and_then(|i| i.listen_arg.or_else(|| self.dir.listen_arg(ns, i.inode)));
             let evidence = ListenerEvidence {
                 netns: ns,
                 host_netns: self.host_netns,
@@ -219,7 +286,7 @@ impl Tracer {
                 netns: a.key.netns,
                 laddr: a.key.laddr,
                 lport: a.key.lport,
-                info: info.as_ref(),
+                info: info.as_deref(),
                 counts: e.counts,
                 backlog: a.backlog,
                 last_queue: a.last_queue,
@@ -231,7 +298,15 @@ impl Tracer {
             })
             .collect();
         let text = if self.args.json {
-            output::summary_json(&self.clock, Clock::now_mono_ns(), duration_s, lost, kernel_totals, &views).to_string()
+            output::summary_json(
+                &self.clock,
+                Clock::now_mono_ns(),
+                duration_s,
+                lost,
+                kernel_totals,
+                &views,
+            )
+            .to_string()
         } else {
             output::summary_text(duration_s, lost, kernel_totals, &views)
         };
@@ -263,21 +338,36 @@ fn kernel_totals(counts: &aya::maps::PerCpuArray<MapData, u64>) -> KindCounts {
 }
 
 fn lost_total(lost: &aya::maps::PerCpuArray<MapData, u64>) -> u64 {
-    (0..tcpq_common::hook::SLOTS).map(|i| sum_per_cpu(lost, i)).sum()
+    (0..tcpq_common::hook::SLOTS)
+        .map(|i| sum_per_cpu(lost, i))
+        .sum()
 }
 
 pub fn run(args: TraceOverflowArgs) -> Result<()> {
     // Resolve the filter before loading anything: a typo must fail fast and cleanly.
     let pid_filter = match &args.pid {
-        Some(p) => Some(procs::resolve_pid_arg(p)?.into_iter().map(|o| o.pid).collect::<HashSet<u32>>()),
+        Some(p) => Some(
+            procs::resolve_pid_arg(p)?
+                .into_iter()
+                .map(|o| o.pid)
+                .collect::<HashSet<u32>>(),
+        ),
         None => None,
     };
-    let mut loaded = probe::load(&[Family::Listen], &LoadOptions { filter_lport: args.port.unwrap_or(0) })?;
+    let mut loaded = probe::load(
+        &[Family::Listen],
+        &LoadOptions {
+            filter_lport: args.port.unwrap_or(0),
+        },
+    )?;
     let ring = loaded.take_ring(names::LISTEN_EVENTS)?;
     let counts = loaded.take_per_cpu_counters(names::LISTEN_COUNTS)?;
     let lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
     let accepts = if loaded.attached(names::PROG_SYS_EXIT_ACCEPT4) {
-        let map = loaded.ebpf.take_map(names::ACCEPTS_BY_TGID).context("kernel object has no accept map")?;
+        let map = loaded
+            .ebpf
+            .take_map(names::ACCEPTS_BY_TGID)
+            .context("kernel object has no accept map")?;
         Some(BpfHashMap::<MapData, u32, u64>::try_from(map).context("open accept counters")?)
     } else {
         None
@@ -312,6 +402,8 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
             accepts_window_base: base,
             netns_counters_run: HashMap::new(),
             netns_counters_window: HashMap::new(),
+            netns_counters_last: HashMap::new(),
+            active_netns: HashSet::new(),
             netns_sysctls: HashMap::new(),
             decode_errors: 0,
             header_printed: false,
@@ -356,6 +448,9 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
                 }
                 _ = tick.tick() => t.tick(),
                 _ = summary_tick.tick() => {
+                    if deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1)) {
+                        continue; // the final summary follows at once
+                    }
                     let k = kernel_totals(&counts);
                     t.summary(&k, lost_total(&lost), false);
                 }

@@ -44,7 +44,9 @@ impl KernelBtf {
                 | Type::TypeTag(_) => {
                     t = self
                         .btf
-                        .resolve_chained_type(t.as_btf_type().ok_or_else(|| anyhow!("bad BTF chain"))?)
+                        .resolve_chained_type(
+                            t.as_btf_type().ok_or_else(|| anyhow!("bad BTF chain"))?,
+                        )
                         .map_err(|e| anyhow!("BTF chain: {e}"))?;
                 }
                 _ => return Ok(t),
@@ -64,7 +66,10 @@ impl KernelBtf {
             let name = self.btf.resolve_name(m).unwrap_or_default();
             let mtype = self
                 .btf
-                .resolve_type_by_id(m.get_type_id().ok_or_else(|| anyhow!("BTF member without a type"))?)
+                .resolve_type_by_id(
+                    m.get_type_id()
+                        .ok_or_else(|| anyhow!("BTF member without a type"))?,
+                )
                 .map_err(|e| anyhow!("BTF member type: {e}"))?;
             if name == field {
                 if m.bitfield_size().is_some_and(|s| s != 0) {
@@ -95,7 +100,7 @@ impl KernelBtf {
             bits += off;
             t = self.strip(ty)?;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("BTF: `{path}` is not byte aligned");
         }
         Ok(bits / 8)
@@ -144,10 +149,16 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ("OFF_SK_V6_DADDR", "sock_common.skc_v6_daddr"),
     ("OFF_SK_ACK_BACKLOG", "sock.sk_ack_backlog"),
     ("OFF_SK_MAX_ACK_BACKLOG", "sock.sk_max_ack_backlog"),
-    ("OFF_ICSK_QLEN", "inet_connection_sock.icsk_accept_queue.qlen"),
+    (
+        "OFF_ICSK_QLEN",
+        "inet_connection_sock.icsk_accept_queue.qlen",
+    ),
     ("OFF_NET_INUM", "net.ns.inum"),
     ("OFF_NET_SYNCOOKIES", "net.ipv4.sysctl_tcp_syncookies"),
-    ("OFF_NET_ABORT_ON_OVERFLOW", "net.ipv4.sysctl_tcp_abort_on_overflow"),
+    (
+        "OFF_NET_ABORT_ON_OVERFLOW",
+        "net.ipv4.sysctl_tcp_abort_on_overflow",
+    ),
     ("OFF_SKB_HEAD", "sk_buff.head"),
     ("OFF_SKB_NETWORK_HEADER", "sk_buff.network_header"),
     ("OFF_SKB_TRANSPORT_HEADER", "sk_buff.transport_header"),
@@ -159,10 +170,18 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
 pub fn resolve_offsets(btf: &KernelBtf) -> Result<Vec<(&'static str, u32)>> {
     for (path, what) in [
         ("sock.__sk_common", "struct sock starts with sock_common"),
-        ("request_sock.__req_common", "struct request_sock starts with sock_common"),
-        ("tcp_sock.inet_conn", "struct tcp_sock starts with inet_connection_sock"),
+        (
+            "request_sock.__req_common",
+            "struct request_sock starts with sock_common",
+        ),
+        (
+            "tcp_sock.inet_conn",
+            "struct tcp_sock starts with inet_connection_sock",
+        ),
     ] {
-        let off = btf.offset_of(path).with_context(|| format!("check that {what}"))?;
+        let off = btf
+            .offset_of(path)
+            .with_context(|| format!("check that {what}"))?;
         if off != 0 {
             bail!("unsupported kernel layout: expected {what} (offset {off})");
         }

@@ -206,11 +206,20 @@ mod tests {
     fn cap_eff_parsed() {
         let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         let caps = parse_cap_eff(s).unwrap();
-        let p = Privileges { euid: 0, effective_caps: caps };
+        let p = Privileges {
+            euid: 0,
+            effective_caps: caps,
+        };
         assert!(p.has(cap::BPF) && p.has(cap::PERFMON) && p.can_load_bpf());
-        let none = Privileges { euid: 1000, effective_caps: 0 };
+        let none = Privileges {
+            euid: 1000,
+            effective_caps: 0,
+        };
         assert!(!none.can_load_bpf());
-        assert_eq!(none.missing_for_bpf(), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert_eq!(
+            none.missing_for_bpf(),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
     }
 
     #[test]

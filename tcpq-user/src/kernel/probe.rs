@@ -133,7 +133,8 @@ pub struct Environment {
 impl Environment {
     pub fn gather() -> Self {
         let privileges = env::Privileges::current();
-        let tracefs = env::ensure_tracefs(privileges.euid == 0 || privileges.has(env::cap::SYS_ADMIN));
+        let tracefs =
+            env::ensure_tracefs(privileges.euid == 0 || privileges.has(env::cap::SYS_ADMIN));
         let kprobes = env::kprobes_available(&tracefs);
         let btf_path = env::btf_path();
         Self {
@@ -156,7 +157,9 @@ impl Environment {
                     "tcpq needs root (or {missing}) to load its kernel programs: run it with sudo"
                 )
             } else {
-                format!("tcpq runs as root but lacks {missing}: run it outside the restricted container/capability set")
+                format!(
+                    "tcpq runs as root but lacks {missing}: run it outside the restricted container/capability set"
+                )
             });
         }
         if !self.btf_present {
@@ -224,9 +227,16 @@ pub fn explain_program_error(e: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(2).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(2)
+                .collect();
             let why = match io_error.raw_os_error() {
-                Some(libc::EPERM) => " (EPERM: not allowed on this kernel, e.g. lockdown or missing CAP_BPF/CAP_PERFMON)",
+                Some(libc::EPERM) => {
+                    " (EPERM: not allowed on this kernel, e.g. lockdown or missing CAP_BPF/CAP_PERFMON)"
+                }
                 Some(libc::EINVAL) => " (EINVAL: program type or helper not supported)",
                 Some(libc::EACCES) => " (EACCES: rejected by the verifier)",
                 _ => "",
@@ -235,7 +245,10 @@ pub fn explain_program_error(e: &ProgramError) -> String {
                 format!("kernel refused to load it: {io_error}{why}")
             } else {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("kernel refused to load it: {io_error}{why}; verifier: {}", tail.join(" / "))
+                format!(
+                    "kernel refused to load it: {io_error}{why}; verifier: {}",
+                    tail.join(" / ")
+                )
             }
         }
         other => {
@@ -267,8 +280,12 @@ fn attach_one(
             // aya attaches with a BPF link on kernels ≥ 5.7: cgroup links always coexist with other
             // programs (multi semantics) and the kernel rejects any flag there (EINVAL), so the
             // mode must be `Single` (no flag) — it does not exclude systemd's own programs.
-            p.attach(cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+            p.attach(
+                cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
         }
         Attach::RawTracepoint(name) => {
             let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
@@ -297,7 +314,12 @@ fn tracepoint_globals(env: &Environment) -> Vec<(&'static str, u32)> {
     let mut out = Vec::new();
     for (global, cat, ev, field) in [
         ("TP_LISTEN_FD", "syscalls", "sys_enter_listen", "fd"),
-        ("TP_LISTEN_BACKLOG", "syscalls", "sys_enter_listen", "backlog"),
+        (
+            "TP_LISTEN_BACKLOG",
+            "syscalls",
+            "sys_enter_listen",
+            "backlog",
+        ),
         ("TP_ACCEPT_RET", "syscalls", "sys_exit_accept4", "ret"),
     ] {
         if let Ok(off) = tracefs::field_offset(tfs, cat, ev, field) {
@@ -319,7 +341,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     let tp_globals = tracepoint_globals(&env);
     let tp_ok = tp_globals.len() == 3;
     globals.extend(tp_globals);
-    globals.push(("REQQ_FULL_GE", reqq_full_uses_ge(env::kernel_version()) as u32));
+    globals.push((
+        "REQQ_FULL_GE",
+        reqq_full_uses_ge(env::kernel_version()) as u32,
+    ));
     globals.push(("FILTER_LPORT", opts.filter_lport as u32));
 
     let mut loader = EbpfLoader::new();
@@ -336,7 +361,12 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     };
     let mut hooks = Vec::new();
     for spec in HOOKS.iter().filter(|h| families.contains(&h.family)) {
-        let state = match attach_one(&mut ebpf, spec, cgroup.as_ref(), tp_ok || !matches!(spec.attach, Attach::Tracepoint(..))) {
+        let state = match attach_one(
+            &mut ebpf,
+            spec,
+            cgroup.as_ref(),
+            tp_ok || !matches!(spec.attach, Attach::Tracepoint(..)),
+        ) {
             Ok(()) => HookState::Attached,
             Err(why) => {
                 if spec.core {

@@ -41,7 +41,11 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
 }
 
 pub fn field_offset(tracefs: &Path, category: &str, event: &str, field: &str) -> Result<u32> {
-    let path = tracefs.join("events").join(category).join(event).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("read tracepoint format {}", path.display()))?;
     parse_format(&text)

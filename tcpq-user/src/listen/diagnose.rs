@@ -45,38 +45,68 @@ pub struct Finding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BacklogLimit {
     /// listen()'s argument is below somaxconn: the application sets the limit.
-    Application { arg: u32, seen: bool },
+    Application {
+        arg: u32,
+        seen: bool,
+    },
     /// somaxconn caps what the application asked for.
-    Somaxconn { somaxconn: u32, arg: Option<u32> },
+    Somaxconn {
+        somaxconn: u32,
+        arg: Option<u32>,
+    },
     Unknown,
 }
 
-pub fn backlog_limit(backlog: u32, listen_arg: Option<i32>, somaxconn: Option<u32>) -> BacklogLimit {
+pub fn backlog_limit(
+    backlog: u32,
+    listen_arg: Option<i32>,
+    somaxconn: Option<u32>,
+) -> BacklogLimit {
     // listen(): sk_max_ack_backlog = min(backlog, somaxconn) (negative/oversized → somaxconn).
     match (listen_arg, somaxconn) {
         (Some(arg), Some(s)) => {
             let arg_u = if arg < 0 { u32::MAX } else { arg as u32 };
             if arg_u < s {
-                BacklogLimit::Application { arg: arg_u, seen: true }
+                BacklogLimit::Application {
+                    arg: arg_u,
+                    seen: true,
+                }
             } else {
-                BacklogLimit::Somaxconn { somaxconn: s, arg: Some(arg_u) }
+                BacklogLimit::Somaxconn {
+                    somaxconn: s,
+                    arg: Some(arg_u),
+                }
             }
         }
-        (Some(arg), None) if arg >= 0 => BacklogLimit::Application { arg: arg as u32, seen: true },
-        (None, Some(s)) if backlog < s => BacklogLimit::Application { arg: backlog, seen: false },
-        (None, Some(s)) => BacklogLimit::Somaxconn { somaxconn: s, arg: None },
+        (Some(arg), None) if arg >= 0 => BacklogLimit::Application {
+            arg: arg as u32,
+            seen: true,
+        },
+        (None, Some(s)) if backlog < s => BacklogLimit::Application {
+            arg: backlog,
+            seen: false,
+        },
+        (None, Some(s)) => BacklogLimit::Somaxconn {
+            somaxconn: s,
+            arg: None,
+        },
         _ => BacklogLimit::Unknown,
     }
 }
 
 /// A backlog worth suggesting: at least 4× the current one, at least 1024, a power of two, ≤ 65535.
 pub fn suggested_backlog(current: u32) -> u32 {
-    (current.saturating_mul(4)).max(1024).next_power_of_two().min(65535)
+    (current.saturating_mul(4))
+        .max(1024)
+        .next_power_of_two()
+        .min(65535)
 }
 
 fn who(e: &ListenerEvidence) -> String {
     match e.owners.first() {
-        Some(o) if e.owners.len() > 1 => format!("pid {} ({}) and {} more", o.pid, o.comm, e.owners.len() - 1),
+        Some(o) if e.owners.len() > 1 => {
+            format!("pid {} ({}) and {} more", o.pid, o.comm, e.owners.len() - 1)
+        }
         Some(o) => format!("pid {} ({})", o.pid, o.comm),
         None => "an unknown process".into(),
     }
@@ -163,7 +193,11 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             let n = suggested_backlog(e.backlog);
             let (why, fix) = match &limit {
                 BacklogLimit::Application { arg, seen } => {
-                    let src = if *seen { "seen by tcpq" } else { "inferred: below somaxconn, so it is what listen() asked for" };
+                    let src = if *seen {
+                        "seen by tcpq"
+                    } else {
+                        "inferred: below somaxconn, so it is what listen() asked for"
+                    };
                     let mut fix = vec![app_backlog_fix(e.lport, n)];
                     if somaxconn.is_some_and(|s| s < n) {
                         fix.push(somaxconn_fix(&prefix, n) + "  # somaxconn caps the backlog too");
@@ -171,7 +205,12 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                     (
                         format!(
                             "effective backlog {} = min(listen() {} [{}], net.core.somaxconn {}): the application's backlog is the limit",
-                            e.backlog, arg, src, somaxconn.map(|s| s.to_string()).unwrap_or_else(|| "?".into())
+                            e.backlog,
+                            arg,
+                            src,
+                            somaxconn
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "?".into())
                         ),
                         fix,
                     )
@@ -206,7 +245,10 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                 impact: overflow,
                 text: format!(
                     "accept queue of {} on :{} full ({}/{}): {detail}; {why}{accept_note}",
-                    who(e), e.lport, e.last_queue, e.backlog
+                    who(e),
+                    e.lport,
+                    e.last_queue,
+                    e.backlog
                 ),
                 fix,
             });
@@ -219,7 +261,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             cause: "syn_queue_full",
             impact: synq,
             text: format!(
-                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests ≥ backlog {}) and tcp_syncookies=0",
+                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests for a backlog of {}) and tcp_syncookies=0",
                 rate(synq, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
             fix: vec![
@@ -249,7 +291,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             cause: "syn_cookies",
             impact: cookie,
             text: format!(
-                "{} SYNs to :{} answered with syncookies (SYN queue {} ≥ backlog {}, \"Possible SYN flooding\"): {verdict}",
+                "{} SYNs to :{} answered with syncookies (SYN queue full: {} half-open requests for a backlog of {}, \"Possible SYN flooding\"): {verdict}",
                 rate(cookie, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
             fix,
@@ -269,7 +311,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             )],
         });
     }
-    out.sort_by(|a, b| b.impact.cmp(&a.impact));
+    out.sort_by_key(|f| std::cmp::Reverse(f.impact));
     out
 }
 
@@ -282,11 +324,17 @@ mod tests {
             netns: 1,
             host_netns: 1,
             lport: 8080,
-            owners: vec![Owner { pid: 42, comm: "nginx".into() }],
+            owners: vec![Owner {
+                pid: 42,
+                comm: "nginx".into(),
+            }],
             duration_s: 10.0,
             backlog: 8,
             last_queue: 9,
-            sysctls: ListenSysctls { somaxconn: Some(4096), ..Default::default() },
+            sysctls: ListenSysctls {
+                somaxconn: Some(4096),
+                ..Default::default()
+            },
             accepts: Some(100),
             ..Default::default()
         }
@@ -294,11 +342,38 @@ mod tests {
 
     #[test]
     fn backlog_limits() {
-        assert_eq!(backlog_limit(8, Some(8), Some(4096)), BacklogLimit::Application { arg: 8, seen: true });
-        assert_eq!(backlog_limit(128, Some(511), Some(128)), BacklogLimit::Somaxconn { somaxconn: 128, arg: Some(511) });
-        assert_eq!(backlog_limit(8, None, Some(4096)), BacklogLimit::Application { arg: 8, seen: false });
-        assert_eq!(backlog_limit(4096, None, Some(4096)), BacklogLimit::Somaxconn { somaxconn: 4096, arg: None });
-        assert_eq!(backlog_limit(4096, Some(-1), Some(4096)), BacklogLimit::Somaxconn { somaxconn: 4096, arg: Some(u32::MAX) });
+        assert_eq!(
+            backlog_limit(8, Some(8), Some(4096)),
+            BacklogLimit::Application { arg: 8, seen: true }
+        );
+        assert_eq!(
+            backlog_limit(128, Some(511), Some(128)),
+            BacklogLimit::Somaxconn {
+                somaxconn: 128,
+                arg: Some(511)
+            }
+        );
+        assert_eq!(
+            backlog_limit(8, None, Some(4096)),
+            BacklogLimit::Application {
+                arg: 8,
+                seen: false
+            }
+        );
+        assert_eq!(
+            backlog_limit(4096, None, Some(4096)),
+            BacklogLimit::Somaxconn {
+                somaxconn: 4096,
+                arg: None
+            }
+        );
+        assert_eq!(
+            backlog_limit(4096, Some(-1), Some(4096)),
+            BacklogLimit::Somaxconn {
+                somaxconn: 4096,
+                arg: Some(u32::MAX)
+            }
+        );
         assert_eq!(backlog_limit(5, None, None), BacklogLimit::Unknown);
     }
 
@@ -319,10 +394,19 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].cause, "accept_queue_full");
         assert_eq!(f[0].impact, 33);
-        assert!(f[0].text.contains("min(listen() 8 [seen by tcpq], net.core.somaxconn 4096)"), "{}", f[0].text);
+        assert!(
+            f[0].text
+                .contains("min(listen() 8 [seen by tcpq], net.core.somaxconn 4096)"),
+            "{}",
+            f[0].text
+        );
         assert!(f[0].text.contains("the application's backlog is the limit"));
         assert!(f[0].text.contains("think they are connected"));
-        assert!(f[0].fix[0].contains("nginx `listen 8080 backlog=1024;`"), "{:?}", f[0].fix);
+        assert!(
+            f[0].fix[0].contains("nginx `listen 8080 backlog=1024;`"),
+            "{:?}",
+            f[0].fix
+        );
         assert!(f[0].fix[0].contains("listen.backlog = 1024"));
     }
 
@@ -334,8 +418,16 @@ mod tests {
         e.listen_arg = Some(511);
         e.counts.add(OverflowKind::Syn, 5);
         let f = diagnose_listener(&e);
-        assert!(f[0].text.contains("somaxconn is the limit"), "{}", f[0].text);
-        assert!(f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"), "{:?}", f[0].fix);
+        assert!(
+            f[0].text.contains("somaxconn is the limit"),
+            "{}",
+            f[0].text
+        );
+        assert!(
+            f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"),
+            "{:?}",
+            f[0].fix
+        );
     }
 
     #[test]
@@ -345,8 +437,16 @@ mod tests {
         e.backlog = 4096;
         e.counts.add(OverflowKind::Syn, 5);
         let f = diagnose_listener(&e);
-        assert!(f[0].text.contains("listen() ≥ 4096 [inferred]"), "{}", f[0].text);
-        assert!(f[0].fix[0].starts_with("nsenter -t 42 -n sysctl -w net.core.somaxconn=16384"), "{:?}", f[0].fix);
+        assert!(
+            f[0].text.contains("listen() ≥ 4096 [inferred]"),
+            "{}",
+            f[0].text
+        );
+        assert!(
+            f[0].fix[0].starts_with("nsenter -t 42 -n sysctl -w net.core.somaxconn=16384"),
+            "{:?}",
+            f[0].fix
+        );
     }
 
     #[test]
@@ -370,7 +470,15 @@ mod tests {
         e.cookies_sent_recv = Some((20, 1));
         let f = diagnose_listener(&e);
         let causes: Vec<&str> = f.iter().map(|f| f.cause).collect();
-        assert_eq!(causes, ["syn_cookies", "syn_queue_full", "accept_queue_full", "overflow_resets"]);
+        assert_eq!(
+            causes,
+            [
+                "syn_cookies",
+                "syn_queue_full",
+                "accept_queue_full",
+                "overflow_resets"
+            ]
+        );
         assert!(f[0].text.contains("looks like a SYN flood"));
         assert!(f[1].fix[0].contains("tcp_syncookies=1"));
         assert!(f[3].fix[0].contains("tcp_abort_on_overflow=0"));

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -35,7 +36,7 @@ impl ListenerInfo {
 
 #[derive(Debug, Default)]
 pub struct ListenerDirectory {
-    by_cookie: HashMap<(u32, u64), ListenerInfo>,
+    by_cookie: HashMap<(u32, u64), Rc<ListenerInfo>>,
     by_addr: HashMap<(u32, IpAddr, u16), u64>,
     misses: HashMap<(u32, u64, u16), Instant>,
     listen_args: HashMap<(u32, u64), i32>,
@@ -51,12 +52,23 @@ impl ListenerDirectory {
         Self::default()
     }
 
-    /// Looks a listener up, refreshing its network namespace's listeners on a miss.
-    pub fn lookup(&mut self, netns: u32, cookie: u64, laddr: IpAddr, lport: u16) -> Option<&ListenerInfo> {
+    /// Looks a listener up, refreshing its network namespace's listeners on a miss. The result is
+    /// shared (no copy per event).
+    pub fn lookup(
+        &mut self,
+        netns: u32,
+        cookie: u64,
+        laddr: IpAddr,
+        lport: u16,
+    ) -> Option<Rc<ListenerInfo>> {
         let key = self.find_key(netns, cookie, laddr, lport);
         if key.is_none() {
             let miss_key = (netns, cookie, lport);
-            if self.misses.get(&miss_key).is_some_and(|t| t.elapsed() < MISS_RETRY) {
+            if self
+                .misses
+                .get(&miss_key)
+                .is_some_and(|t| t.elapsed() < MISS_RETRY)
+            {
                 return None;
             }
             self.refresh_netns(netns);
@@ -69,7 +81,7 @@ impl ListenerDirectory {
             }
         }
         let key = self.find_key(netns, cookie, laddr, lport)?;
-        self.by_cookie.get(&(netns, key))
+        self.by_cookie.get(&(netns, key)).cloned()
     }
 
     fn find_key(&self, netns: u32, cookie: u64, laddr: IpAddr, lport: u16) -> Option<u64> {
@@ -85,9 +97,10 @@ impl ListenerDirectory {
                 } else {
                     IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
                 };
-                self.by_addr
-                    .get(&(netns, any, lport))
-                    .or_else(|| self.by_addr.get(&(netns, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), lport)))
+                self.by_addr.get(&(netns, any, lport)).or_else(|| {
+                    self.by_addr
+                        .get(&(netns, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), lport))
+                })
             })
             .copied()
             .filter(|_| cookie == 0)
@@ -102,7 +115,11 @@ impl ListenerDirectory {
                 return;
             }
         };
-        let inodes: HashSet<u64> = listeners.iter().map(|l| l.inode).filter(|i| *i != 0).collect();
+        let inodes: HashSet<u64> = listeners
+            .iter()
+            .map(|l| l.inode)
+            .filter(|i| *i != 0)
+            .collect();
         let owners = procs::socket_owners(&inodes);
         if self.by_cookie.len() > MAX_ENTRIES {
             self.by_cookie.clear();
@@ -114,10 +131,16 @@ impl ListenerDirectory {
                 .map(|s: &BTreeSet<Owner>| s.iter().cloned().collect())
                 .unwrap_or_default();
             let listen_arg = self.listen_args.get(&(netns_inum, l.inode)).copied();
-            self.by_addr.insert((netns_inum, l.laddr, l.lport), l.cookie);
+            self.by_addr
+                .insert((netns_inum, l.laddr, l.lport), l.cookie);
             self.by_cookie.insert(
                 (netns_inum, l.cookie),
-                ListenerInfo { inode: l.inode, backlog: l.send_queue, owners, listen_arg },
+                Rc::new(ListenerInfo {
+                    inode: l.inode,
+                    backlog: l.send_queue,
+                    owners,
+                    listen_arg,
+                }),
             );
         }
     }
@@ -134,7 +157,7 @@ impl ListenerDirectory {
         self.listen_args.insert((call.netns, inode), call.backlog);
         for ((ns, _), info) in self.by_cookie.iter_mut() {
             if *ns == call.netns && info.inode == inode {
-                info.listen_arg = Some(call.backlog);
+                Rc::make_mut(info).listen_arg = Some(call.backlog);
             }
         }
     }

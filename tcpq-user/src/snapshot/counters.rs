@@ -34,7 +34,10 @@ pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
 /// TcpExt and Tcp counters of the calling thread's network namespace.
 pub fn read_here() -> Result<HashMap<String, u64>> {
     let mut all = HashMap::new();
-    for f in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
+    for f in [
+        "/proc/thread-self/net/netstat",
+        "/proc/thread-self/net/snmp",
+    ] {
         let text = std::fs::read_to_string(f).with_context(|| format!("read {f}"))?;
         all.extend(parse_pairs(&text));
     }
@@ -74,7 +77,11 @@ impl ListenSysctls {
 
 /// `after - before` for the listed counters (missing counters count as 0).
 pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
-    after.get(key).copied().unwrap_or(0).saturating_sub(before.get(key).copied().unwrap_or(0))
+    after
+        .get(key)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(key).copied().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -98,7 +105,10 @@ mod tests {
     fn tolerates_garbage() {
         let m = parse_pairs("garbage\nTcpExt: A B\nOther: 1 2\nTcp: RtoMin\nTcp: -1\n");
         assert_eq!(m.get("Tcp:RtoMin"), Some(&0), "negative values clamp to 0");
-        assert!(!m.contains_key("TcpExt:A"), "a header without values is ignored");
+        assert!(
+            !m.contains_key("TcpExt:A"),
+            "a header without values is ignored"
+        );
     }
 
     #[test]

@@ -53,12 +53,17 @@ pub fn run_in<T: Send>(inum: u32, f: impl FnOnce() -> T + Send) -> Result<T> {
     if current() == Some(inum) {
         return Ok(f());
     }
-    let path = find(inum).ok_or_else(|| anyhow!("network namespace {inum} not found (no process or /run/netns entry holds it any more)"))?;
+    let path = find(inum).ok_or_else(|| {
+        anyhow!(
+            "network namespace {inum} not found (no process or /run/netns entry holds it any more)"
+        )
+    })?;
     run_in_path(&path, f)
 }
 
 pub fn run_in_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(path).with_context(|| format!("open network namespace {}", path.display()))?;
+    let file =
+        File::open(path).with_context(|| format!("open network namespace {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || -> Result<T> {
             setns(&file, CloneFlags::CLONE_NEWNET)
@@ -66,6 +71,11 @@ pub fn run_in_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result
             Ok(f())
         })
         .join()
-        .map_err(|_| anyhow!("thread inside network namespace {} panicked", path.display()))?
+        .map_err(|_| {
+            anyhow!(
+                "thread inside network namespace {} panicked",
+                path.display()
+            )
+        })?
     })
 }

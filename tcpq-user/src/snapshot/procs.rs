@@ -72,7 +72,10 @@ pub fn resolve_pid_arg(arg: &str) -> Result<Vec<Owner>> {
         for p in all.flatten() {
             let pid = p.pid as u32;
             if matches_name(&p, arg) {
-                found.push(Owner { pid, comm: comm(pid).unwrap_or_default() });
+                found.push(Owner {
+                    pid,
+                    comm: comm(pid).unwrap_or_default(),
+                });
             }
         }
     }
@@ -113,7 +116,9 @@ mod tests {
 
     #[test]
     fn pid_arg_errors_are_one_line() {
-        let e = resolve_pid_arg("no-such-process-tcpq").unwrap_err().to_string();
+        let e = resolve_pid_arg("no-such-process-tcpq")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no process named 'no-such-process-tcpq'"), "{e}");
         assert!(!e.contains('\n'));
         let e = resolve_pid_arg("4194399").unwrap_err().to_string();

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -59,11 +61,17 @@ pub fn dump_listeners() -> Result<Vec<DiagSocket>> {
 fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("open NETLINK_SOCK_DIAG socket")?;
     socket.bind_auto().context("bind sock_diag socket")?;
-    socket.connect(&SocketAddr::new(0, 0)).context("connect sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connect sock_diag socket")?;
 
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -78,11 +86,15 @@ fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Res
     packet.finalize();
     let mut buf = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut buf[..]);
-    socket.send(&buf[..], 0).context("send sock_diag dump request")?;
+    socket
+        .send(&buf[..], 0)
+        .context("send sock_diag dump request")?;
 
     let mut rx = vec![0u8; 64 * 1024];
     loop {
-        let size = socket.recv(&mut &mut rx[..], 0).context("receive sock_diag dump")?;
+        let size = socket
+            .recv(&mut &mut rx[..], 0)
+            .context("receive sock_diag dump")?;
         if size == 0 {
             bail!("sock_diag dump ended without NLMSG_DONE");
         }
@@ -137,7 +149,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let socks = dump_listeners().unwrap();
-        let me = socks.iter().find(|s| s.lport == port).expect("listener listed");
+        let me = socks
+            .iter()
+            .find(|s| s.lport == port)
+            .expect("listener listed");
         assert_eq!(me.state, TCP_LISTEN);
         assert_eq!(me.laddr.to_string(), "127.0.0.1");
         assert!(me.send_queue > 0, "backlog reported");

@@ -1,0 +1,152 @@
+//! Bad input and degraded environments: one line on stderr, exit 2, never a panic.
+use std::process::Output;
+
+use tcpq_tests::*;
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit 2 for {needle}: stderr {err}"
+    );
+    assert!(err.contains(needle), "stderr mentions '{needle}': {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+}
+
+#[test]
+fn unknown_process_name() {
+    let out = tcpq()
+        .args(["trace", "overflow", "--pid", "no-such-process-xyz"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "no process named 'no-such-process-xyz'");
+}
+
+#[test]
+fn unknown_pid() {
+    let out = tcpq()
+        .args(["trace", "overflow", "--pid", "4194300"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "no process with pid 4194300");
+}
+
+#[test]
+fn bad_arguments() {
+    for (args, needle) in [
+        (vec!["trace", "overflow", "--port", "70000"], "invalid port"),
+        (vec!["trace", "overflow", "--port", "http"], "invalid port"),
+        (
+            vec!["trace", "overflow", "--duration", "soon"],
+            "invalid duration",
+        ),
+        (
+            vec!["trace", "overflow", "--duration", "0"],
+            "invalid duration",
+        ),
+        (vec!["lab", "nosuchlab"], "invalid value"),
+        (
+            vec!["lab", "synflood", "--syncookies", "7"],
+            "invalid value",
+        ),
+        (vec!["trace", "nosuchthing"], "unrecognized subcommand"),
+    ] {
+        let out = tcpq().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn not_root_is_refused_with_the_remedy() {
+    if skip_unless_root("not_root (needs root to drop to nobody)") {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    for args in [
+        vec!["trace", "overflow"],
+        vec!["check"],
+        vec!["lab", "overflow"],
+    ] {
+        let out = tcpq().args(&args).uid(65534).gid(65534).output().unwrap();
+        assert_one_line_error(&out, "root");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sudo"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn missing_cgroup2_and_btf() {
+    if skip_unless_root("missing_cgroup2_and_btf") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpq-fake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let fake: String = real
+        .lines()
+        .filter(|l| !l.contains(" - cgroup2 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mi = dir.join("mountinfo");
+    std::fs::write(&mi, fake).unwrap();
+    let out = tcpq()
+        .args(["trace", "overflow"])
+        .env("TCPQ_MOUNTINFO", &mi)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "no cgroup2 filesystem is mounted");
+    let out = tcpq()
+        .args(["check"])
+        .env("TCPQ_MOUNTINFO", &mi)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = tcpq()
+        .args(["trace", "overflow"])
+        .env("TCPQ_BTF", dir.join("no-btf"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "kernel BTF not found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_reports_every_hook() {
+    if skip_unless_root("check") {
+        return;
+    }
+    let out = tcpq().args(["check", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    let hooks = v["hooks"].as_array().unwrap();
+    let core = hooks
+        .iter()
+        .find(|h| h["program"] == "listen_ingress")
+        .unwrap();
+    assert_eq!(core["state"], "attached");
+    assert!(hooks.len() >= 6);
+    for k in [
+        "kprobes",
+        "fentry",
+        "tracefs",
+        "cgroup2",
+        "btf",
+        "privileges",
+    ] {
+        assert!(v[k].as_str().is_some_and(|s| !s.is_empty()), "{k} reported");
+    }
+    let text = tcpq().arg("check").output().unwrap();
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.contains("result: core hooks work"), "{t}");
+}

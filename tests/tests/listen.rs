@@ -1,0 +1,248 @@
+//! The listen path against the kernel's own counters (root; real programs; network namespaces).
+use tcpq_tests::*;
+
+const OVERFLOWS: &str = "TcpExt:ListenOverflows";
+
+#[test]
+fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
+    if skip_unless_root("accept_queue_overflow") {
+        return;
+    }
+    let ns = Netns::new("ovf");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    let (facts, done) = run_lab(&ns, &["overflow", "--backlog", "4", "--duration", "2"]);
+    assert_eq!(
+        facts["ack_phase"], true,
+        "nft is needed for the ack phase: run `cargo xtask setup`"
+    );
+    let after = ns.counters();
+    let lines = tracer.stop();
+
+    let counts = counts_by_kind(&lines, inode);
+    let syn = counts.get("syn").copied().unwrap_or(0);
+    let ack = counts.get("ack").copied().unwrap_or(0);
+    let kernel = delta(&before, &after, OVERFLOWS);
+    eprintln!("tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}");
+    assert!(syn > 0, "SYN drops seen: {counts:?}");
+    assert!(ack > 0, "final-ACK drops seen: {counts:?}");
+    assert_eq!(syn + ack, kernel, "syn+ack = ListenOverflows delta");
+    assert_eq!(
+        syn + ack,
+        delta(&before, &after, "TcpExt:ListenDrops"),
+        "no other listen drops"
+    );
+    assert_eq!(
+        counts.get("cookie").copied().unwrap_or(0),
+        delta(&before, &after, "TcpExt:SyncookiesSent")
+    );
+
+    // Every event names the lab's server process, its port and the client.
+    let pid = facts["pid"].as_u64().unwrap();
+    let events: Vec<_> = lines
+        .iter()
+        .filter(|v| v["netns"].as_u64() == Some(inode) && v["event"] == "overflow")
+        .collect();
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(e["lport"], 8080, "{e}");
+        assert_eq!(e["laddr"], "127.0.0.1", "{e}");
+        assert_eq!(e["pid"].as_u64(), Some(pid), "listener owner: {e}");
+        assert_eq!(e["comm"], "tcpq-lab", "{e}");
+        assert_eq!(e["backlog"], 4, "{e}");
+        if e["count"] == 1 {
+            assert_eq!(e["raddr"], "127.0.0.1", "{e}");
+            assert!(e["rport"].as_u64().unwrap() > 1024, "{e}");
+        }
+        for k in [
+            "ts", "event", "kind", "count", "netns", "laddr", "lport", "raddr", "rport", "pid",
+            "comm", "backlog", "queue",
+        ] {
+            assert!(e.get(k).is_some(), "field {k} in {e}");
+        }
+    }
+
+    // The summary names the cause and the application's backlog (seen at listen()).
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(s["pid"].as_u64(), Some(pid));
+    assert_eq!(s["listen_arg"], 4);
+    assert_eq!(s["listen_arg_source"], "seen");
+    let c = causes(s);
+    assert_eq!(c[0], "accept_queue_full", "{c:?}");
+    let text = s["causes"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("the application's backlog is the limit"),
+        "{text}"
+    );
+    assert!(
+        s["causes"][0]["fix"][0]
+            .as_str()
+            .unwrap()
+            .contains("backlog="),
+        "{s}"
+    );
+    assert!(
+        s["accepts"].as_u64().unwrap() > 0,
+        "accept rate measured: {s}"
+    );
+}
+
+#[test]
+fn abort_on_overflow_resets_match_embryonic_resets() {
+    if skip_unless_root("abort_on_overflow_resets") {
+        return;
+    }
+    let ns = Netns::new("rst");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    run_lab(
+        &ns,
+        &[
+            "overflow",
+            "--backlog",
+            "8",
+            "--duration",
+            "1",
+            "--abort-on-overflow",
+        ],
+    );
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    let resets = counts.get("reset").copied().unwrap_or(0);
+    eprintln!("tcpq {counts:?}");
+    assert!(resets > 0, "overflow resets seen: {counts:?}");
+    assert_eq!(resets, delta(&before, &after, "TcpExt:EmbryonicRsts"));
+    let syn_ack = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
+    assert_eq!(syn_ack, delta(&before, &after, OVERFLOWS));
+    let s = listener_summary(final_summary(&lines), inode);
+    assert!(causes(s).contains(&"overflow_resets".to_string()), "{s}");
+}
+
+#[test]
+fn syn_queue_full_without_cookies_matches_reqqfulldrop() {
+    if skip_unless_root("syn_queue_full") {
+        return;
+    }
+    let ns = Netns::new("synq");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    let (facts, _) = run_lab(&ns, &["synflood", "--syncookies", "0", "--duration", "2"]);
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    eprintln!("tcpq {counts:?}");
+    let synq = counts.get("synq").copied().unwrap_or(0);
+    assert!(synq > 0, "{counts:?}");
+    assert_eq!(synq, delta(&before, &after, "TcpExt:TCPReqQFullDrop"));
+    assert_eq!(counts.get("cookie").copied().unwrap_or(0), 0);
+    // The client lives in another namespace: all SYN retransmits counted here are SYN-ACKs.
+    assert_eq!(
+        counts.get("synack_retrans").copied().unwrap_or(0),
+        delta(&before, &after, "TcpExt:TCPSynRetrans")
+    );
+    let e = lines
+        .iter()
+        .find(|v| v["kind"] == "synq" && v["netns"].as_u64() == Some(inode))
+        .unwrap();
+    assert_eq!(e["raddr"], facts["raddr"], "client address: {e}");
+    assert_eq!(e["laddr"], facts["laddr"]);
+    assert_eq!(e["pid"], facts["pid"]);
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(causes(s)[0], "syn_queue_full", "{s}");
+    assert!(
+        s["causes"][0]["fix"][0]
+            .as_str()
+            .unwrap()
+            .contains("tcp_syncookies=1")
+    );
+}
+
+#[test]
+fn syn_cookies_match_syncookiessent() {
+    if skip_unless_root("syn_cookies") {
+        return;
+    }
+    let ns = Netns::new("cookie");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    run_lab(&ns, &["synflood", "--syncookies", "1", "--duration", "2"]);
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    eprintln!("tcpq {counts:?}");
+    let cookies = counts.get("cookie").copied().unwrap_or(0);
+    assert!(cookies > 0, "{counts:?}");
+    assert_eq!(cookies, delta(&before, &after, "TcpExt:SyncookiesSent"));
+    assert_eq!(counts.get("synq").copied().unwrap_or(0), 0);
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(causes(s)[0], "syn_cookies", "{s}");
+    // The client's ACKs never arrive: tcpq calls it a flood, not load.
+    assert!(
+        s["causes"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("SYN flood"),
+        "{s}"
+    );
+}
+
+#[test]
+fn port_filter_is_applied_in_the_kernel() {
+    if skip_unless_root("port_filter") {
+        return;
+    }
+    let ns = Netns::new("port");
+    let inode = ns.inode();
+    let other = Tracer::start(&["--port", "9999"]);
+    let mine = Tracer::start(&["--port", "8080"]);
+    run_lab(&ns, &["overflow", "--duration", "1"]);
+    let other_lines = other.stop();
+    let mine_lines = mine.stop();
+    assert!(
+        counts_by_kind(&other_lines, inode).is_empty(),
+        "port 9999 saw nothing"
+    );
+    assert!(
+        !counts_by_kind(&mine_lines, inode).is_empty(),
+        "port 8080 saw the overflow"
+    );
+    // The kernel's own per-kind counts respect the filter too.
+    assert_eq!(final_summary(&other_lines)["kernel_counts"]["syn"], 0);
+}
+
+#[test]
+fn pid_filter_selects_the_listener_owner() {
+    if skip_unless_root("pid_filter") {
+        return;
+    }
+    let ns = Netns::new("pid");
+    let inode = ns.inode();
+    // A process that owns no listener: it must see nothing of the lab.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let filtered = Tracer::start(&["--pid", &pid]);
+    // A name must match a running process: start the lab first, then trace it by name.
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "4"]);
+    let by_name = Tracer::start(&["--pid", "tcpq-lab"]);
+    lab.finish();
+    let f = filtered.stop();
+    let n = by_name.stop();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(
+        counts_by_kind(&f, inode).is_empty(),
+        "a pid owning no listener sees no events"
+    );
+    assert!(
+        !counts_by_kind(&n, inode).is_empty(),
+        "the lab's server is the `tcpq-lab` process"
+    );
+}
