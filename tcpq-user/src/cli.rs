@@ -30,6 +30,9 @@ pub struct LabArgs {
     /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
     #[arg(long)]
     pub abort_on_overflow: bool,
+    /// overflow: listen on [::1] instead of 127.0.0.1.
+    #[arg(long)]
+    pub ipv6: bool,
     /// overflow: connections the server accepts per second (0 = never accepts).
     #[arg(long, default_value_t = 20)]
     pub accept_rate: u32,

@@ -6,7 +6,7 @@ use std::{
     collections::VecDeque,
     fs::File,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Stdio},
     sync::{
@@ -197,7 +197,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(ns: &NetnsGuard, addr: SocketAddrV4, backlog: u32, accept_rate: u32) -> Result<Self> {
+    fn start(ns: &NetnsGuard, addr: SocketAddr, backlog: u32, accept_rate: u32) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let accepting = Arc::new(AtomicBool::new(true));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -205,11 +205,10 @@ impl Server {
         let (s, a, n) = (stop.clone(), accepting.clone(), accepted.clone());
         let handle = spawn_in(ns, move || -> Result<()> {
             let sock = (|| -> Result<Socket> {
-                let sock =
-                    Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
+                let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                    .context("create listener")?;
                 sock.set_reuse_address(true)?;
-                sock.bind(&SocketAddr::V4(addr).into())
-                    .with_context(|| format!("bind {addr}"))?;
+                sock.bind(&addr.into()).with_context(|| format!("bind {addr}"))?;
                 sock.listen(backlog as i32).context("listen")?;
                 sock.set_nonblocking(true)?;
                 Ok(sock)
@@ -263,10 +262,10 @@ impl Drop for Server {
     }
 }
 
-fn connect_nonblocking(dst: SocketAddrV4) -> Option<Socket> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+fn connect_nonblocking(dst: SocketAddr) -> Option<Socket> {
+    let s = Socket::new(Domain::for_address(dst), Type::STREAM, None).ok()?;
     s.set_nonblocking(true).ok()?;
-    match s.connect(&SocketAddr::V4(dst).into()) {
+    match s.connect(&dst.into()) {
         Ok(()) => Some(s),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Some(s),
         Err(_) => None,
@@ -321,12 +320,16 @@ fn overflow(args: &LabArgs) -> Result<()> {
     if args.abort_on_overflow {
         write_sysctl_in(&ns, "/proc/sys/net/ipv4/tcp_abort_on_overflow", "1")?;
     }
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port);
+    let addr = if args.ipv6 {
+        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), args.port)
+    } else {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port)
+    };
     let server = Server::start(&ns, addr, args.backlog(), args.accept_rate)?;
     let with_nft = nft_available();
     facts(
         args,
-        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "ack_phase": with_nft, "accept_rate": args.accept_rate, "abort_on_overflow": args.abort_on_overflow}),
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": addr.ip().to_string(), "ack_phase": with_nft, "accept_rate": args.accept_rate, "abort_on_overflow": args.abort_on_overflow}),
     );
 
     let attempts = Arc::new(AtomicU64::new(0));
@@ -481,7 +484,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
             args.port
         ),
     )?;
-    let addr = SocketAddrV4::new(srv_ip, args.port);
+    let addr = SocketAddr::V4(SocketAddrV4::new(srv_ip, args.port));
     let server = Server::start(&srv, addr, args.backlog(), 1000)?;
     facts(
         args,

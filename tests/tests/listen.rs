@@ -246,3 +246,25 @@ fn pid_filter_selects_the_listener_owner() {
         "the lab's server is the `tcpq-lab` process"
     );
 }
+
+#[test]
+fn ipv6_overflow_matches_listen_overflows() {
+    if skip_unless_root("ipv6_overflow") {
+        return;
+    }
+    let ns = Netns::new("v6");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    run_lab(&ns, &["overflow", "--ipv6", "--duration", "1"]);
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    let refused = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
+    assert!(refused > 0, "{counts:?}");
+    assert_eq!(refused, delta(&before, &after, OVERFLOWS));
+    let e = lines.iter().find(|v| v["netns"].as_u64() == Some(inode) && v["count"] == 1).unwrap();
+    assert_eq!(e["laddr"], "::1", "{e}");
+    assert_eq!(e["raddr"], "::1", "{e}");
+    assert_eq!(e["comm"], "tcpq-lab", "{e}");
+}
