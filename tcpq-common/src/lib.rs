@@ -18,6 +18,11 @@ pub mod names {
     pub const PROG_SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
     pub const PROG_SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
     pub const PROG_FENTRY_PROBE: &str = "fentry_probe";
+    pub const PROG_OUTCOME_XMIT: &str = "outcome_xmit";
+    pub const PROG_OUTCOME_CHILD: &str = "outcome_child";
+    pub const PROG_OUTCOME_CONSUME: &str = "outcome_consume";
+    pub const PROG_OUTCOME_KFREE: &str = "outcome_kfree";
+    pub const LISTEN_CONFIG: &str = "LISTEN_CONFIG";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -36,6 +41,11 @@ pub mod kind {
     pub const SYNACK_RETRANS: u16 = 5;
     /// A reset sent by a listener whose accept queue is full (`tcp_abort_on_overflow=1`).
     pub const OVERFLOW_RESET: u16 = 6;
+    /// Count only: a SYN the listener dropped for another reason (no route, memory, LSM,
+    /// tcp_max_syn_backlog without cookies…): part of TcpExt ListenDrops, not of the causes above.
+    pub const OTHER_DROP: u16 = 7;
+    /// Count only: a packet whose outcome the confirmation hooks did not observe.
+    pub const UNRESOLVED: u16 = 8;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.
@@ -48,7 +58,17 @@ pub mod hook {
     pub const SYNACK_RETRANS: u32 = 1;
     pub const SEND_RESET: u32 = 2;
     pub const SYS_ENTER_LISTEN: u32 = 3;
-    pub const SLOTS: u32 = 4;
+    /// Events emitted when a packet's outcome is confirmed (consume_skb / kfree_skb).
+    pub const OUTCOME: u32 = 4;
+    pub const SLOTS: u32 = 5;
+}
+
+/// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
+pub mod config {
+    /// 1: every hook of the outcome family is attached, so the ingress hook only records the
+    /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf listen.rs).
+    pub const CONFIRM: u32 = 0;
+    pub const SLOTS: u32 = 1;
 }
 
 /// A connection refused (or answered with a cookie) at a listening socket.

@@ -13,10 +13,10 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
     macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SkBuffContext, TracePointContext},
 };
-use tcpq_common::{ListenCallEvent, ListenEvent, hook, kind};
+use tcpq_common::{ListenCallEvent, ListenEvent, config, hook, kind};
 
 use crate::{
     offsets::*,
@@ -47,6 +47,39 @@ static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(hook::SLOTS
 #[map]
 static ACCEPTS_BY_TGID: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Written by userspace: `config::CONFIRM` = 1 when the outcome hooks are attached.
+#[map]
+static LISTEN_CONFIG: Array<u32> = Array::with_max_entries(config::SLOTS, 0);
+
+/// The SYN or ACK a listener is processing on this CPU, between the cgroup_skb ingress hook
+/// (which runs in tcp_filter(), just before the kernel decides) and the end of that
+/// processing (consume_skb / kfree_skb of the same packet). Softirq processing of one packet
+/// is not interleaved with another on the same CPU, so one slot per CPU suffices.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub active: u32,
+    pub is_syn: u32,
+    /// 1: a SYN-ACK for this tuple left with a request socket (normal), 2: without one (cookie).
+    pub synack: u32,
+    /// A child socket was created for this tuple (the final ACK was accepted).
+    pub child: u32,
+    pub syncookies: u32,
+    pub reqq_full: u32,
+    pub acceptq_full: u32,
+    pub _pad: u32,
+    pub sk: u64,
+    pub ev: ListenEvent,
+}
+
+#[map]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn confirm_mode() -> bool {
+    LISTEN_CONFIG.get(config::CONFIRM).is_some_and(|v| *v == 1)
+}
+
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, slot: u32) {
     if let Some(p) = map.get_ptr_mut(slot) {
@@ -73,6 +106,16 @@ fn fill_listener(ev: &mut ListenEvent, sk: u64) {
     ev.queue = kread(sk, OFF_SK_ACK_BACKLOG.load());
     ev.backlog = kread(sk, OFF_SK_MAX_ACK_BACKLOG.load());
     ev.synq = kread(sk, OFF_ICSK_QLEN.load());
+}
+
+/// inet_csk_reqsk_queue_is_full(): `qlen > backlog` (6.12+), `>=` before.
+#[inline(always)]
+fn reqq_full(ev: &ListenEvent) -> bool {
+    if REQQ_FULL_GE.load() != 0 {
+        ev.synq >= ev.backlog
+    } else {
+        ev.synq > ev.backlog
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,15 +195,40 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     // sk_acceptq_is_full(): sk_ack_backlog > sk_max_ack_backlog
     let acceptq_full = ev.queue > ev.backlog;
 
+    let net: u64 = kread(tp, OFF_SK_NET.load());
+    let syncookies: u8 = kread(net, OFF_NET_SYNCOOKIES.load());
+    let reqq_full = reqq_full(&ev);
+
+    if confirm_mode() {
+        // Record the packet; the verdict comes from what the kernel then does with it.
+        if let Some(p) = PENDING.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; softirq packet processing does not nest on one CPU.
+            let p = unsafe { &mut *p };
+            if p.active != 0 {
+                bump(&LISTEN_COUNTS, kind::UNRESOLVED as u32);
+            }
+            // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
+            ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            ev.kind = if is_syn {
+                kind::SYN_DROP
+            } else {
+                kind::ACK_DROP
+            };
+            p.active = 1;
+            p.is_syn = is_syn as u32;
+            p.synack = 0;
+            p.child = 0;
+            p.syncookies = syncookies as u32;
+            p.reqq_full = reqq_full as u32;
+            p.acceptq_full = acceptq_full as u32;
+            p.sk = tp;
+            p.ev = ev;
+        }
+        return Ok(());
+    }
+
     let k = if is_syn {
         // tcp_conn_request(): the request-queue test comes first, then the accept-queue test.
-        let net: u64 = kread(tp, OFF_SK_NET.load());
-        let syncookies: u8 = kread(net, OFF_NET_SYNCOOKIES.load());
-        let reqq_full = if REQQ_FULL_GE.load() != 0 {
-            ev.synq >= ev.backlog
-        } else {
-            ev.synq > ev.backlog
-        };
         if syncookies == 2 || reqq_full {
             if syncookies == 0 {
                 kind::SYNQ_DROP
@@ -380,6 +448,217 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     count_accept(&ctx);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcome confirmation. The ingress hook sees the queues just before the kernel tests them; on
+// a busy multi-CPU server an accept() or another handshake on another CPU can change the answer
+// in between, and a SYN that matched a TIME_WAIT socket skips the SYN-queue and cookie tests
+// altogether (tcp_conn_request(): `isn`). So in confirm mode the verdict is taken from what the
+// kernel did with the packet, observed on the same CPU before the packet is freed:
+//   SYN-ACK transmitted (net:net_dev_queue) with a request socket → accepted; without one
+//   (skb->sk NULL, tcp_make_synack() TCP_SYNACK_COOKIE) → cookie; none → dropped.
+//   child socket created (sock:inet_sock_set_state LISTEN→SYN_RECV) → final ACK accepted;
+//   freed with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, or freed while the queue is full → dropped.
+
+const TCP_SYN_RECV: i32 = 3;
+const TCP_LISTEN_I: i32 = 10;
+
+/// Addresses, ports and flags of the TCP packet in `skb` (tracing context).
+#[derive(Clone, Copy)]
+struct SkbTuple {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+}
+
+#[inline(always)]
+fn skb_tuple(skb: u64) -> Option<SkbTuple> {
+    let head: u64 = kread(skb, OFF_SKB_HEAD.load());
+    if head == 0 {
+        return None;
+    }
+    let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
+    let th: u16 = kread(skb, OFF_SKB_TRANSPORT_HEADER.load());
+    if nh == 0xffff || th == 0xffff {
+        return None; // header offsets unset (~0)
+    }
+    let ip = head + nh as u64;
+    let b0: u8 = kread(ip, 0);
+    let mut t = SkbTuple {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        flags: 0,
+    };
+    match b0 >> 4 {
+        4 => {
+            let proto: u8 = kread(ip, 9);
+            if proto != IPPROTO_TCP {
+                return None;
+            }
+            let s: [u8; 4] = kread(ip, 12);
+            let d: [u8; 4] = kread(ip, 16);
+            t.saddr[..4].copy_from_slice(&s);
+            t.daddr[..4].copy_from_slice(&d);
+        }
+        6 => {
+            let next: u8 = kread(ip, 6);
+            if next != IPPROTO_TCP {
+                return None;
+            }
+            t.saddr = kread_addr16(ip, 8);
+            t.daddr = kread_addr16(ip, 24);
+        }
+        _ => return None,
+    }
+    let tcp = head + th as u64;
+    let ports: [u8; 4] = kread(tcp, 0);
+    t.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    t.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    t.flags = kread(tcp, 13);
+    Some(t)
+}
+
+#[inline(always)]
+fn pending() -> Option<&'static mut Pending> {
+    let p = PENDING.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot (see `Pending`).
+    let p = unsafe { &mut *p };
+    if p.active == 0 { None } else { Some(p) }
+}
+
+/// The packet being freed is the pending one (client → listener direction)?
+#[inline(always)]
+fn is_pending_packet(p: &Pending, t: &SkbTuple) -> bool {
+    t.sport == p.ev.rport && t.dport == p.ev.lport && t.saddr == p.ev.raddr && t.daddr == p.ev.laddr
+}
+
+/// `net:net_dev_queue(struct sk_buff *skb)`: a SYN-ACK for the pending SYN leaves.
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
+    let Some(p) = pending() else { return 0 };
+    if p.is_syn == 0 || p.synack != 0 {
+        return 0;
+    }
+    let skb: u64 = ctx.arg(0);
+    let Some(t) = skb_tuple(skb) else { return 0 };
+    if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK)
+        || t.sport != p.ev.lport
+        || t.dport != p.ev.rport
+        || t.saddr != p.ev.laddr
+        || t.daddr != p.ev.raddr
+    {
+        return 0;
+    }
+    // tcp_make_synack(): a normal SYN-ACK is owned by its request socket, a cookie one by none.
+    let owner: u64 = kread(skb, OFF_SKB_SK.load());
+    if owner == 0 {
+        p.synack = 2;
+        resolve(p, false, false); // emits the cookie now
+    } else {
+        p.active = 0; // accepted into the SYN queue
+    }
+    0
+}
+
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: inet_csk_clone_lock() moves a new child
+/// from the listener's LISTEN to SYN_RECV once the accept-queue test passed.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if old != TCP_LISTEN_I || new != TCP_SYN_RECV {
+        return 0;
+    }
+    let Some(p) = pending() else { return 0 };
+    if p.is_syn != 0 {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    // The clone still carries the listener's port (the remote side is filled in just after).
+    let num: u16 = kread(sk, OFF_SK_NUM.load());
+    if num == p.ev.lport {
+        p.child = 1;
+        p.active = 0; // accepted into the accept queue
+    }
+    0
+}
+
+/// Decides the pending packet's fate when it is freed.
+#[inline(always)]
+fn resolve(p: &mut Pending, dropped_overflow: bool, freed_as_drop: bool) {
+    p.active = 0;
+    let mut ev = p.ev;
+    // Queue state now, after the kernel's decision (for the rare drop that was not predicted).
+    let queue: u32 = kread(p.sk, OFF_SK_ACK_BACKLOG.load());
+    let synq: u32 = kread(p.sk, OFF_ICSK_QLEN.load());
+    let acceptq_full_now = queue > ev.backlog;
+    let k = if p.is_syn != 0 {
+        match p.synack {
+            1 => return,
+            2 => kind::COOKIE,
+            _ => {
+                if p.syncookies == 0 && p.reqq_full != 0 {
+                    kind::SYNQ_DROP
+                } else if p.acceptq_full != 0 || acceptq_full_now {
+                    kind::SYN_DROP
+                } else {
+                    let mut now = ev;
+                    now.synq = synq;
+                    if p.syncookies == 0 && reqq_full(&now) {
+                        kind::SYNQ_DROP
+                    } else {
+                        bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
+                        return;
+                    }
+                }
+            }
+        }
+    } else if p.child != 0 {
+        return;
+    } else if dropped_overflow || (freed_as_drop && (p.acceptq_full != 0 || acceptq_full_now)) {
+        kind::ACK_DROP
+    } else {
+        return;
+    };
+    ev.kind = k;
+    // SAFETY: no arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    bump(&LISTEN_COUNTS, k as u32);
+    emit(&ev, hook::OUTCOME);
+}
+
+/// `skb:consume_skb(skb, location)`: tcp_rcv_state_process() consumes every SYN a listener
+/// handled, dropped or not.
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
+    let Some(p) = pending() else { return 0 };
+    let skb: u64 = ctx.arg(0);
+    let Some(t) = skb_tuple(skb) else { return 0 };
+    if is_pending_packet(p, &t) {
+        resolve(p, false, false);
+    }
+    0
+}
+
+/// `skb:kfree_skb(skb, location, reason, rx_sk)`: a dropped final ACK (tcp_check_req():
+/// SKB_DROP_REASON_TCP_LISTEN_OVERFLOW; cookie_v4_check() frees it itself).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
+    let Some(p) = pending() else { return 0 };
+    let skb: u64 = ctx.arg(0);
+    let Some(t) = skb_tuple(skb) else { return 0 };
+    if is_pending_packet(p, &t) {
+        let reason: u64 = ctx.arg(2);
+        let overflow =
+            reason as u32 == RSN_LISTEN_OVERFLOW.load() && RSN_LISTEN_OVERFLOW.load() != 0;
+        resolve(p, overflow, true);
+    }
     0
 }
 

@@ -49,6 +49,7 @@ offsets!(
     OFF_SKB_HEAD,
     OFF_SKB_NETWORK_HEADER,
     OFF_SKB_TRANSPORT_HEADER,
+    OFF_SKB_SK,
     // struct task_struct / nsproxy
     OFF_TASK_NSPROXY,
     OFF_NSPROXY_NET_NS,
@@ -60,4 +61,6 @@ offsets!(
     REQQ_FULL_GE,
     // Only report listeners on this local port (0 = all).
     FILTER_LPORT,
+    // enum skb_drop_reason value of SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (0: unknown).
+    RSN_LISTEN_OVERFLOW,
 );

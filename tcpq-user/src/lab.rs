@@ -208,7 +208,8 @@ impl Server {
                 let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
                     .context("create listener")?;
                 sock.set_reuse_address(true)?;
-                sock.bind(&addr.into()).with_context(|| format!("bind {addr}"))?;
+                sock.bind(&addr.into())
+                    .with_context(|| format!("bind {addr}"))?;
                 sock.listen(backlog as i32).context("listen")?;
                 sock.set_nonblocking(true)?;
                 Ok(sock)

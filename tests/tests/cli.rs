@@ -156,9 +156,15 @@ fn check_mounts_tracefs_when_missing() {
     if skip_unless_root("check_mounts_tracefs") {
         return;
     }
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.contains(" /sys/kernel/tracing ") && l.contains(" - tracefs "));
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" /sys/kernel/tracing ") && l.contains(" - tracefs "));
     if mounted {
-        let st = std::process::Command::new("umount").arg("/sys/kernel/tracing").status().unwrap();
+        let st = std::process::Command::new("umount")
+            .arg("/sys/kernel/tracing")
+            .status()
+            .unwrap();
         if !st.success() {
             eprintln!("SKIPPED check_mounts_tracefs: tracefs is busy and cannot be unmounted here");
             return;
@@ -166,9 +172,20 @@ fn check_mounts_tracefs_when_missing() {
     }
     let out = tcpq().args(["check", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["tracefs"].as_str().unwrap().contains("tcpq mounted it"), "{v}");
-    let listen = v["hooks"].as_array().unwrap().iter().find(|h| h["program"] == "sys_enter_listen").unwrap();
+    assert!(
+        v["tracefs"].as_str().unwrap().contains("tcpq mounted it"),
+        "{v}"
+    );
+    let listen = v["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "sys_enter_listen")
+        .unwrap();
     assert_eq!(listen["state"], "attached", "{v}");
     let now = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(now.lines().any(|l| l.contains(" - tracefs ")), "tracefs stays mounted");
+    assert!(
+        now.lines().any(|l| l.contains(" - tracefs ")),
+        "tracefs stays mounted"
+    );
 }

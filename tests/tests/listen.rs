@@ -263,7 +263,10 @@ fn ipv6_overflow_matches_listen_overflows() {
     let refused = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
     assert!(refused > 0, "{counts:?}");
     assert_eq!(refused, delta(&before, &after, OVERFLOWS));
-    let e = lines.iter().find(|v| v["netns"].as_u64() == Some(inode) && v["count"] == 1).unwrap();
+    let e = lines
+        .iter()
+        .find(|v| v["netns"].as_u64() == Some(inode) && v["count"] == 1)
+        .unwrap();
     assert_eq!(e["laddr"], "::1", "{e}");
     assert_eq!(e["raddr"], "::1", "{e}");
     assert_eq!(e["comm"], "tcpq-lab", "{e}");

@@ -162,6 +162,7 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ("OFF_SKB_HEAD", "sk_buff.head"),
     ("OFF_SKB_NETWORK_HEADER", "sk_buff.network_header"),
     ("OFF_SKB_TRANSPORT_HEADER", "sk_buff.transport_header"),
+    ("OFF_SKB_SK", "sk_buff.sk"),
     ("OFF_TASK_NSPROXY", "task_struct.nsproxy"),
     ("OFF_NSPROXY_NET_NS", "nsproxy.net_ns"),
 ];

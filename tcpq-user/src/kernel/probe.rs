@@ -4,6 +4,7 @@
 use std::{fs::File, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::Array;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
@@ -11,7 +12,7 @@ use aya::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
     },
 };
-use tcpq_common::names;
+use tcpq_common::{config, names};
 
 use super::{btf, env, tracefs};
 
@@ -63,6 +64,38 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "SYN/ACK dropped on a full accept queue, SYN-queue drops, syncookies",
         without: "no listen-path drops at all",
+    },
+    HookSpec {
+        program: names::PROG_OUTCOME_XMIT,
+        attach: Attach::RawTracepoint("net_dev_queue"),
+        family: Family::Listen,
+        core: false,
+        gives: "outcome of each SYN: SYN-ACK sent, with a request socket or a cookie",
+        without: "verdicts are predicted from the queues at arrival (can be off under concurrency)",
+    },
+    HookSpec {
+        program: names::PROG_OUTCOME_CHILD,
+        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        family: Family::Listen,
+        core: false,
+        gives: "outcome of each final ACK: child socket created",
+        without: "verdicts are predicted from the queues at arrival",
+    },
+    HookSpec {
+        program: names::PROG_OUTCOME_CONSUME,
+        attach: Attach::RawTracepoint("consume_skb"),
+        family: Family::Listen,
+        core: false,
+        gives: "end of a listener's SYN processing (dropped if no SYN-ACK left)",
+        without: "verdicts are predicted from the queues at arrival",
+    },
+    HookSpec {
+        program: names::PROG_OUTCOME_KFREE,
+        attach: Attach::RawTracepoint("kfree_skb"),
+        family: Family::Listen,
+        core: false,
+        gives: "final ACKs dropped (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW)",
+        without: "verdicts are predicted from the queues at arrival",
     },
     HookSpec {
         program: names::PROG_SYNACK_RETRANS,
@@ -186,7 +219,17 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
     pub env: Environment,
+    /// Verdicts confirmed from the kernel's actions (all outcome hooks attached), not predicted.
+    pub confirm: bool,
 }
+
+/// Programs that together let the listen path confirm each verdict.
+pub const OUTCOME_HOOKS: [&str; 4] = [
+    names::PROG_OUTCOME_XMIT,
+    names::PROG_OUTCOME_CHILD,
+    names::PROG_OUTCOME_CONSUME,
+    names::PROG_OUTCOME_KFREE,
+];
 
 impl Loaded {
     pub fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
@@ -346,6 +389,11 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         reqq_full_uses_ge(env::kernel_version()) as u32,
     ));
     globals.push(("FILTER_LPORT", opts.filter_lport as u32));
+    // Optional: older kernels free overflowing ACKs without this reason.
+    let overflow_reason = kbtf
+        .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+        .unwrap_or(0) as u32;
+    globals.push(("RSN_LISTEN_OVERFLOW", overflow_reason));
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
@@ -381,7 +429,26 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         };
         hooks.push(HookStatus { spec: *spec, state });
     }
-    Ok(Loaded { ebpf, hooks, env })
+    let confirm = OUTCOME_HOOKS.iter().all(|name| {
+        hooks
+            .iter()
+            .any(|h| h.spec.program == *name && matches!(h.state, HookState::Attached))
+    });
+    if families.contains(&Family::Listen) {
+        let map = ebpf
+            .map_mut(names::LISTEN_CONFIG)
+            .ok_or_else(|| anyhow!("kernel object has no map {}", names::LISTEN_CONFIG))?;
+        let mut cfg: Array<&mut MapData, u32> =
+            Array::try_from(map).context("open the listen config map")?;
+        cfg.set(config::CONFIRM, confirm as u32, 0)
+            .context("enable outcome confirmation")?;
+    }
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        env,
+        confirm,
+    })
 }
 
 /// `inet_csk_reqsk_queue_is_full()` compared `qlen >= backlog` until it became `>`
