@@ -41,8 +41,8 @@ pub mod kind {
     pub const SYNACK_RETRANS: u16 = 5;
     /// A reset sent by a listener whose accept queue is full (`tcp_abort_on_overflow=1`).
     pub const OVERFLOW_RESET: u16 = 6;
-    /// Count only: a SYN the listener dropped for another reason (no route, memory, LSM,
-    /// tcp_max_syn_backlog without cookies…): part of TcpExt ListenDrops, not of the causes above.
+    /// Count only: SYN drops (counted as `SYN_DROP`) that neither look at the queues explained:
+    /// a race with another CPU, or a rare other reason (no route, memory, LSM).
     pub const OTHER_DROP: u16 = 7;
     /// Count only: a packet whose outcome the confirmation hooks did not observe.
     pub const UNRESOLVED: u16 = 8;
@@ -102,25 +102,31 @@ pub struct ListenEvent {
     pub synq: u32,
 }
 
-/// `listen(fd, backlog)` as the application called it (before somaxconn caps it).
+/// `listen(fd, backlog)` as the application called it (before somaxconn caps it), with the
+/// socket's local address read through the fd table at the call: the caller may be gone by the
+/// time userspace sees the record (nginx listens, then daemonizes and the parent exits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenCallEvent {
     /// Always `kind::LISTEN_CALL`.
     pub kind: u16,
-    pub _pad0: u16,
+    /// AF_INET / AF_INET6 of the socket; 0 when the fd could not be resolved.
+    pub family: u16,
     pub netns: u32,
     pub ts_ns: u64,
     pub tgid: u32,
     pub fd: u32,
     /// The listen() argument, as passed (an int; negative values are clamped by the kernel).
     pub backlog: i32,
-    pub _pad1: u32,
+    /// Local port the socket is bound to, host byte order (0 if unknown).
+    pub lport: u16,
+    pub _pad0: u16,
     pub comm: [u8; 16],
+    pub laddr: [u8; 16],
 }
 
 const _: () = assert!(core::mem::size_of::<ListenEvent>() == 72);
-const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<ListenEvent>() == 8);
 
 /// The largest record in `LISTEN_EVENTS`; userspace rejects shorter records.

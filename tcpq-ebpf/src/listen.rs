@@ -382,6 +382,26 @@ fn current_netns() -> u32 {
     kread(net, OFF_NET_INUM.load())
 }
 
+/// The `struct sock` behind descriptor `fd` of the current task (0 if it cannot be read).
+#[inline(always)]
+fn fd_to_sk(fd: u64) -> u64 {
+    // SAFETY: no arguments; used only as an address for probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task, OFF_TASK_FILES.load());
+    let fdt: u64 = kread(files, OFF_FILES_FDT.load());
+    let max: u32 = kread(fdt, OFF_FDT_MAX_FDS.load());
+    if fd >= max as u64 {
+        return 0;
+    }
+    let fds: u64 = kread(fdt, OFF_FDT_FD.load());
+    if fds == 0 {
+        return 0;
+    }
+    let file: u64 = kread(fds + fd * 8, 0);
+    let socket: u64 = kread(file, OFF_FILE_PRIVATE_DATA.load());
+    kread(socket, OFF_SOCKET_SK.load())
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter_listen(&ctx);
@@ -393,18 +413,31 @@ fn try_sys_enter_listen(ctx: &TracePointContext) -> Result<(), i64> {
     let fd: u64 = unsafe { ctx.read_at(TP_LISTEN_FD.load() as usize) }?;
     // SAFETY: as above.
     let backlog: u64 = unsafe { ctx.read_at(TP_LISTEN_BACKLOG.load() as usize) }?;
-    let ev = ListenCallEvent {
+    let mut ev = ListenCallEvent {
         kind: kind::LISTEN_CALL,
-        _pad0: 0,
+        family: 0,
         netns: current_netns(),
         // SAFETY: no arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
         backlog: backlog as i32,
-        _pad1: 0,
+        lport: 0,
+        _pad0: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        laddr: [0; 16],
     };
+    let sk = fd_to_sk(fd);
+    if sk != 0 {
+        ev.family = kread(sk, OFF_SK_FAMILY.load());
+        ev.lport = kread(sk, OFF_SK_NUM.load());
+        if ev.family == AF_INET6 {
+            ev.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
+        } else {
+            let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
+            ev.laddr[..4].copy_from_slice(&l);
+        }
+    }
     bump(&LISTEN_COUNTS, kind::LISTEN_CALL as u32);
     match LISTEN_EVENTS.reserve::<ListenCallEvent>(0) {
         Some(mut entry) => {
@@ -559,7 +592,7 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     let owner: u64 = kread(skb, OFF_SKB_SK.load());
     if owner == 0 {
         p.synack = 2;
-        resolve(p, false, false); // emits the cookie now
+        resolve(p, FREED_CONSUMED); // emits the cookie now
     } else {
         p.active = 0; // accepted into the SYN queue
     }
@@ -589,9 +622,17 @@ pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Decides the pending packet's fate when it is freed.
+/// How the pending packet was freed.
+const FREED_CONSUMED: u32 = 0;
+/// kfree_skb with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (tcp_check_req()).
+const FREED_LISTEN_OVERFLOW: u32 = 1;
+/// kfree_skb with SKB_DROP_REASON_NO_SOCKET: cookie_v4/v6_check() could not create the child.
+const FREED_NO_SOCKET: u32 = 2;
+const FREED_OTHER: u32 = 3;
+
+/// Decides the pending packet's fate when it is freed (or a SYN-ACK shows it was cookied).
 #[inline(always)]
-fn resolve(p: &mut Pending, dropped_overflow: bool, freed_as_drop: bool) {
+fn resolve(p: &mut Pending, freed: u32) {
     p.active = 0;
     let mut ev = p.ev;
     // Queue state now, after the kernel's decision (for the rare drop that was not predicted).
@@ -603,25 +644,27 @@ fn resolve(p: &mut Pending, dropped_overflow: bool, freed_as_drop: bool) {
             1 => return,
             2 => kind::COOKIE,
             _ => {
-                if p.syncookies == 0 && p.reqq_full != 0 {
+                // Dropped. tcp_conn_request() tests the SYN queue first (only with cookies off),
+                // then the accept queue. Another CPU may have changed the queues between our two
+                // looks and the kernel's, so a drop that neither look explains is still a
+                // listen drop: the remaining reasons (no route, memory, LSM) are rare.
+                let mut now = ev;
+                now.synq = synq;
+                if p.syncookies == 0 && (p.reqq_full != 0 || reqq_full(&now)) {
                     kind::SYNQ_DROP
-                } else if p.acceptq_full != 0 || acceptq_full_now {
-                    kind::SYN_DROP
                 } else {
-                    let mut now = ev;
-                    now.synq = synq;
-                    if p.syncookies == 0 && reqq_full(&now) {
-                        kind::SYNQ_DROP
-                    } else {
+                    if p.acceptq_full == 0 && !acceptq_full_now {
                         bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
-                        return;
                     }
+                    kind::SYN_DROP
                 }
             }
         }
     } else if p.child != 0 {
         return;
-    } else if dropped_overflow || (freed_as_drop && (p.acceptq_full != 0 || acceptq_full_now)) {
+    } else if freed == FREED_LISTEN_OVERFLOW
+        || (freed == FREED_NO_SOCKET && (p.acceptq_full != 0 || acceptq_full_now))
+    {
         kind::ACK_DROP
     } else {
         return;
@@ -641,7 +684,7 @@ pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let Some(t) = skb_tuple(skb) else { return 0 };
     if is_pending_packet(p, &t) {
-        resolve(p, false, false);
+        resolve(p, FREED_CONSUMED);
     }
     0
 }
@@ -654,10 +697,15 @@ pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let Some(t) = skb_tuple(skb) else { return 0 };
     if is_pending_packet(p, &t) {
-        let reason: u64 = ctx.arg(2);
-        let overflow =
-            reason as u32 == RSN_LISTEN_OVERFLOW.load() && RSN_LISTEN_OVERFLOW.load() != 0;
-        resolve(p, overflow, true);
+        let reason = ctx.arg::<u64>(2) as u32;
+        let freed = if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
+            FREED_LISTEN_OVERFLOW
+        } else if reason != 0 && reason == RSN_NO_SOCKET.load() {
+            FREED_NO_SOCKET
+        } else {
+            FREED_OTHER
+        };
+        resolve(p, freed);
     }
     0
 }

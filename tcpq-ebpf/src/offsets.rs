@@ -53,6 +53,14 @@ offsets!(
     // struct task_struct / nsproxy
     OFF_TASK_NSPROXY,
     OFF_NSPROXY_NET_NS,
+    // fd → socket: task_struct.files → files_struct.fdt → fdtable.fd[fd] → file.private_data
+    // (struct socket) → socket.sk
+    OFF_TASK_FILES,
+    OFF_FILES_FDT,
+    OFF_FDT_FD,
+    OFF_FDT_MAX_FDS,
+    OFF_FILE_PRIVATE_DATA,
+    OFF_SOCKET_SK,
     // tracepoint record fields (tracefs events/syscalls/*/format)
     TP_LISTEN_FD,
     TP_LISTEN_BACKLOG,
@@ -63,4 +71,6 @@ offsets!(
     FILTER_LPORT,
     // enum skb_drop_reason value of SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (0: unknown).
     RSN_LISTEN_OVERFLOW,
+    // ... of SKB_DROP_REASON_NO_SOCKET (cookie_v4_check() failing to create the child).
+    RSN_NO_SOCKET,
 );

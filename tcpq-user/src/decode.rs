@@ -36,6 +36,8 @@ pub struct ListenCall {
     pub fd: u32,
     pub backlog: i32,
     pub comm: String,
+    /// The socket's bound address, when the kernel could resolve the fd.
+    pub local: Option<(IpAddr, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,7 @@ pub fn decode_listen(bytes: &[u8]) -> Result<ListenRecord, DecodeError> {
             fd: e.fd,
             backlog: e.backlog,
             comm: comm_str(&e.comm),
+            local: (e.family != 0 && e.lport != 0).then(|| (addr(e.family, &e.laddr), e.lport)),
         }));
     }
     let kind = OverflowKind::from_wire(k).ok_or(DecodeError::UnknownKind(k))?;

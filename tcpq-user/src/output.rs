@@ -198,24 +198,51 @@ pub struct ListenerSummary<'a> {
     pub findings: Vec<Finding>,
 }
 
+/// Run-wide facts shown with every summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFacts {
+    /// Ring-buffer records lost (the per-kind kernel counts stay exact).
+    pub lost: u64,
+    /// Verdicts confirmed from the kernel's actions (true) or predicted from the queues.
+    pub confirmed: bool,
+    /// SYN drops counted as `syn` although neither look at the queues showed them full.
+    pub other_drops: u64,
+    /// Packets whose outcome was not observed (confirm mode only).
+    pub unresolved: u64,
+}
+
 pub fn summary_text(
     duration_s: f64,
-    lost: u64,
+    facts: &RunFacts,
     kernel_totals: &KindCounts,
     listeners: &[ListenerSummary],
 ) -> String {
+    let lost = facts.lost;
+    let totals = if kernel_totals.is_empty() {
+        "nothing".to_string()
+    } else {
+        counts_text(kernel_totals)
+    };
     let mut s = format!(
-        "── summary over {duration_s:.1} s ── kernel counted: {} ── lost events: {lost}{}\n",
-        if kernel_totals.is_empty() {
-            "nothing".into()
+        "── summary over {duration_s:.1} s ── kernel counted: {totals} ── verdicts {} ── lost events: {lost}{}{}\n",
+        if facts.confirmed {
+            "confirmed"
         } else {
-            counts_text(kernel_totals)
+            "predicted"
         },
         if lost > 0 {
             " (ring buffer full: per-kind counts above stay exact)"
         } else {
             ""
-        }
+        },
+        if facts.other_drops > 0 {
+            format!(
+                " ── syn drops with the queue seen below its limit: {}",
+                facts.other_drops
+            )
+        } else {
+            String::new()
+        },
     );
     if listeners.is_empty() {
         s.push_str("  no listener refused a connection\n");
@@ -248,7 +275,7 @@ pub fn summary_json(
     clock: &Clock,
     now_mono: u64,
     duration_s: f64,
-    lost: u64,
+    facts: &RunFacts,
     kernel_totals: &KindCounts,
     listeners: &[ListenerSummary],
 ) -> Value {
@@ -280,7 +307,10 @@ pub fn summary_json(
         "ts": clock.rfc3339(now_mono),
         "event": "summary",
         "duration_s": (duration_s * 10.0).round() / 10.0,
-        "lost_events": lost,
+        "lost_events": facts.lost,
+        "verdicts": if facts.confirmed { "confirmed" } else { "predicted" },
+        "other_drops": facts.other_drops,
+        "unresolved": facts.unresolved,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })
@@ -364,9 +394,20 @@ mod tests {
 
     #[test]
     fn summary_without_listeners_does_not_panic() {
-        let t = summary_text(0.0, 0, &KindCounts::default(), &[]);
+        let t = summary_text(0.0, &RunFacts::default(), &KindCounts::default(), &[]);
         assert!(t.contains("no listener refused"));
-        let v = summary_json(&Clock::fixed(0), 0, 0.0, 3, &KindCounts::default(), &[]);
+        let facts = RunFacts {
+            lost: 3,
+            ..Default::default()
+        };
+        let v = summary_json(
+            &Clock::fixed(0),
+            0,
+            0.0,
+            &facts,
+            &KindCounts::default(),
+            &[],
+        );
         assert_eq!(v["lost_events"], 3);
         assert_eq!(v["listeners"], json!([]));
     }

@@ -136,9 +136,14 @@ pub struct Tracer {
 impl Tracer {
     /// Starts tcpq and waits until its hooks are attached (the `tcpq: tracing` line).
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = tcpq()
             .args(["trace", "overflow", "--json"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -311,5 +316,12 @@ impl Drop for BackgroundLab {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Tracer {
+    /// The `tcpq: tracing …` banner and anything printed before it on stderr.
+    pub fn banner(&self) -> &[String] {
+        &self.stderr_lines
     }
 }

@@ -271,3 +271,51 @@ fn ipv6_overflow_matches_listen_overflows() {
     assert_eq!(e["raddr"], "::1", "{e}");
     assert_eq!(e["comm"], "tcpq-lab", "{e}");
 }
+
+#[test]
+fn predicted_verdicts_when_outcome_hooks_are_refused() {
+    if skip_unless_root("predicted_verdicts") {
+        return;
+    }
+    let ns = Netns::new("pred");
+    let inode = ns.inode();
+    let refused = "outcome_xmit,outcome_kfree";
+    let tracer = Tracer::start_with_env(&[], &[("TCPQ_DISABLE_HOOKS", refused)]);
+    assert!(
+        tracer
+            .banner()
+            .iter()
+            .any(|l| l.contains("verdicts predicted")),
+        "{:?}",
+        tracer.banner()
+    );
+    let before = ns.counters();
+    run_lab(&ns, &["overflow", "--duration", "1"]);
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    let refused_count =
+        counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
+    // The lab is single-threaded: predictions made at arrival hold.
+    assert_eq!(
+        refused_count,
+        delta(&before, &after, OVERFLOWS),
+        "{counts:?}"
+    );
+    assert_eq!(final_summary(&lines)["verdicts"], "predicted");
+    let out = tcpq()
+        .args(["check", "--json"])
+        .env("TCPQ_DISABLE_HOOKS", refused)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = v["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "outcome_xmit")
+        .unwrap();
+    assert_eq!(h["state"], "unavailable");
+    assert!(h["detail"].as_str().unwrap().contains("predicted"), "{h}");
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask setup|build|test|demo`: the developer and CI entry points.
 //!
 //! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
-//! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs and tests).
+//! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs), nginx and
+//! wrk (the real-server test).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -12,7 +13,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")];
+/// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
+/// real-server integration test.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,7 +31,7 @@ fn main() {
         Some("demo") => demo(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -198,6 +206,6 @@ mod tests {
     #[test]
     fn packages_cover_the_lab_tools() {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft"]);
+        assert_eq!(bins, ["ip", "nft", "nginx", "wrk"]);
     }
 }

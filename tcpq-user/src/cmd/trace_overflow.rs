@@ -173,7 +173,7 @@ impl Tracer {
     }
 
     /// Prints the summary of the last window (`final_run`: of the whole run).
-    fn summary(&mut self, kernel_totals: &KindCounts, lost: u64, final_run: bool) {
+    fn summary(&mut self, kernel_totals: &KindCounts, facts: &output::RunFacts, final_run: bool) {
         let lines = if final_run {
             self.limiter.flush_all()
         } else {
@@ -256,9 +256,10 @@ impl Tracer {
                 }
                 _ => None,
             };
-            let listen_arg = info
-                .as_ref()
-                .and_then(|i| i.listen_arg.or_else(|| self.dir.listen_arg(ns, i.inode)));
+            let listen_arg = info.as_ref().and_then(|i| {
+                i.listen_arg
+                    .or_else(|| self.dir.listen_arg(ns, i.inode, a.key.laddr, a.key.lport))
+            });
             let evidence = ListenerEvidence {
                 netns: ns,
                 host_netns: self.host_netns,
@@ -302,13 +303,13 @@ impl Tracer {
                 &self.clock,
                 Clock::now_mono_ns(),
                 duration_s,
-                lost,
+                facts,
                 kernel_totals,
                 &views,
             )
             .to_string()
         } else {
-            output::summary_text(duration_s, lost, kernel_totals, &views)
+            output::summary_text(duration_s, facts, kernel_totals, &views)
         };
         self.emit(text.trim_end().to_string());
         let _ = self.out.flush();
@@ -337,10 +338,19 @@ fn kernel_totals(counts: &aya::maps::PerCpuArray<MapData, u64>) -> KindCounts {
     k
 }
 
-fn lost_total(lost: &aya::maps::PerCpuArray<MapData, u64>) -> u64 {
-    (0..tcpq_common::hook::SLOTS)
-        .map(|i| sum_per_cpu(lost, i))
-        .sum()
+fn run_facts(
+    lost: &aya::maps::PerCpuArray<MapData, u64>,
+    counts: &aya::maps::PerCpuArray<MapData, u64>,
+    confirmed: bool,
+) -> output::RunFacts {
+    output::RunFacts {
+        lost: (0..tcpq_common::hook::SLOTS)
+            .map(|i| sum_per_cpu(lost, i))
+            .sum(),
+        confirmed,
+        other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
+        unresolved: sum_per_cpu(counts, tcpq_common::kind::UNRESOLVED as u32),
+    }
 }
 
 pub fn run(args: TraceOverflowArgs) -> Result<()> {
@@ -372,6 +382,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     } else {
         None
     };
+    let confirmed = loaded.confirm;
     let attached: Vec<String> = loaded
         .hooks
         .iter()
@@ -413,9 +424,10 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
             t.note_netns(ns);
         }
         eprintln!(
-            "tcpq: tracing listen overflows{}{} — hooks: {} — Ctrl-C to stop",
+            "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
             args.port.map(|p| format!(" on port {p}")).unwrap_or_default(),
             args.pid.as_ref().map(|p| format!(" for {p}")).unwrap_or_default(),
+            if confirmed { "confirmed from the kernel's actions" } else { "predicted from the queues (outcome hooks unavailable)" },
             attached.join(", ")
         );
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as
@@ -452,7 +464,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
                         continue; // the final summary follows at once
                     }
                     let k = kernel_totals(&counts);
-                    t.summary(&k, lost_total(&lost), false);
+                    t.summary(&k, &run_facts(&lost, &counts, confirmed), false);
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -466,7 +478,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
             t.handle(&item);
         }
         let k = kernel_totals(&counts);
-        t.summary(&k, lost_total(&lost), true);
+        t.summary(&k, &run_facts(&lost, &counts, confirmed), true);
         if t.decode_errors > 0 {
             eprintln!("tcpq: {} records could not be decoded (kernel object and tcpq out of step?)", t.decode_errors);
         }

@@ -165,6 +165,12 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ("OFF_SKB_SK", "sk_buff.sk"),
     ("OFF_TASK_NSPROXY", "task_struct.nsproxy"),
     ("OFF_NSPROXY_NET_NS", "nsproxy.net_ns"),
+    ("OFF_TASK_FILES", "task_struct.files"),
+    ("OFF_FILES_FDT", "files_struct.fdt"),
+    ("OFF_FDT_FD", "fdtable.fd"),
+    ("OFF_FDT_MAX_FDS", "fdtable.max_fds"),
+    ("OFF_FILE_PRIVATE_DATA", "file.private_data"),
+    ("OFF_SOCKET_SK", "socket.sk"),
 ];
 
 /// Resolves all offsets; also checks the layout assumptions the programs make.

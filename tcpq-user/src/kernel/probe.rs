@@ -394,6 +394,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
         .unwrap_or(0) as u32;
     globals.push(("RSN_LISTEN_OVERFLOW", overflow_reason));
+    let no_socket_reason = kbtf
+        .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
+        .unwrap_or(0) as u32;
+    globals.push(("RSN_NO_SOCKET", no_socket_reason));
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
@@ -407,8 +411,31 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         Ok(p) => Some(File::open(p).with_context(|| format!("open cgroup2 root {}", p.display()))?),
         Err(_) => None,
     };
+    // TCPQ_DISABLE_HOOKS=prog,prog: treat hooks as refused (to test degraded kernels).
+    let disabled: Vec<String> = std::env::var("TCPQ_DISABLE_HOOKS")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut hooks = Vec::new();
     for spec in HOOKS.iter().filter(|h| families.contains(&h.family)) {
+        if disabled.iter().any(|d| d == spec.program) {
+            if spec.core {
+                bail!(
+                    "cannot attach core hook {} ({}): disabled by TCPQ_DISABLE_HOOKS",
+                    spec.program,
+                    spec.attach.describe()
+                );
+            }
+            hooks.push(HookStatus {
+                spec: *spec,
+                state: HookState::Unavailable("disabled by TCPQ_DISABLE_HOOKS".into()),
+            });
+            continue;
+        }
         let state = match attach_one(
             &mut ebpf,
             spec,

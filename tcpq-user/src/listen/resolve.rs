@@ -40,6 +40,8 @@ pub struct ListenerDirectory {
     by_addr: HashMap<(u32, IpAddr, u16), u64>,
     misses: HashMap<(u32, u64, u16), Instant>,
     listen_args: HashMap<(u32, u64), i32>,
+    /// listen() arguments by (netns, address, port), for callers gone before we saw them.
+    listen_args_by_addr: HashMap<(u32, IpAddr, u16), i32>,
     /// sock_diag/procfs failures, counted for the summary.
     pub lookup_failures: u64,
 }
@@ -130,7 +132,14 @@ impl ListenerDirectory {
                 .get(&l.inode)
                 .map(|s: &BTreeSet<Owner>| s.iter().cloned().collect())
                 .unwrap_or_default();
-            let listen_arg = self.listen_args.get(&(netns_inum, l.inode)).copied();
+            let listen_arg = self
+                .listen_args
+                .get(&(netns_inum, l.inode))
+                .or_else(|| {
+                    self.listen_args_by_addr
+                        .get(&(netns_inum, l.laddr, l.lport))
+                })
+                .copied();
             self.by_addr
                 .insert((netns_inum, l.laddr, l.lport), l.cookie);
             self.by_cookie.insert(
@@ -148,12 +157,28 @@ impl ListenerDirectory {
     /// Records a listen() call: the fd is resolved to its socket inode while the process still
     /// holds it.
     pub fn on_listen_call(&mut self, call: &ListenCall) {
+        if self.listen_args.len() > MAX_ENTRIES {
+            self.listen_args.clear();
+            self.listen_args_by_addr.clear();
+        }
+        if let Some((addr, port)) = call.local {
+            self.listen_args_by_addr
+                .insert((call.netns, addr, port), call.backlog);
+            let keys: Vec<u64> = self
+                .by_addr
+                .iter()
+                .filter(|((ns, a, p), _)| *ns == call.netns && *a == addr && *p == port)
+                .map(|(_, cookie)| *cookie)
+                .collect();
+            for cookie in keys {
+                if let Some(info) = self.by_cookie.get_mut(&(call.netns, cookie)) {
+                    Rc::make_mut(info).listen_arg = Some(call.backlog);
+                }
+            }
+        }
         let Some(inode) = procs::fd_socket_inode(call.tgid, call.fd) else {
             return;
         };
-        if self.listen_args.len() > MAX_ENTRIES {
-            self.listen_args.clear();
-        }
         self.listen_args.insert((call.netns, inode), call.backlog);
         for ((ns, _), info) in self.by_cookie.iter_mut() {
             if *ns == call.netns && info.inode == inode {
@@ -162,8 +187,11 @@ impl ListenerDirectory {
         }
     }
 
-    pub fn listen_arg(&self, netns: u32, inode: u64) -> Option<i32> {
-        self.listen_args.get(&(netns, inode)).copied()
+    pub fn listen_arg(&self, netns: u32, inode: u64, laddr: IpAddr, lport: u16) -> Option<i32> {
+        self.listen_args
+            .get(&(netns, inode))
+            .or_else(|| self.listen_args_by_addr.get(&(netns, laddr, lport)))
+            .copied()
     }
 
     /// Every known listener owned by one of `pids`.

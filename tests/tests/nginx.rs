@@ -1,0 +1,179 @@
+//! Real servers: Debian's nginx (master + 2 workers, backlog 16) under wrk with 1000 connections,
+//! in a network namespace of its own. tcpq's counts must equal the namespace's kernel counters
+//! exactly, even with both CPUs racing on the listener.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tcpq_tests::*;
+
+struct Nginx {
+    ns: String,
+    conf: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(ns: &Netns, port: u16, backlog: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!("tcpq-nginx-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n server {{ listen 127.0.0.1:{port} backlog={backlog}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nginx", "-c"])
+            .arg(&conf)
+            .status()
+            .expect("nginx (cargo xtask setup installs it)");
+        assert!(st.success(), "nginx failed to start");
+        let pidfile = dir.join("nginx.pid");
+        let t = Instant::now();
+        while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            ns: ns.name.clone(),
+            conf,
+            dir,
+        }
+    }
+
+    fn master_pid(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("nginx.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nginx", "-s", "stop", "-c"])
+            .arg(&self.conf)
+            .stderr(Stdio::null())
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn nginx_under_wrk_counts_match_the_kernel() {
+    if skip_unless_root("nginx_under_wrk") {
+        return;
+    }
+    for tool in ["nginx", "wrk"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success(),
+            "{tool} missing: run `cargo xtask setup`"
+        );
+    }
+    let ns = Netns::new("ngx");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&["--port", "18080"]);
+    let nginx = Nginx::start(&ns, 18080, 16);
+    let master = nginx.master_pid();
+    let before = ns.counters();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "wrk",
+            "-t2",
+            "-c1000",
+            "-d4s",
+            "-H",
+            "Connection: close",
+            "http://127.0.0.1:18080/",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2)); // let retransmitted SYNs/ACKs settle
+    let after = ns.counters();
+    let lines = tracer.stop();
+    drop(nginx);
+
+    let counts = counts_by_kind(&lines, inode);
+    let syn = counts.get("syn").copied().unwrap_or(0);
+    let ack = counts.get("ack").copied().unwrap_or(0);
+    let cookie = counts.get("cookie").copied().unwrap_or(0);
+    let kernel_overflows = delta(&before, &after, "TcpExt:ListenOverflows");
+    eprintln!(
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("Requests/sec"))
+            .collect::<String>()
+    );
+    let fin = final_summary(&lines);
+    eprintln!(
+        "tcpq {counts:?}; kernel ListenOverflows {kernel_overflows}, SyncookiesSent {}; tcpq kernel_counts {} lost {} unresolved {} other {}",
+        delta(&before, &after, "TcpExt:SyncookiesSent"),
+        fin["kernel_counts"],
+        fin["lost_events"],
+        fin["unresolved"],
+        fin["other_drops"]
+    );
+    assert!(
+        syn + ack > 0,
+        "a backlog of 16 overflows under 1000 connections: {counts:?}"
+    );
+    assert_eq!(syn + ack, kernel_overflows, "syn+ack = ListenOverflows");
+    assert_eq!(
+        cookie,
+        delta(&before, &after, "TcpExt:SyncookiesSent"),
+        "cookies = SyncookiesSent"
+    );
+    assert_eq!(
+        counts.get("synq").copied().unwrap_or(0),
+        delta(&before, &after, "TcpExt:TCPReqQFullDrop")
+    );
+
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(s["verdicts"], serde_json::Value::Null); // per-run field, not per listener
+    assert_eq!(final_summary(&lines)["verdicts"], "confirmed");
+    assert_eq!(s["comm"], "nginx");
+    assert_eq!(
+        s["pid"].as_u64(),
+        Some(master),
+        "the master owns the listener"
+    );
+    assert_eq!(
+        s["pids"].as_array().unwrap().len(),
+        3,
+        "master and 2 workers share it: {s}"
+    );
+    assert_eq!(
+        s["listen_arg"], 16,
+        "nginx's backlog=16 seen at listen(): {s}"
+    );
+    assert_eq!(causes(s)[0], "accept_queue_full", "{s}");
+    assert!(
+        s["causes"][0]["fix"][0]
+            .as_str()
+            .unwrap()
+            .contains("listen 18080 backlog="),
+        "{s}"
+    );
+}
