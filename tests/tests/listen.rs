@@ -319,3 +319,20 @@ fn predicted_verdicts_when_outcome_hooks_are_refused() {
     assert_eq!(h["state"], "unavailable");
     assert!(h["detail"].as_str().unwrap().contains("predicted"), "{h}");
 }
+
+#[test]
+fn application_not_accepting_is_named() {
+    if skip_unless_root("application_not_accepting") {
+        return;
+    }
+    let ns = Netns::new("stuck");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    run_lab(&ns, &["overflow", "--accept-rate", "0", "--duration", "1"]);
+    let lines = tracer.stop();
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(s["accepts"], 0, "{s}");
+    assert_eq!(causes(s)[0], "app_not_accepting", "{s}");
+    let fix = s["causes"][0]["fix"][0].as_str().unwrap();
+    assert!(fix.contains("pm.max_children") && fix.contains("worker_connections"), "{fix}");
+}
