@@ -20,7 +20,7 @@ use tcpq_common::{ListenCallEvent, ListenEvent, config, hook, kind};
 
 use crate::{
     offsets::*,
-    read::{kread, kread_addr16, sk_netns},
+    read::{kread, kread_addr16, kread_bytes, sk_netns},
 };
 
 const TCP_LISTEN: u32 = 10;
@@ -200,6 +200,15 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let reqq_full = reqq_full(&ev);
 
     if confirm_mode() {
+        // Far from every limit the kernel cannot refuse this packet, even if other CPUs move
+        // the queues by a few entries before it tests them: nothing to record.
+        let margin = NEAR_MARGIN.load();
+        if syncookies != 2
+            && ev.queue.saturating_add(margin) < ev.backlog
+            && ev.synq.saturating_add(margin) < ev.backlog
+        {
+            return Ok(());
+        }
         // Record the packet; the verdict comes from what the kernel then does with it.
         if let Some(p) = PENDING.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; softirq packet processing does not nest on one CPU.
@@ -498,63 +507,55 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 const TCP_SYN_RECV: i32 = 3;
 const TCP_LISTEN_I: i32 = 10;
 
-/// Addresses, ports and flags of the TCP packet in `skb` (tracing context).
+/// Ports and flags of the TCP packet in `skb` (tracing context), and where its IP header is.
+/// Cheap first look: three small reads; addresses are read only when the ports match.
 #[derive(Clone, Copy)]
-struct SkbTuple {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+struct SkbPorts {
+    ip: u64,
     sport: u16,
     dport: u16,
     flags: u8,
 }
 
 #[inline(always)]
-fn skb_tuple(skb: u64) -> Option<SkbTuple> {
+fn skb_ports(skb: u64) -> Option<SkbPorts> {
     let head: u64 = kread(skb, OFF_SKB_HEAD.load());
     if head == 0 {
         return None;
     }
     let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
     let th: u16 = kread(skb, OFF_SKB_TRANSPORT_HEADER.load());
-    if nh == 0xffff || th == 0xffff {
-        return None; // header offsets unset (~0)
+    if nh == 0xffff || th == 0xffff || th <= nh {
+        return None; // header offsets unset (~0) or not a transport packet
     }
-    let ip = head + nh as u64;
-    let b0: u8 = kread(ip, 0);
-    let mut t = SkbTuple {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        flags: 0,
-    };
-    match b0 >> 4 {
-        4 => {
-            let proto: u8 = kread(ip, 9);
-            if proto != IPPROTO_TCP {
-                return None;
-            }
-            let s: [u8; 4] = kread(ip, 12);
-            let d: [u8; 4] = kread(ip, 16);
-            t.saddr[..4].copy_from_slice(&s);
-            t.daddr[..4].copy_from_slice(&d);
+    // Source/destination ports (4 bytes) … flags at byte 13: one 16-byte read.
+    let tcp: [u8; 16] = kread_bytes(head + th as u64, 0);
+    Some(SkbPorts {
+        ip: head + nh as u64,
+        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+        flags: tcp[13],
+    })
+}
+
+/// (source, destination) addresses of the TCP/IP packet whose IP header is at `ip`.
+#[inline(always)]
+fn ip_addrs(ip: u64) -> Option<([u8; 16], [u8; 16])> {
+    let hdr: [u8; 40] = kread_bytes(ip, 0);
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    match hdr[0] >> 4 {
+        4 if hdr[9] == IPPROTO_TCP => {
+            s[..4].copy_from_slice(&hdr[12..16]);
+            d[..4].copy_from_slice(&hdr[16..20]);
         }
-        6 => {
-            let next: u8 = kread(ip, 6);
-            if next != IPPROTO_TCP {
-                return None;
-            }
-            t.saddr = kread_addr16(ip, 8);
-            t.daddr = kread_addr16(ip, 24);
+        6 if hdr[6] == IPPROTO_TCP => {
+            s.copy_from_slice(&hdr[8..24]);
+            d.copy_from_slice(&hdr[24..40]);
         }
         _ => return None,
     }
-    let tcp = head + th as u64;
-    let ports: [u8; 4] = kread(tcp, 0);
-    t.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    t.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    t.flags = kread(tcp, 13);
-    Some(t)
+    Some((s, d))
 }
 
 #[inline(always)]
@@ -567,8 +568,14 @@ fn pending() -> Option<&'static mut Pending> {
 
 /// The packet being freed is the pending one (client → listener direction)?
 #[inline(always)]
-fn is_pending_packet(p: &Pending, t: &SkbTuple) -> bool {
-    t.sport == p.ev.rport && t.dport == p.ev.lport && t.saddr == p.ev.raddr && t.daddr == p.ev.laddr
+fn is_pending_packet(p: &Pending, skb: u64) -> bool {
+    let Some(t) = skb_ports(skb) else {
+        return false;
+    };
+    if t.sport != p.ev.rport || t.dport != p.ev.lport {
+        return false;
+    }
+    matches!(ip_addrs(t.ip), Some((s, d)) if s == p.ev.raddr && d == p.ev.laddr)
 }
 
 /// `net:net_dev_queue(struct sk_buff *skb)`: a SYN-ACK for the pending SYN leaves.
@@ -579,14 +586,16 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let Some(t) = skb_tuple(skb) else { return 0 };
+    let Some(t) = skb_ports(skb) else { return 0 };
     if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK)
         || t.sport != p.ev.lport
         || t.dport != p.ev.rport
-        || t.saddr != p.ev.laddr
-        || t.daddr != p.ev.raddr
     {
         return 0;
+    }
+    match ip_addrs(t.ip) {
+        Some((s, d)) if s == p.ev.laddr && d == p.ev.raddr => {}
+        _ => return 0,
     }
     // tcp_make_synack(): a normal SYN-ACK is owned by its request socket, a cookie one by none.
     let owner: u64 = kread(skb, OFF_SKB_SK.load());
@@ -682,8 +691,7 @@ fn resolve(p: &mut Pending, freed: u32) {
 pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
     let Some(p) = pending() else { return 0 };
     let skb: u64 = ctx.arg(0);
-    let Some(t) = skb_tuple(skb) else { return 0 };
-    if is_pending_packet(p, &t) {
+    if is_pending_packet(p, skb) {
         resolve(p, FREED_CONSUMED);
     }
     0
@@ -695,8 +703,7 @@ pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
 pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
     let Some(p) = pending() else { return 0 };
     let skb: u64 = ctx.arg(0);
-    let Some(t) = skb_tuple(skb) else { return 0 };
-    if is_pending_packet(p, &t) {
+    if is_pending_packet(p, skb) {
         let reason = ctx.arg::<u64>(2) as u32;
         let freed = if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
             FREED_LISTEN_OVERFLOW

@@ -73,4 +73,7 @@ offsets!(
     RSN_LISTEN_OVERFLOW,
     // ... of SKB_DROP_REASON_NO_SOCKET (cookie_v4_check() failing to create the child).
     RSN_NO_SOCKET,
+    // Confirm mode records a packet only when a queue is within this many entries of its limit
+    // (covers what other CPUs can change before the kernel's own test).
+    NEAR_MARGIN,
 );

@@ -28,3 +28,13 @@ pub fn sk_netns(sk: u64) -> u32 {
     let net: u64 = kread(sk, crate::offsets::OFF_SK_NET.load());
     kread(net, crate::offsets::OFF_NET_INUM.load())
 }
+
+/// Reads `N` bytes at `base + off` (zeros on failure).
+#[inline(always)]
+pub fn kread_bytes<const N: usize>(base: u64, off: u32) -> [u8; N] {
+    if base == 0 {
+        return [0; N];
+    }
+    // SAFETY: as in `kread`.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const [u8; N]) }.unwrap_or([0; N])
+}

@@ -334,5 +334,8 @@ fn application_not_accepting_is_named() {
     assert_eq!(s["accepts"], 0, "{s}");
     assert_eq!(causes(s)[0], "app_not_accepting", "{s}");
     let fix = s["causes"][0]["fix"][0].as_str().unwrap();
-    assert!(fix.contains("pm.max_children") && fix.contains("worker_connections"), "{fix}");
+    assert!(
+        fix.contains("pm.max_children") && fix.contains("worker_connections"),
+        "{fix}"
+    );
 }

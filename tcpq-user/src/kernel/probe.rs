@@ -398,6 +398,14 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
         .unwrap_or(0) as u32;
     globals.push(("RSN_NO_SOCKET", no_socket_reason));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(64) as u32;
+    let margin = std::env::var("TCPQ_NEAR_MARGIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2 * cpus + 2);
+    globals.push(("NEAR_MARGIN", margin));
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
