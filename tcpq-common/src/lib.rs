@@ -41,8 +41,8 @@ pub mod kind {
     pub const SYNACK_RETRANS: u16 = 5;
     /// A reset sent by a listener whose accept queue is full (`tcp_abort_on_overflow=1`).
     pub const OVERFLOW_RESET: u16 = 6;
-    /// Count only: SYN drops (counted as `SYN_DROP`) that neither look at the queues explained:
-    /// a race with another CPU, or a rare other reason (no route, memory, LSM).
+    /// Count only: drops (counted as `SYN_DROP` / `ACK_DROP`) that neither look at the queues
+    /// explained: a race with another CPU, or a rare other reason (no route, memory, LSM).
     pub const OTHER_DROP: u16 = 7;
     /// Count only: a packet whose outcome the confirmation hooks did not observe.
     pub const UNRESOLVED: u16 = 8;

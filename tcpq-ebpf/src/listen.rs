@@ -635,7 +635,8 @@ pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
 const FREED_CONSUMED: u32 = 0;
 /// kfree_skb with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (tcp_check_req()).
 const FREED_LISTEN_OVERFLOW: u32 = 1;
-/// kfree_skb with SKB_DROP_REASON_NO_SOCKET: cookie_v4/v6_check() could not create the child.
+/// kfree_skb with SKB_DROP_REASON_NO_SOCKET: cookie_v4/v6_check() could not create the child
+/// (tcp_get_cookie_sock() → syn_recv_sock() refused by sk_acceptq_is_full()).
 const FREED_NO_SOCKET: u32 = 2;
 const FREED_OTHER: u32 = 3;
 
@@ -671,9 +672,14 @@ fn resolve(p: &mut Pending, freed: u32) {
         }
     } else if p.child != 0 {
         return;
-    } else if freed == FREED_LISTEN_OVERFLOW
-        || (freed == FREED_NO_SOCKET && (p.acceptq_full != 0 || acceptq_full_now))
-    {
+    } else if freed == FREED_LISTEN_OVERFLOW || freed == FREED_NO_SOCKET {
+        // NO_SOCKET on a listener's ACK comes from cookie_v4/v6_check() when
+        // tcp_get_cookie_sock() gets no child: the accept queue was full at the kernel's test
+        // (other causes, allocation or routing failures, are rare). The queue may already look
+        // fine again to us, so the reason is trusted over our snapshots.
+        if p.acceptq_full == 0 && !acceptq_full_now {
+            bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
+        }
         kind::ACK_DROP
     } else {
         return;

@@ -205,7 +205,7 @@ pub struct RunFacts {
     pub lost: u64,
     /// Verdicts confirmed from the kernel's actions (true) or predicted from the queues.
     pub confirmed: bool,
-    /// SYN drops counted as `syn` although neither look at the queues showed them full.
+    /// Drops counted as `syn`/`ack` although neither look at the queues showed them full.
     pub other_drops: u64,
     /// Packets whose outcome was not observed (confirm mode only).
     pub unresolved: u64,
@@ -237,7 +237,7 @@ pub fn summary_text(
         },
         if facts.other_drops > 0 {
             format!(
-                " ── syn drops with the queue seen below its limit: {}",
+                " ── drops with the queue seen below its limit (raced): {}",
                 facts.other_drops
             )
         } else {
