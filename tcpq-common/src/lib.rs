@@ -23,6 +23,13 @@ pub mod names {
     pub const PROG_OUTCOME_CONSUME: &str = "outcome_consume";
     pub const PROG_OUTCOME_KFREE: &str = "outcome_kfree";
     pub const LISTEN_CONFIG: &str = "LISTEN_CONFIG";
+
+    pub const CONNECT_EVENTS: &str = "CONNECT_EVENTS";
+    pub const CONNECT_COUNTS: &str = "CONNECT_COUNTS";
+    pub const PROG_SYS_ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const PROG_SYS_EXIT_CONNECT: &str = "sys_exit_connect";
+    pub const PROG_CONNECT_STATE: &str = "connect_state";
+    pub const PROG_CONNECT_RETRANS: &str = "connect_retrans";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -62,6 +69,54 @@ pub mod hook {
     pub const OUTCOME: u32 = 4;
     pub const SLOTS: u32 = 5;
 }
+
+/// Outbound connects (`CONNECT_EVENTS`, `ConnectEvent`).
+pub mod connect {
+    /// A connect() that failed inside the syscall before any SYN left (EADDRNOTAVAIL,
+    /// ENETUNREACH, …) or a blocking connect() whose handshake ended inside the syscall.
+    pub const SYSCALL: u16 = 32;
+    /// A handshake that ended after a non-blocking connect() returned EINPROGRESS.
+    pub const HANDSHAKE: u16 = 33;
+
+    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried).
+    pub const COUNT_OK: u32 = 0;
+    pub const COUNT_REFUSED: u32 = 1;
+    pub const COUNT_TIMEOUT: u32 = 2;
+    pub const COUNT_EADDRNOTAVAIL: u32 = 3;
+    pub const COUNT_OTHER: u32 = 4;
+    pub const COUNT_SYN_RETRANS: u32 = 5;
+    pub const COUNT_LOST: u32 = 6;
+    pub const COUNT_SLOTS: u32 = 7;
+}
+
+/// One connect() outcome. Addresses in network byte order (IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// `connect::SYSCALL` or `connect::HANDSHAKE`.
+    pub kind: u16,
+    pub family: u16,
+    pub netns: u32,
+    pub ts_ns: u64,
+    /// Time spent in the connect() syscall (0 if unknown).
+    pub syscall_ns: u64,
+    /// SYN sent → ESTABLISHED/CLOSE (0 when no SYN left).
+    pub handshake_ns: u64,
+    pub tgid: u32,
+    /// 0 on success, else a negative errno (from the syscall, or `-sk_err` of the handshake;
+    /// -103 ECONNABORTED when the application closed the socket before the handshake ended).
+    pub result: i32,
+    pub sport: u16,
+    pub dport: u16,
+    /// SYN retransmissions during the handshake.
+    pub syn_retrans: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {
@@ -138,4 +193,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenCallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectEvent {}
 }

@@ -393,7 +393,7 @@ fn current_netns() -> u32 {
 
 /// The `struct sock` behind descriptor `fd` of the current task (0 if it cannot be read).
 #[inline(always)]
-fn fd_to_sk(fd: u64) -> u64 {
+pub fn fd_to_sk(fd: u64) -> u64 {
     // SAFETY: no arguments; used only as an address for probe reads.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = kread(task, OFF_TASK_FILES.load());

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod connect;
 mod listen;
 mod offsets;
 mod read;

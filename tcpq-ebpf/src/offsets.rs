@@ -39,6 +39,9 @@ offsets!(
     OFF_SK_V6_DADDR,
     OFF_SK_ACK_BACKLOG,
     OFF_SK_MAX_ACK_BACKLOG,
+    OFF_SK_PROTOCOL,
+    OFF_SK_ERR,
+    OFF_INET_SPORT,
     // inet_connection_sock.icsk_accept_queue.qlen
     OFF_ICSK_QLEN,
     // struct net
@@ -65,6 +68,9 @@ offsets!(
     TP_LISTEN_FD,
     TP_LISTEN_BACKLOG,
     TP_ACCEPT_RET,
+    TP_CONNECT_FD,
+    TP_CONNECT_ADDR,
+    TP_CONNECT_RET,
     // 1 when inet_csk_reqsk_queue_is_full() compares with >= (older kernels), 0 for >.
     REQQ_FULL_GE,
     // Only report listeners on this local port (0 = all).

@@ -78,12 +78,52 @@ pub enum Command {
         #[command(subcommand)]
         what: TraceWhat,
     },
+    /// Ephemeral ports per destination against the usable range (snapshot; as root also traces
+    /// connect() for --duration).
+    Ports {
+        /// Only connections of this process: a pid or a process name (all matches aggregated).
+        #[arg(long)]
+        pid: Option<String>,
+        /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
+        #[arg(long)]
+        dst: Option<String>,
+        /// How long to trace connect() when root (0: snapshot only).
+        #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
+        duration: Duration,
+        /// NDJSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TraceWhat {
+    /// Outbound connects: result, source port, time in connect(), handshake latency, SYN retransmits.
+    Connect {
+        /// Only this process: a pid or a process name.
+        #[arg(long)]
+        pid: Option<String>,
+        /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
+        #[arg(long)]
+        dst: Option<String>,
+        /// Only failed connects.
+        #[arg(long)]
+        failed: bool,
+        /// NDJSON output (one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Lines per process→destination per second before they are aggregated.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        lines_per_sec: u32,
+        /// Interval between summaries.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        summary_interval: Duration,
+    },
     /// Connections refused at listening sockets: accept queue, SYN queue, syncookies.
     Overflow {
         /// Only this local (listener) port.
@@ -125,6 +165,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration '{s}': must be greater than zero"));
     }
     Ok(d)
+}
+
+/// Like `parse_duration`, but 0 is allowed (`tcpq ports --duration 0`: snapshot only).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 pub fn parse_port(s: &str) -> Result<u16, String> {

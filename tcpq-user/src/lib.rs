@@ -6,6 +6,7 @@
 //! `cmd` (subcommands), `lab` (incident generators).
 pub mod cli;
 pub mod cmd;
+pub mod connect;
 pub mod decode;
 pub mod kernel;
 pub mod lab;

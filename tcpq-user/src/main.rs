@@ -51,6 +51,40 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Trace {
+            what:
+                TraceWhat::Connect {
+                    pid,
+                    dst,
+                    failed,
+                    json,
+                    duration,
+                    lines_per_sec,
+                    summary_interval,
+                },
+        } => {
+            cmd::trace_connect::run(cmd::trace_connect::TraceConnectArgs {
+                pid,
+                dst,
+                failed,
+                json,
+                duration,
+                lines_per_sec,
+                summary_every: summary_interval,
+            })?;
+            Ok(0)
+        }
+        Command::Ports {
+            pid,
+            dst,
+            duration,
+            json,
+        } => Ok(cmd::ports::run(cmd::ports::PortsArgs {
+            pid,
+            dst,
+            duration,
+            json,
+        })? as u8),
         Command::Lab(args) => {
             lab::run(args)?;
             Ok(0)

@@ -149,6 +149,9 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ("OFF_SK_V6_DADDR", "sock_common.skc_v6_daddr"),
     ("OFF_SK_ACK_BACKLOG", "sock.sk_ack_backlog"),
     ("OFF_SK_MAX_ACK_BACKLOG", "sock.sk_max_ack_backlog"),
+    ("OFF_SK_PROTOCOL", "sock.sk_protocol"),
+    ("OFF_SK_ERR", "sock.sk_err"),
+    ("OFF_INET_SPORT", "inet_sock.inet_sport"),
     (
         "OFF_ICSK_QLEN",
         "inet_connection_sock.icsk_accept_queue.qlen",

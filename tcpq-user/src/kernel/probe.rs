@@ -42,6 +42,7 @@ impl Attach {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     Listen,
+    Connect,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +58,38 @@ pub struct HookSpec {
 }
 
 pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        program: names::PROG_SYS_ENTER_CONNECT,
+        attach: Attach::Tracepoint("syscalls", "sys_enter_connect"),
+        family: Family::Connect,
+        core: true,
+        gives: "connect() destinations and start times",
+        without: "no outbound connects at all",
+    },
+    HookSpec {
+        program: names::PROG_SYS_EXIT_CONNECT,
+        attach: Attach::Tracepoint("syscalls", "sys_exit_connect"),
+        family: Family::Connect,
+        core: true,
+        gives: "connect() results (EADDRNOTAVAIL…) and time in the syscall (port search)",
+        without: "no connect failures",
+    },
+    HookSpec {
+        program: names::PROG_CONNECT_STATE,
+        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        family: Family::Connect,
+        core: true,
+        gives: "handshakes: source port, latency, refused/timed out",
+        without: "no handshake outcomes",
+    },
+    HookSpec {
+        program: names::PROG_CONNECT_RETRANS,
+        attach: Attach::RawTracepoint("tcp_retransmit_skb"),
+        family: Family::Connect,
+        core: false,
+        gives: "SYN retransmits while connecting",
+        without: "SYN retransmits not counted",
+    },
     HookSpec {
         program: names::PROG_LISTEN_INGRESS,
         attach: Attach::CgroupSkbIngress,
@@ -364,6 +397,14 @@ fn tracepoint_globals(env: &Environment) -> Vec<(&'static str, u32)> {
             "backlog",
         ),
         ("TP_ACCEPT_RET", "syscalls", "sys_exit_accept4", "ret"),
+        ("TP_CONNECT_FD", "syscalls", "sys_enter_connect", "fd"),
+        (
+            "TP_CONNECT_ADDR",
+            "syscalls",
+            "sys_enter_connect",
+            "uservaddr",
+        ),
+        ("TP_CONNECT_RET", "syscalls", "sys_exit_connect", "ret"),
     ] {
         if let Ok(off) = tracefs::field_offset(tfs, cat, ev, field) {
             out.push((global, off));
@@ -382,7 +423,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     let kbtf = btf::KernelBtf::load(&env.btf_path)?;
     let mut globals: Vec<(&'static str, u32)> = btf::resolve_offsets(&kbtf)?;
     let tp_globals = tracepoint_globals(&env);
-    let tp_ok = tp_globals.len() == 3;
+    let tp_ok = tp_globals.len() == 6;
     globals.extend(tp_globals);
     globals.push((
         "REQQ_FULL_GE",

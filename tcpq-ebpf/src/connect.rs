@@ -1,0 +1,341 @@
+//! Outbound connects: every connect() outcome with its destination, source port, result,
+//! time in the syscall (the port search is in there: inet_hash_connect()), handshake latency
+//! and SYN retransmits. Handshake state is keyed by socket pointer and deleted when the
+//! handshake ends (libbpf-tools tcpconnlat style); LRU maps bound what is never cleaned.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use tcpq_common::{ConnectEvent, connect as c};
+
+use crate::{
+    listen::fd_to_sk,
+    offsets::*,
+    read::{kread, kread_addr16, sk_netns},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const EINPROGRESS: i64 = 115;
+const EALREADY: i64 = 114;
+const EISCONN: i64 = 106;
+const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
+const EADDRNOTAVAIL: i32 = 99;
+const ECONNABORTED: i32 = 103;
+
+#[map]
+static CONNECT_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+
+#[map]
+static CONNECT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(c::COUNT_SLOTS, 0);
+
+/// A connect() syscall in progress, by thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnStart {
+    pub ts_ns: u64,
+    pub fd: u64,
+    pub family: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub daddr: [u8; 16],
+}
+
+#[map]
+static CONNECT_START: LruHashMap<u64, ConnStart> = LruHashMap::with_max_entries(16384, 0);
+
+/// A handshake in progress, by socket pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handshake {
+    pub syn_ts_ns: u64,
+    pub syscall_ns: u64,
+    /// 1 while the connect() that started it has not returned.
+    pub in_syscall: u32,
+    /// 1 when the handshake ended while still inside that connect().
+    pub done: u32,
+    pub ev: ConnectEvent,
+}
+
+#[map]
+static SYN_START: LruHashMap<u64, Handshake> = LruHashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = CONNECT_COUNTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_result(result: i32) {
+    count(match -result {
+        0 => c::COUNT_OK,
+        ECONNREFUSED => c::COUNT_REFUSED,
+        ETIMEDOUT => c::COUNT_TIMEOUT,
+        EADDRNOTAVAIL => c::COUNT_EADDRNOTAVAIL,
+        _ => c::COUNT_OTHER,
+    });
+}
+
+#[inline(always)]
+fn emit(ev: &ConnectEvent) {
+    count_result(ev.result);
+    match CONNECT_EVENTS.reserve::<ConnectEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(0);
+        }
+        None => count(c::COUNT_LOST),
+    }
+}
+
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    let proto: u16 = kread(sk, OFF_SK_PROTOCOL.load());
+    proto == IPPROTO_TCP
+}
+
+/// Local and remote addresses/ports of a connecting socket.
+#[inline(always)]
+fn fill_from_sk(ev: &mut ConnectEvent, sk: u64) {
+    ev.family = kread(sk, OFF_SK_FAMILY.load());
+    ev.sport = kread(sk, OFF_SK_NUM.load());
+    if ev.sport == 0 {
+        // tcp_set_state(CLOSE) releases the port (inet_num = 0) before the tracepoint sees it;
+        // inet_sport still holds it (network order).
+        let sport: u16 = kread(sk, OFF_INET_SPORT.load());
+        ev.sport = u16::from_be(sport);
+    }
+    let dport: u16 = kread(sk, OFF_SK_DPORT.load());
+    ev.dport = u16::from_be(dport);
+    if ev.family == AF_INET6 {
+        ev.saddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
+        ev.daddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
+    } else {
+        let s: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
+        let d: [u8; 4] = kread(sk, OFF_SK_DADDR.load());
+        ev.saddr = [0; 16];
+        ev.daddr = [0; 16];
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter_connect(&ctx);
+    0
+}
+
+fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offsets from the tracepoint's format file; fields are 8-byte longs/pointers.
+    let fd: u64 = unsafe { ctx.read_at(TP_CONNECT_FD.load() as usize) }?;
+    // SAFETY: as above.
+    let uaddr: u64 = unsafe { ctx.read_at(TP_CONNECT_ADDR.load() as usize) }?;
+    if uaddr == 0 {
+        return Ok(());
+    }
+    // SAFETY: user memory read through the helper, which fails cleanly.
+    let family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16) }?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let sk = fd_to_sk(fd);
+    if sk == 0 || !is_tcp(sk) {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }?;
+    let mut start = ConnStart {
+        // SAFETY: no arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        family,
+        dport: u16::from_be(port),
+        _pad: 0,
+        daddr: [0; 16],
+    };
+    if family == AF_INET {
+        // SAFETY: as above.
+        let a: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) }?;
+        start.daddr[..4].copy_from_slice(&a);
+    } else {
+        // SAFETY: as above.
+        start.daddr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }?;
+    }
+    CONNECT_START.insert(&bpf_get_current_pid_tgid(), &start, 0)?;
+    Ok(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit_connect(&ctx);
+    0
+}
+
+fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(start) = CONNECT_START.get_ptr(&id) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid until removed below; copied out first.
+    let start = unsafe { *start };
+    let _ = CONNECT_START.remove(&id);
+    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
+    let ret: i64 = unsafe { ctx.read_at(TP_CONNECT_RET.load() as usize) }?;
+    if ret == -EALREADY || ret == -EISCONN {
+        return Ok(()); // a re-check of an attempt already in flight, not a new connect
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let dur = now.saturating_sub(start.ts_ns);
+    let sk = fd_to_sk(start.fd);
+    if let Some(hs) = SYN_START.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer; this thread owns the connect in flight.
+        let hs = unsafe { &mut *hs };
+        if hs.done == 0 {
+            // Non-blocking (or interrupted): the handshake reports when it ends.
+            hs.in_syscall = 0;
+            hs.syscall_ns = dur;
+            return Ok(());
+        }
+        let mut ev = hs.ev;
+        ev.ts_ns = now;
+        ev.syscall_ns = dur;
+        if ret == -EINPROGRESS {
+            // Non-blocking, but the handshake already ended inside the call (loopback).
+            ev.kind = c::HANDSHAKE;
+        } else {
+            ev.kind = c::SYSCALL;
+            ev.result = ret as i32;
+        }
+        let _ = SYN_START.remove(&sk);
+        emit(&ev);
+        return Ok(());
+    }
+    if ret == -EINPROGRESS {
+        return Ok(());
+    }
+    // Failed before a handshake was tracked (e.g. connect() on a socket tcpq never saw go to
+    // SYN_SENT), or succeeded without one: report the syscall alone.
+    let mut ev = ConnectEvent {
+        kind: c::SYSCALL,
+        family: start.family,
+        ts_ns: now,
+        syscall_ns: dur,
+        tgid: (id >> 32) as u32,
+        result: ret as i32,
+        dport: start.dport,
+        daddr: start.daddr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..ConnectEvent::default()
+    };
+    if sk != 0 {
+        ev.netns = sk_netns(sk);
+        ev.sport = kread(sk, OFF_SK_NUM.load());
+    }
+    emit(&ev);
+    Ok(())
+}
+
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: SYN_SENT starts a handshake (inside
+/// tcp_v4_connect(), before the port is chosen); SYN_SENT → ESTABLISHED / CLOSE ends it.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn connect_state(ctx: RawTracePointContext) -> i32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if new == TCP_SYN_SENT {
+        let sk: u64 = ctx.arg(0);
+        if is_tcp(sk) {
+            start_handshake(sk);
+        }
+    } else if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
+        let sk: u64 = ctx.arg(0);
+        end_handshake(sk, new == TCP_ESTABLISHED);
+    }
+    0
+}
+
+#[inline(always)]
+fn start_handshake(sk: u64) {
+    let id = bpf_get_current_pid_tgid();
+    let in_syscall = CONNECT_START.get_ptr(&id).is_some() as u32;
+    let mut ev = ConnectEvent {
+        tgid: (id >> 32) as u32,
+        netns: sk_netns(sk),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..ConnectEvent::default()
+    };
+    fill_from_sk(&mut ev, sk);
+    let hs = Handshake {
+        // SAFETY: no arguments.
+        syn_ts_ns: unsafe { bpf_ktime_get_ns() },
+        syscall_ns: 0,
+        in_syscall,
+        done: 0,
+        ev,
+    };
+    let _ = SYN_START.insert(&sk, &hs, 0);
+}
+
+#[inline(always)]
+fn end_handshake(sk: u64, established: bool) {
+    let Some(hs) = SYN_START.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: map value pointer for this socket; softirq and the connecting task serialize on
+    // the socket lock around state changes.
+    let hs = unsafe { &mut *hs };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut ev = hs.ev;
+    fill_from_sk(&mut ev, sk); // the source port is known now
+    ev.handshake_ns = if ev.sport != 0 {
+        now.saturating_sub(hs.syn_ts_ns)
+    } else {
+        0
+    };
+    ev.result = if established {
+        0
+    } else {
+        let err: i32 = kread(sk, OFF_SK_ERR.load());
+        if err > 0 { -err } else { -ECONNABORTED }
+    };
+    if hs.in_syscall != 0 {
+        hs.ev = ev;
+        hs.done = 1; // sys_exit_connect reports it, with the syscall's own result
+        return;
+    }
+    ev.kind = c::HANDSHAKE;
+    ev.ts_ns = now;
+    ev.syscall_ns = hs.syscall_ns;
+    let _ = SYN_START.remove(&sk);
+    emit(&ev);
+}
+
+/// `tcp:tcp_retransmit_skb(sk, skb, …)`: a retransmitted SYN while connecting.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn connect_retrans(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let state: u8 = kread(sk, OFF_SK_STATE.load());
+    if state as i32 != TCP_SYN_SENT {
+        return 0;
+    }
+    if let Some(hs) = SYN_START.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer for this socket.
+        unsafe { (*hs).ev.syn_retrans = (*hs).ev.syn_retrans.saturating_add(1) };
+    }
+    count(c::COUNT_SYN_RETRANS);
+    0
+}

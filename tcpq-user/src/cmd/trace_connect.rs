@@ -1,0 +1,494 @@
+//! `tcpq trace connect`: every outbound connect outcome (result, source port, time in the
+//! syscall, handshake latency, SYN retransmits), and the shared collector used by `tcpq ports`.
+use std::{
+    collections::HashSet,
+    io::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, PerCpuArray};
+use serde_json::json;
+use tcpq_common::{connect as c, names};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    connect::{
+        ConnectOutcome, decode_connect,
+        model::{ConnectAggregator, ConnectKey, ConnectStats, LineBudget},
+    },
+    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
+    output::{Clock, endpoint},
+    snapshot::procs,
+};
+
+/// `--dst ADDR[:PORT]` (IPv6 as `[addr]:port` or bare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DstFilter {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl DstFilter {
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(Self { addr, port: None });
+        }
+        if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Self {
+                addr: sa.ip(),
+                port: Some(sa.port()),
+            });
+        }
+        bail!(
+            "invalid --dst '{s}': use an address with an optional port, e.g. 127.0.0.1:9000 or [::1]:9000"
+        )
+    }
+    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
+        self.addr == addr && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// `--pid PID|NAME`, kept as the pids found at start plus the name (for processes started later).
+#[derive(Debug, Clone)]
+pub struct PidFilter {
+    pub pids: HashSet<u32>,
+    pub name: Option<String>,
+}
+
+impl PidFilter {
+    pub fn resolve(arg: &str) -> Result<Self> {
+        let owners = procs::resolve_pid_arg(arg)?;
+        Ok(Self {
+            pids: owners.iter().map(|o| o.pid).collect(),
+            name: arg.parse::<u32>().is_err().then(|| arg.trim().to_string()),
+        })
+    }
+    pub fn matches(&self, tgid: u32, comm: &str) -> bool {
+        self.pids.contains(&tgid) || self.name.as_deref().is_some_and(|n| n == comm)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceConnectArgs {
+    pub pid: Option<String>,
+    pub dst: Option<String>,
+    pub failed: bool,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub lines_per_sec: u32,
+    pub summary_every: Duration,
+}
+
+/// Exact kernel-side totals.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectTotals {
+    pub ok: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub eaddrnotavail: u64,
+    pub other: u64,
+    pub syn_retrans: u64,
+    pub lost: u64,
+}
+
+pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
+    ConnectTotals {
+        ok: sum_per_cpu(m, c::COUNT_OK),
+        refused: sum_per_cpu(m, c::COUNT_REFUSED),
+        timeout: sum_per_cpu(m, c::COUNT_TIMEOUT),
+        eaddrnotavail: sum_per_cpu(m, c::COUNT_EADDRNOTAVAIL),
+        other: sum_per_cpu(m, c::COUNT_OTHER),
+        syn_retrans: sum_per_cpu(m, c::COUNT_SYN_RETRANS),
+        lost: sum_per_cpu(m, c::COUNT_LOST),
+    }
+}
+
+impl ConnectTotals {
+    pub fn json(&self) -> serde_json::Value {
+        json!({"ok": self.ok, "refused": self.refused, "timeout": self.timeout, "EADDRNOTAVAIL": self.eaddrnotavail, "other": self.other, "syn_retrans": self.syn_retrans})
+    }
+}
+
+fn us(ns: Option<u64>) -> serde_json::Value {
+    ns.map(|v| json!((v as f64 / 1000.0 * 10.0).round() / 10.0))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn fmt_ms(ns: Option<u64>) -> String {
+    match ns {
+        Some(v) if v >= 1_000_000 => format!("{:.1}ms", v as f64 / 1e6),
+        Some(v) => format!("{:.0}µs", v as f64 / 1e3),
+        None => "-".into(),
+    }
+}
+
+pub fn outcome_json(clock: &Clock, o: &ConnectOutcome) -> serde_json::Value {
+    let cause = match o.result {
+        crate::connect::ConnectResult::Ok => serde_json::Value::Null,
+        crate::connect::ConnectResult::Errno(99) => json!("ports_exhausted"),
+        _ => json!("connect_failures"),
+    };
+    json!({
+        "ts": clock.rfc3339(o.ts_ns),
+        "event": "connect",
+        "count": 1,
+        "netns": o.netns,
+        "pid": o.tgid,
+        "comm": o.comm,
+        "saddr": o.saddr.to_string(),
+        "sport": o.sport,
+        "daddr": o.daddr.to_string(),
+        "dport": o.dport,
+        "result": o.result.id(),
+        "cause": cause,
+        "syscall_us": us(o.syscall_ns),
+        "handshake_us": us(o.handshake_ns),
+        "syn_retrans": o.syn_retrans,
+    })
+}
+
+pub const CONNECT_HEADER: &str = "TIME             PID      COMM             NETNS       SOURCE                 DESTINATION            RESULT          SYSCALL   HANDSHAKE  RETRANS";
+
+pub fn outcome_text(clock: &Clock, o: &ConnectOutcome) -> String {
+    format!(
+        "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {:<15} {:<9} {:<10} {}",
+        clock.short(o.ts_ns),
+        o.tgid,
+        o.comm,
+        o.netns,
+        endpoint(o.saddr, o.sport),
+        endpoint(o.daddr, o.dport),
+        o.result.id(),
+        fmt_ms(o.syscall_ns),
+        fmt_ms(o.handshake_ns),
+        o.syn_retrans
+    )
+}
+
+pub fn stats_json(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> serde_json::Value {
+    let q = |h| {
+        ConnectStats::quantiles(h).map(|(p50, p99, max)| json!({"p50_us": p50 / 1000, "p99_us": p99 / 1000, "max_us": max / 1000}))
+    };
+    let results: serde_json::Map<String, serde_json::Value> =
+        s.results.iter().map(|(r, n)| (r.id(), json!(n))).collect();
+    json!({
+        "netns": key.netns,
+        "pid": key.tgid,
+        "comm": s.comm,
+        "daddr": key.daddr.to_string(),
+        "dport": key.dport,
+        "count": s.attempts,
+        "rate_per_s": if duration_s > 0.0 { (s.attempts as f64 / duration_s * 10.0).round() / 10.0 } else { 0.0 },
+        "results": results,
+        "failures": s.failures(),
+        "syscall": q(&s.syscall_ns),
+        "handshake": q(&s.handshake_ns),
+        "syn_retrans": s.syn_retrans,
+    })
+}
+
+pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> String {
+    let results: Vec<String> = s
+        .results
+        .iter()
+        .map(|(r, n)| format!("{} {n}", r.id()))
+        .collect();
+    let q = |h| {
+        ConnectStats::quantiles(h)
+            .map(|(p50, p99, _)| format!("p50 {} p99 {}", fmt_ms(Some(p50)), fmt_ms(Some(p99))))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "  {}/{} → {} netns {}: {} connects ({:.1}/s): {} · syscall {} · handshake {} · SYN retransmits {}",
+        key.tgid,
+        s.comm,
+        endpoint(key.daddr, key.dport),
+        key.netns,
+        s.attempts,
+        if duration_s > 0.0 {
+            s.attempts as f64 / duration_s
+        } else {
+            0.0
+        },
+        results.join(", "),
+        q(&s.syscall_ns),
+        q(&s.handshake_ns),
+        s.syn_retrans
+    )
+}
+
+/// A loaded connect family: its ring buffer and exact counters.
+pub struct ConnectSession {
+    pub loaded: probe::Loaded,
+    pub ring: aya::maps::RingBuf<MapData>,
+    pub counts: PerCpuArray<MapData, u64>,
+}
+
+impl ConnectSession {
+    pub fn open() -> Result<Self> {
+        let mut loaded = probe::load(&[Family::Connect], &LoadOptions::default())?;
+        let ring = loaded.take_ring(names::CONNECT_EVENTS)?;
+        let counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
+        Ok(Self {
+            loaded,
+            ring,
+            counts,
+        })
+    }
+
+    pub fn hooks_line(&self) -> String {
+        self.loaded
+            .hooks
+            .iter()
+            .map(|h| match &h.state {
+                HookState::Attached => format!("{} ✓", h.spec.program),
+                HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Runs until `duration`, Ctrl-C/SIGTERM/SIGHUP; `on_event` for every outcome, `on_tick`
+    /// every second, `on_summary` every `summary_every`.
+    pub fn run(
+        self,
+        duration: Option<Duration>,
+        summary_every: Duration,
+        mut on_event: impl FnMut(&ConnectOutcome),
+        mut on_tick: impl FnMut(),
+        mut on_summary: impl FnMut(&ConnectTotals, bool),
+    ) -> Result<()> {
+        let ConnectSession {
+            loaded,
+            ring,
+            counts,
+        } = self;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the event loop")?;
+        rt.block_on(async {
+            // SAFETY: the ring buffer owns its map fd for the AsyncFd's whole life.
+            let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
+            let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+            let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+            let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut summary_tick = tokio::time::interval(summary_every);
+            summary_tick.tick().await;
+            let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    guard = afd.readable_mut() => {
+                        let mut guard = guard.context("poll the ring buffer")?;
+                        let rb = guard.get_inner_mut();
+                        while let Some(item) = rb.next() {
+                            if let Ok(o) = decode_connect(&item) {
+                                on_event(&o);
+                            }
+                        }
+                        guard.clear_ready();
+                    }
+                    _ = tick.tick() => on_tick(),
+                    _ = summary_tick.tick() => {
+                        if deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1)) {
+                            continue;
+                        }
+                        on_summary(&totals(&counts), false);
+                    }
+                    _ = sigint.recv() => break,
+                    _ = sigterm.recv() => break,
+                    _ = sighup.recv() => break,
+                    _ = &mut sleep => break,
+                }
+            }
+            let rb = afd.get_mut();
+            while let Some(item) = rb.next() {
+                if let Ok(o) = decode_connect(&item) {
+                    on_event(&o);
+                }
+            }
+            on_summary(&totals(&counts), true);
+            Ok::<(), anyhow::Error>(())
+        })?;
+        drop(loaded);
+        Ok(())
+    }
+}
+
+pub fn run(args: TraceConnectArgs) -> Result<()> {
+    let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
+    let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
+    let session = ConnectSession::open()?;
+    eprintln!(
+        "tcpq: tracing connects{}{}{} — hooks: {} — Ctrl-C to stop",
+        args.pid
+            .as_ref()
+            .map(|p| format!(" of {p}"))
+            .unwrap_or_default(),
+        args.dst
+            .as_ref()
+            .map(|d| format!(" to {d}"))
+            .unwrap_or_default(),
+        if args.failed { " (failures only)" } else { "" },
+        session.hooks_line()
+    );
+    let clock = Clock::new();
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let emit = |line: String| {
+        let mut o = out.borrow_mut();
+        if o.write_all(line.as_bytes())
+            .and_then(|_| o.write_all(b"\n"))
+            .is_err()
+        {
+            std::process::exit(0);
+        }
+    };
+    let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
+    let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
+    let budget: std::cell::RefCell<LineBudget<ConnectKey, String>> =
+        std::cell::RefCell::new(LineBudget::new(args.lines_per_sec));
+    let started = Instant::now();
+    let window_start = std::cell::Cell::new(Instant::now());
+    let header = std::cell::Cell::new(false);
+    let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
+        for (second, k, result, n) in lines {
+            let comm = agg
+                .borrow()
+                .by_key
+                .get(&k)
+                .map(|s| s.comm.clone())
+                .unwrap_or_default();
+            if args.json {
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result}).to_string());
+            } else {
+                emit(format!(
+                    "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second",
+                    format!(
+                        "{} +1s",
+                        clock.short(second * 1_000_000_000).get(..8).unwrap_or("")
+                    ),
+                    k.tgid,
+                    comm,
+                    k.netns,
+                    "",
+                    endpoint(k.daddr, k.dport),
+                    result
+                ));
+            }
+        }
+    };
+    let on_event = |o: &ConnectOutcome| {
+        if let Some(f) = &pid_filter
+            && !f.matches(o.tgid, &o.comm)
+        {
+            return;
+        }
+        if let Some(d) = &dst
+            && !d.matches(o.daddr, o.dport)
+        {
+            return;
+        }
+        if args.failed && !o.result.is_failure() {
+            return;
+        }
+        agg.borrow_mut().record(o);
+        window.borrow_mut().record(o);
+        let key = ConnectKey::of(o);
+        let (flushed, print) =
+            budget
+                .borrow_mut()
+                .admit(o.ts_ns / 1_000_000_000, &key, &o.result.id());
+        print_aggregates(flushed);
+        if print {
+            if args.json {
+                emit(outcome_json(&clock, o).to_string());
+            } else {
+                if !header.replace(true) {
+                    emit(CONNECT_HEADER.into());
+                }
+                emit(outcome_text(&clock, o));
+            }
+        }
+    };
+    let on_tick = || {
+        let lines = budget
+            .borrow_mut()
+            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
+        print_aggregates(lines);
+        let _ = out.borrow_mut().flush();
+    };
+    let on_summary = |t: &ConnectTotals, final_run: bool| {
+        if final_run {
+            let lines = budget.borrow_mut().flush_all();
+            print_aggregates(lines);
+        }
+        let (dur, a) = if final_run {
+            (started.elapsed().as_secs_f64(), agg.borrow())
+        } else {
+            (window_start.get().elapsed().as_secs_f64(), window.borrow())
+        };
+        if args.json {
+            let rows: Vec<_> = a
+                .ranked()
+                .into_iter()
+                .map(|(k, s)| stats_json(k, s, dur))
+                .collect();
+            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "kernel_counts": t.json(), "destinations": rows}).to_string());
+        } else {
+            emit(format!(
+                "── connect summary over {dur:.1} s ── kernel counted: ok {}, refused {}, timeout {}, EADDRNOTAVAIL {}, other {}, SYN retransmits {} ── lost events: {}",
+                t.ok, t.refused, t.timeout, t.eaddrnotavail, t.other, t.syn_retrans, t.lost
+            ));
+            for (k, s) in a.ranked() {
+                emit(stats_text(k, s, dur));
+            }
+        }
+        drop(a);
+        if !final_run {
+            window.borrow_mut().clear();
+            window_start.set(Instant::now());
+        }
+        let _ = out.borrow_mut().flush();
+    };
+    session.run(
+        args.duration,
+        args.summary_every,
+        on_event,
+        on_tick,
+        on_summary,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dst_filters() {
+        let d = DstFilter::parse("127.0.0.1:9000").unwrap();
+        assert!(d.matches("127.0.0.1".parse().unwrap(), 9000));
+        assert!(!d.matches("127.0.0.1".parse().unwrap(), 9001));
+        let d = DstFilter::parse("::1").unwrap();
+        assert!(d.matches("::1".parse().unwrap(), 1));
+        let d = DstFilter::parse("[::1]:80").unwrap();
+        assert_eq!(d.port, Some(80));
+        for bad in ["", "localhost", "1.2.3.4:99999", "::1:80:x"] {
+            assert!(DstFilter::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
