@@ -50,6 +50,7 @@ impl LabArgs {
         self.backlog.unwrap_or(match self.name {
             LabName::Overflow => 4,
             LabName::Synflood => 16,
+            LabName::Ports => 1024,
         })
     }
 }

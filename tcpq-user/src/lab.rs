@@ -61,6 +61,8 @@ pub enum LabName {
     Overflow,
     /// SYN queue full: a client over veth whose final ACKs are lost (`synq` or `cookie`).
     Synflood,
+    /// Ephemeral ports exhausted: 16 ports, a client that closes first (TIME_WAIT), EADDRNOTAVAIL.
+    Ports,
 }
 
 pub use crate::cli::LabArgs;
@@ -306,6 +308,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     match args.name {
         LabName::Overflow => overflow(&args),
         LabName::Synflood => synflood(&args),
+        LabName::Ports => ports(&args),
     }
 }
 
@@ -524,5 +527,106 @@ fn synflood(args: &LabArgs) -> Result<()> {
     }
     drop(cli);
     drop(srv);
+    Ok(())
+}
+
+/// One namespace, `ip_local_port_range` of 16 ports and `tcp_tw_reuse=0` inside it, a server on
+/// 127.0.0.1:PORT that closes after the client, and a client that connects and closes at once
+/// (so TIME_WAIT stays on the client side) until connect() fails with EADDRNOTAVAIL, and keeps
+/// trying (every 10 ms) for the rest of --duration.
+fn ports(args: &LabArgs) -> Result<()> {
+    let name = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
+    let ns = NetnsGuard::create_or_use(&name)?;
+    let (lo, hi) = (40000u16, 40015u16);
+    write_sysctl_in(
+        &ns,
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        &format!("{lo} {hi}"),
+    )?;
+    write_sysctl_in(&ns, "/proc/sys/net/ipv4/tcp_tw_reuse", "0")?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+    let s2 = stop.clone();
+    let server = spawn_in(&ns, move || {
+        let listener = match (|| -> Result<Socket> {
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&addr.into())
+                .with_context(|| format!("bind {addr}"))?;
+            sock.listen(1024)?;
+            sock.set_nonblocking(true)?;
+            Ok(sock)
+        })() {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut open: Vec<Socket> = Vec::new();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        while !s2.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((c, _)) => {
+                    let _ = c.set_nonblocking(true);
+                    open.push(c);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+            // Close each connection once the client has closed its side (read returns 0).
+            open.retain(|c| !matches!(c.recv(&mut buf), Ok(0)));
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("server did not start")??;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "daddr": "127.0.0.1", "dport": args.port, "ip_local_port_range": [lo, hi], "tcp_tw_reuse": 0}),
+    );
+
+    let deadline = Instant::now() + args.duration;
+    let client = spawn_in(&ns, move || {
+        let (mut ok, mut eaddrnotavail, mut other) = (0u64, 0u64, 0u64);
+        while Instant::now() < deadline && !stopped() {
+            let s = match Socket::new(Domain::IPV4, Type::STREAM, None) {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            match s.connect_timeout(&addr.into(), Duration::from_secs(1)) {
+                Ok(()) => {
+                    ok += 1;
+                    drop(s); // this side closes first: TIME_WAIT is ours
+                    thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                    eaddrnotavail += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    other += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        (ok, eaddrnotavail, other)
+    })?;
+    let (ok, eaddrnotavail, other) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    let done = json!({"event": "lab_done", "lab": "ports", "connects_ok": ok, "eaddrnotavail": eaddrnotavail, "other_failures": other, "interrupted": stopped()});
+    if args.json {
+        println!("{done}")
+    } else {
+        println!("tcpq lab: {done}")
+    }
     Ok(())
 }

@@ -140,9 +140,15 @@ impl Tracer {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["trace", "overflow", "--json"];
+        args.extend_from_slice(extra);
+        Self::start_cmd(&args, env)
+    }
+
+    /// Any tracing subcommand (`trace connect --json …`).
+    pub fn start_cmd(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = tcpq()
-            .args(["trace", "overflow", "--json"])
-            .args(extra)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -324,4 +330,34 @@ impl Tracer {
     pub fn banner(&self) -> &[String] {
         &self.stderr_lines
     }
+}
+
+/// Runs a Python snippet inside a network namespace (the tests' stand-in application).
+pub fn python_in(ns: &Netns, code: &str) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+/// Applies an nft script inside a namespace.
+pub fn nft_in(ns: &Netns, script: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft script failed: {script}"
+    );
 }

@@ -170,14 +170,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             &extra,
             pid_filter.is_none(),
         );
-        let ns_prefix = if ns == host_ns {
-            String::new()
-        } else {
-            pids.iter()
-                .next()
-                .map(|p| format!("nsenter -t {p} -n "))
-                .unwrap_or_default()
-        };
+        let ns_prefix = netns::enter_prefix(ns, host_ns);
         for g in groups {
             if let (Some(d), Some(daddr)) = (&dst, g.daddr)
                 && !d.matches(daddr, g.dport)

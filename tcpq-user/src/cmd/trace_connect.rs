@@ -374,7 +374,12 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
             if args.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result}).to_string());
+                let cause = match result.as_str() {
+                    "ok" => serde_json::Value::Null,
+                    "EADDRNOTAVAIL" => json!("ports_exhausted"),
+                    _ => json!("connect_failures"),
+                };
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
             } else {
                 emit(format!(
                     "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second",

@@ -263,6 +263,7 @@ impl Tracer {
             let evidence = ListenerEvidence {
                 netns: ns,
                 host_netns: self.host_netns,
+                ns_enter: netns::enter_prefix(ns, self.host_netns),
                 laddr: Some(a.key.laddr),
                 lport: a.key.lport,
                 owners: info.as_ref().map(|i| i.owners.clone()).unwrap_or_default(),

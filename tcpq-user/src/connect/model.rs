@@ -104,7 +104,7 @@ impl ConnectStats {
 
     /// (p50, p99, max) in ns, None when nothing was recorded.
     pub fn quantiles(h: &Histogram<u64>) -> Option<(u64, u64, u64)> {
-        (h.len() > 0).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()))
+        (!h.is_empty()).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()))
     }
 }
 

@@ -14,6 +14,9 @@ pub struct ListenerEvidence {
     pub netns: u32,
     /// The namespace tcpq runs in: commands for another namespace get an `nsenter` prefix.
     pub host_netns: u32,
+    /// The prefix to use for another namespace (`nsenter --net=PATH `); when empty, one is built
+    /// from the owner's pid.
+    pub ns_enter: String,
     pub laddr: Option<IpAddr>,
     pub lport: u16,
     pub owners: Vec<Owner>,
@@ -116,6 +119,9 @@ fn who(e: &ListenerEvidence) -> String {
 fn in_ns(e: &ListenerEvidence) -> String {
     if e.netns == 0 || e.netns == e.host_netns {
         return String::new();
+    }
+    if !e.ns_enter.is_empty() {
+        return e.ns_enter.clone();
     }
     match e.owners.first() {
         Some(o) => format!("nsenter -t {} -n ", o.pid),

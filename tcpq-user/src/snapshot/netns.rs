@@ -79,3 +79,15 @@ pub fn run_in_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result
         })?
     })
 }
+
+/// Shell prefix that runs a command inside network namespace `inum` when it is not tcpq's own
+/// (`nsenter --net=/run/netns/NAME ` or `/proc/PID/ns/net`), empty otherwise.
+pub fn enter_prefix(inum: u32, host: u32) -> String {
+    if inum == 0 || inum == host {
+        return String::new();
+    }
+    match find(inum) {
+        Some(path) => format!("nsenter --net={} ", path.display()),
+        None => format!("(in network namespace {inum}) "),
+    }
+}
