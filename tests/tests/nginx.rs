@@ -177,3 +177,65 @@ fn nginx_under_wrk_counts_match_the_kernel() {
         "{s}"
     );
 }
+
+/// nginx proxying to a local upstream over TCP with a 16-port range: the EADDRNOTAVAIL
+/// failures tcpq counts for nginx equal the `connect() … failed (99: Cannot assign requested
+/// address)` lines nginx logs.
+#[test]
+fn nginx_upstream_eaddrnotavail_matches_its_error_log() {
+    if skip_unless_root("nginx_upstream_eaddrnotavail") {
+        return;
+    }
+    let ns = Netns::new("ngxup");
+    for (path, value) in [("/proc/sys/net/ipv4/ip_local_port_range", "40000 40015"), ("/proc/sys/net/ipv4/tcp_tw_reuse", "0")] {
+        let st = Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &format!("echo {value} > {path}")]).status().unwrap();
+        assert!(st.success());
+    }
+    // Upstream: answers with Content-Length, then waits for nginx to close first (so the
+    // TIME_WAIT sockets, and the port shortage, are nginx's).
+    let mut upstream = python_in(
+        &ns,
+        "import socketserver\nclass H(socketserver.BaseRequestHandler):\n def handle(self):\n  d=b''\n  while b'\\r\\n\\r\\n' not in d:\n   c=self.request.recv(4096)\n   if not c: return\n   d+=c\n  self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n  while self.request.recv(4096): pass\nsocketserver.ThreadingTCPServer.allow_reuse_address=True\nsocketserver.ThreadingTCPServer.daemon_threads=True\nsocketserver.ThreadingTCPServer(('127.0.0.1',9000),H).serve_forever()",
+    );
+    let dir = std::env::temp_dir().join(format!("tcpq-nginx-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!("worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\nevents {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n server {{ listen 127.0.0.1:18081; location / {{ proxy_pass http://127.0.0.1:9000; }} }}\n}}\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let tracer = Tracer::start_cmd(&["trace", "connect", "--json", "--dst", "127.0.0.1:9000"], &[]);
+    let st = Command::new("ip").args(["netns", "exec", &ns.name, "nginx", "-c"]).arg(&conf).status().unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let master: u64 = std::fs::read_to_string(dir.join("nginx.pid")).unwrap().trim().parse().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "wrk", "-t2", "-c20", "-d3s", "http://127.0.0.1:18081/"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("ip").args(["netns", "exec", &ns.name, "nginx", "-s", "stop", "-c"]).arg(&conf).status();
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = tracer.stop();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    let logged = log.lines().filter(|l| l.contains("(99: Cannot assign requested address)")).count() as u64;
+    let mut seen = 0u64;
+    let mut nginx_pids = std::collections::BTreeSet::new();
+    for v in lines.iter().filter(|v| v["event"] == "connect" && v["result"] == "EADDRNOTAVAIL") {
+        assert_eq!(v["comm"], "nginx", "{v}");
+        nginx_pids.insert(v["pid"].as_u64().unwrap());
+        seen += v["count"].as_u64().unwrap();
+    }
+    eprintln!("nginx logged {logged}, tcpq counted {seen} EADDRNOTAVAIL (workers {nginx_pids:?}, master {master})");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(logged > 0, "16 ports run out under wrk -c20: {log}");
+    assert_eq!(seen, logged, "tcpq's EADDRNOTAVAIL = nginx's error log");
+    assert!(!nginx_pids.contains(&master), "the workers connect upstream, not the master");
+}
