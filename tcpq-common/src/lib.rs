@@ -30,6 +30,11 @@ pub mod names {
     pub const PROG_SYS_EXIT_CONNECT: &str = "sys_exit_connect";
     pub const PROG_CONNECT_STATE: &str = "connect_state";
     pub const PROG_CONNECT_RETRANS: &str = "connect_retrans";
+
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    pub const DROP_COUNTS: &str = "DROP_COUNTS";
+    pub const PROG_DROP_KFREE: &str = "drop_kfree";
+    pub const PROG_DROP_OWNER: &str = "drop_owner";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -118,6 +123,48 @@ pub struct ConnectEvent {
 
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 
+/// Packets dropped by netfilter (`DROP_EVENTS`, `DropEvent`).
+pub mod drop {
+    pub const NETFILTER: u16 = 48;
+    /// `DROP_COUNTS` slots.
+    pub const COUNT_NO_CT: u32 = 0;
+    pub const COUNT_WITH_CT: u32 = 1;
+    pub const COUNT_LOST: u32 = 2;
+    pub const COUNT_SLOTS: u32 = 3;
+    /// `DropEvent::direction`.
+    pub const DIR_IN: u8 = 0;
+    pub const DIR_OUT: u8 = 1;
+}
+
+/// A packet freed with SKB_DROP_REASON_NETFILTER_DROP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub kind: u16,
+    pub family: u16,
+    pub netns: u32,
+    pub ts_ns: u64,
+    /// Locally generated packets (skb->sk set): the sending process; else 0.
+    pub tgid: u32,
+    /// Reserved (0): the conntrack count is sampled by userspace.
+    pub ct_count: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// IPPROTO_TCP, IPPROTO_UDP, …
+    pub proto: u8,
+    /// 1 when the skb carried a conntrack entry (`skb->_nfct`): a rule dropped it.
+    pub has_ct: u8,
+    /// `drop::DIR_IN` / `drop::DIR_OUT`.
+    pub direction: u8,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
+
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {
     /// 1: every hook of the outcome family is attached, so the ingress hook only records the
@@ -195,4 +242,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenCallEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropEvent {}
 }

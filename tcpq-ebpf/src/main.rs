@@ -5,6 +5,7 @@
 #![no_main]
 
 mod connect;
+mod drop;
 mod listen;
 mod offsets;
 mod read;

@@ -53,6 +53,10 @@ offsets!(
     OFF_SKB_NETWORK_HEADER,
     OFF_SKB_TRANSPORT_HEADER,
     OFF_SKB_SK,
+    OFF_SKB_NFCT,
+    OFF_SKB_DEV,
+    // net_device.nd_net.net
+    OFF_DEV_NET,
     // struct task_struct / nsproxy
     OFF_TASK_NSPROXY,
     OFF_NSPROXY_NET_NS,
@@ -79,6 +83,8 @@ offsets!(
     RSN_LISTEN_OVERFLOW,
     // ... of SKB_DROP_REASON_NO_SOCKET (cookie_v4_check() failing to create the child).
     RSN_NO_SOCKET,
+    // ... of SKB_DROP_REASON_NETFILTER_DROP.
+    RSN_NETFILTER_DROP,
     // Confirm mode records a packet only when a queue is within this many entries of its limit
     // (covers what other CPUs can change before the kernel's own test).
     NEAR_MARGIN,

@@ -30,6 +30,9 @@ pub struct LabArgs {
     /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
     #[arg(long)]
     pub abort_on_overflow: bool,
+    /// conntrack: the global nf_conntrack_max to set while the lab runs (restored on exit).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..))]
+    pub ct_max: u32,
     /// overflow: listen on [::1] instead of 127.0.0.1.
     #[arg(long)]
     pub ipv6: bool,
@@ -51,6 +54,7 @@ impl LabArgs {
             LabName::Overflow => 4,
             LabName::Synflood => 16,
             LabName::Ports => 1024,
+            LabName::Conntrack => 4096,
         })
     }
 }
@@ -95,12 +99,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The conntrack table: headroom, drops (table full vs rules), top consumers, timeouts, fixes.
+    Conntrack {
+        /// Look at this process's network namespace (pid or name).
+        #[arg(long)]
+        pid: Option<String>,
+        /// How long to watch drops (root; 0: snapshot only).
+        #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
+        duration: Duration,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TraceWhat {
+    /// Packets netfilter dropped: conntrack table full (no entry) or a rule, with the flow and process.
+    Conntrack {
+        /// NDJSON output.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Lines per flow key per second before they are aggregated.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        lines_per_sec: u32,
+        /// Interval between summaries.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        summary_interval: Duration,
+    },
     /// Outbound connects: result, source port, time in connect(), handshake latency, SYN retransmits.
     Connect {
         /// Only this process: a pid or a process name.

@@ -63,6 +63,9 @@ pub enum LabName {
     Synflood,
     /// Ephemeral ports exhausted: 16 ports, a client that closes first (TIME_WAIT), EADDRNOTAVAIL.
     Ports,
+    /// Conntrack table full: a `ct state` rule, nf_conntrack_max lowered (restored on exit), a
+    /// connect storm; plus a few connects dropped by a plain rule.
+    Conntrack,
 }
 
 pub use crate::cli::LabArgs;
@@ -309,6 +312,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabName::Overflow => overflow(&args),
         LabName::Synflood => synflood(&args),
         LabName::Ports => ports(&args),
+        LabName::Conntrack => conntrack(&args),
     }
 }
 
@@ -623,6 +627,98 @@ fn ports(args: &LabArgs) -> Result<()> {
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
     let done = json!({"event": "lab_done", "lab": "ports", "connects_ok": ok, "eaddrnotavail": eaddrnotavail, "other_failures": other, "interrupted": stopped()});
+    if args.json {
+        println!("{done}")
+    } else {
+        println!("tcpq lab: {done}")
+    }
+    Ok(())
+}
+
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Restores the global nf_conntrack_max on drop (also when unwinding from a panic).
+struct CtMaxGuard {
+    original: String,
+}
+
+impl CtMaxGuard {
+    fn set(value: u32) -> Result<Self> {
+        let original = std::fs::read_to_string(CT_MAX)
+            .context("read nf_conntrack_max (is nf_conntrack available?)")?
+            .trim()
+            .to_string();
+        std::fs::write(CT_MAX, value.to_string()).context("lower nf_conntrack_max")?;
+        Ok(Self { original })
+    }
+}
+
+impl Drop for CtMaxGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(CT_MAX, &self.original);
+    }
+}
+
+fn conntrack(args: &LabArgs) -> Result<()> {
+    if !nft_available() {
+        bail!("tcpq lab conntrack needs nft for its `ct state` rule: apt-get install nftables");
+    }
+    let name = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
+    let ns = NetnsGuard::create_or_use(&name)?;
+    let rule_port = 9999u16;
+    // Any `ct` expression makes this namespace track connections.
+    nft_in(
+        &ns.name,
+        &format!(
+            "table inet tcpq_lab {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ct state established,related accept\n  tcp dport {rule_port} drop\n }}\n}}\n"
+        ),
+    )?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let server = Server::start(&ns, addr, 4096, 100_000)?;
+    // A few connects a plain rule drops (they get an entry, then the rule drops them).
+    let rule_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), rule_port);
+    let rule_socks = spawn_in(&ns, move || {
+        (0..5)
+            .filter_map(|_| connect_nonblocking(rule_addr))
+            .collect::<Vec<_>>()
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let guard = CtMaxGuard::set(args.ct_max)?;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "daddr": "127.0.0.1", "dport": args.port, "rule_port": rule_port, "ct_max": args.ct_max, "ct_max_original": guard.original}),
+    );
+    let deadline = Instant::now() + args.duration;
+    let rate = args.rate.max(1);
+    let attempts = Arc::new(AtomicU64::new(0));
+    let at = attempts.clone();
+    let client = spawn_in(&ns, move || {
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut open = Vec::new();
+        while Instant::now() < deadline && !stopped() {
+            if open.len() < 20_000
+                && let Some(s) = connect_nonblocking(addr)
+            {
+                open.push(s);
+            }
+            at.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(interval);
+        }
+        open
+    })?;
+    let open = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    nap(Duration::from_millis(200));
+    drop(guard); // restore the global maximum before anything else
+    drop(open);
+    drop(rule_socks);
+    drop(server);
+    let done = json!({"event": "lab_done", "lab": "conntrack", "connect_attempts": attempts.load(Ordering::Relaxed), "interrupted": stopped()});
     if args.json {
         println!("{done}")
     } else {

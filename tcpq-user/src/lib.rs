@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod connect;
+pub mod conntrack;
 pub mod decode;
 pub mod kernel;
 pub mod lab;

@@ -82,6 +82,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Trace {
+            what:
+                TraceWhat::Conntrack {
+                    json,
+                    duration,
+                    lines_per_sec,
+                    summary_interval,
+                },
+        } => {
+            cmd::conntrack::run_trace(cmd::conntrack::TraceConntrackArgs {
+                json,
+                duration,
+                lines_per_sec,
+                summary_every: summary_interval,
+            })?;
+            Ok(0)
+        }
+        Command::Conntrack {
+            pid,
+            duration,
+            json,
+        } => Ok(cmd::conntrack::run_snapshot(cmd::conntrack::ConntrackArgs {
+            pid,
+            duration,
+            json,
+        })? as u8),
         Command::Ports {
             pid,
             dst,

@@ -187,8 +187,21 @@ fn nginx_upstream_eaddrnotavail_matches_its_error_log() {
         return;
     }
     let ns = Netns::new("ngxup");
-    for (path, value) in [("/proc/sys/net/ipv4/ip_local_port_range", "40000 40015"), ("/proc/sys/net/ipv4/tcp_tw_reuse", "0")] {
-        let st = Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &format!("echo {value} > {path}")]).status().unwrap();
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_local_port_range", "40000 40015"),
+        ("/proc/sys/net/ipv4/tcp_tw_reuse", "0"),
+    ] {
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sh",
+                "-c",
+                &format!("echo {value} > {path}"),
+            ])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     // Upstream: answers with Content-Length, then waits for nginx to close first (so the
@@ -207,35 +220,69 @@ fn nginx_upstream_eaddrnotavail_matches_its_error_log() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let tracer = Tracer::start_cmd(&["trace", "connect", "--json", "--dst", "127.0.0.1:9000"], &[]);
-    let st = Command::new("ip").args(["netns", "exec", &ns.name, "nginx", "-c"]).arg(&conf).status().unwrap();
+    let tracer = Tracer::start_cmd(
+        &["trace", "connect", "--json", "--dst", "127.0.0.1:9000"],
+        &[],
+    );
+    let st = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nginx", "-c"])
+        .arg(&conf)
+        .status()
+        .unwrap();
     assert!(st.success());
     std::thread::sleep(Duration::from_millis(500));
-    let master: u64 = std::fs::read_to_string(dir.join("nginx.pid")).unwrap().trim().parse().unwrap();
+    let master: u64 = std::fs::read_to_string(dir.join("nginx.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "wrk", "-t2", "-c20", "-d3s", "http://127.0.0.1:18081/"])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "wrk",
+            "-t2",
+            "-c20",
+            "-d3s",
+            "http://127.0.0.1:18081/",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("ip").args(["netns", "exec", &ns.name, "nginx", "-s", "stop", "-c"]).arg(&conf).status();
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nginx", "-s", "stop", "-c"])
+        .arg(&conf)
+        .status();
     std::thread::sleep(Duration::from_millis(500));
     let lines = tracer.stop();
     let _ = upstream.kill();
     let _ = upstream.wait();
 
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-    let logged = log.lines().filter(|l| l.contains("(99: Cannot assign requested address)")).count() as u64;
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("(99: Cannot assign requested address)"))
+        .count() as u64;
     let mut seen = 0u64;
     let mut nginx_pids = std::collections::BTreeSet::new();
-    for v in lines.iter().filter(|v| v["event"] == "connect" && v["result"] == "EADDRNOTAVAIL") {
+    for v in lines
+        .iter()
+        .filter(|v| v["event"] == "connect" && v["result"] == "EADDRNOTAVAIL")
+    {
         assert_eq!(v["comm"], "nginx", "{v}");
         nginx_pids.insert(v["pid"].as_u64().unwrap());
         seen += v["count"].as_u64().unwrap();
     }
-    eprintln!("nginx logged {logged}, tcpq counted {seen} EADDRNOTAVAIL (workers {nginx_pids:?}, master {master})");
+    eprintln!(
+        "nginx logged {logged}, tcpq counted {seen} EADDRNOTAVAIL (workers {nginx_pids:?}, master {master})"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(logged > 0, "16 ports run out under wrk -c20: {log}");
     assert_eq!(seen, logged, "tcpq's EADDRNOTAVAIL = nginx's error log");
-    assert!(!nginx_pids.contains(&master), "the workers connect upstream, not the master");
+    assert!(
+        !nginx_pids.contains(&master),
+        "the workers connect upstream, not the master"
+    );
 }

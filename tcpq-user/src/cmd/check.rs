@@ -64,7 +64,10 @@ pub fn run(json_out: bool) -> Result<i32> {
     let mut fentry = "not probed (needs root)".to_string();
     let mut core_failure: Option<String> = None;
     if fatal.is_none() {
-        match probe::load(&[Family::Listen, Family::Connect], &LoadOptions::default()) {
+        match probe::load(
+            &[Family::Listen, Family::Connect, Family::Drop],
+            &LoadOptions::default(),
+        ) {
             Ok(mut loaded) => {
                 for h in &loaded.hooks {
                     let (state, detail) = match &h.state {

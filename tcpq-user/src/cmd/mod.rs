@@ -1,4 +1,6 @@
 pub mod check;
+pub mod conntrack;
 pub mod ports;
+pub mod ring;
 pub mod trace_connect;
 pub mod trace_overflow;

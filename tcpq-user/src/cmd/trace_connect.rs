@@ -7,14 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use aya::maps::{MapData, PerCpuArray};
 use serde_json::json;
 use tcpq_common::{connect as c, names};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 use crate::{
     connect::{
@@ -269,62 +265,18 @@ impl ConnectSession {
             ring,
             counts,
         } = self;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("start the event loop")?;
-        rt.block_on(async {
-            // SAFETY: the ring buffer owns its map fd for the AsyncFd's whole life.
-            let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
-            let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-            let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-            let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut summary_tick = tokio::time::interval(summary_every);
-            summary_tick.tick().await;
-            let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    guard = afd.readable_mut() => {
-                        let mut guard = guard.context("poll the ring buffer")?;
-                        let rb = guard.get_inner_mut();
-                        while let Some(item) = rb.next() {
-                            if let Ok(o) = decode_connect(&item) {
-                                on_event(&o);
-                            }
-                        }
-                        guard.clear_ready();
-                    }
-                    _ = tick.tick() => on_tick(),
-                    _ = summary_tick.tick() => {
-                        if deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1)) {
-                            continue;
-                        }
-                        on_summary(&totals(&counts), false);
-                    }
-                    _ = sigint.recv() => break,
-                    _ = sigterm.recv() => break,
-                    _ = sighup.recv() => break,
-                    _ = &mut sleep => break,
-                }
-            }
-            let rb = afd.get_mut();
-            while let Some(item) = rb.next() {
-                if let Ok(o) = decode_connect(&item) {
+        super::ring::run(
+            ring,
+            duration,
+            summary_every,
+            |bytes| {
+                if let Ok(o) = decode_connect(bytes) {
                     on_event(&o);
                 }
-            }
-            on_summary(&totals(&counts), true);
-            Ok::<(), anyhow::Error>(())
-        })?;
+            },
+            &mut on_tick,
+            |final_run| on_summary(&totals(&counts), final_run),
+        )?;
         drop(loaded);
         Ok(())
     }

@@ -43,6 +43,7 @@ impl Attach {
 pub enum Family {
     Listen,
     Connect,
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +59,22 @@ pub struct HookSpec {
 }
 
 pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        program: names::PROG_DROP_KFREE,
+        attach: Attach::RawTracepoint("kfree_skb"),
+        family: Family::Drop,
+        core: true,
+        gives: "packets netfilter dropped (conntrack table full or a rule), with the 5-tuple and process",
+        without: "no netfilter drops",
+    },
+    HookSpec {
+        program: names::PROG_DROP_OWNER,
+        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        family: Family::Drop,
+        core: false,
+        gives: "the connecting process of dropped SYN retransmits (sent from a timer)",
+        without: "retransmitted SYNs are attributed to whatever task the timer interrupted",
+    },
     HookSpec {
         program: names::PROG_SYS_ENTER_CONNECT,
         attach: Attach::Tracepoint("syscalls", "sys_enter_connect"),
@@ -439,6 +456,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
         .unwrap_or(0) as u32;
     globals.push(("RSN_NO_SOCKET", no_socket_reason));
+    let nf_reason = kbtf
+        .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
+        .unwrap_or(0) as u32;
+    globals.push(("RSN_NETFILTER_DROP", nf_reason));
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(64) as u32;

@@ -1,0 +1,157 @@
+//! Drop family: packets netfilter dropped (`skb:kfree_skb` with SKB_DROP_REASON_NETFILTER_DROP).
+//! A packet dropped without a conntrack entry while the table is at its limit is a table-full
+//! drop (nf_conntrack_in(): init_conntrack() failed); one with an entry was dropped by a rule.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::RawTracePointContext,
+};
+use tcpq_common::{DropEvent, drop as d};
+
+use crate::{
+    offsets::*,
+    read::{kread, kread_bytes, sk_netns},
+};
+
+#[map]
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+static DROP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(d::COUNT_SLOTS, 0);
+
+/// The process that started connecting a socket: a SYN retransmitted from a timer runs in
+/// softirq, where the current task is whoever was interrupted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+#[map]
+static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// `sock:inet_sock_set_state`: remember who connects (SYN_SENT, in the connect() caller's
+/// context); forget on CLOSE.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn drop_owner(ctx: RawTracePointContext) -> i32 {
+    let new: i32 = ctx.arg(2);
+    let sk: u64 = ctx.arg(0);
+    if new == 2 {
+        let owner = Owner {
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        let _ = SOCK_OWNER.insert(&sk, &owner, 0);
+    } else if new == 7 {
+        let _ = SOCK_OWNER.remove(&sk);
+    }
+    0
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = DROP_COUNTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// `skb:kfree_skb(skb, location, reason, rx_sk)`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_kfree(ctx: RawTracePointContext) -> i32 {
+    let reason = ctx.arg::<u64>(2) as u32;
+    let nf = RSN_NETFILTER_DROP.load();
+    if nf == 0 || reason != nf {
+        return 0; // the common case: any other free
+    }
+    let skb: u64 = ctx.arg(0);
+    let _ = try_drop(skb);
+    0
+}
+
+fn try_drop(skb: u64) -> Result<(), i64> {
+    let head: u64 = kread(skb, OFF_SKB_HEAD.load());
+    let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
+    if head == 0 || nh == 0xffff {
+        return Ok(());
+    }
+    let ip = head + nh as u64;
+    let hdr: [u8; 40] = kread_bytes(ip, 0);
+    let mut ev = DropEvent {
+        kind: d::NETFILTER,
+        ..DropEvent::default()
+    };
+    let l4_off: u64;
+    match hdr[0] >> 4 {
+        4 => {
+            ev.family = 2;
+            ev.proto = hdr[9];
+            ev.saddr[..4].copy_from_slice(&hdr[12..16]);
+            ev.daddr[..4].copy_from_slice(&hdr[16..20]);
+            l4_off = ((hdr[0] & 0x0f) as u64) * 4;
+        }
+        6 => {
+            ev.family = 10;
+            ev.proto = hdr[6];
+            ev.saddr.copy_from_slice(&hdr[8..24]);
+            ev.daddr.copy_from_slice(&hdr[24..40]);
+            l4_off = 40;
+        }
+        _ => return Ok(()),
+    }
+    if ev.proto == 6 || ev.proto == 17 {
+        let l4: [u8; 14] = kread_bytes(ip + l4_off, 0);
+        ev.sport = u16::from_be_bytes([l4[0], l4[1]]);
+        ev.dport = u16::from_be_bytes([l4[2], l4[3]]);
+        if ev.proto == 6 {
+            ev.tcp_flags = l4[13];
+        }
+    }
+    let nfct: u64 = kread(skb, OFF_SKB_NFCT.load());
+    ev.has_ct = (nfct & !7u64 != 0) as u8;
+    let sk: u64 = kread(skb, OFF_SKB_SK.load());
+    if sk != 0 {
+        ev.direction = d::DIR_OUT;
+        // Locally generated. The connecting process if we saw it connect; else the current
+        // task (right for sendmsg()/connect(), not for timer retransmits).
+        match SOCK_OWNER.get_ptr(&sk) {
+            Some(o) => {
+                // SAFETY: map value pointer, copied out at once.
+                let o = unsafe { *o };
+                ev.tgid = o.tgid;
+                ev.comm = o.comm;
+            }
+            None => {
+                ev.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+                ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            }
+        }
+        ev.netns = sk_netns(sk);
+    } else {
+        ev.direction = d::DIR_IN;
+        let dev: u64 = kread(skb, OFF_SKB_DEV.load());
+        let net: u64 = kread(dev, OFF_DEV_NET.load());
+        ev.netns = kread(net, OFF_NET_INUM.load());
+    }
+    // The conntrack count lives in net_generic() data since 5.x: userspace samples
+    // nf_conntrack_count per namespace instead (ct_count stays 0 here).
+    // SAFETY: no arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    count(if ev.has_ct != 0 {
+        d::COUNT_WITH_CT
+    } else {
+        d::COUNT_NO_CT
+    });
+    match DROP_EVENTS.reserve::<DropEvent>(0) {
+        Some(mut entry) => {
+            entry.write(ev);
+            entry.submit(0);
+        }
+        None => count(d::COUNT_LOST),
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! `tcpq trace conntrack` (every netfilter drop: table full or a rule) and `tcpq conntrack`
+//! (the table per namespace: headroom, drops, top consumers, timeouts and what to change).
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use serde_json::json;
+use tcpq_common::{drop as d, names};
+
+use super::trace_connect::PidFilter;
+use crate::{
+    connect::model::LineBudget,
+    conntrack::{
+        CtEvidence, NfDrop, decode_drop, diagnose_conntrack, drop_kind, parse_entries, parse_stat,
+        proto_name, top_consumers,
+    },
+    kernel::{
+        env::Privileges,
+        probe::{self, Family, LoadOptions, sum_per_cpu},
+    },
+    listen::resolve::ListenerDirectory,
+    output::{Clock, endpoint},
+    snapshot::netns,
+};
+
+/// What /proc says about one namespace's conntrack table.
+#[derive(Debug, Clone, Default)]
+pub struct CtSnapshot {
+    pub in_use: bool,
+    pub count: u64,
+    pub max: u64,
+    pub buckets: u64,
+    pub established_timeout: u64,
+    pub stat: BTreeMap<String, u64>,
+    pub entries_text: String,
+}
+
+fn read_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads the calling thread's namespace (call inside `netns::run_in`).
+pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
+    let Some(max) = read_u64("/proc/sys/net/netfilter/nf_conntrack_max") else {
+        return CtSnapshot::default();
+    };
+    CtSnapshot {
+        in_use: true,
+        count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count").unwrap_or(0),
+        max,
+        buckets: read_u64("/proc/sys/net/netfilter/nf_conntrack_buckets").unwrap_or(0),
+        established_timeout: read_u64(
+            "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+        )
+        .unwrap_or(0),
+        stat: std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
+            .map(|t| parse_stat(&t))
+            .unwrap_or_default(),
+        entries_text: if with_entries {
+            std::fs::read_to_string("/proc/thread-self/net/nf_conntrack").unwrap_or_default()
+        } else {
+            String::new()
+        },
+    }
+}
+
+pub fn snapshot_in(ns: u32, with_entries: bool) -> CtSnapshot {
+    netns::run_in(ns, move || snapshot_here(with_entries)).unwrap_or_default()
+}
+
+fn evidence(
+    snap: &CtSnapshot,
+    table_full: u64,
+    rule: u64,
+    early: u64,
+    duration_s: f64,
+    ns_prefix: String,
+) -> CtEvidence {
+    let entries = parse_entries(&snap.entries_text);
+    let top = top_consumers(&entries, snap.established_timeout, 5);
+    // The busiest local destination port among loopback flows: a candidate for notrack.
+    let mut local: BTreeMap<(String, u16), u64> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.dst.is_loopback()) {
+        if let Some(p) = e.dport {
+            *local.entry((e.dst.to_string(), p)).or_insert(0) += 1;
+        }
+    }
+    let busiest_local_dport = local.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
+    CtEvidence {
+        count: snap.count,
+        max: snap.max,
+        buckets: snap.buckets,
+        established_timeout: snap.established_timeout,
+        table_full_drops: table_full,
+        rule_drops: rule,
+        early_drops: early,
+        duration_s,
+        top,
+        busiest_local_dport,
+        ns_prefix,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceConntrackArgs {
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub lines_per_sec: u32,
+    pub summary_every: Duration,
+}
+
+type DropKey = (u32, u32, std::net::IpAddr, u16);
+
+pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
+    let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
+    let ring = loaded.take_ring(names::DROP_EVENTS)?;
+    let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+    eprintln!("tcpq: tracing netfilter drops (conntrack table full or a rule) — Ctrl-C to stop");
+    let clock = Clock::new();
+    let host = netns::current().unwrap_or(0);
+    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let emit = |line: String| {
+        let mut o = out.borrow_mut();
+        if o.write_all(line.as_bytes())
+            .and_then(|_| o.write_all(b"\n"))
+            .is_err()
+        {
+            std::process::exit(0);
+        }
+    };
+    // Per namespace: the first snapshot (for stat deltas), the latest count/max sample, counts.
+    let first: RefCell<HashMap<u32, CtSnapshot>> = RefCell::new(HashMap::new());
+    let sample: RefCell<HashMap<u32, (u64, u64)>> = RefCell::new(HashMap::new());
+    let kinds: RefCell<BTreeMap<(u32, &'static str), u64>> = RefCell::new(BTreeMap::new());
+    let dir = RefCell::new(ListenerDirectory::new());
+    let budget: RefCell<LineBudget<DropKey, &'static str>> =
+        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let started = Instant::now();
+    let header = std::cell::Cell::new(false);
+    let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
+    let note_ns = |ns: u32| {
+        if !first.borrow().contains_key(&ns) {
+            let s = snapshot_in(ns, false);
+            sample.borrow_mut().insert(ns, (s.count, s.max));
+            first.borrow_mut().insert(ns, s);
+        }
+    };
+    let print_aggregates = |lines: Vec<(u64, DropKey, &'static str, u64)>| {
+        for (second, (ns, pid, daddr, dport), kind, n) in lines {
+            if args.json {
+                let comm = comms.borrow().get(&pid).cloned();
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "daddr": daddr.to_string(), "dport": dport}).to_string());
+            } else {
+                emit(format!(
+                    "{} +1s  {ns}  {kind}×{n} → {}  pid {pid}",
+                    clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
+                    endpoint(daddr, dport)
+                ));
+            }
+        }
+    };
+    let on_record = |bytes: &[u8]| {
+        let Ok(e): Result<NfDrop, _> = decode_drop(bytes) else {
+            return;
+        };
+        note_ns(e.netns);
+        let (count, max) = sample.borrow().get(&e.netns).copied().unwrap_or((0, 0));
+        let in_use = first.borrow().get(&e.netns).is_some_and(|s| s.in_use);
+        let kind = drop_kind(e.has_ct, in_use);
+        *kinds.borrow_mut().entry((e.netns, kind)).or_insert(0) += 1;
+        // Inbound drops happen in softirq: the owner is the listener of the destination port.
+        let (pid, comm) = if e.outbound {
+            (e.tgid, e.comm.clone())
+        } else {
+            match dir
+                .borrow_mut()
+                .lookup(e.netns, 0, e.daddr, e.dport)
+                .and_then(|i| i.primary().cloned())
+            {
+                Some(o) => (o.pid, o.comm),
+                None => (0, String::new()),
+            }
+        };
+        if pid != 0 && !comms.borrow().contains_key(&pid) && comms.borrow().len() < 65536 {
+            comms.borrow_mut().insert(pid, comm.clone());
+        }
+        let key: DropKey = (e.netns, pid, e.daddr, e.dport);
+        let (flushed, print) = budget
+            .borrow_mut()
+            .admit(e.ts_ns / 1_000_000_000, &key, &kind);
+        print_aggregates(flushed);
+        if !print {
+            return;
+        }
+        if args.json {
+            emit(json!({
+                "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
+                "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
+                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(comm),
+                "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
+                "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
+                "ct_count": count, "ct_max": max,
+            }).to_string());
+        } else {
+            if !header.replace(true) {
+                emit("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS".into());
+            }
+            emit(format!(
+                "{:<16} {:<11} {:<11} {:<4} {:<6} {:<22} {:<22} {:<14} {}",
+                clock.short(e.ts_ns),
+                e.netns,
+                kind,
+                if e.outbound { "out" } else { "in" },
+                proto_name(e.proto),
+                endpoint(e.saddr, e.sport),
+                endpoint(e.daddr, e.dport),
+                format!("{count}/{max}"),
+                if pid != 0 {
+                    format!("{pid}/{comm}")
+                } else {
+                    "-".into()
+                }
+            ));
+        }
+    };
+    let on_tick = || {
+        let lines = budget
+            .borrow_mut()
+            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
+        print_aggregates(lines);
+        let nss: Vec<u32> = first.borrow().keys().copied().collect();
+        for ns in nss {
+            let s = snapshot_in(ns, false);
+            if s.in_use {
+                sample.borrow_mut().insert(ns, (s.count, s.max));
+            }
+        }
+        let _ = out.borrow_mut().flush();
+    };
+    let on_summary = |final_run: bool| {
+        if final_run {
+            let lines = budget.borrow_mut().flush_all();
+            print_aggregates(lines);
+        }
+        let dur = started.elapsed().as_secs_f64();
+        let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let nss: Vec<u32> = first.borrow().keys().copied().collect();
+        for ns in nss {
+            let now = snapshot_in(ns, true);
+            let before = first.borrow().get(&ns).cloned().unwrap_or_default();
+            let delta = |k: &str| {
+                now.stat
+                    .get(k)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(before.stat.get(k).copied().unwrap_or(0))
+            };
+            let tf = kinds
+                .borrow()
+                .get(&(ns, "table_full"))
+                .copied()
+                .unwrap_or(0);
+            let rule = kinds.borrow().get(&(ns, "rule")).copied().unwrap_or(0);
+            let ev = evidence(
+                &now,
+                tf,
+                rule,
+                delta("early_drop"),
+                dur,
+                netns::enter_prefix(ns, host),
+            );
+            let findings = diagnose_conntrack(&ev);
+            if args.json {
+                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
+            } else {
+                emit(format!(
+                    "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}, early_drop +{}) · count {}/{} · lost events {lost}",
+                    delta("drop"),
+                    delta("early_drop"),
+                    now.count,
+                    now.max
+                ));
+                for f in findings {
+                    emit(format!("    cause {}: {}", f.cause, f.text));
+                    for fix in f.fix {
+                        emit(format!("      fix: {fix}"));
+                    }
+                }
+            }
+        }
+        let _ = out.borrow_mut().flush();
+    };
+    super::ring::run(
+        ring,
+        args.duration,
+        args.summary_every,
+        on_record,
+        on_tick,
+        on_summary,
+    )?;
+    drop(loaded);
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct ConntrackArgs {
+    pub pid: Option<String>,
+    pub duration: Duration,
+    pub json: bool,
+}
+
+pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
+    let privileges = Privileges::current();
+    if privileges.euid != 0 && !privileges.has(crate::kernel::env::cap::NET_ADMIN) {
+        bail!(
+            "tcpq conntrack needs root (it reads the conntrack table and traces drops): run it with sudo"
+        );
+    }
+    let host = netns::current().unwrap_or(0);
+    let ns = match &args.pid {
+        Some(p) => {
+            let f = PidFilter::resolve(p)?;
+            f.pids
+                .iter()
+                .filter_map(|p| netns::of_pid(*p))
+                .next()
+                .unwrap_or(host)
+        }
+        None => host,
+    };
+    let before = snapshot_in(ns, false);
+    if !before.in_use {
+        if args.json {
+            println!(
+                "{}",
+                json!({"event": "conntrack", "netns": ns, "in_use": false})
+            );
+        } else {
+            println!("conntrack not in use in network namespace {ns} (nf_conntrack not loaded)");
+        }
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut traced: Option<(u64, u64)> = None;
+    if !args.duration.is_zero() && privileges.can_load_bpf() {
+        let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
+        let ring = loaded.take_ring(names::DROP_EVENTS)?;
+        eprintln!(
+            "tcpq: watching netfilter drops for {:.0} s…",
+            args.duration.as_secs_f64()
+        );
+        let counts = RefCell::new((0u64, 0u64));
+
+        super::ring::run(
+            ring,
+            Some(args.duration),
+            args.duration + Duration::from_secs(3600),
+            |bytes| {
+                if let Ok(e) = decode_drop(bytes)
+                    && e.netns == ns
+                {
+                    let mut c = counts.borrow_mut();
+                    if drop_kind(e.has_ct, true) == "table_full" {
+                        c.0 += 1
+                    } else {
+                        c.1 += 1
+                    }
+                }
+            },
+            || {},
+            |_| {},
+        )?;
+        drop(loaded);
+        traced = Some(counts.into_inner());
+    }
+    let now = snapshot_in(ns, true);
+    let dur = started.elapsed().as_secs_f64();
+    let delta = |k: &str| {
+        now.stat
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.stat.get(k).copied().unwrap_or(0))
+    };
+    let (tf, rule) = traced.unwrap_or((delta("drop"), 0));
+    let ev = evidence(
+        &now,
+        tf,
+        rule,
+        delta("early_drop"),
+        dur,
+        netns::enter_prefix(ns, host),
+    );
+    let findings = diagnose_conntrack(&ev);
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "conntrack", "netns": ns, "in_use": true, "duration_s": (dur * 10.0).round() / 10.0, "ct_count": now.count, "ct_max": now.max,
+                "headroom": now.max.saturating_sub(now.count), "buckets": now.buckets, "tcp_timeout_established": now.established_timeout,
+                "stat": now.stat, "stat_drop": delta("drop"), "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"),
+                "table_full": tf, "rule": rule, "traced": traced.is_some(), "top": ev.top, "causes": findings})
+        );
+    } else {
+        println!(
+            "conntrack in network namespace {ns}: {} of {} entries ({} free), {} buckets, tcp established timeout {} s",
+            now.count,
+            now.max,
+            now.max.saturating_sub(now.count),
+            now.buckets,
+            now.established_timeout
+        );
+        println!(
+            "  over {dur:.1} s: table-full drops {tf}, rule drops {rule}, stat drop +{}, early_drop +{}, insert_failed +{}",
+            delta("drop"),
+            delta("early_drop"),
+            delta("insert_failed")
+        );
+        let fmt = |v: &Vec<(String, u64)>| {
+            v.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  top sources: {}", fmt(&ev.top.by_source));
+        println!("  top destination ports: {}", fmt(&ev.top.by_dport));
+        println!(
+            "  by state: {} · ESTABLISHED idle > 1 h: {}",
+            fmt(&ev.top.by_state),
+            ev.top.idle_established
+        );
+        if findings.is_empty() {
+            println!(
+                "  no problem found (headroom {:.0} %)",
+                if now.max > 0 {
+                    (now.max - now.count.min(now.max)) as f64 * 100.0 / now.max as f64
+                } else {
+                    0.0
+                }
+            );
+        }
+        for f in findings {
+            println!("  cause {}: {}", f.cause, f.text);
+            for fix in f.fix {
+                println!("    fix: {fix}");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,354 @@
+//! Conntrack: netfilter drops (table full vs a rule), the table's state per namespace, its top
+//! consumers, and what to change. Parsers and diagnosis are pure and unit-tested.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+use tcpq_common::{DropEvent, drop as d};
+
+use crate::{
+    decode::{DecodeError, addr, comm_str},
+    listen::diagnose::Finding,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfDrop {
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub proto: u8,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub has_ct: bool,
+    pub outbound: bool,
+    pub tcp_flags: u8,
+}
+
+pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
+    let need = std::mem::size_of::<DropEvent>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; DropEvent is a #[repr(C)] integer-only wire type.
+    let e: DropEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if e.kind != d::NETFILTER {
+        return Err(DecodeError::UnknownKind(e.kind));
+    }
+    Ok(NfDrop {
+        ts_ns: e.ts_ns,
+        netns: e.netns,
+        tgid: e.tgid,
+        comm: comm_str(&e.comm),
+        proto: e.proto,
+        saddr: addr(e.family, &e.saddr),
+        sport: e.sport,
+        daddr: addr(e.family, &e.daddr),
+        dport: e.dport,
+        has_ct: e.has_ct != 0,
+        outbound: e.direction == d::DIR_OUT,
+        tcp_flags: e.tcp_flags,
+    })
+}
+
+/// `table_full` when netfilter dropped a packet that got no conntrack entry (nf_conntrack_in()
+/// could not create one: the kernel's `drop` stat counts exactly these); `rule` when it had one
+/// (a rule after conntrack dropped it) or conntrack is not in use. A rule in a hook that runs
+/// before conntrack (raw table) also leaves no entry: summaries show the kernel's `drop` stat
+/// next to tcpq's count so such a difference is visible.
+pub fn drop_kind(has_ct: bool, conntrack_in_use: bool) -> &'static str {
+    if has_ct || !conntrack_in_use {
+        "rule"
+    } else {
+        "table_full"
+    }
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => format!("proto {n}"),
+    }
+}
+
+/// Sum of the per-CPU columns of /proc/net/stat/nf_conntrack (hex values).
+pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return BTreeMap::new();
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let mut out: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
+    for line in lines {
+        for (name, v) in names.iter().zip(line.split_whitespace()) {
+            if let Ok(v) = u64::from_str_radix(v, 16) {
+                // `entries` is global (repeated per CPU): keep it once.
+                if *name == "entries" {
+                    out.insert(name.to_string(), v);
+                } else {
+                    *out.entry(name.to_string()).or_insert(0) += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One line of /proc/net/nf_conntrack (the original direction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtEntry {
+    pub proto: String,
+    /// Seconds left before the entry expires.
+    pub timeout: u64,
+    pub state: Option<String>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+pub fn parse_entries(text: &str) -> Vec<CtEntry> {
+    text.lines().filter_map(parse_entry).collect()
+}
+
+fn parse_entry(line: &str) -> Option<CtEntry> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // ipv4 2 tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… …
+    let proto = f.get(2)?.to_string();
+    let timeout = f.get(4)?.parse().ok()?;
+    let state = f.get(5).filter(|s| !s.contains('=')).map(|s| s.to_string());
+    let mut src = None;
+    let mut dst = None;
+    let mut sport = None;
+    let mut dport = None;
+    for kv in &f[5..] {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        match k {
+            "src" if src.is_none() => src = v.parse().ok(),
+            "dst" if dst.is_none() => dst = v.parse().ok(),
+            "sport" if sport.is_none() => sport = v.parse().ok(),
+            "dport" if dport.is_none() => dport = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(CtEntry {
+        proto,
+        timeout,
+        state,
+        src: src?,
+        dst: dst?,
+        sport,
+        dport,
+    })
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TopConsumers {
+    pub by_source: Vec<(String, u64)>,
+    pub by_dport: Vec<(String, u64)>,
+    pub by_state: Vec<(String, u64)>,
+    /// ESTABLISHED entries idle longer than an hour (timeout refreshed by traffic).
+    pub idle_established: u64,
+}
+
+pub fn top_consumers(entries: &[CtEntry], established_timeout: u64, k: usize) -> TopConsumers {
+    let mut src: BTreeMap<String, u64> = BTreeMap::new();
+    let mut dport: BTreeMap<String, u64> = BTreeMap::new();
+    let mut state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut idle = 0;
+    for e in entries {
+        *src.entry(e.src.to_string()).or_insert(0) += 1;
+        if let Some(p) = e.dport {
+            *dport.entry(format!("{}/{p}", e.proto)).or_insert(0) += 1;
+        }
+        let st = e.state.clone().unwrap_or_else(|| e.proto.clone());
+        if st == "ESTABLISHED" && established_timeout.saturating_sub(e.timeout) > 3600 {
+            idle += 1;
+        }
+        *state.entry(st).or_insert(0) += 1;
+    }
+    let top = |m: BTreeMap<String, u64>| {
+        let mut v: Vec<(String, u64)> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    };
+    TopConsumers {
+        by_source: top(src),
+        by_dport: top(dport),
+        by_state: top(state),
+        idle_established: idle,
+    }
+}
+
+/// Evidence about one namespace's table.
+#[derive(Debug, Clone, Default)]
+pub struct CtEvidence {
+    pub count: u64,
+    pub max: u64,
+    pub buckets: u64,
+    pub established_timeout: u64,
+    /// Table-full drops (stat `drop` delta, or traced) over `duration_s`.
+    pub table_full_drops: u64,
+    pub rule_drops: u64,
+    pub early_drops: u64,
+    pub duration_s: f64,
+    pub top: TopConsumers,
+    /// The busiest local flow (for the notrack suggestion): "127.0.0.1" / "tcp/9000".
+    pub busiest_local_dport: Option<(String, u16)>,
+    pub ns_prefix: String,
+}
+
+pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let headroom = e.max.saturating_sub(e.count);
+    if e.table_full_drops > 0 || (e.max > 0 && e.count * 100 >= e.max * 95) {
+        let new_max = (e.max.max(e.count) * 4).max(262_144).next_power_of_two();
+        // ~320 bytes per entry (struct nf_conn + hash) is the usual estimate.
+        let mem_mb = new_max * 320 / (1024 * 1024);
+        let mut fix = vec![format!(
+            "{}sysctl -w net.netfilter.nf_conntrack_max={new_max}   # ~{mem_mb} MiB of kernel memory at full use; also raise the hash: echo {} > /sys/module/nf_conntrack/parameters/hashsize",
+            e.ns_prefix,
+            new_max / 4
+        )];
+        if e.established_timeout >= 86_400 {
+            fix.push(format!(
+                "{}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=3600   # now {} s ({:.1} days): idle flows hold entries that long",
+                e.ns_prefix,
+                e.established_timeout,
+                e.established_timeout as f64 / 86_400.0
+            ));
+        }
+        if let Some((addr, port)) = &e.busiest_local_dport {
+            fix.push(format!(
+                "exempt local high-rate traffic from tracking: nft add table inet raw; nft 'add chain inet raw out {{ type filter hook output priority raw; }}'; nft add rule inet raw out ip daddr {addr} tcp dport {port} notrack   (and the same in a prerouting chain for the replies' direction) — iptables: iptables -t raw -A OUTPUT -d {addr} -p tcp --dport {port} -j NOTRACK"
+            ));
+        }
+        fix.push("if no rule needs connection state (no `ct state`, NAT or conntrack match), stop loading conntrack for this namespace".into());
+        out.push(Finding {
+            cause: "conntrack_full",
+            impact: e.table_full_drops.max(1),
+            text: format!(
+                "conntrack table full: {} of {} entries ({} free){}; {} packets dropped without an entry in {:.0} s (\"nf_conntrack: table full, dropping packet\"){}",
+                e.count,
+                e.max,
+                headroom,
+                if e.buckets > 0 { format!(", {} hash buckets", e.buckets) } else { String::new() },
+                e.table_full_drops,
+                e.duration_s,
+                match e.top.by_source.first() {
+                    Some((src, n)) => format!("; top source {src} holds {n} entries"),
+                    None => String::new(),
+                }
+            ),
+            fix,
+        });
+    } else if e.established_timeout >= 86_400 && e.top.idle_established > 0 {
+        out.push(Finding {
+            cause: "conntrack_full",
+            impact: e.top.idle_established,
+            text: format!(
+                "{} ESTABLISHED entries idle for more than an hour are kept for up to {:.1} days (nf_conntrack_tcp_timeout_established={}): the table will fill",
+                e.top.idle_established,
+                e.established_timeout as f64 / 86_400.0,
+                e.established_timeout
+            ),
+            fix: vec![format!("{}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=3600", e.ns_prefix)],
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_columns_are_summed() {
+        let t = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n00000040  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 0000000a 00000000 00000000  00000000 00000000 00000000 00000002\n00000040  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000005 00000000 00000000  00000000 00000000 00000000 00000000\n";
+        let s = parse_stat(t);
+        assert_eq!(s["drop"], 15);
+        assert_eq!(s["entries"], 64);
+        assert_eq!(s["insert_failed"], 1);
+        assert_eq!(s["search_restart"], 2);
+        assert!(parse_stat("").is_empty());
+    }
+
+    #[test]
+    fn entries_parse() {
+        let t = "ipv4     2 tcp      6 431999 ESTABLISHED src=127.0.0.2 dst=127.0.0.1 sport=40000 dport=9000 src=127.0.0.1 dst=127.0.0.2 sport=9000 dport=40000 [ASSURED] mark=0 zone=0 use=2\nipv4     2 udp      17 29 src=10.0.0.1 dst=10.0.0.2 sport=53 dport=53 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=53 dport=53 mark=0 use=2\ngarbage\n";
+        let e = parse_entries(t);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].state.as_deref(), Some("ESTABLISHED"));
+        assert_eq!(
+            (e[0].src.to_string().as_str(), e[0].dport),
+            ("127.0.0.2", Some(9000))
+        );
+        assert_eq!(e[1].state, None);
+        let top = top_consumers(&e, 432_000, 5);
+        assert_eq!(top.by_source[0], ("10.0.0.1".to_string(), 1));
+        assert_eq!(top.idle_established, 0);
+        let old = CtEntry {
+            timeout: 100,
+            ..e[0].clone()
+        };
+        assert_eq!(top_consumers(&[old], 432_000, 5).idle_established, 1);
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(drop_kind(true, true), "rule");
+        assert_eq!(drop_kind(false, true), "table_full");
+        assert_eq!(drop_kind(false, false), "rule");
+    }
+
+    #[test]
+    fn verdict_text() {
+        let e = CtEvidence {
+            count: 64,
+            max: 64,
+            buckets: 1024,
+            established_timeout: 432_000,
+            table_full_drops: 40,
+            duration_s: 3.0,
+            top: TopConsumers {
+                by_source: vec![("127.0.0.1".into(), 64)],
+                ..Default::default()
+            },
+            busiest_local_dport: Some(("127.0.0.1".into(), 9000)),
+            ..Default::default()
+        };
+        let f = diagnose_conntrack(&e);
+        assert_eq!(f[0].cause, "conntrack_full");
+        assert!(
+            f[0].text.contains("64 of 64 entries (0 free)"),
+            "{}",
+            f[0].text
+        );
+        let fixes = f[0].fix.join("\n");
+        assert!(
+            fixes.contains("nf_conntrack_max=262144") && fixes.contains("hashsize"),
+            "{fixes}"
+        );
+        assert!(fixes.contains("nf_conntrack_tcp_timeout_established=3600"));
+        assert!(fixes.contains("tcp dport 9000 notrack"));
+        assert!(
+            diagnose_conntrack(&CtEvidence {
+                count: 10,
+                max: 1000,
+                established_timeout: 3600,
+                ..Default::default()
+            })
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Conntrack table full vs rule drops, and the table's top consumers (root; network namespaces).
+//! `nf_conntrack_max` is global: the lab lowers it and restores it (tested below).
+use std::time::Duration;
+
+use tcpq_tests::*;
+
+fn stat_drop(ns: &Netns) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "cat",
+            "/proc/net/stat/nf_conntrack",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let col = header.iter().position(|h| *h == "drop").unwrap();
+    lines
+        .filter_map(|l| l.split_whitespace().nth(col))
+        .map(|v| u64::from_str_radix(v, 16).unwrap())
+        .sum()
+}
+
+fn global_max() -> String {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn table_full_drops_match_the_kernel_drop_stat() {
+    if skip_unless_root("conntrack_table_full") {
+        return;
+    }
+    let max_before = global_max();
+    let ns = Netns::new("ct");
+    let inode = ns.inode();
+    let tracer = Tracer::start_cmd(&["trace", "conntrack", "--json"], &[]);
+    let before = stat_drop(&ns);
+    let (facts, _) = run_lab(&ns, &["conntrack", "--ct-max", "64", "--duration", "2"]);
+    assert_eq!(
+        global_max(),
+        max_before,
+        "the lab restored the global nf_conntrack_max"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = stat_drop(&ns);
+    let lines = tracer.stop();
+    let pid = facts["pid"].as_u64().unwrap();
+
+    let mut table_full = 0;
+    let mut rule = 0;
+    for v in lines
+        .iter()
+        .filter(|v| v["event"] == "conntrack_drop" && v["netns"].as_u64() == Some(inode))
+    {
+        match v["kind"].as_str().unwrap() {
+            "table_full" => {
+                table_full += v["count"].as_u64().unwrap();
+                assert_eq!(v["cause"], "conntrack_full");
+                assert_eq!(
+                    v["pid"].as_u64(),
+                    Some(pid),
+                    "the connecting process is named: {v}"
+                );
+                assert_eq!(v["comm"], "tcpq-lab", "{v}");
+            }
+            "rule" => {
+                rule += v["count"].as_u64().unwrap();
+                assert_eq!(v["dport"], 9999, "only the plain drop rule's port: {v}");
+            }
+            k => panic!("unknown kind {k}"),
+        }
+    }
+    eprintln!(
+        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}",
+        after - before
+    );
+    assert!(table_full > 0);
+    assert_eq!(
+        table_full,
+        after - before,
+        "table-full drops = the kernel's `drop` column delta"
+    );
+    assert!(rule >= 5, "the 5 connects to the drop rule's port: {rule}");
+    let s = lines
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "conntrack_summary" && v["netns"].as_u64() == Some(inode))
+        .expect("summary");
+    assert_eq!(s["causes"][0]["cause"], "conntrack_full", "{s}");
+    assert_eq!(s["stat_drop"].as_u64(), Some(after - before), "{s}");
+}
+
+#[test]
+fn top_consumers_are_ranked() {
+    if skip_unless_root("conntrack_top_consumers") {
+        return;
+    }
+    let ns = Netns::new("cttop");
+    nft_in(
+        &ns,
+        "table inet tcpq_test {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state established accept\n }\n}\n",
+    );
+    // 30 connections from 127.0.0.2, 20 from .3, 10 from .4, held open.
+    let mut app = python_in(
+        &ns,
+        "import socket,time,os\nl=socket.socket(); l.bind(('127.0.0.1',9200)); l.listen(256)\nc=[]\nfor src,n in (('127.0.0.2',30),('127.0.0.3',20),('127.0.0.4',10)):\n for i in range(n):\n  s=socket.socket(); s.bind((src,0)); s.connect(('127.0.0.1',9200)); c.append(s)\nprint(os.getpid(),flush=True)\ntime.sleep(20)",
+    );
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(app.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = line.trim().to_string();
+    let out = tcpq()
+        .args(["conntrack", "--pid", &pid, "--duration", "0", "--json"])
+        .output()
+        .unwrap();
+    let _ = app.kill();
+    let _ = app.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["netns"].as_u64(), Some(ns.inode()), "{v}");
+    assert_eq!(v["ct_count"].as_u64(), Some(60), "{v}");
+    let top = v["top"]["by_source"].as_array().unwrap();
+    let ranked: Vec<(String, u64)> = top
+        .iter()
+        .map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        &ranked[..3],
+        &[
+            ("127.0.0.2".into(), 30),
+            ("127.0.0.3".into(), 20),
+            ("127.0.0.4".into(), 10)
+        ],
+        "{v}"
+    );
+    assert_eq!(v["top"]["by_dport"][0][0], "tcp/9200");
+}
+
+#[test]
+fn conntrack_needs_root_with_a_clear_message() {
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let out = std::process::Command::new(tcpq_bin())
+        .args(["conntrack"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("needs root") && err.lines().count() == 1,
+        "{err}"
+    );
+}
