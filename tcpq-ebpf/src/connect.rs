@@ -174,7 +174,7 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: as above.
         start.daddr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }?;
     }
-    CONNECT_START.insert(&bpf_get_current_pid_tgid(), &start, 0)?;
+    CONNECT_START.insert(bpf_get_current_pid_tgid(), start, 0)?;
     Ok(())
 }
 
@@ -186,12 +186,12 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
-    let Some(start) = CONNECT_START.get_ptr(&id) else {
+    let Some(start) = CONNECT_START.get_ptr(id) else {
         return Ok(());
     };
     // SAFETY: map value pointer valid until removed below; copied out first.
     let start = unsafe { *start };
-    let _ = CONNECT_START.remove(&id);
+    let _ = CONNECT_START.remove(id);
     // SAFETY: offset from the tracepoint's format file; `ret` is a long.
     let ret: i64 = unsafe { ctx.read_at(TP_CONNECT_RET.load() as usize) }?;
     if ret == -EALREADY || ret == -EISCONN {
@@ -201,7 +201,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_ns() };
     let dur = now.saturating_sub(start.ts_ns);
     let sk = fd_to_sk(start.fd);
-    if let Some(hs) = SYN_START.get_ptr_mut(&sk) {
+    if let Some(hs) = SYN_START.get_ptr_mut(sk) {
         // SAFETY: map value pointer; this thread owns the connect in flight.
         let hs = unsafe { &mut *hs };
         if hs.done == 0 {
@@ -220,7 +220,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
             ev.kind = c::SYSCALL;
             ev.result = ret as i32;
         }
-        let _ = SYN_START.remove(&sk);
+        let _ = SYN_START.remove(sk);
         emit(&ev);
         return Ok(());
     }
@@ -270,7 +270,7 @@ pub fn connect_state(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn start_handshake(sk: u64) {
     let id = bpf_get_current_pid_tgid();
-    let in_syscall = CONNECT_START.get_ptr(&id).is_some() as u32;
+    let in_syscall = CONNECT_START.get_ptr(id).is_some() as u32;
     let mut ev = ConnectEvent {
         tgid: (id >> 32) as u32,
         netns: sk_netns(sk),
@@ -286,12 +286,12 @@ fn start_handshake(sk: u64) {
         done: 0,
         ev,
     };
-    let _ = SYN_START.insert(&sk, &hs, 0);
+    let _ = SYN_START.insert(sk, hs, 0);
 }
 
 #[inline(always)]
 fn end_handshake(sk: u64, established: bool) {
-    let Some(hs) = SYN_START.get_ptr_mut(&sk) else {
+    let Some(hs) = SYN_START.get_ptr_mut(sk) else {
         return;
     };
     // SAFETY: map value pointer for this socket; softirq and the connecting task serialize on
@@ -320,7 +320,7 @@ fn end_handshake(sk: u64, established: bool) {
     ev.kind = c::HANDSHAKE;
     ev.ts_ns = now;
     ev.syscall_ns = hs.syscall_ns;
-    let _ = SYN_START.remove(&sk);
+    let _ = SYN_START.remove(sk);
     emit(&ev);
 }
 
@@ -332,7 +332,7 @@ pub fn connect_retrans(ctx: RawTracePointContext) -> i32 {
     if state as i32 != TCP_SYN_SENT {
         return 0;
     }
-    if let Some(hs) = SYN_START.get_ptr_mut(&sk) {
+    if let Some(hs) = SYN_START.get_ptr_mut(sk) {
         // SAFETY: map value pointer for this socket.
         unsafe { (*hs).ev.syn_retrans = (*hs).ev.syn_retrans.saturating_add(1) };
     }

@@ -45,9 +45,9 @@ pub fn drop_owner(ctx: RawTracePointContext) -> i32 {
             _pad: 0,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
-        let _ = SOCK_OWNER.insert(&sk, &owner, 0);
+        let _ = SOCK_OWNER.insert(sk, owner, 0);
     } else if new == 7 {
-        let _ = SOCK_OWNER.remove(&sk);
+        let _ = SOCK_OWNER.remove(sk);
     }
     0
 }
@@ -118,7 +118,7 @@ fn try_drop(skb: u64) -> Result<(), i64> {
         ev.direction = d::DIR_OUT;
         // Locally generated. The connecting process if we saw it connect; else the current
         // task (right for sendmsg()/connect(), not for timer retransmits).
-        match SOCK_OWNER.get_ptr(&sk) {
+        match SOCK_OWNER.get_ptr(sk) {
             Some(o) => {
                 // SAFETY: map value pointer, copied out at once.
                 let o = unsafe { *o };

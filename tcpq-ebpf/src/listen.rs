@@ -469,14 +469,14 @@ fn count_accept(ctx: &TracePointContext) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    match ACCEPTS_BY_TGID.get_ptr_mut(&tgid) {
+    match ACCEPTS_BY_TGID.get_ptr_mut(tgid) {
         Some(p) => {
             // SAFETY: p points into the map value; a lost increment under a race is acceptable
             // for a rate used only to tell "accepting" from "not accepting".
             unsafe { *p += 1 };
         }
         None => {
-            let _ = ACCEPTS_BY_TGID.insert(&tgid, &1, 0);
+            let _ = ACCEPTS_BY_TGID.insert(tgid, 1, 0);
         }
     }
 }

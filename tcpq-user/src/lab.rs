@@ -503,23 +503,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
     let rate = args.rate.max(1);
     let attempts = Arc::new(AtomicU64::new(0));
     let at = attempts.clone();
-    let client = spawn_in(&cli, move || {
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let mut open = Vec::new();
-        while Instant::now() < deadline && !stopped() {
-            if open.len() < 20_000
-                && let Some(s) = connect_nonblocking(addr)
-            {
-                open.push(s);
-            }
-            at.fetch_add(1, Ordering::Relaxed);
-            thread::sleep(interval);
-        }
-        open
-    })?;
-    let open = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let open = hold_connects(&cli, addr, rate, deadline, at)?;
     nap(Duration::from_millis(300));
     drop(server);
     drop(open);
@@ -696,23 +680,7 @@ fn conntrack(args: &LabArgs) -> Result<()> {
     let rate = args.rate.max(1);
     let attempts = Arc::new(AtomicU64::new(0));
     let at = attempts.clone();
-    let client = spawn_in(&ns, move || {
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let mut open = Vec::new();
-        while Instant::now() < deadline && !stopped() {
-            if open.len() < 20_000
-                && let Some(s) = connect_nonblocking(addr)
-            {
-                open.push(s);
-            }
-            at.fetch_add(1, Ordering::Relaxed);
-            thread::sleep(interval);
-        }
-        open
-    })?;
-    let open = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let open = hold_connects(&ns, addr, rate, deadline, at)?;
     nap(Duration::from_millis(200));
     drop(guard); // restore the global maximum before anything else
     drop(open);
@@ -725,4 +693,32 @@ fn conntrack(args: &LabArgs) -> Result<()> {
         println!("tcpq lab: {done}")
     }
     Ok(())
+}
+
+/// Non-blocking connects to `addr` at `rate`/s from inside `ns` until `deadline`, every socket
+/// kept open (up to 20 000) and returned; attempts are counted in `attempts`.
+fn hold_connects(
+    ns: &NetnsGuard,
+    addr: SocketAddr,
+    rate: u32,
+    deadline: Instant,
+    attempts: Arc<AtomicU64>,
+) -> Result<Vec<Socket>> {
+    let client = spawn_in(ns, move || {
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let mut open = Vec::new();
+        while Instant::now() < deadline && !stopped() {
+            if open.len() < 20_000
+                && let Some(s) = connect_nonblocking(addr)
+            {
+                open.push(s);
+            }
+            attempts.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(interval);
+        }
+        open
+    })?;
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }

@@ -290,13 +290,14 @@ fn predicted_verdicts_when_outcome_hooks_are_refused() {
         tracer.banner()
     );
     let before = ns.counters();
-    run_lab(&ns, &["overflow", "--duration", "1"]);
+    // A server that never accepts: no other CPU moves the queue between prediction and decision.
+    run_lab(&ns, &["overflow", "--duration", "1", "--accept-rate", "0"]);
     let after = ns.counters();
     let lines = tracer.stop();
     let counts = counts_by_kind(&lines, inode);
     let refused_count =
         counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
-    // The lab is single-threaded: predictions made at arrival hold.
+    // One client thread, a server that never accepts: predictions made at arrival hold.
     assert_eq!(
         refused_count,
         delta(&before, &after, OVERFLOWS),

@@ -9,10 +9,6 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tcpq_common::names;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 use crate::{
     decode::{ListenRecord, OverflowEvent, decode_listen},
@@ -393,98 +389,66 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         })
         .collect();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the event loop")?;
-    rt.block_on(async move {
-        let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
-        let mut t = Tracer {
-            clock: Clock::new(),
-            out: std::io::BufWriter::new(std::io::stdout()),
-            dir: ListenerDirectory::new(),
-            agg: OverflowAggregator::new(10_000),
-            limiter: LineLimiter::new(args.lines_per_sec),
-            pid_filter,
-            host_netns: netns::current().unwrap_or(0),
-            started: Instant::now(),
-            window_started: Instant::now(),
-            accepts,
-            accepts_run_base: base.clone(),
-            accepts_window_base: base,
-            netns_counters_run: HashMap::new(),
-            netns_counters_window: HashMap::new(),
-            netns_counters_last: HashMap::new(),
-            active_netns: HashSet::new(),
-            netns_sysctls: HashMap::new(),
-            decode_errors: 0,
-            header_printed: false,
-            args: args.clone(),
-        };
-        if let Some(ns) = netns::current() {
-            t.note_netns(ns);
-        }
+    let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
+    let t = std::cell::RefCell::new(Tracer {
+        clock: Clock::new(),
+        out: std::io::BufWriter::new(std::io::stdout()),
+        dir: ListenerDirectory::new(),
+        agg: OverflowAggregator::new(10_000),
+        limiter: LineLimiter::new(args.lines_per_sec),
+        pid_filter,
+        host_netns: netns::current().unwrap_or(0),
+        started: Instant::now(),
+        window_started: Instant::now(),
+        accepts,
+        accepts_run_base: base.clone(),
+        accepts_window_base: base,
+        netns_counters_run: HashMap::new(),
+        netns_counters_window: HashMap::new(),
+        netns_counters_last: HashMap::new(),
+        active_netns: HashSet::new(),
+        netns_sysctls: HashMap::new(),
+        decode_errors: 0,
+        header_printed: false,
+        args: args.clone(),
+    });
+    if let Some(ns) = netns::current() {
+        t.borrow_mut().note_netns(ns);
+    }
+    eprintln!(
+        "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
+        args.port
+            .map(|p| format!(" on port {p}"))
+            .unwrap_or_default(),
+        args.pid
+            .as_ref()
+            .map(|p| format!(" for {p}"))
+            .unwrap_or_default(),
+        if confirmed {
+            "confirmed from the kernel's actions"
+        } else {
+            "predicted from the queues (outcome hooks unavailable)"
+        },
+        attached.join(", ")
+    );
+    super::ring::run(
+        ring,
+        args.duration,
+        args.summary_every,
+        |bytes| t.borrow_mut().handle(bytes),
+        || t.borrow_mut().tick(),
+        |final_run| {
+            let k = kernel_totals(&counts);
+            t.borrow_mut()
+                .summary(&k, &run_facts(&lost, &counts, confirmed), final_run);
+        },
+    )?;
+    let errors = t.borrow().decode_errors;
+    if errors > 0 {
         eprintln!(
-            "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
-            args.port.map(|p| format!(" on port {p}")).unwrap_or_default(),
-            args.pid.as_ref().map(|p| format!(" for {p}")).unwrap_or_default(),
-            if confirmed { "confirmed from the kernel's actions" } else { "predicted from the queues (outcome hooks unavailable)" },
-            attached.join(", ")
+            "tcpq: {errors} records could not be decoded (kernel object and tcpq out of step?)"
         );
-        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as
-        // the AsyncFd (which owns the RingBuf) lives.
-        let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
-        let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut summary_tick = tokio::time::interval(args.summary_every);
-        summary_tick.tick().await; // the first tick is immediate
-        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let sleep_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(sleep_deadline);
-        loop {
-            tokio::select! {
-                guard = afd.readable_mut() => {
-                    let mut guard = guard.context("poll the ring buffer")?;
-                    let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
-                        t.handle(&item);
-                    }
-                    guard.clear_ready();
-                }
-                _ = tick.tick() => t.tick(),
-                _ = summary_tick.tick() => {
-                    if deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1)) {
-                        continue; // the final summary follows at once
-                    }
-                    let k = kernel_totals(&counts);
-                    t.summary(&k, &run_facts(&lost, &counts, confirmed), false);
-                }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = sighup.recv() => break,
-                _ = &mut sleep_deadline => break,
-            }
-        }
-        // Drain what the kernel already queued, then the final summary over the whole run.
-        let rb = afd.get_mut();
-        while let Some(item) = rb.next() {
-            t.handle(&item);
-        }
-        let k = kernel_totals(&counts);
-        t.summary(&k, &run_facts(&lost, &counts, confirmed), true);
-        if t.decode_errors > 0 {
-            eprintln!("tcpq: {} records could not be decoded (kernel object and tcpq out of step?)", t.decode_errors);
-        }
-        Ok::<(), anyhow::Error>(())
-    })?;
+    }
     drop(loaded);
     Ok(())
 }
