@@ -35,6 +35,7 @@ pub mod names {
     pub const DROP_COUNTS: &str = "DROP_COUNTS";
     pub const PROG_DROP_KFREE: &str = "drop_kfree";
     pub const PROG_DROP_OWNER: &str = "drop_owner";
+    pub const DROP_CONFIG: &str = "DROP_CONFIG";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -126,6 +127,11 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 /// Packets dropped by netfilter (`DROP_EVENTS`, `DropEvent`).
 pub mod drop {
     pub const NETFILTER: u16 = 48;
+    /// Any other TCP drop (`tcpq trace drops`), with its `skb_drop_reason`.
+    pub const TCP: u16 = 49;
+    /// `DROP_CONFIG` slot: 1 = also report every TCP drop, not only netfilter's.
+    pub const CONFIG_ALL_TCP: u32 = 0;
+    pub const CONFIG_SLOTS: u32 = 1;
     /// `DROP_COUNTS` slots.
     pub const COUNT_NO_CT: u32 = 0;
     pub const COUNT_WITH_CT: u32 = 1;
@@ -146,8 +152,8 @@ pub struct DropEvent {
     pub ts_ns: u64,
     /// Locally generated packets (skb->sk set): the sending process; else 0.
     pub tgid: u32,
-    /// Reserved (0): the conntrack count is sampled by userspace.
-    pub ct_count: u32,
+    /// The `enum skb_drop_reason` value (names come from the running kernel's BTF).
+    pub reason: u32,
     pub sport: u16,
     pub dport: u16,
     /// IPPROTO_TCP, IPPROTO_UDP, …

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use tcpq_common::{DropEvent, drop as d};
@@ -19,6 +19,10 @@ static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
 static DROP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(d::COUNT_SLOTS, 0);
+
+/// Written by userspace: `tcpq trace drops` sets `CONFIG_ALL_TCP`.
+#[map]
+static DROP_CONFIG: Array<u32> = Array::with_max_entries(d::CONFIG_SLOTS, 0);
 
 /// The process that started connecting a socket: a SYN retransmitted from a timer runs in
 /// softirq, where the current task is whoever was interrupted.
@@ -65,15 +69,16 @@ fn count(slot: u32) {
 pub fn drop_kfree(ctx: RawTracePointContext) -> i32 {
     let reason = ctx.arg::<u64>(2) as u32;
     let nf = RSN_NETFILTER_DROP.load();
-    if nf == 0 || reason != nf {
+    let is_nf = nf != 0 && reason == nf;
+    if !is_nf && !DROP_CONFIG.get(d::CONFIG_ALL_TCP).is_some_and(|v| *v == 1) {
         return 0; // the common case: any other free
     }
     let skb: u64 = ctx.arg(0);
-    let _ = try_drop(skb);
+    let _ = try_drop(skb, reason, is_nf);
     0
 }
 
-fn try_drop(skb: u64) -> Result<(), i64> {
+fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     let head: u64 = kread(skb, OFF_SKB_HEAD.load());
     let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
     if head == 0 || nh == 0xffff {
@@ -82,7 +87,8 @@ fn try_drop(skb: u64) -> Result<(), i64> {
     let ip = head + nh as u64;
     let hdr: [u8; 40] = kread_bytes(ip, 0);
     let mut ev = DropEvent {
-        kind: d::NETFILTER,
+        kind: if is_nf { d::NETFILTER } else { d::TCP },
+        reason,
         ..DropEvent::default()
     };
     let l4_off: u64;
@@ -102,6 +108,9 @@ fn try_drop(skb: u64) -> Result<(), i64> {
             l4_off = 40;
         }
         _ => return Ok(()),
+    }
+    if !is_nf && ev.proto != 6 {
+        return Ok(()); // `trace drops` is about TCP
     }
     if ev.proto == 6 || ev.proto == 17 {
         let l4: [u8; 14] = kread_bytes(ip + l4_off, 0);
@@ -138,14 +147,16 @@ fn try_drop(skb: u64) -> Result<(), i64> {
         ev.netns = kread(net, OFF_NET_INUM.load());
     }
     // The conntrack count lives in net_generic() data since 5.x: userspace samples
-    // nf_conntrack_count per namespace instead (ct_count stays 0 here).
+    // nf_conntrack_count per namespace instead.
     // SAFETY: no arguments.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    count(if ev.has_ct != 0 {
-        d::COUNT_WITH_CT
-    } else {
-        d::COUNT_NO_CT
-    });
+    if is_nf {
+        count(if ev.has_ct != 0 {
+            d::COUNT_WITH_CT
+        } else {
+            d::COUNT_NO_CT
+        });
+    }
     match DROP_EVENTS.reserve::<DropEvent>(0) {
         Some(mut entry) => {
             entry.write(ev);

@@ -117,6 +117,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TraceWhat {
+    /// Every TCP packet the kernel dropped, with the drop reason by name (and netfilter's).
+    Drops {
+        /// NDJSON output.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Lines per reason and destination per second before they are aggregated.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        lines_per_sec: u32,
+        /// Interval between summaries.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        summary_interval: Duration,
+    },
     /// Packets netfilter dropped: conntrack table full (no entry) or a rule, with the flow and process.
     Conntrack {
         /// NDJSON output.

@@ -99,6 +99,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Trace {
+            what:
+                TraceWhat::Drops {
+                    json,
+                    duration,
+                    lines_per_sec,
+                    summary_interval,
+                },
+        } => {
+            cmd::conntrack::run_drops(cmd::conntrack::TraceDropsArgs {
+                json,
+                duration,
+                lines_per_sec,
+                summary_every: summary_interval,
+            })?;
+            Ok(0)
+        }
         Command::Conntrack {
             pid,
             duration,

@@ -147,6 +147,15 @@ fn top_consumers_are_ranked() {
         "{v}"
     );
     assert_eq!(v["top"]["by_dport"][0][0], "tcp/9200");
+    assert_eq!(
+        v["entries_source"], "ctnetlink",
+        "the table is read through ctnetlink: {v}"
+    );
+    assert_eq!(
+        v["top"]["by_state"][0],
+        serde_json::json!(["ESTABLISHED", 60]),
+        "{v}"
+    );
 }
 
 #[test]
@@ -166,5 +175,46 @@ fn conntrack_needs_root_with_a_clear_message() {
     assert!(
         err.contains("needs root") && err.lines().count() == 1,
         "{err}"
+    );
+}
+
+#[test]
+fn tcp_drops_are_named_by_the_kernels_reasons() {
+    if skip_unless_root("trace_drops") {
+        return;
+    }
+    let ns = Netns::new("drops");
+    let inode = ns.inode();
+    let tracer = Tracer::start_cmd(&["trace", "drops", "--json"], &[]);
+    // Five SYNs to a closed port: each is freed with SKB_DROP_REASON_NO_SOCKET (and answered
+    // with a RST, so nothing is retransmitted).
+    let out = python_in(&ns, "import socket\nfor _ in range(5):\n s=socket.socket()\n try: s.connect(('127.0.0.1',9300))\n except ConnectionRefusedError: print('refused')").wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("refused")
+            .count(),
+        5
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop();
+    let no_socket: u64 = lines
+        .iter()
+        .filter(|v| {
+            v["event"] == "drop"
+                && v["netns"].as_u64() == Some(inode)
+                && v["reason"] == "NO_SOCKET"
+                && v["dport"] == 9300
+        })
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(no_socket, 5, "{lines:?}");
+    let summary = lines
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "drop_summary")
+        .unwrap();
+    assert!(
+        summary["reasons"]["NO_SOCKET"].as_u64().unwrap() >= 5,
+        "{summary}"
     );
 }

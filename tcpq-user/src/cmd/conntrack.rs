@@ -36,7 +36,10 @@ pub struct CtSnapshot {
     pub buckets: u64,
     pub established_timeout: u64,
     pub stat: BTreeMap<String, u64>,
-    pub entries_text: String,
+    /// Entries from ctnetlink, or parsed from /proc/net/nf_conntrack when that fails.
+    pub entries: Vec<crate::conntrack::CtEntry>,
+    /// "ctnetlink" or "procfs".
+    pub entries_source: &'static str,
 }
 
 fn read_u64(path: &str) -> Option<u64> {
@@ -60,11 +63,30 @@ pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
         stat: std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
             .map(|t| parse_stat(&t))
             .unwrap_or_default(),
-        entries_text: if with_entries {
-            std::fs::read_to_string("/proc/thread-self/net/nf_conntrack").unwrap_or_default()
-        } else {
-            String::new()
-        },
+        entries: Vec::new(),
+        entries_source: "",
+    }
+    .with_entries(with_entries)
+}
+
+impl CtSnapshot {
+    fn with_entries(mut self, wanted: bool) -> Self {
+        if !wanted {
+            return self;
+        }
+        match crate::conntrack::ctnetlink::dump() {
+            Ok(e) => {
+                self.entries = e;
+                self.entries_source = "ctnetlink";
+            }
+            Err(_) => {
+                let text = std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
+                    .unwrap_or_default();
+                self.entries = parse_entries(&text);
+                self.entries_source = "procfs";
+            }
+        }
+        self
     }
 }
 
@@ -80,8 +102,8 @@ fn evidence(
     duration_s: f64,
     ns_prefix: String,
 ) -> CtEvidence {
-    let entries = parse_entries(&snap.entries_text);
-    let top = top_consumers(&entries, snap.established_timeout, 5);
+    let entries = &snap.entries;
+    let top = top_consumers(entries, snap.established_timeout, 5);
     // The busiest local destination port among loopback flows: a candidate for notrack.
     let mut local: BTreeMap<(String, u16), u64> = BTreeMap::new();
     for e in entries.iter().filter(|e| e.dst.is_loopback()) {
@@ -361,6 +383,7 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
             args.duration + Duration::from_secs(3600),
             |bytes| {
                 if let Ok(e) = decode_drop(bytes)
+                    && e.netfilter
                     && e.netns == ns
                 {
                     let mut c = counts.borrow_mut();
@@ -402,6 +425,7 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
             json!({"event": "conntrack", "netns": ns, "in_use": true, "duration_s": (dur * 10.0).round() / 10.0, "ct_count": now.count, "ct_max": now.max,
                 "headroom": now.max.saturating_sub(now.count), "buckets": now.buckets, "tcp_timeout_established": now.established_timeout,
                 "stat": now.stat, "stat_drop": delta("drop"), "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"),
+                "entries_source": now.entries_source,
                 "table_full": tf, "rule": rule, "traced": traced.is_some(), "top": ev.top, "causes": findings})
         );
     } else {
@@ -450,4 +474,182 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceDropsArgs {
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub lines_per_sec: u32,
+    pub summary_every: Duration,
+}
+
+/// Drop-reason names of the running kernel (`enum skb_drop_reason`, prefix stripped).
+pub fn drop_reason_names() -> HashMap<u32, String> {
+    let path = crate::kernel::env::btf_path();
+    crate::kernel::btf::KernelBtf::load(&path)
+        .and_then(|b| b.enum_members("skb_drop_reason"))
+        .map(|m| {
+            m.into_iter()
+                .map(|(n, v)| {
+                    (
+                        v as u32,
+                        n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+type ReasonKey = (u32, u32, std::net::IpAddr, u16);
+
+/// `tcpq trace drops`: every TCP packet the kernel dropped, with the reason by name.
+pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
+    let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
+    {
+        let map = loaded
+            .ebpf
+            .map_mut(names::DROP_CONFIG)
+            .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::DROP_CONFIG))?;
+        let mut cfg: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map)?;
+        cfg.set(d::CONFIG_ALL_TCP, 1, 0)?;
+    }
+    let ring = loaded.take_ring(names::DROP_EVENTS)?;
+    let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+    let reasons = drop_reason_names();
+    let name = |r: u32| {
+        reasons
+            .get(&r)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {r}"))
+    };
+    eprintln!(
+        "tcpq: tracing TCP drops by reason ({} reasons known from BTF) — Ctrl-C to stop",
+        reasons.len()
+    );
+    let clock = Clock::new();
+    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let emit = |line: String| {
+        let mut o = out.borrow_mut();
+        if o.write_all(line.as_bytes())
+            .and_then(|_| o.write_all(b"\n"))
+            .is_err()
+        {
+            std::process::exit(0);
+        }
+    };
+    let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
+    let budget: RefCell<LineBudget<ReasonKey, u32>> =
+        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let dir = RefCell::new(ListenerDirectory::new());
+    let started = Instant::now();
+    let header = std::cell::Cell::new(false);
+    let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
+        for (second, (ns, _, daddr, dport), reason, n) in lines {
+            if args.json {
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
+            } else {
+                emit(format!(
+                    "{} +1s  {ns}  {}×{n} → {}",
+                    clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
+                    name(reason),
+                    endpoint(daddr, dport)
+                ));
+            }
+        }
+    };
+    let on_record = |bytes: &[u8]| {
+        let Ok(e) = decode_drop(bytes) else { return };
+        let reason = name(e.reason);
+        *by_reason.borrow_mut().entry(reason.clone()).or_insert(0) += 1;
+        let (pid, comm) = if e.outbound {
+            (e.tgid, e.comm.clone())
+        } else {
+            match dir
+                .borrow_mut()
+                .lookup(e.netns, 0, e.daddr, e.dport)
+                .and_then(|i| i.primary().cloned())
+            {
+                Some(o) => (o.pid, o.comm),
+                None => (0, String::new()),
+            }
+        };
+        let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
+        let (flushed, print) = budget
+            .borrow_mut()
+            .admit(e.ts_ns / 1_000_000_000, &key, &e.reason);
+        print_aggregates(flushed);
+        if !print {
+            return;
+        }
+        if args.json {
+            emit(json!({
+                "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
+                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(comm),
+                "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
+                "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
+                "tcp_flags": e.tcp_flags,
+            }).to_string());
+        } else {
+            if !header.replace(true) {
+                emit("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS".into());
+            }
+            emit(format!(
+                "{:<16} {:<11} {:<26} {:<4} {:<22} {:<22} {}",
+                clock.short(e.ts_ns),
+                e.netns,
+                reason,
+                if e.outbound { "out" } else { "in" },
+                endpoint(e.saddr, e.sport),
+                endpoint(e.daddr, e.dport),
+                if pid != 0 {
+                    format!("{pid}/{comm}")
+                } else {
+                    "-".into()
+                }
+            ));
+        }
+    };
+    let on_tick = || {
+        let lines = budget
+            .borrow_mut()
+            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
+        print_aggregates(lines);
+        let _ = out.borrow_mut().flush();
+    };
+    let on_summary = |final_run: bool| {
+        if final_run {
+            let lines = budget.borrow_mut().flush_all();
+            print_aggregates(lines);
+        }
+        let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let dur = started.elapsed().as_secs_f64();
+        let r = by_reason.borrow();
+        if args.json {
+            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "reasons": *r}).to_string());
+        } else {
+            let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            emit(format!(
+                "── drops over {dur:.1} s: {} ── lost events: {lost}",
+                if parts.is_empty() {
+                    "none".into()
+                } else {
+                    parts.join(", ")
+                }
+            ));
+        }
+        let _ = out.borrow_mut().flush();
+    };
+    super::ring::run(
+        ring,
+        args.duration,
+        args.summary_every,
+        on_record,
+        on_tick,
+        on_summary,
+    )?;
+    drop(loaded);
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! Conntrack: netfilter drops (table full vs a rule), the table's state per namespace, its top
 //! consumers, and what to change. Parsers and diagnosis are pure and unit-tested.
+pub mod ctnetlink;
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
@@ -12,6 +14,10 @@ use crate::{
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NfDrop {
+    /// false: a TCP drop for another reason (`tcpq trace drops`).
+    pub netfilter: bool,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
     pub ts_ns: u64,
     pub netns: u32,
     pub tgid: u32,
@@ -36,10 +42,12 @@ pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
     }
     // SAFETY: length checked; DropEvent is a #[repr(C)] integer-only wire type.
     let e: DropEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if e.kind != d::NETFILTER {
+    if e.kind != d::NETFILTER && e.kind != d::TCP {
         return Err(DecodeError::UnknownKind(e.kind));
     }
     Ok(NfDrop {
+        netfilter: e.kind == d::NETFILTER,
+        reason: e.reason,
         ts_ns: e.ts_ns,
         netns: e.netns,
         tgid: e.tgid,

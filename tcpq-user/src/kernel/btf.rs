@@ -106,6 +106,34 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
+    /// Every (name, value) of an enum, e.g. `skb_drop_reason` for drop-reason names.
+    pub fn enum_members(&self, enum_name: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for t in self
+            .btf
+            .resolve_types_by_name(enum_name)
+            .map_err(|e| anyhow!("BTF has no enum `{enum_name}`: {e}"))?
+        {
+            match t {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        out.push((self.btf.resolve_name(m).unwrap_or_default(), m.val() as u64));
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        out.push((self.btf.resolve_name(m).unwrap_or_default(), m.val()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if out.is_empty() {
+            bail!("BTF enum `{enum_name}` not found");
+        }
+        Ok(out)
+    }
+
     /// Value of an enumerator (e.g. `skb_drop_reason` / `SKB_DROP_REASON_NETFILTER_DROP`).
     pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<u64> {
         for t in self

@@ -1,0 +1,207 @@
+//! The conntrack table through ctnetlink (NETLINK_NETFILTER, IPCTNL_MSG_CT_GET dump) with the
+//! rust-netlink crates; the caller falls back to /proc/net/nf_conntrack when this fails.
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
+        Protocol, Tuple,
+    },
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::CtEntry;
+
+/// TCP conntrack states (enum tcp_conntrack).
+fn tcp_state(s: u8) -> &'static str {
+    match s {
+        1 => "SYN_SENT",
+        2 => "SYN_RECV",
+        3 => "ESTABLISHED",
+        4 => "FIN_WAIT",
+        5 => "CLOSE_WAIT",
+        6 => "LAST_ACK",
+        7 => "TIME_WAIT",
+        8 => "CLOSE",
+        9 => "SYN_SENT2",
+        _ => "NONE",
+    }
+}
+
+fn proto_name(p: &Protocol) -> String {
+    match p {
+        Protocol::Tcp => "tcp".into(),
+        Protocol::Udp => "udp".into(),
+        Protocol::Icmp => "icmp".into(),
+        Protocol::Ipv6Icmp => "icmpv6".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// One dumped entry → `CtEntry` (original direction).
+pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
+    let mut src: Option<IpAddr> = None;
+    let mut dst: Option<IpAddr> = None;
+    let mut sport = None;
+    let mut dport = None;
+    let mut proto = String::from("unknown");
+    let mut timeout = 0u64;
+    let mut state = None;
+    for a in attrs {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(tuples) => {
+                for t in tuples {
+                    match t {
+                        Tuple::Ip(ips) => {
+                            for ip in ips {
+                                match ip {
+                                    IPTuple::SourceAddress(a) => src = Some(*a),
+                                    IPTuple::DestinationAddress(a) => dst = Some(*a),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        Tuple::Proto(ps) => {
+                            for p in ps {
+                                match p {
+                                    ProtoTuple::Protocol(p) => proto = proto_name(p),
+                                    ProtoTuple::SourcePort(p) => sport = Some(*p),
+                                    ProtoTuple::DestinationPort(p) => dport = Some(*p),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ConntrackAttribute::CtaTimeout(t) => timeout = *t as u64,
+            ConntrackAttribute::CtaProtoInfo(infos) => {
+                for i in infos {
+                    if let ProtoInfo::TCP(tcp) = i {
+                        for t in tcp {
+                            if let ProtoInfoTCP::State(s) = t {
+                                state = Some(tcp_state(*s).to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(CtEntry {
+        proto,
+        timeout,
+        state,
+        src: src?,
+        dst: dst?,
+        sport,
+        dport,
+    })
+}
+
+/// Dumps the calling thread's namespace's conntrack table.
+pub fn dump() -> Result<Vec<CtEntry>> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).context("open NETLINK_NETFILTER socket")?;
+    socket.bind_auto().context("bind ctnetlink socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connect ctnetlink socket")?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        header,
+        NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, libc::NFNETLINK_V0 as u8, 0),
+            ConntrackMessage::Get(vec![]),
+        )
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket
+        .send(&buf[..], 0)
+        .context("send ctnetlink dump request")?;
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 256 * 1024];
+    loop {
+        let size = socket
+            .recv(&mut &mut rx[..], 0)
+            .context("receive ctnetlink dump")?;
+        if size == 0 {
+            bail!("ctnetlink dump ended without NLMSG_DONE");
+        }
+        let mut offset = 0;
+        while offset < size {
+            let msg = <NetlinkMessage<NetfilterMessage>>::deserialize(&rx[offset..size])
+                .map_err(|e| anyhow!("decode ctnetlink message: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+                    ..
+                }) => {
+                    if let Some(e) = entry_from_attrs(&attrs) {
+                        out.push(e);
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => bail!("ctnetlink dump failed: {e:?}"),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_to_entry() {
+        let attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(vec![
+                Tuple::Ip(vec![
+                    IPTuple::SourceAddress("127.0.0.2".parse().unwrap()),
+                    IPTuple::DestinationAddress("127.0.0.1".parse().unwrap()),
+                ]),
+                Tuple::Proto(vec![
+                    ProtoTuple::Protocol(Protocol::Tcp),
+                    ProtoTuple::SourcePort(40000),
+                    ProtoTuple::DestinationPort(9000),
+                ]),
+            ]),
+            ConntrackAttribute::CtaTimeout(431_999),
+            ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(vec![ProtoInfoTCP::State(3)])]),
+        ];
+        let e = entry_from_attrs(&attrs).unwrap();
+        assert_eq!(
+            (e.proto.as_str(), e.timeout, e.state.as_deref()),
+            ("tcp", 431_999, Some("ESTABLISHED"))
+        );
+        assert_eq!(
+            (e.src.to_string(), e.dst.to_string(), e.sport, e.dport),
+            (
+                "127.0.0.2".into(),
+                "127.0.0.1".into(),
+                Some(40000),
+                Some(9000)
+            )
+        );
+        assert!(
+            entry_from_attrs(&[ConntrackAttribute::CtaTimeout(1)]).is_none(),
+            "no tuple, no entry"
+        );
+    }
+}
