@@ -111,6 +111,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per process: socket states, ESTABLISHED idle too long (stale upstream), CLOSE_WAIT never
+    /// closed (with the fds), TIME_WAIT by remote. No root needed for your own processes.
+    Sockets {
+        /// A pid or a process name (default: every process, showing only problems).
+        #[arg(long)]
+        pid: Option<String>,
+        /// ESTABLISHED connections with no data for this long count as idle.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        idle: Duration,
+        /// NDJSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod model;
 pub mod output;
 pub mod snapshot;
+pub mod sockets;
 
 /// An error chain as one line: the first line of each cause (verifier logs and BTF dumps are
 /// multi-line), duplicates removed, capped in length.

@@ -116,6 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Sockets { pid, idle, json } => {
+            Ok(cmd::sockets::run(cmd::sockets::SocketsArgs { pid, idle, json })? as u8)
+        }
         Command::Conntrack {
             pid,
             duration,

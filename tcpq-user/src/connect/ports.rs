@@ -315,6 +315,7 @@ mod tests {
             uid: 0,
             inode,
             cookie: 0,
+            info: None,
         }
     }
 

@@ -29,6 +29,24 @@ pub struct DiagSocket {
     pub uid: u32,
     pub inode: u64,
     pub cookie: u64,
+    /// From tcp_info when requested (`dump_tcp_with_info`).
+    pub info: Option<TcpActivity>,
+}
+
+/// The parts of tcp_info tcpq uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpActivity {
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+impl TcpActivity {
+    /// Time since data last moved in either direction.
+    pub fn idle_ms(&self) -> u32 {
+        self.last_data_sent_ms.min(self.last_data_recv_ms)
+    }
 }
 
 fn cookie_of(raw: &[u8; 8]) -> u64 {
@@ -49,7 +67,16 @@ fn unmap(a: IpAddr) -> IpAddr {
 pub fn dump_tcp(states: StateFlags) -> Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, states.clone(), &mut out)?;
+        dump_family(family, states.clone(), ExtensionFlags::empty(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Like `dump_tcp`, with tcp_info (last data sent/received, bytes) for each socket.
+pub fn dump_tcp_with_info(states: StateFlags) -> Result<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump_family(family, states.clone(), ExtensionFlags::INFO, &mut out)?;
     }
     Ok(out)
 }
@@ -58,7 +85,12 @@ pub fn dump_listeners() -> Result<Vec<DiagSocket>> {
     dump_tcp(StateFlags::LISTEN)
 }
 
-fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Result<()> {
+fn dump_family(
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    out: &mut Vec<DiagSocket>,
+) -> Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("open NETLINK_SOCK_DIAG socket")?;
     socket.bind_auto().context("bind sock_diag socket")?;
     socket
@@ -77,7 +109,7 @@ fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Res
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states,
             socket_id,
         })
@@ -106,6 +138,17 @@ fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Res
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let h = &r.header;
+                    let info = r.nlas.iter().find_map(|n| match n {
+                        netlink_packet_sock_diag::inet::nlas::Nla::TcpInfo(t) => {
+                            Some(TcpActivity {
+                                last_data_sent_ms: t.last_data_sent,
+                                last_data_recv_ms: t.last_data_recv,
+                                bytes_acked: t.bytes_acked,
+                                bytes_received: t.bytes_received,
+                            })
+                        }
+                        _ => None,
+                    });
                     out.push(DiagSocket {
                         state: h.state,
                         laddr: unmap(h.socket_id.source_address),
@@ -117,6 +160,7 @@ fn dump_family(family: u8, states: StateFlags, out: &mut Vec<DiagSocket>) -> Res
                         uid: h.uid,
                         inode: h.inode as u64,
                         cookie: cookie_of(&h.socket_id.cookie),
+                        info,
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),

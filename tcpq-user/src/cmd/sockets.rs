@@ -1,0 +1,146 @@
+//! `tcpq sockets [--pid PID|NAME] [--idle S] [--json]`: per process states, stale ESTABLISHED,
+//! CLOSE_WAIT with their descriptors, TIME_WAIT by remote. sock_diag + /proc, no eBPF: works
+//! without root for the processes the user may inspect.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use anyhow::Result;
+use netlink_packet_sock_diag::inet::StateFlags;
+use procfs::process::{FDTarget, Process};
+use serde_json::json;
+
+use crate::{
+    snapshot::{netns, procs, sockdiag},
+    sockets::{analyse, diagnose_sockets, time_wait_by_remote},
+};
+
+#[derive(Debug, Clone)]
+pub struct SocketsArgs {
+    pub pid: Option<String>,
+    pub idle: Duration,
+    pub json: bool,
+}
+
+fn nofile_limit(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+pub fn run(args: SocketsArgs) -> Result<i32> {
+    let targets: Vec<procs::Owner> = match &args.pid {
+        Some(p) => procs::resolve_pid_arg(p)?,
+        None => procfs::process::all_processes()
+            .map(|it| {
+                it.flatten()
+                    .map(|p| procs::Owner {
+                        pid: p.pid as u32,
+                        comm: procs::comm(p.pid as u32).unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let idle_ms = args.idle.as_millis().min(u32::MAX as u128) as u32;
+    // inode → fds, per process; processes grouped by network namespace.
+    let mut by_ns: BTreeMap<u32, Vec<(procs::Owner, HashMap<u64, Vec<u32>>)>> = BTreeMap::new();
+    let mut skipped = 0;
+    for t in targets {
+        let Ok(p) = Process::new(t.pid as i32) else {
+            continue;
+        };
+        let Ok(fds) = p.fd() else {
+            skipped += 1;
+            continue;
+        };
+        let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target {
+                owned.entry(inode).or_default().push(fd.fd as u32);
+            }
+        }
+        if owned.is_empty() {
+            continue;
+        }
+        let ns = netns::of_pid(t.pid).unwrap_or(0);
+        by_ns.entry(ns).or_default().push((t, owned));
+    }
+    if skipped > 0 && args.pid.is_some() {
+        eprintln!(
+            "tcpq: {skipped} process(es) could not be inspected (not yours): run with sudo to see them"
+        );
+    }
+    let mut printed = 0;
+    for (ns, procs_in_ns) in by_ns {
+        let sockets = match netns::run_in(ns, || sockdiag::dump_tcp_with_info(StateFlags::all())) {
+            Ok(Ok(s)) => s,
+            _ => continue,
+        };
+        for (owner, owned) in &procs_in_ns {
+            let p = analyse(owner.pid, &owner.comm, ns, &sockets, owned, idle_ms);
+            if p.states.is_empty() {
+                continue;
+            }
+            let limit = nofile_limit(owner.pid);
+            let findings = diagnose_sockets(&p, args.idle.as_secs_f64(), limit);
+            if args.pid.is_none() && findings.is_empty() {
+                continue; // all processes: only the ones with something to say
+            }
+            printed += 1;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established,
+                        "close_wait": {"count": p.close_wait, "fds": p.close_wait_fds, "remotes": p.close_wait_remotes}, "nofile_limit": limit, "causes": findings})
+                );
+            } else {
+                let states: Vec<String> =
+                    p.states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                println!("{}/{} netns {}: {}", p.pid, p.comm, ns, states.join(", "));
+                for g in &p.idle_established {
+                    println!(
+                        "  idle ESTABLISHED → {}:{}: {} (max idle {:.0} s, sent {} B, received {} B)",
+                        g.raddr, g.rport, g.count, g.max_idle_s, g.bytes_sent, g.bytes_received
+                    );
+                }
+                if p.close_wait > 0 {
+                    println!(
+                        "  CLOSE_WAIT: {} (fds {:?}) from {:?}",
+                        p.close_wait, p.close_wait_fds, p.close_wait_remotes
+                    );
+                }
+                for f in findings {
+                    println!("  cause {}: {}", f.cause, f.text);
+                    for fix in f.fix {
+                        println!("    fix: {fix}");
+                    }
+                }
+            }
+        }
+        let tw = time_wait_by_remote(&sockets, 5);
+        if !tw.is_empty() {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"event": "time_wait", "netns": ns, "by_remote": tw})
+                );
+            } else {
+                let parts: Vec<String> = tw.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                println!("netns {ns}: TIME_WAIT by remote: {}", parts.join(", "));
+            }
+        }
+    }
+    if printed == 0 && !args.json {
+        println!(
+            "no stale ESTABLISHED or CLOSE_WAIT sockets found{}",
+            if args.pid.is_some() {
+                " for these processes"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,111 @@
+//! `tcpq sockets`: CLOSE_WAIT leaks and stale ESTABLISHED connections, found per process.
+use std::{io::BufRead as _, time::Duration};
+
+use tcpq_tests::*;
+
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+fn sockets_json(pid: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = tcpq()
+        .args(["sockets", "--pid", pid, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn close_wait_leak_is_reported_with_its_fds() {
+    if skip_unless_root("close_wait") {
+        return;
+    }
+    let ns = Netns::new("cw");
+    // A server that accepts and never closes; three clients connect and close.
+    let mut server = python_in(
+        &ns,
+        "import socket,os,time\nl=socket.socket(); l.bind(('127.0.0.1',9400)); l.listen(16)\nprint(os.getpid(),flush=True)\nkeep=[]\nfor _ in range(3):\n c,_=l.accept(); keep.append(c)\ntime.sleep(30)",
+    );
+    let pid = first_line(&mut server);
+    let clients = python_in(
+        &ns,
+        "import socket\nfor _ in range(3):\n s=socket.socket(); s.connect(('127.0.0.1',9400)); s.close()",
+    );
+    assert!(clients.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let rows = sockets_json(&pid, &[]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let row = rows
+        .iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(row["pid"].as_u64(), Some(pid.parse().unwrap()));
+    assert_eq!(row["close_wait"]["count"], 3, "{row}");
+    assert_eq!(
+        row["close_wait"]["fds"].as_array().unwrap().len(),
+        3,
+        "{row}"
+    );
+    assert_eq!(row["causes"][0]["cause"], "close_wait_leak", "{row}");
+    assert!(
+        row["causes"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("never called close()")
+    );
+}
+
+#[test]
+fn stale_established_to_a_silent_upstream() {
+    if skip_unless_root("stale_established") {
+        return;
+    }
+    let ns = Netns::new("stale");
+    let mut server = python_in(
+        &ns,
+        "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9401)); l.listen(16)\nprint('up',flush=True)\nc,_=l.accept()\ntime.sleep(30)",
+    );
+    assert_eq!(first_line(&mut server), "up");
+    // The client sends a request and waits for an answer that never comes (no timeout set).
+    let mut client = python_in(
+        &ns,
+        "import socket,os,time\ns=socket.socket(); s.connect(('127.0.0.1',9401)); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(os.getpid(),flush=True)\ns.recv(10)",
+    );
+    let pid = first_line(&mut client);
+    std::thread::sleep(Duration::from_millis(2500));
+    let rows = sockets_json(&pid, &["--idle", "2s"]);
+    let _ = client.kill();
+    let _ = server.kill();
+    let _ = client.wait();
+    let _ = server.wait();
+    let row = rows
+        .iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    let idle = &row["idle_established"][0];
+    assert_eq!(idle["raddr"], "127.0.0.1", "{row}");
+    assert_eq!(idle["rport"], 9401, "{row}");
+    assert_eq!(idle["count"], 1);
+    assert!(idle["max_idle_s"].as_f64().unwrap() >= 2.0, "{row}");
+    assert_eq!(row["causes"][0]["cause"], "stale_established", "{row}");
+    assert!(
+        row["causes"][0]["fix"][0]
+            .as_str()
+            .unwrap()
+            .contains("timeouts")
+    );
+}
