@@ -36,6 +36,14 @@ pub mod names {
     pub const PROG_DROP_KFREE: &str = "drop_kfree";
     pub const PROG_DROP_OWNER: &str = "drop_owner";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";
+
+    pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
+    pub const IN_ACCEPT: &str = "IN_ACCEPT";
+    pub const PROG_ACCEPT_ENQUEUE: &str = "accept_enqueue";
+    pub const PROG_ACCEPT_ENTER4: &str = "accept_enter4";
+    pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
+    pub const PROG_ACCEPT_EXIT4: &str = "accept_exit4";
+    pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -171,6 +179,46 @@ pub struct DropEvent {
 
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
 
+/// Accepted connections and accept() failures (`ACCEPT_EVENTS`, `AcceptEvent`).
+pub mod accept {
+    pub const ACCEPTED: u16 = 64;
+    pub const FAILED: u16 = 65;
+}
+
+/// One accept()/accept4() that returned a connection (with its accept-queue wait) or failed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptEvent {
+    pub kind: u16,
+    pub family: u16,
+    pub netns: u32,
+    pub ts_ns: u64,
+    /// Time from the child becoming ESTABLISHED (queued) to accept() returning it; 0 if unknown.
+    pub wait_ns: u64,
+    pub tgid: u32,
+    /// Negative errno for `FAILED`, else the new fd.
+    pub result: i32,
+    /// The listening socket's fd in the acceptor.
+    pub listen_fd: u32,
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 88);
+
+/// A thread inside accept()/accept4() (`IN_ACCEPT`, keyed by pid_tgid): blocked there long
+/// means an idle acceptor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InAccept {
+    pub ts_ns: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {
     /// 1: every hook of the outcome family is attached, so the ingress hook only records the
@@ -250,4 +298,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AcceptEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InAccept {}
 }

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod accept;
 mod connect;
 mod drop;
 mod listen;

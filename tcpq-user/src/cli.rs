@@ -130,6 +130,27 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TraceWhat {
+    /// Accepted connections: accept-queue wait, accept() errors, idle acceptors per listener.
+    Accept {
+        /// Only this acceptor process: a pid or a process name.
+        #[arg(long)]
+        pid: Option<String>,
+        /// Only this listening port.
+        #[arg(long, value_parser = parse_port)]
+        port: Option<u16>,
+        /// NDJSON output.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Lines per listener per second before they are aggregated.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        lines_per_sec: u32,
+        /// Interval between summaries.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        summary_interval: Duration,
+    },
     /// Every TCP packet the kernel dropped, with the drop reason by name (and netfilter's).
     Drops {
         /// NDJSON output.

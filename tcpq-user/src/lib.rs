@@ -4,6 +4,7 @@
 //! `decode` (ring records → events), `snapshot` (sock_diag, /proc, counters, sysctls),
 //! `model` (aggregation), `listen` (listener directory and diagnosis), `output` (text/JSON),
 //! `cmd` (subcommands), `lab` (incident generators).
+pub mod accept;
 pub mod cli;
 pub mod cmd;
 pub mod connect;

@@ -116,6 +116,27 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Trace {
+            what:
+                TraceWhat::Accept {
+                    pid,
+                    port,
+                    json,
+                    duration,
+                    lines_per_sec,
+                    summary_interval,
+                },
+        } => {
+            cmd::trace_accept::run(cmd::trace_accept::TraceAcceptArgs {
+                pid,
+                port,
+                json,
+                duration,
+                lines_per_sec,
+                summary_every: summary_interval,
+            })?;
+            Ok(0)
+        }
         Command::Sockets { pid, idle, json } => {
             Ok(cmd::sockets::run(cmd::sockets::SocketsArgs { pid, idle, json })? as u8)
         }

@@ -65,7 +65,12 @@ pub fn run(json_out: bool) -> Result<i32> {
     let mut core_failure: Option<String> = None;
     if fatal.is_none() {
         match probe::load(
-            &[Family::Listen, Family::Connect, Family::Drop],
+            &[
+                Family::Listen,
+                Family::Connect,
+                Family::Drop,
+                Family::Accept,
+            ],
             &LoadOptions::default(),
         ) {
             Ok(mut loaded) => {

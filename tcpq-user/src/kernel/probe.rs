@@ -44,6 +44,7 @@ pub enum Family {
     Listen,
     Connect,
     Drop,
+    Accept,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +60,46 @@ pub struct HookSpec {
 }
 
 pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        program: names::PROG_ACCEPT_ENQUEUE,
+        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        family: Family::Accept,
+        core: true,
+        gives: "when each connection entered the accept queue",
+        without: "no accept-queue wait",
+    },
+    HookSpec {
+        program: names::PROG_ACCEPT_ENTER4,
+        attach: Attach::Tracepoint("syscalls", "sys_enter_accept4"),
+        family: Family::Accept,
+        core: true,
+        gives: "threads inside accept4() (idle acceptors) and the listening fd",
+        without: "no accept4() callers",
+    },
+    HookSpec {
+        program: names::PROG_ACCEPT_EXIT4,
+        attach: Attach::Tracepoint("syscalls", "sys_exit_accept4"),
+        family: Family::Accept,
+        core: true,
+        gives: "accepted connections with their queue wait, accept4() errors",
+        without: "no accept4() results",
+    },
+    HookSpec {
+        program: names::PROG_ACCEPT_ENTER,
+        attach: Attach::Tracepoint("syscalls", "sys_enter_accept"),
+        family: Family::Accept,
+        core: false,
+        gives: "accept(2) callers (older code)",
+        without: "accept(2) callers not seen (accept4 still are)",
+    },
+    HookSpec {
+        program: names::PROG_ACCEPT_EXIT,
+        attach: Attach::Tracepoint("syscalls", "sys_exit_accept"),
+        family: Family::Accept,
+        core: false,
+        gives: "accept(2) results",
+        without: "accept(2) results not seen",
+    },
     HookSpec {
         program: names::PROG_DROP_KFREE,
         attach: Attach::RawTracepoint("kfree_skb"),
@@ -415,6 +456,7 @@ fn tracepoint_globals(env: &Environment) -> Vec<(&'static str, u32)> {
         ),
         ("TP_ACCEPT_RET", "syscalls", "sys_exit_accept4", "ret"),
         ("TP_CONNECT_FD", "syscalls", "sys_enter_connect", "fd"),
+        ("TP_ACCEPT_FD", "syscalls", "sys_enter_accept4", "fd"),
         (
             "TP_CONNECT_ADDR",
             "syscalls",
@@ -440,7 +482,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     let kbtf = btf::KernelBtf::load(&env.btf_path)?;
     let mut globals: Vec<(&'static str, u32)> = btf::resolve_offsets(&kbtf)?;
     let tp_globals = tracepoint_globals(&env);
-    let tp_ok = tp_globals.len() == 6;
+    let tp_ok = tp_globals.len() == 7;
     globals.extend(tp_globals);
     globals.push((
         "REQQ_FULL_GE",

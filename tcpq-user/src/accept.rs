@@ -1,0 +1,281 @@
+//! Accept side: decode, per-listener stats (queue wait histogram, errors, acceptors) and the
+//! verdict. Pure and unit-tested.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use hdrhistogram::Histogram;
+use tcpq_common::{AcceptEvent, accept as a};
+
+use crate::{
+    connect::errno_name,
+    decode::{DecodeError, addr, comm_str},
+    listen::diagnose::Finding,
+    snapshot::procs::Owner,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub listen_fd: u32,
+    /// Ok(wait in the queue, if known) or Err(errno).
+    pub result: Result<Option<u64>, i32>,
+}
+
+pub fn decode_accept(bytes: &[u8]) -> Result<Accepted, DecodeError> {
+    let need = std::mem::size_of::<AcceptEvent>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; AcceptEvent is a #[repr(C)] integer-only wire type.
+    let e: AcceptEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let result = match e.kind {
+        a::ACCEPTED => Ok((e.wait_ns > 0).then_some(e.wait_ns)),
+        a::FAILED => Err(-e.result),
+        k => return Err(DecodeError::UnknownKind(k)),
+    };
+    Ok(Accepted {
+        ts_ns: e.ts_ns,
+        netns: e.netns,
+        tgid: e.tgid,
+        comm: comm_str(&e.comm),
+        laddr: addr(e.family, &e.laddr),
+        lport: e.lport,
+        raddr: addr(e.family, &e.raddr),
+        rport: e.rport,
+        listen_fd: e.listen_fd,
+        result,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptStats {
+    pub accepts: u64,
+    pub wait_ns: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub acceptors: BTreeMap<u32, String>,
+}
+
+impl Default for AcceptStats {
+    fn default() -> Self {
+        Self {
+            accepts: 0,
+            wait_ns: Histogram::new_with_bounds(1_000, 3_600_000_000_000, 2)
+                .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!())),
+            errors: BTreeMap::new(),
+            acceptors: BTreeMap::new(),
+        }
+    }
+}
+
+impl AcceptStats {
+    pub fn record(&mut self, e: &Accepted) {
+        if self.acceptors.len() < 1024 {
+            self.acceptors
+                .entry(e.tgid)
+                .or_insert_with(|| e.comm.clone());
+        }
+        match e.result {
+            Ok(wait) => {
+                self.accepts += 1;
+                if let Some(w) = wait {
+                    let _ = self.wait_ns.record(w.clamp(1_000, 3_600_000_000_000));
+                }
+            }
+            Err(errno) => *self.errors.entry(errno_name(errno)).or_insert(0) += 1,
+        }
+    }
+
+    pub fn wait_quantiles(&self) -> Option<(u64, u64, u64)> {
+        (!self.wait_ns.is_empty()).then(|| {
+            (
+                self.wait_ns.value_at_quantile(0.5),
+                self.wait_ns.value_at_quantile(0.99),
+                self.wait_ns.max(),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AcceptEvidence {
+    pub lport: u16,
+    pub duration_s: f64,
+    pub accepts: u64,
+    /// (p50, p99, max) ns.
+    pub wait: Option<(u64, u64, u64)>,
+    pub errors: BTreeMap<String, u64>,
+    /// Processes holding the listening socket.
+    pub holders: Vec<Owner>,
+    /// Threads blocked in accept() on it right now (None: not measurable).
+    pub idle_acceptors: Option<u64>,
+    /// (pid, soft limit) of the acceptor that failed with EMFILE.
+    pub nofile: Option<(u32, u64)>,
+}
+
+fn secs(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2} s", ns as f64 / 1e9)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let fd_errors: u64 = ["EMFILE", "ENFILE"]
+        .iter()
+        .filter_map(|k| e.errors.get(*k))
+        .sum();
+    if fd_errors > 0 {
+        let limit = e
+            .nofile
+            .map(|(pid, l)| format!(" (pid {pid}'s open-file limit is {l})"))
+            .unwrap_or_default();
+        out.push(Finding {
+            cause: "accept_errors",
+            impact: fd_errors,
+            text: format!("accept() on :{} failed {fd_errors} times with EMFILE/ENFILE: out of file descriptors{limit}; the connections stay queued and overflow", e.lport),
+            fix: vec![
+                "raise the limit: systemd `LimitNOFILE=65536`, shell `ulimit -n 65536`, nginx `worker_rlimit_nofile 65536;`, php-fpm `rlimit_files = 65536`".into(),
+                "if the count of open descriptors keeps growing, look for a leak: `tcpq sockets --pid PID` (CLOSE_WAIT)".into(),
+            ],
+        });
+    }
+    let other: Vec<String> = e
+        .errors
+        .iter()
+        .filter(|(k, _)| *k != "EMFILE" && *k != "ENFILE")
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if !other.is_empty() {
+        out.push(Finding {
+            cause: "accept_errors",
+            impact: e.errors.values().sum::<u64>() - fd_errors,
+            text: format!("accept() on :{} failed: {}", e.lport, other.join(", ")),
+            fix: vec!["ENOBUFS/ENOMEM: the kernel is short of memory; ECONNABORTED: clients gave up while queued".into()],
+        });
+    }
+    if let Some((p50, p99, max)) = e.wait
+        && p99 >= 100_000_000
+    {
+        let rate = if e.duration_s > 0.0 {
+            e.accepts as f64 / e.duration_s
+        } else {
+            0.0
+        };
+        let mut text = format!(
+            "connections wait in the accept queue of :{} for p50 {}, p99 {}, max {} while the application accepts {rate:.1}/s: it is not keeping up",
+            e.lport,
+            secs(p50),
+            secs(p99),
+            secs(max)
+        );
+        let mut fix = vec!["the application, not the backlog, is the limit: find what makes each request slow, or add workers".into()];
+        if let Some(idle) = e.idle_acceptors {
+            text.push_str(&format!(
+                "; {} process{} share :{}, {idle} idle in accept",
+                e.holders.len(),
+                if e.holders.len() == 1 { "" } else { "es" },
+                e.lport
+            ));
+            if idle == 0 && e.holders.len() > 1 {
+                text.push_str(": all workers busy");
+                fix.insert(0, "all workers are busy: raise the worker count (php-fpm `pm.max_children`, Apache `MaxRequestWorkers`, gunicorn `--workers`); php-fpm logs 'server reached max_children setting'".into());
+            }
+        }
+        out.push(Finding {
+            cause: "app_not_accepting",
+            impact: e.accepts.max(1),
+            text,
+            fix,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: "php-fpm".into(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let mut s = AcceptStats::default();
+        for i in 1..=50u64 {
+            s.record(&Accepted {
+                ts_ns: 0,
+                netns: 1,
+                tgid: 9,
+                comm: "srv".into(),
+                laddr: "127.0.0.1".parse().unwrap(),
+                lport: 9000,
+                raddr: "127.0.0.1".parse().unwrap(),
+                rport: 1,
+                listen_fd: 3,
+                result: Ok(Some(i * 100_000_000)),
+            });
+        }
+        s.record(&Accepted {
+            ts_ns: 0,
+            netns: 1,
+            tgid: 9,
+            comm: "srv".into(),
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 9000,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 1,
+            listen_fd: 3,
+            result: Err(24),
+        });
+        let (p50, p99, max) = s.wait_quantiles().unwrap();
+        assert!((2_400_000_000..=2_600_000_000).contains(&p50), "{p50}");
+        assert!(p99 >= 4_800_000_000 && max >= p99);
+        let e = AcceptEvidence {
+            lport: 9000,
+            duration_s: 5.0,
+            accepts: s.accepts,
+            wait: s.wait_quantiles(),
+            errors: s.errors.clone(),
+            holders: (1..=5).map(owner).collect(),
+            idle_acceptors: Some(0),
+            nofile: Some((9, 16)),
+        };
+        let f = diagnose_accept(&e);
+        assert_eq!(f[0].cause, "accept_errors");
+        assert!(
+            f[0].text.contains("EMFILE") && f[0].text.contains("limit is 16"),
+            "{}",
+            f[0].text
+        );
+        assert_eq!(f[1].cause, "app_not_accepting");
+        assert!(
+            f[1].text
+                .contains("5 processes share :9000, 0 idle in accept: all workers busy"),
+            "{}",
+            f[1].text
+        );
+        assert!(f[1].fix[0].contains("pm.max_children"));
+        assert!(
+            diagnose_accept(&AcceptEvidence {
+                wait: Some((1_000, 2_000, 3_000)),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! `tcpq trace accept`: every accepted connection with its accept-queue wait, accept() errors,
+//! and per listener: wait p50/p99, accept rate, errors, processes sharing it and how many sit
+//! idle in accept(), with the verdict.
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap, HashSet},
+    io::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use serde_json::json;
+use tcpq_common::{InAccept, names};
+
+use super::trace_connect::PidFilter;
+use crate::{
+    accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
+    connect::model::LineBudget,
+    kernel::probe::{self, Family, LoadOptions},
+    listen::resolve::ListenerDirectory,
+    output::{Clock, endpoint},
+    snapshot::procs,
+};
+
+#[derive(Debug, Clone)]
+pub struct TraceAcceptArgs {
+    pub pid: Option<String>,
+    pub port: Option<u16>,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub lines_per_sec: u32,
+    pub summary_every: Duration,
+}
+
+type ListenerId = (u32, IpAddr, u16);
+
+fn nofile_limit(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Threads blocked in accept() for more than 50 ms, per (tgid, listening fd).
+fn idle_acceptors(map: &BpfHashMap<MapData, u64, InAccept>) -> HashMap<(u32, u32), u64> {
+    let now = Clock::now_mono_ns();
+    let mut out: HashMap<(u32, u32), u64> = HashMap::new();
+    for (k, v) in map.iter().flatten() {
+        if now.saturating_sub(v.ts_ns) > 50_000_000 {
+            *out.entry(((k >> 32) as u32, v.fd)).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+pub fn run(args: TraceAcceptArgs) -> Result<()> {
+    let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
+    let mut loaded = probe::load(&[Family::Accept], &LoadOptions::default())?;
+    let ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
+    let in_accept: BpfHashMap<MapData, u64, InAccept> = BpfHashMap::try_from(
+        loaded
+            .ebpf
+            .take_map(names::IN_ACCEPT)
+            .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
+    )?;
+    eprintln!("tcpq: tracing accepted connections and accept-queue waits — Ctrl-C to stop");
+    let clock = Clock::new();
+    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let emit = |line: String| {
+        let mut o = out.borrow_mut();
+        if o.write_all(line.as_bytes())
+            .and_then(|_| o.write_all(b"\n"))
+            .is_err()
+        {
+            std::process::exit(0);
+        }
+    };
+    let total: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
+    let window: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
+    // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
+    let fds: RefCell<HashMap<ListenerId, HashSet<(u32, u32)>>> = RefCell::new(HashMap::new());
+    let budget: RefCell<LineBudget<ListenerId, &'static str>> =
+        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let dir = RefCell::new(ListenerDirectory::new());
+    let started = Instant::now();
+    let window_start = std::cell::Cell::new(Instant::now());
+    let header = std::cell::Cell::new(false);
+    let print_aggregates = |lines: Vec<(u64, ListenerId, &'static str, u64)>| {
+        for (second, (ns, laddr, lport), what, n) in lines {
+            if args.json {
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
+            } else {
+                emit(format!(
+                    "{} +1s  {ns}  {}  {what}×{n}",
+                    clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
+                    endpoint(laddr, lport)
+                ));
+            }
+        }
+    };
+    let on_record = |bytes: &[u8]| {
+        let Ok(e): Result<Accepted, _> = decode_accept(bytes) else {
+            return;
+        };
+        if args.port.is_some_and(|p| p != e.lport) {
+            return;
+        }
+        if pid_filter
+            .as_ref()
+            .is_some_and(|f| !f.matches(e.tgid, &e.comm))
+        {
+            return;
+        }
+        let id: ListenerId = (e.netns, e.laddr, e.lport);
+        total.borrow_mut().entry(id).or_default().record(&e);
+        window.borrow_mut().entry(id).or_default().record(&e);
+        fds.borrow_mut()
+            .entry(id)
+            .or_default()
+            .insert((e.tgid, e.listen_fd));
+        let what = if e.result.is_ok() { "ok" } else { "error" };
+        let (flushed, print) = budget
+            .borrow_mut()
+            .admit(e.ts_ns / 1_000_000_000, &id, &what);
+        print_aggregates(flushed);
+        if !print {
+            return;
+        }
+        let (result, wait) = match e.result {
+            Ok(w) => ("ok".to_string(), w),
+            Err(errno) => (crate::connect::errno_name(errno), None),
+        };
+        if args.json {
+            emit(json!({"ts": clock.rfc3339(e.ts_ns), "event": "accept", "count": 1, "netns": e.netns, "laddr": e.laddr.to_string(), "lport": e.lport,
+                "raddr": e.raddr.to_string(), "rport": e.rport, "pid": e.tgid, "comm": e.comm, "result": result, "wait_us": wait.map(|w| w / 1000)}).to_string());
+        } else {
+            if !header.replace(true) {
+                emit("TIME             NETNS       LISTENER               CLIENT                 ACCEPTOR              RESULT     QUEUE WAIT".into());
+            }
+            emit(format!(
+                "{:<16} {:<11} {:<22} {:<22} {:<21} {:<10} {}",
+                clock.short(e.ts_ns),
+                e.netns,
+                endpoint(e.laddr, e.lport),
+                endpoint(e.raddr, e.rport),
+                format!("{}/{}", e.tgid, e.comm),
+                result,
+                wait.map(|w| format!("{:.1} ms", w as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+    };
+    let on_tick = || {
+        let lines = budget
+            .borrow_mut()
+            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
+        print_aggregates(lines);
+        let _ = out.borrow_mut().flush();
+    };
+    let on_summary = |final_run: bool| {
+        if final_run {
+            let lines = budget.borrow_mut().flush_all();
+            print_aggregates(lines);
+        }
+        let idle_now = idle_acceptors(&in_accept);
+        let (dur, stats) = if final_run {
+            (started.elapsed().as_secs_f64(), total.borrow().clone())
+        } else {
+            (
+                window_start.get().elapsed().as_secs_f64(),
+                window.borrow().clone(),
+            )
+        };
+        for ((ns, laddr, lport), s) in &stats {
+            let info = dir.borrow_mut().lookup(*ns, 0, *laddr, *lport);
+            let holders: Vec<procs::Owner> =
+                info.as_ref().map(|i| i.owners.clone()).unwrap_or_default();
+            // Idle acceptors: threads of the holders sitting in accept() on this socket right now
+            // (/proc/PID/task/TID/syscall; also sees threads blocked since before tcpq started),
+            // else what the accept hooks saw.
+            let idle: Option<u64> = match info.as_ref() {
+                Some(i) if !holders.is_empty() => Some(
+                    holders
+                        .iter()
+                        .map(|o| procs::threads_in_accept(o.pid, i.inode))
+                        .sum(),
+                ),
+                _ => {
+                    let pairs = fds
+                        .borrow()
+                        .get(&(*ns, *laddr, *lport))
+                        .cloned()
+                        .unwrap_or_default();
+                    (!pairs.is_empty()).then(|| {
+                        pairs
+                            .iter()
+                            .map(|p| idle_now.get(p).copied().unwrap_or(0))
+                            .sum()
+                    })
+                }
+            };
+            let nofile = s
+                .errors
+                .contains_key("EMFILE")
+                .then(|| {
+                    s.acceptors
+                        .keys()
+                        .find_map(|p| nofile_limit(*p).map(|l| (*p, l)))
+                })
+                .flatten();
+            let ev = AcceptEvidence {
+                lport: *lport,
+                duration_s: dur,
+                accepts: s.accepts,
+                wait: s.wait_quantiles(),
+                errors: s.errors.clone(),
+                holders: holders.clone(),
+                idle_acceptors: idle,
+                nofile,
+            };
+            let findings = diagnose_accept(&ev);
+            let q = s.wait_quantiles();
+            if args.json {
+                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
+                    "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
+                    "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
+                    "acceptors": s.acceptors.keys().collect::<Vec<_>>(), "holders": holders.iter().map(|o| o.pid).collect::<Vec<_>>(), "idle_acceptors": idle,
+                    "causes": findings}).to_string());
+            } else {
+                emit(format!(
+                    "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}",
+                    endpoint(*laddr, *lport),
+                    s.accepts,
+                    if dur > 0.0 {
+                        s.accepts as f64 / dur
+                    } else {
+                        0.0
+                    },
+                    q.map(|(a, b, _)| format!(
+                        "p50 {:.1} ms p99 {:.1} ms",
+                        a as f64 / 1e6,
+                        b as f64 / 1e6
+                    ))
+                    .unwrap_or_else(|| "-".into()),
+                    s.errors,
+                    holders.len(),
+                    idle.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+                ));
+                for f in findings {
+                    emit(format!("    cause {}: {}", f.cause, f.text));
+                    for fix in f.fix {
+                        emit(format!("      fix: {fix}"));
+                    }
+                }
+            }
+        }
+        if !final_run {
+            window.borrow_mut().clear();
+            window_start.set(Instant::now());
+        }
+        let _ = out.borrow_mut().flush();
+    };
+    super::ring::run(
+        ring,
+        args.duration,
+        args.summary_every,
+        on_record,
+        on_tick,
+        on_summary,
+    )?;
+    drop(loaded);
+    Ok(())
+}
