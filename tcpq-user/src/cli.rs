@@ -55,6 +55,8 @@ impl LabArgs {
             LabName::Synflood => 16,
             LabName::Ports => 1024,
             LabName::Conntrack => 4096,
+            LabName::SlowAccept => 128,
+            LabName::Workers | LabName::CloseWait => 256,
         })
     }
 }

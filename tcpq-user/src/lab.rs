@@ -66,6 +66,12 @@ pub enum LabName {
     /// Conntrack table full: a `ct state` rule, nf_conntrack_max lowered (restored on exit), a
     /// connect storm; plus a few connects dropped by a plain rule.
     Conntrack,
+    /// A server that accepts one connection every 100 ms under a burst of 50 connects.
+    SlowAccept,
+    /// Five blocking worker processes holding each connection 3 s, under 100 clients.
+    Workers,
+    /// A server that never closes connections its clients closed (CLOSE_WAIT).
+    CloseWait,
 }
 
 pub use crate::cli::LabArgs;
@@ -281,7 +287,7 @@ fn connect_nonblocking(dst: SocketAddr) -> Option<Socket> {
 fn facts(args: &LabArgs, extra: serde_json::Value) {
     let mut v = json!({
         "event": "lab",
-        "lab": format!("{:?}", args.name).to_lowercase(),
+        "lab": clap::ValueEnum::to_possible_value(&args.name).map(|v| v.get_name().to_string()).unwrap_or_default(),
         "pid": std::process::id(),
         "lport": args.port,
         "backlog": args.backlog(),
@@ -313,6 +319,9 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabName::Synflood => synflood(&args),
         LabName::Ports => ports(&args),
         LabName::Conntrack => conntrack(&args),
+        LabName::SlowAccept => slow_accept(&args),
+        LabName::Workers => workers(&args),
+        LabName::CloseWait => close_wait(&args),
     }
 }
 
@@ -721,4 +730,153 @@ fn hold_connects(
     client
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+fn done_line(args: &LabArgs, lab: &str, extra: serde_json::Value) {
+    let mut v = json!({"event": "lab_done", "lab": lab, "interrupted": stopped()});
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in e {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    if args.json {
+        println!("{v}")
+    } else {
+        println!("tcpq lab: {v}")
+    }
+}
+
+fn lab_netns(args: &LabArgs) -> Result<NetnsGuard> {
+    let name = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
+    NetnsGuard::create_or_use(&name)
+}
+
+/// Opens `n` non-blocking connects at once from inside `ns` and keeps them.
+fn burst(ns: &NetnsGuard, addr: SocketAddr, n: usize) -> Result<Vec<Socket>> {
+    spawn_in(ns, move || {
+        (0..n)
+            .filter_map(|_| connect_nonblocking(addr))
+            .collect::<Vec<_>>()
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+fn slow_accept(args: &LabArgs) -> Result<()> {
+    let ns = lab_netns(args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let server = Server::start(&ns, addr, args.backlog(), 10)?;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "accept_rate": 10, "clients": 50}),
+    );
+    let held = burst(&ns, addr, 50)?;
+    nap(args.duration.max(Duration::from_secs(6)));
+    let accepted = server.accepted.load(Ordering::Relaxed);
+    drop(held);
+    drop(server);
+    done_line(args, "slow-accept", json!({"accepted": accepted}));
+    Ok(())
+}
+
+/// Blocks in accept() on `fd`, holds each connection 3 s: async-signal-safe calls only (it runs
+/// in a forked child of a multi-threaded process).
+fn worker_loop(fd: i32) -> ! {
+    loop {
+        // SAFETY: plain syscalls on an inherited descriptor.
+        unsafe {
+            let c = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
+            if c >= 0 {
+                libc::sleep(3);
+                libc::close(c);
+            }
+        }
+    }
+}
+
+fn workers(args: &LabArgs) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let ns = lab_netns(args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let listener = spawn_in(&ns, move || -> Result<Socket> {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&addr.into())
+            .with_context(|| format!("bind {addr}"))?;
+        sock.listen(256)?;
+        Ok(sock)
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("listener thread panicked"))???;
+    let mut children = Vec::new();
+    for _ in 0..5 {
+        // SAFETY: the child only calls async-signal-safe functions (worker_loop) and never returns.
+        match unsafe { nix::unistd::fork() }.context("fork a worker")? {
+            nix::unistd::ForkResult::Child => worker_loop(listener.as_raw_fd()),
+            nix::unistd::ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "workers": children.iter().map(|c| c.as_raw()).collect::<Vec<_>>(), "clients": 100}),
+    );
+    let held = burst(&ns, addr, 100)?;
+    nap(args.duration);
+    for c in &children {
+        let _ = nix::sys::signal::kill(*c, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(*c, None);
+    }
+    drop(held);
+    drop(listener);
+    done_line(args, "workers", json!({"workers": children.len()}));
+    Ok(())
+}
+
+fn close_wait(args: &LabArgs) -> Result<()> {
+    let ns = lab_netns(args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let duration = args.duration;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+    // The thread stays in the namespace while it holds the sockets, so tools can find them.
+    let holder = spawn_in(&ns, move || {
+        let setup = (|| -> Result<Vec<Socket>> {
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            l.set_reuse_address(true)?;
+            l.bind(&addr.into())
+                .with_context(|| format!("bind {addr}"))?;
+            l.listen(64)?;
+            let mut kept = Vec::new();
+            for _ in 0..10 {
+                let c = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                c.connect(&addr.into())?;
+                let (s, _) = l.accept()?;
+                kept.push(s); // the server side: never closed
+                drop(c); // the client hangs up
+            }
+            kept.push(l);
+            Ok(kept)
+        })();
+        match setup {
+            Ok(kept) => {
+                let _ = tx.send(Ok(()));
+                nap(duration);
+                drop(kept);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("close-wait setup did not finish")??;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "close_wait": 10}),
+    );
+    let _ = holder.join();
+    done_line(args, "close-wait", json!({}));
+    Ok(())
 }

@@ -64,8 +64,14 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
         if owned.is_empty() {
             continue;
         }
-        let ns = netns::of_pid(t.pid).unwrap_or(0);
-        by_ns.entry(ns).or_default().push((t, owned));
+        // Sockets live in the namespace they were created in: look in every namespace the
+        // process's threads use.
+        for ns in netns::of_pid_threads(t.pid) {
+            by_ns
+                .entry(ns)
+                .or_default()
+                .push((t.clone(), owned.clone()));
+        }
     }
     if skipped > 0 && args.pid.is_some() {
         eprintln!(

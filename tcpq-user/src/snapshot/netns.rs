@@ -91,3 +91,19 @@ pub fn enter_prefix(inum: u32, host: u32) -> String {
         None => format!("(in network namespace {inum}) "),
     }
 }
+
+/// Every network namespace the threads of `pid` live in (a process may move single threads
+/// with setns(), as `tcpq lab` does): the main thread's first.
+pub fn of_pid_threads(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = of_pid(pid).into_iter().collect();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some(ns) = inode_of(&t.path().join("ns/net"))
+                && !out.contains(&ns)
+            {
+                out.push(ns);
+            }
+        }
+    }
+    out
+}
