@@ -67,6 +67,8 @@ pub mod kind {
     pub const OTHER_DROP: u16 = 7;
     /// Count only: a packet whose outcome the confirmation hooks did not observe.
     pub const UNRESOLVED: u16 = 8;
+    /// Count only: cookie SYN-ACKs seen leaving without a recorded SYN (also counted as COOKIE).
+    pub const COOKIE_UNMATCHED: u16 = 9;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.

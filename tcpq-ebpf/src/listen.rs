@@ -581,29 +581,63 @@ fn is_pending_packet(p: &Pending, skb: u64) -> bool {
 /// `net:net_dev_queue(struct sk_buff *skb)`: a SYN-ACK for the pending SYN leaves.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
-    let Some(p) = pending() else { return 0 };
-    if p.is_syn == 0 || p.synack != 0 {
-        return 0;
-    }
     let skb: u64 = ctx.arg(0);
-    let Some(t) = skb_ports(skb) else { return 0 };
-    if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK)
-        || t.sport != p.ev.lport
-        || t.dport != p.ev.rport
-    {
+    // tcp_make_synack(): a normal SYN-ACK is owned by its request socket, a cookie one by none.
+    // Almost every other packet has an owner too, so this one read keeps the common case cheap.
+    let owner: u64 = kread(skb, OFF_SKB_SK.load());
+    let pending = pending().filter(|p| p.is_syn != 0 && p.synack == 0);
+    if owner != 0 && pending.is_none() {
         return 0;
     }
-    match ip_addrs(t.ip) {
-        Some((s, d)) if s == p.ev.laddr && d == p.ev.raddr => {}
-        _ => return 0,
+    let Some(t) = skb_ports(skb) else { return 0 };
+    if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK) {
+        return 0;
     }
-    // tcp_make_synack(): a normal SYN-ACK is owned by its request socket, a cookie one by none.
-    let owner: u64 = kread(skb, OFF_SKB_SK.load());
-    if owner == 0 {
-        p.synack = 2;
-        resolve(p, FREED_CONSUMED); // emits the cookie now
-    } else {
-        p.active = 0; // accepted into the SYN queue
+    let Some((saddr, daddr)) = ip_addrs(t.ip) else {
+        return 0;
+    };
+    if let Some(p) = pending
+        && t.sport == p.ev.lport
+        && t.dport == p.ev.rport
+        && saddr == p.ev.laddr
+        && daddr == p.ev.raddr
+    {
+        if owner == 0 {
+            p.synack = 2;
+            resolve(p, FREED_CONSUMED); // emits the cookie now
+        } else {
+            p.active = 0; // accepted into the SYN queue
+        }
+        return 0;
+    }
+    if owner == 0 && confirm_mode() {
+        // A cookie SYN-ACK whose SYN we did not record (SyncookiesSent counts it all the same):
+        // report it from the SYN-ACK itself; the queue snapshot is unknown.
+        let filter = FILTER_LPORT.load();
+        if filter != 0 && filter != t.sport as u32 {
+            return 0;
+        }
+        let dev: u64 = kread(skb, OFF_SKB_DEV.load());
+        let net: u64 = kread(dev, OFF_DEV_NET.load());
+        let mut ev = ListenEvent {
+            kind: kind::COOKIE,
+            family: if kread::<u8>(t.ip, 0) >> 4 == 6 {
+                AF_INET6
+            } else {
+                AF_INET
+            },
+            netns: kread(net, OFF_NET_INUM.load()),
+            laddr: saddr,
+            raddr: daddr,
+            lport: t.sport,
+            rport: t.dport,
+            ..ListenEvent::default()
+        };
+        // SAFETY: no arguments.
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        bump(&LISTEN_COUNTS, kind::COOKIE as u32);
+        bump(&LISTEN_COUNTS, kind::COOKIE_UNMATCHED as u32);
+        emit(&ev, hook::OUTCOME);
     }
     0
 }

@@ -209,6 +209,8 @@ pub struct RunFacts {
     pub other_drops: u64,
     /// Packets whose outcome was not observed (confirm mode only).
     pub unresolved: u64,
+    /// Cookie SYN-ACKs reported from the SYN-ACK alone (their SYN was not recorded).
+    pub cookies_unmatched: u64,
 }
 
 pub fn summary_text(
@@ -311,6 +313,7 @@ pub fn summary_json(
         "verdicts": if facts.confirmed { "confirmed" } else { "predicted" },
         "other_drops": facts.other_drops,
         "unresolved": facts.unresolved,
+        "cookies_unmatched": facts.cookies_unmatched,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })

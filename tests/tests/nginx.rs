@@ -128,12 +128,13 @@ fn nginx_under_wrk_counts_match_the_kernel() {
     );
     let fin = final_summary(&lines);
     eprintln!(
-        "tcpq {counts:?}; kernel ListenOverflows {kernel_overflows}, SyncookiesSent {}; tcpq kernel_counts {} lost {} unresolved {} other {}",
+        "tcpq {counts:?}; kernel ListenOverflows {kernel_overflows}, SyncookiesSent {}; tcpq kernel_counts {} lost {} unresolved {} other {} cookies_unmatched {}",
         delta(&before, &after, "TcpExt:SyncookiesSent"),
         fin["kernel_counts"],
         fin["lost_events"],
         fin["unresolved"],
-        fin["other_drops"]
+        fin["other_drops"],
+        fin["cookies_unmatched"]
     );
     assert!(
         syn + ack > 0,

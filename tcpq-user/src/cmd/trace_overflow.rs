@@ -347,6 +347,7 @@ fn run_facts(
         confirmed,
         other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
         unresolved: sum_per_cpu(counts, tcpq_common::kind::UNRESOLVED as u32),
+        cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
     }
 }
 
