@@ -141,7 +141,6 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::DROP_EVENTS)?;
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
-    eprintln!("tcpq: tracing netfilter drops (conntrack table full or a rule) — Ctrl-C to stop");
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
     let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
@@ -323,6 +322,11 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         on_record,
         on_tick,
         on_summary,
+        || {
+            eprintln!(
+                "tcpq: tracing netfilter drops (conntrack table full or a rule) — Ctrl-C to stop"
+            )
+        },
     )?;
     drop(loaded);
     Ok(())
@@ -371,10 +375,6 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
     if !args.duration.is_zero() && privileges.can_load_bpf() {
         let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
         let ring = loaded.take_ring(names::DROP_EVENTS)?;
-        eprintln!(
-            "tcpq: watching netfilter drops for {:.0} s…",
-            args.duration.as_secs_f64()
-        );
         let counts = RefCell::new((0u64, 0u64));
 
         super::ring::run(
@@ -396,6 +396,12 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
             },
             || {},
             |_| {},
+            || {
+                eprintln!(
+                    "tcpq: watching netfilter drops for {:.0} s…",
+                    args.duration.as_secs_f64()
+                )
+            },
         )?;
         drop(loaded);
         traced = Some(counts.into_inner());
@@ -525,10 +531,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
             .cloned()
             .unwrap_or_else(|| format!("reason {r}"))
     };
-    eprintln!(
-        "tcpq: tracing TCP drops by reason ({} reasons known from BTF) — Ctrl-C to stop",
-        reasons.len()
-    );
+    let n_reasons = reasons.len();
     let clock = Clock::new();
     let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
     let emit = |line: String| {
@@ -649,6 +652,11 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         on_record,
         on_tick,
         on_summary,
+        || {
+            eprintln!(
+                "tcpq: tracing TCP drops by reason ({n_reasons} reasons known from BTF) — Ctrl-C to stop"
+            )
+        },
     )?;
     drop(loaded);
     Ok(())

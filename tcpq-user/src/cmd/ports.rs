@@ -76,10 +76,6 @@ pub fn run(args: PortsArgs) -> Result<i32> {
     let started = Instant::now();
     if privileges.can_load_bpf() && !args.duration.is_zero() {
         let session = ConnectSession::open()?;
-        eprintln!(
-            "tcpq: tracing connects for {:.0} s…",
-            args.duration.as_secs_f64()
-        );
         let agg = std::cell::RefCell::new(ConnectAggregator::new(50_000));
         session.run(
             Some(args.duration),
@@ -98,6 +94,12 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             },
             || {},
             |_, _| {},
+            || {
+                eprintln!(
+                    "tcpq: tracing connects for {:.0} s…",
+                    args.duration.as_secs_f64()
+                )
+            },
         )?;
         traced = Some(agg.into_inner());
     } else if !privileges.can_load_bpf() {

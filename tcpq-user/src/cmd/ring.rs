@@ -17,6 +17,7 @@ pub fn run(
     mut on_record: impl FnMut(&[u8]),
     mut on_tick: impl FnMut(),
     mut on_summary: impl FnMut(bool),
+    ready: impl FnOnce(),
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -29,6 +30,8 @@ pub fn run(
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+        // Announce only now: a signal sent after the banner must find the handlers in place.
+        ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut summary_tick = tokio::time::interval(summary_every);
         summary_tick.tick().await;

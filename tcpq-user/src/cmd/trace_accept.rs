@@ -68,7 +68,6 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .take_map(names::IN_ACCEPT)
             .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
     )?;
-    eprintln!("tcpq: tracing accepted connections and accept-queue waits — Ctrl-C to stop");
     let clock = Clock::new();
     let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
     let emit = |line: String| {
@@ -272,6 +271,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         on_record,
         on_tick,
         on_summary,
+        || eprintln!("tcpq: tracing accepted connections and accept-queue waits — Ctrl-C to stop"),
     )?;
     drop(loaded);
     Ok(())

@@ -259,6 +259,7 @@ impl ConnectSession {
         mut on_event: impl FnMut(&ConnectOutcome),
         mut on_tick: impl FnMut(),
         mut on_summary: impl FnMut(&ConnectTotals, bool),
+        ready: impl FnOnce(),
     ) -> Result<()> {
         let ConnectSession {
             loaded,
@@ -276,6 +277,7 @@ impl ConnectSession {
             },
             &mut on_tick,
             |final_run| on_summary(&totals(&counts), final_run),
+            ready,
         )?;
         drop(loaded);
         Ok(())
@@ -286,19 +288,6 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
-    eprintln!(
-        "tcpq: tracing connects{}{}{} — hooks: {} — Ctrl-C to stop",
-        args.pid
-            .as_ref()
-            .map(|p| format!(" of {p}"))
-            .unwrap_or_default(),
-        args.dst
-            .as_ref()
-            .map(|d| format!(" to {d}"))
-            .unwrap_or_default(),
-        if args.failed { " (failures only)" } else { "" },
-        session.hooks_line()
-    );
     let clock = Clock::new();
     let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout()));
     let emit = |line: String| {
@@ -422,12 +411,28 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         }
         let _ = out.borrow_mut().flush();
     };
+    let hooks = session.hooks_line();
+    let ready = || {
+        eprintln!(
+            "tcpq: tracing connects{}{}{} — hooks: {hooks} — Ctrl-C to stop",
+            args.pid
+                .as_ref()
+                .map(|p| format!(" of {p}"))
+                .unwrap_or_default(),
+            args.dst
+                .as_ref()
+                .map(|d| format!(" to {d}"))
+                .unwrap_or_default(),
+            if args.failed { " (failures only)" } else { "" },
+        )
+    };
     session.run(
         args.duration,
         args.summary_every,
         on_event,
         on_tick,
         on_summary,
+        ready,
     )
 }
 

@@ -416,22 +416,6 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     if let Some(ns) = netns::current() {
         t.borrow_mut().note_netns(ns);
     }
-    eprintln!(
-        "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
-        args.port
-            .map(|p| format!(" on port {p}"))
-            .unwrap_or_default(),
-        args.pid
-            .as_ref()
-            .map(|p| format!(" for {p}"))
-            .unwrap_or_default(),
-        if confirmed {
-            "confirmed from the kernel's actions"
-        } else {
-            "predicted from the queues (outcome hooks unavailable)"
-        },
-        attached.join(", ")
-    );
     super::ring::run(
         ring,
         args.duration,
@@ -442,6 +426,24 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
             let k = kernel_totals(&counts);
             t.borrow_mut()
                 .summary(&k, &run_facts(&lost, &counts, confirmed), final_run);
+        },
+        || {
+            eprintln!(
+                "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
+                args.port
+                    .map(|p| format!(" on port {p}"))
+                    .unwrap_or_default(),
+                args.pid
+                    .as_ref()
+                    .map(|p| format!(" for {p}"))
+                    .unwrap_or_default(),
+                if confirmed {
+                    "confirmed from the kernel's actions"
+                } else {
+                    "predicted from the queues (outcome hooks unavailable)"
+                },
+                attached.join(", ")
+            )
         },
     )?;
     let errors = t.borrow().decode_errors;

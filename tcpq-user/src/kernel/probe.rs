@@ -515,6 +515,21 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
+    // TCPQ_RING_BYTES: ring buffer size (power of two, ≥ 4096) — small values force loss in tests.
+    let ring_bytes = std::env::var("TCPQ_RING_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| v.is_power_of_two() && *v >= 4096);
+    if let Some(bytes) = ring_bytes {
+        for ring in [
+            names::LISTEN_EVENTS,
+            names::CONNECT_EVENTS,
+            names::DROP_EVENTS,
+            names::ACCEPT_EVENTS,
+        ] {
+            loader.map_max_entries(ring, bytes);
+        }
+    }
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("load tcpq's kernel object (maps and BTF)")?;

@@ -1,0 +1,122 @@
+//! Reliability: loss is counted (and kernel-side counts stay exact), and every way tcpq can be
+//! stopped leaves no program attached (root).
+use std::{collections::HashSet, time::Duration};
+
+use tcpq_tests::*;
+
+/// IDs of loaded BPF programs (any owner).
+fn program_ids() -> HashSet<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| p.id())
+        .collect()
+}
+
+#[test]
+fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
+    if skip_unless_root("ring_overflow") {
+        return;
+    }
+    let ns = Netns::new("loss");
+    let inode = ns.inode();
+    let tracer = Tracer::start_with_env(
+        &[],
+        &[("TCPQ_RING_BYTES", "4096"), ("TCPQ_SLOW_READER_US", "2000")],
+    );
+    let mut server = python_in(
+        &ns,
+        "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9600)); l.listen(1)\nprint('up',flush=True)\ntime.sleep(15)",
+    );
+    {
+        use std::io::Read as _;
+        let mut b = [0u8; 3];
+        server.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
+    }
+    let before = ns.counters();
+    // A flood far beyond a 4 KiB ring read slowly.
+    let flood = python_in(
+        &ns,
+        "import socket\ncs=[]\nfor _ in range(1500):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',9600))\n except BlockingIOError: pass\n cs.append(s)\nimport time; time.sleep(1)",
+    );
+    assert!(flood.wait_with_output().unwrap().status.success());
+    let after = ns.counters();
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = tracer.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    let fin = final_summary(&lines);
+    let lost = fin["lost_events"].as_u64().unwrap();
+    let kernel = fin["kernel_counts"]["syn"].as_u64().unwrap()
+        + fin["kernel_counts"]["ack"].as_u64().unwrap();
+    let seen: u64 = counts_by_kind(&lines, inode)
+        .iter()
+        .filter(|(k, _)| *k == "syn" || *k == "ack")
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "kernel {kernel}, seen {seen}, lost {lost}, ListenOverflows {}",
+        delta(&before, &after, "TcpExt:ListenOverflows")
+    );
+    assert!(lost > 0, "a 4 KiB ring read slowly must overflow");
+    assert!(seen < kernel, "some events were lost");
+    assert_eq!(
+        kernel,
+        delta(&before, &after, "TcpExt:ListenOverflows"),
+        "per-CPU kernel counts stay exact despite the loss"
+    );
+}
+
+#[test]
+fn every_way_of_stopping_detaches_everything() {
+    if skip_unless_root("detach") {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGKILL] {
+        let before = program_ids();
+        let mut child = tcpq()
+            .args(["trace", "overflow", "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the banner: the programs are attached by then.
+        {
+            use std::io::BufRead as _;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stderr.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.starts_with("tcpq: tracing"), "{line}");
+        }
+        let ours: HashSet<u32> = program_ids().difference(&before).copied().collect();
+        assert!(
+            ours.len() >= 6,
+            "tcpq attached its programs ({} new)",
+            ours.len()
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        if sig != libc::SIGKILL {
+            assert!(status.success(), "signal {sig}: clean exit, got {status}");
+        }
+        // The kernel releases programs when the last fd/link goes; give it a moment.
+        let mut left = ours.clone();
+        for _ in 0..50 {
+            let now = program_ids();
+            left = ours.intersection(&now).copied().collect();
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            left.is_empty(),
+            "signal {sig}: programs still loaded: {left:?}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/tcpq").exists(),
+        "tcpq pins nothing"
+    );
+}
