@@ -10,6 +10,8 @@ pub mod cmd;
 pub mod connect;
 pub mod conntrack;
 pub mod decode;
+#[cfg(test)]
+mod fuzz;
 pub mod kernel;
 pub mod lab;
 pub mod listen;
