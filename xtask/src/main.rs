@@ -14,12 +14,13 @@ use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
-/// real-server integration test.
+/// real-server integration test, capsh for the minimum-capabilities test.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    ("capsh", "libcap2-bin"),
 ];
 
 fn main() {
@@ -206,6 +207,6 @@ mod tests {
     #[test]
     fn packages_cover_the_lab_tools() {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft", "nginx", "wrk"]);
+        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh"]);
     }
 }
