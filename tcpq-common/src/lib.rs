@@ -39,6 +39,7 @@ pub mod names {
 
     pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
     pub const IN_ACCEPT: &str = "IN_ACCEPT";
+    pub const ACCEPT_LOST: &str = "ACCEPT_LOST";
     pub const PROG_ACCEPT_ENQUEUE: &str = "accept_enqueue";
     pub const PROG_ACCEPT_ENTER4: &str = "accept_enter4";
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";

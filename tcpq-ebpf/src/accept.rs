@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpq_common::{AcceptEvent, InAccept, accept as a};
@@ -23,6 +23,10 @@ const ERESTARTSYS: i64 = 512;
 
 #[map]
 static ACCEPT_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+
+/// Slot 0: accept records that did not fit in the ring buffer.
+#[map]
+static ACCEPT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// When each child socket was queued (by socket pointer); removed when accepted or closed.
 #[map]
@@ -140,9 +144,17 @@ fn exit(ctx: &TracePointContext) {
             ev.raddr[..4].copy_from_slice(&r);
         }
     }
-    if let Some(mut entry) = ACCEPT_EVENTS.reserve::<AcceptEvent>(0) {
-        entry.write(ev);
-        entry.submit(0);
+    match ACCEPT_EVENTS.reserve::<AcceptEvent>(0) {
+        Some(mut entry) => {
+            entry.write(ev);
+            entry.submit(0);
+        }
+        None => {
+            if let Some(p) = ACCEPT_LOST.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot.
+                unsafe { *p += 1 };
+            }
+        }
     }
 }
 

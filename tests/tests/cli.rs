@@ -199,18 +199,37 @@ fn runs_with_exactly_the_documented_capabilities() {
     }
     let bin = tcpq_bin();
     let caps = "cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_dac_read_search";
-    let script = format!("{b} check --json && {b} trace overflow --duration 1 --json", b = bin.display());
+    let script = format!(
+        "{b} check --json && {b} trace overflow --duration 1 --json",
+        b = bin.display()
+    );
     let out = std::process::Command::new("capsh")
-        .arg(format!("--caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip"))
+        .arg(format!(
+            "--caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip"
+        ))
         .args(["--keep=1", "--user=nobody"])
         .arg(format!("--addamb={caps}"))
         .args(["--", "-c", &script])
         .output()
         .expect("capsh (cargo xtask setup installs libcap2-bin)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let check: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(check["ok"], true, "{check}");
-    assert!(check["privileges"].as_str().unwrap().contains("not root"), "{check}");
-    assert!(stdout.lines().last().unwrap().contains("\"event\":\"summary\""), "{stdout}");
+    assert!(
+        check["privileges"].as_str().unwrap().contains("not root"),
+        "{check}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"summary\""),
+        "{stdout}"
+    );
 }

@@ -62,6 +62,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
     let mut loaded = probe::load(&[Family::Accept], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
+    let lost_map = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
     let in_accept: BpfHashMap<MapData, u64, InAccept> = BpfHashMap::try_from(
         loaded
             .ebpf
@@ -167,6 +168,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             print_aggregates(lines);
         }
         let idle_now = idle_acceptors(&in_accept);
+        let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
         let (dur, stats) = if final_run {
             (started.elapsed().as_secs_f64(), total.borrow().clone())
         } else {
@@ -229,10 +231,10 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                     "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
                     "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
                     "acceptors": s.acceptors.keys().collect::<Vec<_>>(), "holders": holders.iter().map(|o| o.pid).collect::<Vec<_>>(), "idle_acceptors": idle,
-                    "causes": findings}).to_string());
+                    "lost_events": lost, "causes": findings}).to_string());
             } else {
                 emit(format!(
-                    "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}",
+                    "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}, lost events {lost}",
                     endpoint(*laddr, *lport),
                     s.accepts,
                     if dur > 0.0 {
