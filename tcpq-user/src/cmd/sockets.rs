@@ -16,6 +16,9 @@ use crate::{
     sockets::{analyse, diagnose_sockets, time_wait_by_remote},
 };
 
+/// A process and its socket inodes → descriptor numbers.
+type ProcessFds = (procs::Owner, HashMap<u64, Vec<u32>>);
+
 #[derive(Debug, Clone)]
 pub struct SocketsArgs {
     pub pid: Option<String>,
@@ -45,7 +48,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
     };
     let idle_ms = args.idle.as_millis().min(u32::MAX as u128) as u32;
     // inode → fds, per process; processes grouped by network namespace.
-    let mut by_ns: BTreeMap<u32, Vec<(procs::Owner, HashMap<u64, Vec<u32>>)>> = BTreeMap::new();
+    let mut by_ns: BTreeMap<u32, Vec<ProcessFds>> = BTreeMap::new();
     let mut skipped = 0;
     for t in targets {
         let Ok(p) = Process::new(t.pid as i32) else {
