@@ -126,6 +126,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every hook family for --duration, then one report: causes ranked worst first, with evidence
+    /// and fixes ("no problem found" and what was checked otherwise).
+    Diagnose {
+        /// How long to collect.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// One JSON report.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when a cause fired (for CI of load tests).
+        #[arg(long)]
+        fail_on_cause: bool,
+    },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }

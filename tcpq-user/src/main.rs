@@ -137,6 +137,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Diagnose {
+            duration,
+            json,
+            fail_on_cause,
+        } => Ok(cmd::diagnose::run(cmd::diagnose::DiagnoseArgs {
+            duration,
+            json,
+            fail_on_cause,
+        })? as u8),
         Command::Sockets { pid, idle, json } => {
             Ok(cmd::sockets::run(cmd::sockets::SocketsArgs { pid, idle, json })? as u8)
         }

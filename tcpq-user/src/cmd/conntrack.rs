@@ -67,9 +67,20 @@ pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
         entries_source: "",
     }
     .with_entries(with_entries)
+    .with_activity()
 }
 
 impl CtSnapshot {
+    /// nf_conntrack being loaded does not mean this namespace tracks connections: only a rule
+    /// that needs state (or NAT) turns it on. Without any entry or activity, it is not in use.
+    fn with_activity(mut self) -> Self {
+        let active = ["new", "found", "insert", "drop", "invalid"]
+            .iter()
+            .any(|k| self.stat.get(*k).copied().unwrap_or(0) > 0);
+        self.in_use = self.in_use && (self.count > 0 || active);
+        self
+    }
+
     fn with_entries(mut self, wanted: bool) -> Self {
         if !wanted {
             return self;
@@ -366,7 +377,9 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
                 json!({"event": "conntrack", "netns": ns, "in_use": false})
             );
         } else {
-            println!("conntrack not in use in network namespace {ns} (nf_conntrack not loaded)");
+            println!(
+                "conntrack not in use in network namespace {ns} (not loaded, or no rule there needs connection state)"
+            );
         }
         return Ok(0);
     }

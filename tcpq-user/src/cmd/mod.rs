@@ -1,5 +1,6 @@
 pub mod check;
 pub mod conntrack;
+pub mod diagnose;
 pub mod ports;
 pub mod ring;
 pub mod sockets;
