@@ -138,6 +138,20 @@ fn evidence(
     }
 }
 
+/// Is conntrack in use in `ns`? Once seen in use it stays so. A drop without an entry in a
+/// namespace not yet known to track is checked right then (a table-full drop means the table
+/// holds entries now): a snapshot taken earlier may predate the first tracked connection.
+pub fn ct_in_use(active: &RefCell<std::collections::HashSet<u32>>, ns: u32, has_ct: bool) -> bool {
+    if active.borrow().contains(&ns) {
+        return true;
+    }
+    if has_ct || snapshot_in(ns, false).in_use {
+        active.borrow_mut().insert(ns);
+        return true;
+    }
+    false
+}
+
 #[derive(Debug, Clone)]
 pub struct TraceConntrackArgs {
     pub json: bool,
@@ -174,6 +188,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let started = Instant::now();
     let header = std::cell::Cell::new(false);
     let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
+    let active: RefCell<std::collections::HashSet<u32>> =
+        RefCell::new(std::collections::HashSet::new());
     let note_ns = |ns: u32| {
         if !first.borrow().contains_key(&ns) {
             let s = snapshot_in(ns, false);
@@ -201,7 +217,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         };
         note_ns(e.netns);
         let (count, max) = sample.borrow().get(&e.netns).copied().unwrap_or((0, 0));
-        let in_use = first.borrow().get(&e.netns).is_some_and(|s| s.in_use);
+        let in_use = ct_in_use(&active, e.netns, e.has_ct);
         let kind = drop_kind(e.has_ct, in_use);
         *kinds.borrow_mut().entry((e.netns, kind)).or_insert(0) += 1;
         // Inbound drops happen in softirq: the owner is the listener of the destination port.

@@ -94,6 +94,11 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
+    // TCPQ_BPF_STATS=1: have the kernel time every program run (BPF_ENABLE_STATS, released with
+    // the fd) and report ns per run; `cargo xtask bench` uses it.
+    let stats_fd = (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
+        .flatten();
     let host = netns::current().unwrap_or(0);
     let tty = std::io::stderr().is_terminal();
     eprintln!(
@@ -105,7 +110,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let mut dir = ListenerDirectory::new();
     let mut connects = ConnectAggregator::new(50_000);
     let mut drops: BTreeMap<(u32, &'static str), u64> = BTreeMap::new();
-    let mut drop_ns_first: HashMap<u32, crate::cmd::conntrack::CtSnapshot> = HashMap::new();
+    let ct_active = std::cell::RefCell::new(HashSet::new());
     let mut accepts: BTreeMap<(u32, IpAddr, u16), AcceptStats> = BTreeMap::new();
     let mut counters_first: HashMap<u32, HashMap<String, u64>> = HashMap::new();
     if let Ok(c) = counters::read_in(host) {
@@ -138,11 +143,9 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
             if let Ok(d) = decode_drop(&item)
                 && d.netfilter
             {
-                let first = drop_ns_first
-                    .entry(d.netns)
-                    .or_insert_with(|| snapshot_in(d.netns, false));
+                let in_use = crate::cmd::conntrack::ct_in_use(&ct_active, d.netns, d.has_ct);
                 *drops
-                    .entry((d.netns, drop_kind(d.has_ct, first.in_use)))
+                    .entry((d.netns, drop_kind(d.has_ct, in_use)))
                     .or_insert(0) += 1;
             }
         }
@@ -407,15 +410,29 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         ),
         "stale ESTABLISHED and CLOSE_WAIT sockets of every process".to_string(),
     ];
+    let program_stats: Vec<Value> = if stats_fd.is_some() {
+        loaded
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                let runs = info.run_count();
+                (runs > 0).then(|| json!({"program": name, "run_count": runs, "ns_per_run": info.run_time().as_nanos() as u64 / runs}))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if args.json {
         let list: Vec<Value> = causes
             .iter()
             .map(|c| json!({"cause": c.finding.cause, "where": c.place, "process": c.process, "pid": c.pid, "port": c.port, "impact": c.finding.impact, "text": c.finding.text, "evidence": c.evidence, "fix": c.finding.fix}))
             .collect();
-        println!(
-            "{}",
-            json!({"duration_s": (duration_s * 10.0).round() / 10.0, "causes": list, "checked": checked, "lost_events": lost})
-        );
+        let mut report = json!({"duration_s": (duration_s * 10.0).round() / 10.0, "causes": list, "checked": checked, "lost_events": lost});
+        if !program_stats.is_empty() {
+            report["program_stats"] = json!(program_stats);
+        }
+        println!("{report}");
     } else {
         println!("tcpq diagnose — {duration_s:.1} s, lost events: {lost}");
         if causes.is_empty() {
