@@ -38,3 +38,77 @@ proptest! {
         }
     }
 }
+
+/// Memory stays bounded: a million distinct clients and a hundred thousand listeners or
+/// destinations through the userspace tables, with exact totals and counted evictions.
+#[test]
+fn tables_stay_bounded_under_a_million_tuples() {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::{
+        connect::{ConnectOutcome, ConnectResult, model::ConnectAggregator},
+        decode::OverflowEvent,
+        model::{ClientSet, LineLimiter, OverflowAggregator, OverflowKind},
+    };
+    let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)));
+    let mut agg = OverflowAggregator::new(10_000);
+    let mut limiter = LineLimiter::new(20);
+    let mut printed = 0u64;
+    for i in 0..1_000_000u32 {
+        let ev = OverflowEvent {
+            kind: OverflowKind::Syn,
+            ts_ns: 5_000_000_000,
+            netns: 1,
+            cookie: (i % 100_000) as u64,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport: (i % 100_000) as u16,
+            raddr: ip(i),
+            rport: (i % 60_000) as u16,
+            queue: 9,
+            backlog: 8,
+            synq: 0,
+        };
+        agg.record(&ev);
+        if limiter.admit(5, &ev).1 == crate::model::Admit::Print {
+            printed += 1;
+        }
+    }
+    assert!(agg.listeners.len() <= 10_000);
+    assert!(agg.evicted > 0, "evictions are counted");
+    assert_eq!(
+        agg.totals().get(OverflowKind::Syn),
+        1_000_000,
+        "no count is lost"
+    );
+    assert!(
+        agg.listeners
+            .values()
+            .all(|l| l.clients.len() <= ClientSet::CAP)
+    );
+    let aggregated: u64 = limiter.flush_all().iter().map(|l| l.count).sum();
+    assert_eq!(
+        printed + aggregated,
+        1_000_000,
+        "lines + aggregates = events"
+    );
+
+    let mut c = ConnectAggregator::new(20_000);
+    for i in 0..1_000_000u32 {
+        c.record(&ConnectOutcome {
+            ts_ns: 0,
+            netns: 1,
+            tgid: 7,
+            comm: "nginx".into(),
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 40000,
+            daddr: ip(i % 100_000),
+            dport: 9000,
+            result: ConnectResult::Ok,
+            syscall_ns: Some(1_000),
+            handshake_ns: Some(2_000),
+            syn_retrans: 0,
+        });
+    }
+    assert!(c.by_key.len() <= 20_000);
+    assert!(c.evicted > 0);
+}

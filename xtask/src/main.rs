@@ -203,14 +203,6 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn packages_cover_the_lab_tools() {
-        let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh"]);
-    }
-}
 
 const BENCH_NS: &str = "tcpq-bench";
 
@@ -408,7 +400,7 @@ fn bench(quick: bool) -> Result<()> {
     );
     if let Some(last) = results.last() {
         let mut p = last.programs.clone();
-        p.sort_by(|a, b| b.2.cmp(&a.2));
+        p.sort_by_key(|x| std::cmp::Reverse(x.2));
         for (name, ns, runs) in p {
             table.push_str(&format!("| {name} | {ns} | {runs} |\n"));
         }
@@ -428,4 +420,13 @@ fn bench(quick: bool) -> Result<()> {
         eprintln!("xtask: wrote BENCHMARKS.md");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packages_cover_the_lab_tools() {
+        let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
+        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh"]);
+    }
 }

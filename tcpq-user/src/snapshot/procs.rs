@@ -110,6 +110,45 @@ fn matches_name(p: &Process, name: &str) -> bool {
     false
 }
 
+/// Syscall numbers of accept(2) and accept4(2) on this architecture.
+#[cfg(target_arch = "x86_64")]
+const ACCEPT_SYSCALLS: [u64; 2] = [43, 288];
+#[cfg(target_arch = "aarch64")]
+const ACCEPT_SYSCALLS: [u64; 2] = [202, 242];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ACCEPT_SYSCALLS: [u64; 2] = [u64::MAX, u64::MAX];
+
+/// Parses /proc/PID/task/TID/syscall: the listening fd when the thread sits in accept().
+pub fn accept_fd_of(syscall_line: &str) -> Option<u32> {
+    let mut it = syscall_line.split_whitespace();
+    let nr: u64 = it.next()?.parse().ok()?;
+    if !ACCEPT_SYSCALLS.contains(&nr) {
+        return None;
+    }
+    let arg0 = it.next()?;
+    u32::from_str_radix(arg0.trim_start_matches("0x"), 16).ok()
+}
+
+/// Threads of `pid` blocked in accept()/accept4() on the socket with `inode` (idle acceptors).
+/// Needs ptrace access to the process (root, or the same user).
+pub fn threads_in_accept(pid: u32, inode: u64) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let Ok(line) = std::fs::read_to_string(t.path().join("syscall")) else {
+            continue;
+        };
+        if let Some(fd) = accept_fd_of(&line)
+            && fd_socket_inode(pid, fd) == Some(inode)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,43 +197,4 @@ mod tests {
         let map = socket_owners(&HashSet::from([inode]));
         assert!(map[&inode].iter().any(|o| o.pid == me));
     }
-}
-
-/// Syscall numbers of accept(2) and accept4(2) on this architecture.
-#[cfg(target_arch = "x86_64")]
-const ACCEPT_SYSCALLS: [u64; 2] = [43, 288];
-#[cfg(target_arch = "aarch64")]
-const ACCEPT_SYSCALLS: [u64; 2] = [202, 242];
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const ACCEPT_SYSCALLS: [u64; 2] = [u64::MAX, u64::MAX];
-
-/// Parses /proc/PID/task/TID/syscall: the listening fd when the thread sits in accept().
-pub fn accept_fd_of(syscall_line: &str) -> Option<u32> {
-    let mut it = syscall_line.split_whitespace();
-    let nr: u64 = it.next()?.parse().ok()?;
-    if !ACCEPT_SYSCALLS.contains(&nr) {
-        return None;
-    }
-    let arg0 = it.next()?;
-    u32::from_str_radix(arg0.trim_start_matches("0x"), 16).ok()
-}
-
-/// Threads of `pid` blocked in accept()/accept4() on the socket with `inode` (idle acceptors).
-/// Needs ptrace access to the process (root, or the same user).
-pub fn threads_in_accept(pid: u32, inode: u64) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let mut n = 0;
-    for t in tasks.flatten() {
-        let Ok(line) = std::fs::read_to_string(t.path().join("syscall")) else {
-            continue;
-        };
-        if let Some(fd) = accept_fd_of(&line)
-            && fd_socket_inode(pid, fd) == Some(inode)
-        {
-            n += 1;
-        }
-    }
-    n
 }
