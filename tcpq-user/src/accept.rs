@@ -68,8 +68,7 @@ impl Default for AcceptStats {
     fn default() -> Self {
         Self {
             accepts: 0,
-            wait_ns: Histogram::new_with_bounds(1_000, 3_600_000_000_000, 2)
-                .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!())),
+            wait_ns: crate::connect::model::histogram(),
             errors: BTreeMap::new(),
             acceptors: BTreeMap::new(),
         }

@@ -342,6 +342,19 @@ pub fn python_in(ns: &Netns, code: &str) -> std::process::Child {
         .expect("python3")
 }
 
+/// The next line of a child's stdout, read byte by byte so nothing after it is buffered away
+/// (the child's later lines stay readable).
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::Read as _;
+    let out = child.stdout.as_mut().expect("child stdout is piped");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_string()
+}
+
 /// Applies an nft script inside a namespace.
 pub fn nft_in(ns: &Netns, script: &str) {
     use std::io::Write as _;

@@ -3,18 +3,6 @@ use std::{io::BufRead as _, time::Duration};
 
 use tcpq_tests::*;
 
-/// One line from the child's stdout, read byte by byte so nothing after it is buffered away.
-fn first_line(child: &mut std::process::Child) -> String {
-    use std::io::Read as _;
-    let out = child.stdout.as_mut().unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8_lossy(&line).trim().to_string()
-}
-
 fn summary_for(lines: &[serde_json::Value], port: u16) -> &serde_json::Value {
     lines
         .iter()

@@ -1,15 +1,7 @@
 //! `tcpq sockets`: CLOSE_WAIT leaks and stale ESTABLISHED connections, found per process.
-use std::{io::BufRead as _, time::Duration};
+use std::time::Duration;
 
 use tcpq_tests::*;
-
-fn first_line(child: &mut std::process::Child) -> String {
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim().to_string()
-}
 
 fn sockets_json(pid: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = tcpq()

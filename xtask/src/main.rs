@@ -203,7 +203,6 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
-
 const BENCH_NS: &str = "tcpq-bench";
 
 /// `wrk` against the bench nginx inside its namespace; requests/s.

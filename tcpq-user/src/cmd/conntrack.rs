@@ -24,7 +24,7 @@ use crate::{
     },
     listen::resolve::ListenerDirectory,
     output::{Clock, endpoint},
-    snapshot::netns,
+    snapshot::{counters::read_sysctl, netns},
 };
 
 /// What /proc says about one namespace's conntrack table.
@@ -42,21 +42,17 @@ pub struct CtSnapshot {
     pub entries_source: &'static str,
 }
 
-fn read_u64(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// Reads the calling thread's namespace (call inside `netns::run_in`).
 pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
-    let Some(max) = read_u64("/proc/sys/net/netfilter/nf_conntrack_max") else {
+    let Some(max) = read_sysctl("/proc/sys/net/netfilter/nf_conntrack_max") else {
         return CtSnapshot::default();
     };
     CtSnapshot {
         in_use: true,
-        count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count").unwrap_or(0),
+        count: read_sysctl("/proc/sys/net/netfilter/nf_conntrack_count").unwrap_or(0),
         max,
-        buckets: read_u64("/proc/sys/net/netfilter/nf_conntrack_buckets").unwrap_or(0),
-        established_timeout: read_u64(
+        buckets: read_sysctl("/proc/sys/net/netfilter/nf_conntrack_buckets").unwrap_or(0),
+        established_timeout: read_sysctl(
             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
         )
         .unwrap_or(0),

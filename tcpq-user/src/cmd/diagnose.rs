@@ -61,16 +61,6 @@ struct Cause {
     evidence: Value,
 }
 
-fn read_port_range() -> Option<(PortRange, Option<u32>)> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let reserved =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    let tw = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    Some((PortRange::parse(&range, &reserved)?, tw))
-}
-
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let mut loaded = probe::load(
         &[
@@ -254,8 +244,8 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
                 *ns,
                 || -> Option<(Vec<sockdiag::DiagSocket>, PortRange, Option<u32>)> {
                     let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
-                    let (range, tw) = read_port_range()?;
-                    Some((socks, range, tw))
+                    let ports = super::ports::read_port_sysctls().ok()?;
+                    Some((socks, ports.range, ports.tw_reuse))
                 },
             )
             .ok()

@@ -19,7 +19,7 @@ use crate::{
     },
     kernel::env::Privileges,
     output::endpoint,
-    snapshot::{netns, sockdiag},
+    snapshot::{counters::read_sysctl, netns, sockdiag},
 };
 
 #[derive(Debug, Clone)]
@@ -32,20 +32,18 @@ pub struct PortsArgs {
 
 /// Port-related sysctls of the calling thread's namespace.
 #[derive(Debug, Clone)]
-struct PortSysctls {
-    range: PortRange,
-    tw_reuse: Option<u32>,
+pub(crate) struct PortSysctls {
+    pub range: PortRange,
+    pub tw_reuse: Option<u32>,
 }
 
-fn read_port_sysctls() -> Result<PortSysctls> {
+pub(crate) fn read_port_sysctls() -> Result<PortSysctls> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .context("read ip_local_port_range")?;
     let reserved =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
     let range = PortRange::parse(&range, &reserved).context("parse ip_local_port_range")?;
-    let tw_reuse = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
+    let tw_reuse = read_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse");
     Ok(PortSysctls { range, tw_reuse })
 }
 

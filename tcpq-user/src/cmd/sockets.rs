@@ -26,12 +26,6 @@ pub struct SocketsArgs {
     pub json: bool,
 }
 
-fn nofile_limit(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
 pub fn run(args: SocketsArgs) -> Result<i32> {
     let targets: Vec<procs::Owner> = match &args.pid {
         Some(p) => procs::resolve_pid_arg(p)?,
@@ -92,7 +86,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             if p.states.is_empty() {
                 continue;
             }
-            let limit = nofile_limit(owner.pid);
+            let limit = procs::nofile_limit(owner.pid);
             let findings = diagnose_sockets(&p, args.idle.as_secs_f64(), limit);
             if args.pid.is_none() && findings.is_empty() {
                 continue; // all processes: only the ones with something to say

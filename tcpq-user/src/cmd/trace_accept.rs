@@ -36,16 +36,6 @@ pub struct TraceAcceptArgs {
 
 type ListenerId = (u32, IpAddr, u16);
 
-fn nofile_limit(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("Max open files"))?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()
-}
-
 /// Threads blocked in accept() for more than 50 ms, per (tgid, listening fd).
 fn idle_acceptors(map: &BpfHashMap<MapData, u64, InAccept>) -> HashMap<(u32, u32), u64> {
     let now = Clock::now_mono_ns();
@@ -211,7 +201,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                 .then(|| {
                     s.acceptors
                         .keys()
-                        .find_map(|p| nofile_limit(*p).map(|l| (*p, l)))
+                        .find_map(|p| procs::nofile_limit(*p).map(|l| (*p, l)))
                 })
                 .flatten();
             let ev = AcceptEvidence {

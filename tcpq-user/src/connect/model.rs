@@ -31,7 +31,8 @@ impl ConnectKey {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram in ns shared by connect and accept statistics.
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h in ns, 2 significant digits: small, and exact enough for p50/p99.
     Histogram::new_with_bounds(1_000, 3_600_000_000_000, 2)
         .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))

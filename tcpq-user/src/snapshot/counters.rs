@@ -57,17 +57,18 @@ pub struct ListenSysctls {
     pub tcp_abort_on_overflow: Option<u32>,
 }
 
-fn read_u32(path: &str) -> Option<u32> {
+/// One numeric sysctl (or /proc value) of the calling thread's namespace; None if absent.
+pub fn read_sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl ListenSysctls {
     pub fn read_here() -> Self {
         Self {
-            somaxconn: read_u32("/proc/sys/net/core/somaxconn"),
-            tcp_max_syn_backlog: read_u32("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-            tcp_syncookies: read_u32("/proc/sys/net/ipv4/tcp_syncookies"),
-            tcp_abort_on_overflow: read_u32("/proc/sys/net/ipv4/tcp_abort_on_overflow"),
+            somaxconn: read_sysctl("/proc/sys/net/core/somaxconn"),
+            tcp_max_syn_backlog: read_sysctl("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+            tcp_syncookies: read_sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
+            tcp_abort_on_overflow: read_sysctl("/proc/sys/net/ipv4/tcp_abort_on_overflow"),
         }
     }
     pub fn read_in(netns_inum: u32) -> Self {

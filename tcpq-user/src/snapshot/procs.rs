@@ -11,6 +11,20 @@ pub struct Owner {
     pub comm: String,
 }
 
+/// The soft RLIMIT_NOFILE of `pid`; None when unreadable or unlimited.
+pub fn nofile_limit(pid: u32) -> Option<u64> {
+    match Process::new(pid as i32)
+        .ok()?
+        .limits()
+        .ok()?
+        .max_open_files
+        .soft_limit
+    {
+        procfs::process::LimitValue::Value(n) => Some(n),
+        procfs::process::LimitValue::Unlimited => None,
+    }
+}
+
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
