@@ -200,8 +200,8 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let reqq_full = reqq_full(&ev);
 
     if confirm_mode() {
-        // Far from every limit the kernel cannot refuse this packet, even if other CPUs move
-        // the queues by a few entries before it tests them: nothing to record.
+        // Optional shortcut (TCPQ_NEAR_MARGIN; off by default): skip packets far from every
+        // limit. Racy when this CPU stalls and the others fill the queue before the kernel tests.
         let margin = NEAR_MARGIN.load();
         if syncookies != 2
             && ev.queue.saturating_add(margin) < ev.backlog
@@ -687,6 +687,12 @@ fn resolve(p: &mut Pending, freed: u32) {
         match p.synack {
             1 => return,
             2 => kind::COOKIE,
+            // tcp_rcv_state_process() consumes every SYN it handed to tcp_conn_request(); a SYN
+            // freed as a drop never reached the queue tests (e.g. SYN+FIN, bad checksum).
+            _ if freed != FREED_CONSUMED => {
+                bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
+                return;
+            }
             _ => {
                 // Dropped. tcp_conn_request() tests the SYN queue first (only with cookies off),
                 // then the accept queue. Another CPU may have changed the queues between our two
