@@ -139,6 +139,37 @@ pub enum Command {
         #[arg(long)]
         fail_on_cause: bool,
     },
+    /// Live view: causes now, listeners, outbound connects, conntrack (full screen on a TTY;
+    /// `-b` or no TTY: plain text frames; `--json`: NDJSON frames).
+    Top {
+        /// Refresh interval.
+        #[arg(short = 'd', long = "delay", default_value = "1s", value_parser = parse_duration)]
+        delay: Duration,
+        /// Batch mode: plain-text frames on stdout, like `top -b`.
+        #[arg(short = 'b', long)]
+        batch: bool,
+        /// NDJSON: one frame object per line.
+        #[arg(long, conflicts_with = "batch")]
+        json: bool,
+        /// Stop after this many frames (batch and JSON modes; default: until interrupted).
+        #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+    },
+    /// Prometheus exporter: /metrics over HTTP (loopback unless told otherwise).
+    Export {
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// How often the aggregates are folded into the metrics.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Distinct label values per metric before the rest are summed as `other`.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        top_k: u32,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }

@@ -15,6 +15,7 @@ mod fuzz;
 pub mod kernel;
 pub mod lab;
 pub mod listen;
+pub mod live;
 pub mod model;
 pub mod output;
 pub mod snapshot;

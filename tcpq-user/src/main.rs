@@ -169,6 +169,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             duration,
             json,
         })? as u8),
+        Command::Top {
+            delay,
+            batch,
+            json,
+            iterations,
+        } => Ok(cmd::top::run(cmd::top::TopArgs {
+            delay,
+            batch,
+            json,
+            iterations,
+        })? as u8),
+        Command::Export {
+            listen,
+            interval,
+            top_k,
+            duration,
+        } => Ok(cmd::export::run(cmd::export::ExportArgs {
+            listen,
+            interval,
+            top_k: top_k as usize,
+            duration,
+        })? as u8),
         Command::Lab(args) => {
             lab::run(args)?;
             Ok(0)

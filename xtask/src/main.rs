@@ -14,13 +14,15 @@ use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
-/// real-server integration test, capsh for the minimum-capabilities test.
+/// real-server integration test, capsh for the minimum-capabilities test, tmux for the
+/// end-to-end test of `tcpq top`.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("capsh", "libcap2-bin"),
+    ("tmux", "tmux"),
 ];
 
 fn main() {
@@ -33,7 +35,7 @@ fn main() {
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -252,8 +254,16 @@ fn bench_round(bin: &Path, secs: u64, stats: bool) -> Result<Round> {
     use std::io::BufRead as _;
     let base = wrk_rps(secs)?;
     let started = std::time::Instant::now();
+    // The ratio rounds run `tcpq top` (every hook family, a frame per second, as during a load
+    // test); the stats round runs `tcpq diagnose`, which reports the per-program costs.
+    let duration = (secs + 2).to_string();
+    let args: Vec<&str> = if stats {
+        vec!["diagnose", "--json", "--duration", &duration]
+    } else {
+        vec!["top", "--json", "-d", "1"]
+    };
     let mut tcpq = Command::new(bin)
-        .args(["diagnose", "--json", "--duration", &(secs + 2).to_string()])
+        .args(&args)
         .env("TCPQ_BPF_STATS", if stats { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -262,7 +272,7 @@ fn bench_round(bin: &Path, secs: u64, stats: bool) -> Result<Round> {
     let mut err = std::io::BufReader::new(tcpq.stderr.take().context("tcpq stderr")?);
     let mut line = String::new();
     err.read_line(&mut line).context("read tcpq's banner")?;
-    if !line.contains("diagnosing") {
+    if !line.contains("diagnosing") && !line.contains("attached") {
         bail!("tcpq did not start: {line}");
     }
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -277,14 +287,23 @@ fn bench_round(bin: &Path, secs: u64, stats: bool) -> Result<Round> {
     });
     thread::sleep(Duration::from_millis(500));
     let with = wrk_rps(secs)?;
+    if !stats {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    }
     let out = tcpq.wait_with_output().context("wait for tcpq")?;
     let _ = sampler.join();
     let report = String::from_utf8_lossy(&out.stdout);
     let v = report.trim();
     // A tiny JSON walk: program_stats entries and lost_events, without a JSON dependency here.
     let lost = v
+        .lines()
+        .last()
+        .unwrap_or("")
         .split("\"lost_events\":")
         .nth(1)
+        .or_else(|| v.split("\"lost_total\":").last())
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
@@ -394,7 +413,7 @@ fn bench(quick: bool) -> Result<()> {
     let rss = results.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
     let lost: u64 = results.iter().map(|r| r.lost).sum();
     let mut table = format!(
-        "| measure | value | target |\n|---|---|---|\n| nginx rps without tcpq (median) | {base:.0} | |\n| nginx rps with `tcpq diagnose` (every hook) | {with:.0} | |\n| ratio with/without | {:.1} % | ≥ 99 % |\n| start-up: process start → all hooks attached | {startup:.0} ms | < 300 ms |\n| peak RSS during the run | {rss:.1} MiB | < 40 MiB |\n| lost events | {lost} | 0 |\n\nPer-program kernel cost (BPF_ENABLE_STATS, extra round):\n\n| program | ns/run | runs |\n|---|---|---|\n",
+        "| measure | value | target |\n|---|---|---|\n| nginx rps without tcpq (median) | {base:.0} | |\n| nginx rps with `tcpq top --json` (every hook) | {with:.0} | |\n| ratio with/without | {:.1} % | ≥ 99 % |\n| start-up: process start → all hooks attached | {startup:.0} ms | < 300 ms |\n| peak RSS during the run | {rss:.1} MiB | < 40 MiB |\n| lost events | {lost} | 0 |\n\nPer-program kernel cost (BPF_ENABLE_STATS, extra round):\n\n| program | ns/run | runs |\n|---|---|---|\n",
         ratio * 100.0
     );
     if let Some(last) = results.last() {
@@ -407,7 +426,7 @@ fn bench(quick: bool) -> Result<()> {
     println!("{table}");
     if !quick {
         let doc = format!(
-            "# tcpq benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine: {} cores, kernel {}. Method: nginx (Debian, 2 workers, `return 200`) in its own network namespace, `wrk -t2 -c200 -H 'Connection: close'` for {secs} s without tcpq, then again while `tcpq diagnose` runs with every hook family attached; {rounds} rounds, medians; one more round with BPF_ENABLE_STATS for the per-program cost (not used for the ratio). wrk, nginx and tcpq share the same 2 cores, so the ratio includes tcpq's userspace CPU.\n\n{table}\nNot measured yet: the bpftrace comparison, a 200k events/s collector storm.\n",
+            "# tcpq benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine: {} cores, kernel {}. Method: nginx (Debian, 2 workers, `return 200`) in its own network namespace, `wrk -t2 -c200 -H 'Connection: close'` for {secs} s without tcpq, then again while `tcpq top --json -d 1` runs with every hook family attached (frames to a pipe); {rounds} rounds, medians; one more round with `tcpq diagnose` and BPF_ENABLE_STATS for the per-program cost (not used for the ratio). wrk, nginx and tcpq share the same 2 cores, so the ratio includes tcpq's userspace CPU.\n\n{table}\nNot measured yet: the bpftrace comparison, a 200k events/s collector storm.\n",
             thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),

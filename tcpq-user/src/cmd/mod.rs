@@ -1,9 +1,11 @@
 pub mod check;
 pub mod conntrack;
 pub mod diagnose;
+pub mod export;
 pub mod ports;
 pub mod ring;
 pub mod sockets;
+pub mod top;
 pub mod trace_accept;
 pub mod trace_connect;
 pub mod trace_overflow;

@@ -163,6 +163,21 @@ pub fn threads_in_accept(pid: u32, inode: u64) -> u64 {
     n
 }
 
+/// The cgroup of `pid` when it is not the root: the v2 path (e.g.
+/// `/system.slice/docker-<id>.scope`), or on a v1/hybrid host the `name=systemd` one (Docker
+/// and systemd place containers there). None for host processes and gone processes.
+pub fn cgroup_path(pid: u32) -> Option<String> {
+    let groups = Process::new(pid as i32).ok()?.cgroups().ok()?.0;
+    let v2 = groups.iter().find(|g| g.hierarchy == 0);
+    let systemd = groups
+        .iter()
+        .find(|g| g.controllers.iter().any(|c| c == "name=systemd"));
+    v2.into_iter()
+        .chain(systemd)
+        .map(|g| g.pathname.clone())
+        .find(|p| p != "/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,295 @@
+//! Causes from one interval's aggregates: each hook family's evidence handed to its
+//! diagnosis (listen, ports, conntrack, accept, sockets), ranked by impact. Shared by
+//! `diagnose`, `top` and `export`; snapshots are read in the namespace the events came from.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use netlink_packet_sock_diag::inet::StateFlags;
+use serde_json::{Value, json};
+
+use crate::{
+    accept::{AcceptEvidence, diagnose_accept},
+    cmd::conntrack::snapshot_in,
+    connect::{
+        ConnectResult,
+        model::ConnectStats,
+        ports::{PortRange, PortsEvidence, diagnose_ports, group_usage},
+    },
+    conntrack::{CtEvidence, diagnose_conntrack, top_consumers},
+    listen::{
+        diagnose::{Finding, ListenerEvidence, diagnose_listener},
+        resolve::ListenerDirectory,
+    },
+    live::session::Aggregates,
+    model::ListenerKey,
+    output::endpoint,
+    snapshot::{counters, netns, procs, sockdiag},
+    sockets::{analyse, diagnose_sockets},
+};
+
+/// A namespace's sockets, usable port range and tcp_tw_reuse.
+type NsPorts = (Vec<sockdiag::DiagSocket>, PortRange, Option<u32>);
+
+/// One ranked cause.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub finding: Finding,
+    /// Listener address:port, "process → destination", "netns N" or "pid N".
+    pub place: String,
+    pub process: Option<String>,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// The process's cgroup (v2) when it is not the root: its container.
+    pub cgroup: Option<String>,
+    pub evidence: Value,
+}
+
+impl Cause {
+    pub fn to_json(&self) -> Value {
+        json!({"cause": self.finding.cause, "where": self.place, "process": self.process, "pid": self.pid, "port": self.port, "cgroup": self.cgroup, "impact": self.finding.impact, "text": self.finding.text, "evidence": self.evidence, "fix": self.finding.fix})
+    }
+}
+
+/// Every cause the interval's evidence supports, highest impact first.
+pub fn find_causes(
+    agg: &Aggregates,
+    dir: &mut ListenerDirectory,
+    host: u32,
+    duration_s: f64,
+    scan_sockets: bool,
+) -> Vec<Cause> {
+    let mut causes: Vec<Cause> = Vec::new();
+    let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
+        info.and_then(|i| i.primary().cloned())
+    };
+
+    // Listen path.
+    for a in agg.overflow.ranked() {
+        let ListenerKey {
+            netns: ns,
+            laddr,
+            lport,
+            cookie,
+        } = a.key;
+        let info = dir.lookup(ns, cookie, laddr, lport);
+        let now = counters::read_in(ns).unwrap_or_default();
+        let cookies_sent_recv = agg.counters_first.get(&ns).map(|b| {
+            (
+                counters::delta(b, &now, "TcpExt:SyncookiesSent"),
+                counters::delta(b, &now, "TcpExt:SyncookiesRecv"),
+            )
+        });
+        let acc = agg
+            .accepts
+            .iter()
+            .filter(|((n, _, p), _)| *n == ns && *p == lport)
+            .map(|(_, s)| s.accepts)
+            .sum::<u64>();
+        let ev = ListenerEvidence {
+            netns: ns,
+            host_netns: host,
+            ns_enter: netns::enter_prefix(ns, host),
+            laddr: Some(laddr),
+            lport,
+            owners: info.as_ref().map(|i| i.owners.clone()).unwrap_or_default(),
+            counts: a.total,
+            duration_s,
+            backlog: a.backlog,
+            last_queue: a.last_queue,
+            max_synq: a.max_synq,
+            listen_arg: info.as_ref().and_then(|i| i.listen_arg),
+            sysctls: counters::ListenSysctls::read_in(ns),
+            accepts: Some(acc),
+            cookies_sent_recv,
+            clients: a.clients.len(),
+        };
+        let owner = owner_of(info.as_ref());
+        for f in diagnose_listener(&ev) {
+            causes.push(Cause {
+                cgroup: None,
+                place: endpoint(laddr, lport),
+                process: owner.as_ref().map(|o| o.comm.clone()),
+                pid: owner.as_ref().map(|o| o.pid),
+                port: Some(lport),
+                evidence: json!({"netns": ns, "counts": crate::output::counts_json(&a.total), "queue": a.last_queue, "backlog": a.backlog, "listen_arg": ev.listen_arg, "somaxconn": ev.sysctls.somaxconn, "accepts": acc}),
+                finding: f,
+            });
+        }
+    }
+
+    // Outbound connects and ports: per namespace × destination with failures.
+    let mut by_dest: BTreeMap<(u32, IpAddr, u16), (ConnectStats, BTreeSet<u32>)> = BTreeMap::new();
+    for (k, s) in &agg.connects.by_key {
+        let e = by_dest
+            .entry((k.netns, k.daddr, k.dport))
+            .or_insert_with(|| (s.clone(), BTreeSet::new()));
+        if !e.1.is_empty() {
+            e.0.merge(s);
+        }
+        e.1.insert(k.tgid);
+    }
+    let mut ns_sockets: HashMap<u32, Option<NsPorts>> = HashMap::new();
+    for ((ns, daddr, dport), (stats, pids)) in &by_dest {
+        if stats.failures() == 0 {
+            continue;
+        }
+        let snap = ns_sockets.entry(*ns).or_insert_with(|| {
+            netns::run_in(
+                *ns,
+                || -> Option<(Vec<sockdiag::DiagSocket>, PortRange, Option<u32>)> {
+                    let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
+                    let ports = crate::cmd::ports::read_port_sysctls().ok()?;
+                    Some((socks, ports.range, ports.tw_reuse))
+                },
+            )
+            .ok()
+            .flatten()
+        });
+        let Some((socks, range, tw)) = snap else {
+            continue;
+        };
+        let groups = group_usage(
+            socks,
+            range,
+            &HashSet::new(),
+            &BTreeSet::from([(*daddr, *dport)]),
+            false,
+        );
+        for g in groups
+            .iter()
+            .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport)
+        {
+            let ev = PortsEvidence {
+                usage: g,
+                range,
+                tw_reuse: *tw,
+                traced: Some(stats),
+                duration_s,
+                ns_prefix: netns::enter_prefix(*ns, host),
+            };
+            for f in diagnose_ports(&ev) {
+                causes.push(Cause {
+                cgroup: None,
+                    place: format!("{} → {}", stats.comm, endpoint(*daddr, *dport)),
+                    process: Some(stats.comm.clone()),
+                    pid: pids.iter().next().copied(),
+                    port: Some(*dport),
+                    evidence: json!({"netns": ns, "pids": pids, "connects": stats.attempts, "EADDRNOTAVAIL": stats.count(ConnectResult::Errno(99)), "used": g.used(), "usable": range.usable(), "states": g.states}),
+                    finding: f,
+                });
+            }
+        }
+    }
+
+    // Conntrack.
+    let ct_ns: BTreeSet<u32> = agg.drops.keys().map(|(n, _)| *n).collect();
+    for ns in ct_ns {
+        let snap = snapshot_in(ns, true);
+        let tf = agg.drops.get(&(ns, "table_full")).copied().unwrap_or(0);
+        let rule = agg.drops.get(&(ns, "rule")).copied().unwrap_or(0);
+        let ev = CtEvidence {
+            count: snap.count,
+            max: snap.max,
+            buckets: snap.buckets,
+            established_timeout: snap.established_timeout,
+            table_full_drops: tf,
+            rule_drops: rule,
+            early_drops: 0,
+            duration_s,
+            top: top_consumers(&snap.entries, snap.established_timeout, 5),
+            busiest_local_dport: None,
+            ns_prefix: netns::enter_prefix(ns, host),
+        };
+        for f in diagnose_conntrack(&ev) {
+            causes.push(Cause { cgroup: None, place: format!("netns {ns}"), process: None, pid: None, port: None, evidence: json!({"netns": ns, "table_full": tf, "rule": rule, "count": snap.count, "max": snap.max}), finding: f });
+        }
+    }
+
+    // Accept side.
+    for ((ns, laddr, lport), s) in &agg.accepts {
+        let info = dir.lookup(*ns, 0, *laddr, *lport);
+        let holders = info.as_ref().map(|i| i.owners.clone()).unwrap_or_default();
+        let idle = info.as_ref().map(|i| {
+            holders
+                .iter()
+                .map(|o| procs::threads_in_accept(o.pid, i.inode))
+                .sum()
+        });
+        let ev = AcceptEvidence {
+            lport: *lport,
+            duration_s,
+            accepts: s.accepts,
+            wait: s.wait_quantiles(),
+            errors: s.errors.clone(),
+            holders: holders.clone(),
+            idle_acceptors: idle,
+            nofile: None,
+        };
+        let owner = holders.first().cloned().or_else(|| {
+            s.acceptors.iter().next().map(|(p, c)| procs::Owner {
+                pid: *p,
+                comm: c.clone(),
+            })
+        });
+        for f in diagnose_accept(&ev) {
+            causes.push(Cause {
+                cgroup: None,
+                place: endpoint(*laddr, *lport),
+                process: owner.as_ref().map(|o| o.comm.clone()),
+                pid: owner.as_ref().map(|o| o.pid),
+                port: Some(*lport),
+                evidence: json!({"netns": ns, "accepts": s.accepts, "wait_p99_us": s.wait_quantiles().map(|(_, p, _)| p / 1000), "errors": s.errors, "idle_acceptors": idle}),
+                finding: f,
+            });
+        }
+    }
+
+    if scan_sockets {
+        causes.extend(socket_causes());
+    }
+    causes.sort_by_key(|c| std::cmp::Reverse(c.finding.impact));
+    for c in &mut causes {
+        c.cgroup = c.pid.and_then(procs::cgroup_path);
+    }
+    causes
+}
+
+/// Stale ESTABLISHED and CLOSE_WAIT sockets of every process, in every namespace their threads
+/// use: a walk of every process's descriptors, so callers choose how often.
+pub fn socket_causes() -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut dumps: HashMap<u32, Option<Vec<sockdiag::DiagSocket>>> = HashMap::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            let pid = p.pid as u32;
+            let Ok(fds) = p.fd() else { continue };
+            let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
+            for fd in fds.flatten() {
+                if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                    owned.entry(inode).or_default().push(fd.fd as u32);
+                }
+            }
+            if owned.is_empty() {
+                continue;
+            }
+            let comm = procs::comm(pid).unwrap_or_default();
+            for ns in netns::of_pid_threads(pid) {
+                let socks = dumps.entry(ns).or_insert_with(|| {
+                    netns::run_in(ns, || sockdiag::dump_tcp_with_info(StateFlags::all()).ok())
+                        .ok()
+                        .flatten()
+                });
+                let Some(socks) = socks else { continue };
+                let ps = analyse(pid, &comm, ns, socks, &owned, 60_000);
+                for f in diagnose_sockets(&ps, 60.0, None) {
+                    causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port: None, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
+                }
+            }
+        }
+    }
+
+    for c in &mut causes {
+        c.cgroup = c.pid.and_then(procs::cgroup_path);
+    }
+    causes
+}

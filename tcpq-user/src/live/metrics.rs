@@ -1,0 +1,392 @@
+//! `tcpq export`: Prometheus metrics (prometheus-client) fed from each interval's aggregates.
+//! Counters only ever grow; label values are bounded per metric family (the first `top_k`
+//! distinct values keep their own label, later ones are summed into `other`).
+use std::collections::{HashMap, HashSet};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{
+    live::{
+        causes::Cause,
+        session::{Aggregates, Lost},
+    },
+    model::OverflowKind,
+    output::endpoint,
+};
+
+/// The label value for "every other value" once a family is at its bound.
+pub const OTHER: &str = "other";
+
+/// Admits at most `cap` distinct label values; the rest map to `other`.
+#[derive(Debug, Clone)]
+pub struct LabelBudget {
+    cap: usize,
+    admitted: HashSet<String>,
+    /// Values folded into `other` (distinct values seen past the bound).
+    pub folded: HashSet<String>,
+}
+
+impl LabelBudget {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            admitted: HashSet::new(),
+            folded: HashSet::new(),
+        }
+    }
+
+    pub fn label(&mut self, value: String) -> String {
+        if self.admitted.contains(&value) {
+            return value;
+        }
+        if self.admitted.len() < self.cap {
+            self.admitted.insert(value.clone());
+            return value;
+        }
+        if self.folded.len() < 100_000 {
+            self.folded.insert(value);
+        }
+        OTHER.to_string()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    netns: String,
+    listener: String,
+    process: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerOnly {
+    netns: String,
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectLabels {
+    netns: String,
+    process: String,
+    destination: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationOnly {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CtLabels {
+    netns: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+    #[prometheus(flatten)]
+    place: WhereLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhereLabel {
+    r#where: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    listen: Family<ListenerLabels, Counter>,
+    accepts: Family<ListenerOnly, Counter>,
+    accept_wait: Family<ListenerOnly, Histogram>,
+    connects: Family<ConnectLabels, Counter>,
+    connect_latency: Family<DestinationOnly, Histogram>,
+    conntrack: Family<CtLabels, Counter>,
+    lost: Family<FamilyLabel, Counter>,
+    causes: Family<CauseLabels, Gauge>,
+    events: Counter,
+    folded_labels: Gauge,
+    listeners_budget: LabelBudget,
+    dest_budget: LabelBudget,
+    process_budget: LabelBudget,
+    netns_budget: LabelBudget,
+    last_lost: Lost,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 10 µs … ~84 s.
+    Histogram::new(exponential_buckets(1e-5, 2.0, 24))
+}
+
+impl Metrics {
+    pub fn new(top_k: usize) -> Self {
+        let mut registry = Registry::with_prefix("tcpq");
+        let listen = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "listen_refusals",
+            "Connections refused or degraded at a listener, by kind (syn, ack, synq: dropped; cookie: answered with a syncookie; synack_retrans, reset)",
+            listen.clone(),
+        );
+        let accepts = Family::<ListenerOnly, Counter>::default();
+        registry.register(
+            "accepts",
+            "Connections accepted by the application",
+            accepts.clone(),
+        );
+        let accept_wait = Family::<ListenerOnly, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "accept_wait_seconds",
+            "Time connections waited in the accept queue",
+            accept_wait.clone(),
+        );
+        let connects = Family::<ConnectLabels, Counter>::default();
+        registry.register(
+            "connects",
+            "Outbound connect outcomes per process and destination (result: ok, refused, timeout or the errno name)",
+            connects.clone(),
+        );
+        let connect_latency = Family::<DestinationOnly, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "connect_latency_seconds",
+            "TCP handshake time of outbound connects",
+            connect_latency.clone(),
+        );
+        let conntrack = Family::<CtLabels, Counter>::default();
+        registry.register(
+            "conntrack_drops",
+            "Packets dropped by netfilter (kind: table_full or rule)",
+            conntrack.clone(),
+        );
+        let lost = Family::<FamilyLabel, Counter>::default();
+        registry.register(
+            "lost_events",
+            "Events lost because a ring buffer was full, per hook family",
+            lost.clone(),
+        );
+        let causes = Family::<CauseLabels, Gauge>::default();
+        registry.register(
+            "cause_active",
+            "1 for each cause found in the last interval",
+            causes.clone(),
+        );
+        let events = Counter::default();
+        registry.register("events", "Events read from the kernel", events.clone());
+        let folded_labels = Gauge::default();
+        registry.register(
+            "labels_folded",
+            "Distinct label values summed into `other` because of the cardinality bound",
+            folded_labels.clone(),
+        );
+        // Loss is always shown, zero included.
+        for family in ["listen", "connect", "drop", "accept"] {
+            let _ = lost.get_or_create(&FamilyLabel {
+                family: family.into(),
+            });
+        }
+        Self {
+            registry,
+            listen,
+            accepts,
+            accept_wait,
+            connects,
+            connect_latency,
+            conntrack,
+            lost,
+            causes,
+            events,
+            folded_labels,
+            listeners_budget: LabelBudget::new(top_k),
+            dest_budget: LabelBudget::new(top_k),
+            process_budget: LabelBudget::new(top_k),
+            netns_budget: LabelBudget::new(top_k),
+            last_lost: Lost::default(),
+        }
+    }
+
+    /// Adds one interval. `owners` names a listener's process ((netns, port) → comm).
+    pub fn update(
+        &mut self,
+        agg: &Aggregates,
+        causes: &[Cause],
+        lost: Lost,
+        owners: &HashMap<(u32, u16), String>,
+    ) {
+        self.events.inc_by(agg.events);
+        for a in agg.overflow.listeners.values() {
+            let listener = self
+                .listeners_budget
+                .label(endpoint(a.key.laddr, a.key.lport));
+            let netns = self.netns_budget.label(a.key.netns.to_string());
+            let process = owners
+                .get(&(a.key.netns, a.key.lport))
+                .cloned()
+                .unwrap_or_default();
+            let process = self.process_budget.label(process);
+            for k in OverflowKind::ALL {
+                let n = a.total.get(k);
+                if n > 0 {
+                    self.listen
+                        .get_or_create(&ListenerLabels {
+                            netns: netns.clone(),
+                            listener: listener.clone(),
+                            process: process.clone(),
+                            kind: k.id().to_string(),
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        for ((ns, laddr, lport), s) in &agg.accepts {
+            let l = ListenerOnly {
+                netns: self.netns_budget.label(ns.to_string()),
+                listener: self.listeners_budget.label(endpoint(*laddr, *lport)),
+            };
+            self.accepts.get_or_create(&l).inc_by(s.accepts);
+            let h = self.accept_wait.get_or_create(&l);
+            for v in s.wait_ns.iter_recorded() {
+                for _ in 0..v.count_since_last_iteration() {
+                    h.observe(v.value_iterated_to() as f64 / 1e9);
+                }
+            }
+        }
+        for (k, s) in &agg.connects.by_key {
+            let destination = self.dest_budget.label(endpoint(k.daddr, k.dport));
+            let process = self.process_budget.label(s.comm.clone());
+            let netns = self.netns_budget.label(k.netns.to_string());
+            for (r, n) in &s.results {
+                self.connects
+                    .get_or_create(&ConnectLabels {
+                        netns: netns.clone(),
+                        process: process.clone(),
+                        destination: destination.clone(),
+                        result: r.id(),
+                    })
+                    .inc_by(*n);
+            }
+            let h = self
+                .connect_latency
+                .get_or_create(&DestinationOnly { destination });
+            for v in s.handshake_ns.iter_recorded() {
+                for _ in 0..v.count_since_last_iteration() {
+                    h.observe(v.value_iterated_to() as f64 / 1e9);
+                }
+            }
+        }
+        for ((ns, kind), n) in &agg.drops {
+            let netns = self.netns_budget.label(ns.to_string());
+            self.conntrack
+                .get_or_create(&CtLabels {
+                    netns,
+                    kind: kind.to_string(),
+                })
+                .inc_by(*n);
+        }
+        for (family, now, before) in [
+            ("listen", lost.listen, self.last_lost.listen),
+            ("connect", lost.connect, self.last_lost.connect),
+            ("drop", lost.drop, self.last_lost.drop),
+            ("accept", lost.accept, self.last_lost.accept),
+        ] {
+            self.lost
+                .get_or_create(&FamilyLabel {
+                    family: family.into(),
+                })
+                .inc_by(now.saturating_sub(before));
+        }
+        self.last_lost = lost;
+        // Causes are a state, not a count: only the last interval's are present.
+        self.causes.clear();
+        for c in causes.iter().take(50) {
+            self.causes
+                .get_or_create(&CauseLabels {
+                    cause: c.finding.cause.to_string(),
+                    place: WhereLabel {
+                        r#where: c.place.clone(),
+                    },
+                })
+                .set(1);
+        }
+        let folded = self.listeners_budget.folded.len()
+            + self.dest_budget.folded.len()
+            + self.process_budget.folded.len()
+            + self.netns_budget.folded.len();
+        self.folded_labels.set(folded as i64);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_budget_folds_past_the_bound() {
+        let mut b = LabelBudget::new(2);
+        assert_eq!(b.label("a".into()), "a");
+        assert_eq!(b.label("b".into()), "b");
+        assert_eq!(b.label("c".into()), OTHER);
+        assert_eq!(b.label("a".into()), "a");
+        assert_eq!(b.folded.len(), 1);
+    }
+
+    #[test]
+    fn empty_interval_encodes_and_counters_only_grow() {
+        let mut m = Metrics::new(3);
+        m.update(
+            &Aggregates::default(),
+            &[],
+            Lost {
+                listen: 5,
+                ..Lost::default()
+            },
+            &HashMap::new(),
+        );
+        let first = m.encode();
+        assert!(
+            first.contains("tcpq_lost_events_total{family=\"listen\"} 5"),
+            "{first}"
+        );
+        m.update(
+            &Aggregates::default(),
+            &[],
+            Lost {
+                listen: 8,
+                ..Lost::default()
+            },
+            &HashMap::new(),
+        );
+        let second = m.encode();
+        assert!(
+            second.contains("tcpq_lost_events_total{family=\"listen\"} 8"),
+            "{second}"
+        );
+        assert!(second.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,8 @@
+//! The live commands (`diagnose`, `top`, `export`): one collection session over every hook
+//! family, causes found per interval, and the frame model the renderers share.
+pub mod causes;
+pub mod frame;
+pub mod gather;
+pub mod metrics;
+pub mod session;
+pub mod tui;

@@ -1,0 +1,229 @@
+//! A live collection session: every hook family loaded, the rings drained into one set of
+//! aggregates that the caller takes per interval (`top`, `export`) or once (`diagnose`).
+//! The only kernel plumbing of the live commands; analysis lives in `causes` and `frame`.
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use anyhow::Result;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tcpq_common::{hook, names};
+
+use crate::{
+    accept::{AcceptStats, decode_accept},
+    connect::{decode_connect, model::ConnectAggregator},
+    conntrack::{decode_drop, drop_kind},
+    decode::{ListenRecord, decode_listen},
+    kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
+    listen::resolve::ListenerDirectory,
+    model::OverflowAggregator,
+    snapshot::{counters, netns},
+};
+
+/// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
+const MAX_LISTENERS: usize = 10_000;
+const MAX_CONNECT_KEYS: usize = 50_000;
+const MAX_ACCEPT_KEYS: usize = 10_000;
+
+/// What the hooks reported over one interval. Pure data: built by `Session::drain`, read by
+/// the analysis and renderers (and by unit tests from recorded events).
+pub struct Aggregates {
+    pub overflow: OverflowAggregator,
+    pub connects: ConnectAggregator,
+    /// (netns, "table_full" | "rule") → drops.
+    pub drops: BTreeMap<(u32, &'static str), u64>,
+    pub accepts: BTreeMap<(u32, IpAddr, u16), AcceptStats>,
+    /// Accept keys not recorded because the table was full.
+    pub accepts_evicted: u64,
+    /// Events decoded (all families).
+    pub events: u64,
+    /// Kernel counters (/proc/net/netstat, snmp) per namespace at the start of the interval.
+    pub counters_first: HashMap<u32, HashMap<String, u64>>,
+}
+
+impl Default for Aggregates {
+    fn default() -> Self {
+        Self {
+            overflow: OverflowAggregator::new(MAX_LISTENERS),
+            connects: ConnectAggregator::new(MAX_CONNECT_KEYS),
+            drops: BTreeMap::new(),
+            accepts: BTreeMap::new(),
+            accepts_evicted: 0,
+            events: 0,
+            counters_first: HashMap::new(),
+        }
+    }
+}
+
+impl Aggregates {
+    /// Namespaces any event of the interval came from.
+    pub fn namespaces(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .overflow
+            .listeners
+            .keys()
+            .map(|k| k.netns)
+            .chain(self.connects.by_key.keys().map(|k| k.netns))
+            .chain(self.drops.keys().map(|(n, _)| *n))
+            .chain(self.accepts.keys().map(|(n, _, _)| *n))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn note_netns(&mut self, ns: u32) {
+        if !self.counters_first.contains_key(&ns)
+            && let Ok(c) = counters::read_in(ns)
+        {
+            self.counters_first.insert(ns, c);
+        }
+    }
+}
+
+/// Events lost in the kernel (ring buffer full), per hook family, since the session started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lost {
+    pub listen: u64,
+    pub connect: u64,
+    pub drop: u64,
+    pub accept: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.listen + self.connect + self.drop + self.accept
+    }
+}
+
+pub struct Session {
+    pub loaded: Loaded,
+    listen_ring: RingBuf<MapData>,
+    connect_ring: RingBuf<MapData>,
+    drop_ring: RingBuf<MapData>,
+    accept_ring: RingBuf<MapData>,
+    listen_lost: PerCpuArray<MapData, u64>,
+    connect_counts: PerCpuArray<MapData, u64>,
+    drop_counts: PerCpuArray<MapData, u64>,
+    accept_lost: PerCpuArray<MapData, u64>,
+    pub dir: ListenerDirectory,
+    ct_active: RefCell<HashSet<u32>>,
+    pub host: u32,
+    pub agg: Aggregates,
+}
+
+impl Session {
+    /// Loads and attaches every hook family (optional hooks the kernel refuses are reported by
+    /// `hooks()`, not fatal).
+    pub fn start() -> Result<Self> {
+        let mut loaded = probe::load(
+            &[
+                Family::Listen,
+                Family::Connect,
+                Family::Drop,
+                Family::Accept,
+            ],
+            &LoadOptions::default(),
+        )?;
+        let listen_ring = loaded.take_ring(names::LISTEN_EVENTS)?;
+        let connect_ring = loaded.take_ring(names::CONNECT_EVENTS)?;
+        let drop_ring = loaded.take_ring(names::DROP_EVENTS)?;
+        let accept_ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
+        let listen_lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
+        let connect_counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
+        let drop_counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+        let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
+        let host = netns::current().unwrap_or(0);
+        let mut agg = Aggregates::default();
+        agg.note_netns(host);
+        Ok(Self {
+            loaded,
+            listen_ring,
+            connect_ring,
+            drop_ring,
+            accept_ring,
+            listen_lost,
+            connect_counts,
+            drop_counts,
+            accept_lost,
+            dir: ListenerDirectory::new(),
+            ct_active: RefCell::new(HashSet::new()),
+            host,
+            agg,
+        })
+    }
+
+    pub fn hooks(&self) -> &[HookStatus] {
+        &self.loaded.hooks
+    }
+
+    /// Reads everything the rings hold into the current aggregates; returns the events read.
+    pub fn drain(&mut self) -> u64 {
+        let agg = &mut self.agg;
+        let before = agg.events;
+        while let Some(item) = self.listen_ring.next() {
+            agg.events += 1;
+            match decode_listen(&item) {
+                Ok(ListenRecord::Overflow(ev)) => {
+                    agg.note_netns(ev.netns);
+                    // Resolve the owner now: the process may be gone by the end of the interval.
+                    let _ = self.dir.lookup(ev.netns, ev.cookie, ev.laddr, ev.lport);
+                    agg.overflow.record(&ev);
+                }
+                Ok(ListenRecord::ListenCall(c)) => self.dir.on_listen_call(&c),
+                Err(_) => {}
+            }
+        }
+        while let Some(item) = self.connect_ring.next() {
+            agg.events += 1;
+            if let Ok(o) = decode_connect(&item) {
+                agg.connects.record(&o);
+            }
+        }
+        while let Some(item) = self.drop_ring.next() {
+            agg.events += 1;
+            if let Ok(d) = decode_drop(&item)
+                && d.netfilter
+            {
+                let in_use = crate::cmd::conntrack::ct_in_use(&self.ct_active, d.netns, d.has_ct);
+                *agg.drops
+                    .entry((d.netns, drop_kind(d.has_ct, in_use)))
+                    .or_insert(0) += 1;
+            }
+        }
+        while let Some(item) = self.accept_ring.next() {
+            agg.events += 1;
+            if let Ok(a) = decode_accept(&item) {
+                let key = (a.netns, a.laddr, a.lport);
+                if let Some(s) = agg.accepts.get_mut(&key) {
+                    s.record(&a);
+                } else if agg.accepts.len() < MAX_ACCEPT_KEYS {
+                    agg.accepts.entry(key).or_default().record(&a);
+                } else {
+                    agg.accepts_evicted += 1;
+                }
+            }
+        }
+        agg.events - before
+    }
+
+    /// Ends the interval: returns its aggregates and starts a fresh set.
+    pub fn take(&mut self) -> Aggregates {
+        let mut next = Aggregates::default();
+        next.note_netns(self.host);
+        std::mem::replace(&mut self.agg, next)
+    }
+
+    pub fn lost(&self) -> Lost {
+        Lost {
+            listen: (0..hook::SLOTS)
+                .map(|i| sum_per_cpu(&self.listen_lost, i))
+                .sum(),
+            connect: sum_per_cpu(&self.connect_counts, tcpq_common::connect::COUNT_LOST),
+            drop: sum_per_cpu(&self.drop_counts, tcpq_common::drop::COUNT_LOST),
+            accept: sum_per_cpu(&self.accept_lost, 0),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! `tcpq top` and `tcpq export` against lab incidents (root): the cause, process, namespace and
+//! cgroup they show, counts against the kernel's own counters, the full-screen view in tmux,
+//! and /metrics scraped over HTTP.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpq_tests::*;
+
+/// A cgroup v2 child of the root for the test (a stand-in for a container's cgroup).
+struct TestCgroup {
+    path: std::path::PathBuf,
+    name: String,
+}
+
+/// Where cgroup2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .expect("cgroup2 mounted")
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let name = format!("tcpq-test-{tag}-{}", std::process::id());
+        let path = cgroup2_root().join(&name);
+        std::fs::create_dir(&path).expect("create a cgroup2 child");
+        Self { path, name }
+    }
+    fn adopt(&self, pid: u64) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .expect("move the lab into the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Move anything left back to the root, then remove it.
+        let root = self.path.parent().unwrap().join("cgroup.procs");
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for p in procs.lines() {
+                let _ = std::fs::write(&root, p);
+            }
+        }
+        for _ in 0..20 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `tcpq top --json` in the background: frames arrive on a channel.
+struct TopJson {
+    child: std::process::Child,
+    frames: mpsc::Receiver<Value>,
+}
+
+impl TopJson {
+    fn start(delay: &str) -> Self {
+        let mut child = tcpq()
+            .args(["top", "--json", "-d", delay])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tcpq top");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("frame ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, frames }
+    }
+    fn next(&self) -> Value {
+        self.frames
+            .recv_timeout(Duration::from_secs(15))
+            .expect("a frame from tcpq top")
+    }
+}
+
+impl Drop for TopJson {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .map(|_| ())
+}
+
+#[test]
+fn top_json_attributes_the_overflow_to_its_process_namespace_and_cgroup() {
+    if skip_unless_root("top_json_overflow") {
+        return;
+    }
+    let ns = Netns::new("topj");
+    let top = TopJson::start("500ms");
+    let first = top.next(); // programs attached, first interval done
+    for k in [
+        "host",
+        "kernel",
+        "hooks_active",
+        "events_per_s",
+        "lost_total",
+        "causes",
+        "listeners",
+        "outbound",
+        "conntrack",
+    ] {
+        assert!(first.get(k).is_some(), "frame field {k}: {first}");
+    }
+    while top.frames.try_recv().is_ok() {}
+    let before = ns.counters();
+    let cg = TestCgroup::new("top");
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "3"]);
+    let pid = lab.facts["pid"].as_u64().unwrap();
+    cg.adopt(pid);
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        frames.push(top.next());
+    }
+    lab.finish();
+    std::thread::sleep(Duration::from_secs(2)); // retransmitted SYNs/ACKs settle
+    let after = ns.counters();
+    // Two more frames: everything the kernel reported before `after` is in a frame by then.
+    frames.push(top.next());
+    frames.push(top.next());
+
+    let inode = ns.inode();
+    let mut syn_ack = 0;
+    let mut named = None;
+    for f in &frames {
+        for l in f["listeners"].as_array().unwrap() {
+            if l["netns"].as_u64() == Some(inode) && l["listener"] == "127.0.0.1:8080" {
+                syn_ack += l["counts"]["syn"].as_u64().unwrap_or(0)
+                    + l["counts"]["ack"].as_u64().unwrap_or(0);
+                if l["pid"].as_u64() == Some(pid) && l["cgroup"].is_string() {
+                    named = Some(l.clone());
+                }
+            }
+        }
+    }
+    let l = named
+        .unwrap_or_else(|| panic!("no listener row naming pid {pid} in netns {inode}: {frames:?}"));
+    assert_eq!(l["process"], "tcpq-lab", "{l}");
+    assert_eq!(
+        l["cgroup"].as_str(),
+        Some(format!("/{}", cg.name).as_str()),
+        "{l}"
+    );
+    assert!(l["backlog"].as_u64().is_some(), "{l}");
+    let overflows = delta(&before, &after, "TcpExt:ListenOverflows");
+    eprintln!("top frames: syn+ack {syn_ack}, kernel ListenOverflows {overflows}");
+    assert!(overflows > 0);
+    assert_eq!(
+        syn_ack, overflows,
+        "syn+ack over the frames = ListenOverflows"
+    );
+    let cause = frames
+        .iter()
+        .flat_map(|f| f["causes"].as_array().unwrap().clone())
+        .find(|c| c["cause"] == "accept_queue_full" && c["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no accept_queue_full cause for pid {pid}"));
+    assert!(
+        cause["where"].as_str().unwrap().ends_with(":8080"),
+        "{cause}"
+    );
+    assert!(cause["impact_per_s"].as_f64().unwrap() > 0.0, "{cause}");
+    assert!(!cause["fix"].as_array().unwrap().is_empty(), "{cause}");
+}
+
+#[test]
+fn top_batch_frames_are_plain_text_and_stop_after_n() {
+    if skip_unless_root("top_batch") {
+        return;
+    }
+    let out = tcpq()
+        .args(["top", "-b", "-d", "300ms", "-n", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("tcpq top — ").count(), 2, "{text}");
+    for section in ["CAUSES NOW", "LISTENERS", "OUTBOUND", "CONNTRACK", "lost "] {
+        assert!(text.contains(section), "{section}: {text}");
+    }
+    assert!(
+        !text.contains('\u{1b}'),
+        "no escape sequences in batch mode"
+    );
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (cargo xtask setup installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct TmuxSession(String);
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn top_in_tmux_shows_the_cause_within_3s_and_restores_the_terminal() {
+    if skip_unless_root("top_tmux") {
+        return;
+    }
+    let name = format!("tcpqtop{}", std::process::id());
+    let bin = tcpq_bin();
+    let status = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &name, "-x", "200", "-y", "60"])
+        .arg(format!(
+            "{} top; echo TCPQ-EXITED $?; sleep 30",
+            bin.display()
+        ))
+        .status()
+        .expect("tmux");
+    assert!(status.success());
+    let _session = TmuxSession(name.clone());
+    let capture = || tmux(&["capture-pane", "-p", "-t", &name]);
+    let until = |what: &dyn Fn(&str) -> bool, limit: Duration| -> (bool, Duration, String) {
+        let t = Instant::now();
+        loop {
+            let screen = capture();
+            if what(&screen) {
+                return (true, t.elapsed(), screen);
+            }
+            if t.elapsed() > limit {
+                return (false, t.elapsed(), screen);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (ok, _, screen) = until(
+        &|s| s.contains("Causes now") && s.contains("hooks"),
+        Duration::from_secs(15),
+    );
+    assert!(ok, "the view did not come up: {screen}");
+    std::thread::sleep(Duration::from_millis(1200)); // first frame with every hook attached
+
+    let ns = Netns::new("toptm");
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "5"]);
+    let (ok, took, screen) = until(
+        &|s| s.contains("accept_queue_full") || s.contains("app_not_accepting"),
+        Duration::from_secs(10),
+    );
+    eprintln!("cause on screen after {took:?}");
+    assert!(ok, "no cause on screen: {screen}");
+    assert!(
+        took <= Duration::from_secs(3),
+        "the cause took {took:?} to appear (≤ 3 s)"
+    );
+    assert!(screen.contains("tcpq-lab"), "{screen}");
+
+    tmux(&["send-keys", "-t", &name, "?"]);
+    let (ok, _, screen) = until(&|s| s.contains("tab next panel"), Duration::from_secs(3));
+    assert!(ok, "help: {screen}");
+    tmux(&["send-keys", "-t", &name, "?"]);
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let (ok, _, screen) = until(&|s| s.contains("TCPQ-EXITED"), Duration::from_secs(5));
+    assert!(ok, "q did not quit: {screen}");
+    assert!(screen.contains("TCPQ-EXITED 0"), "{screen}");
+    assert!(
+        !screen.contains("Causes now"),
+        "the alternate screen was left: {screen}"
+    );
+    drop(lab);
+}
+
+/// GET /metrics; None while the exporter is not up.
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.contains("200 OK").then_some(body)
+}
+
+/// Series value by its full name with labels.
+fn series(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("tcpq_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_scraped_during_an_overflow_rise_consistently() {
+    if skip_unless_root("export_metrics") {
+        return;
+    }
+    let addr = "127.0.0.1:19464";
+    let mut child = tcpq()
+        .args(["export", "--listen", addr, "--interval", "300ms"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut up = None;
+    while t.elapsed() < Duration::from_secs(15) && up.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        up = scrape(addr).filter(|b| b.contains("tcpq_events_total"));
+    }
+    let first = up.expect("/metrics answers");
+    assert!(
+        first.contains("tcpq_lost_events_total{family=\"listen\"}"),
+        "{first}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let ns = Netns::new("expm");
+    let inode = ns.inode().to_string();
+    let before = ns.counters();
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "3"]);
+    std::thread::sleep(Duration::from_millis(2000));
+    let during_text = scrape(addr).expect("scrape during the incident");
+    let during = series(&during_text);
+    lab.finish();
+    std::thread::sleep(Duration::from_secs(2));
+    let after_counters = ns.counters();
+    std::thread::sleep(Duration::from_millis(900)); // one more interval folded in
+    let text = scrape(addr).expect("scrape after the incident");
+    let after = series(&text);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let refused = |m: &HashMap<String, f64>, kind: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with("tcpq_listen_refusals_total{")
+                    && k.contains(&format!("netns=\"{inode}\""))
+                    && k.contains("listener=\"127.0.0.1:8080\"")
+                    && k.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let d = refused(&during, "syn") + refused(&during, "ack");
+    let a = refused(&after, "syn") + refused(&after, "ack");
+    let overflows = delta(&before, &after_counters, "TcpExt:ListenOverflows") as f64;
+    eprintln!("/metrics syn+ack during {d}, after {a}; kernel ListenOverflows {overflows}");
+    assert!(d > 0.0, "counters rise during the incident");
+    assert!(a >= d);
+    assert_eq!(a, overflows, "syn+ack = ListenOverflows");
+    for (k, v) in &during {
+        if k.contains("_total") && !k.contains("_bucket") {
+            let later = after.get(k).copied().unwrap_or(f64::NAN);
+            assert!(later >= *v, "counter {k} went from {v} to {later}");
+        }
+    }
+    assert!(during_text.contains("tcpq_cause_active{"), "{during_text}");
+    assert!(text.contains("tcpq_accept_wait_seconds_bucket{"), "{text}");
+    assert!(text.contains("process=\"tcpq-lab\""), "{text}");
+}
