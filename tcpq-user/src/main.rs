@@ -25,6 +25,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Lab(_)) {
+        // SAFETY: restores the default disposition of SIGPIPE before any thread exists: a closed
+        // pipe (`tcpq check | head`) ends tcpq quietly, like any filter, instead of a panic in
+        // println!. The kernel detaches every program when the process ends (nothing is
+        // pinned). `lab` keeps Rust's default so its cleanup (namespaces, nf_conntrack_max) runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

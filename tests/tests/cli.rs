@@ -233,3 +233,67 @@ fn runs_with_exactly_the_documented_capabilities() {
         "{stdout}"
     );
 }
+
+/// No tracefs and no right to mount it (not root, in a private mount namespace so the host's
+/// tracefs stays): tcpq says so with the remedy, runs the raw-tracepoint and cgroup hooks, and
+/// names the tracepoint hooks it could not attach.
+#[test]
+fn without_tracefs_and_not_root_the_tracepoint_hooks_are_named() {
+    if skip_unless_root("no_tracefs_not_root") {
+        return;
+    }
+    let caps = "cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_dac_read_search";
+    let script = format!(
+        "mount --make-rprivate / && (umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; true) && capsh --caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip --keep=1 --user=nobody --addamb={caps} -- -c '{} check --json'",
+        tcpq_bin().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let tracefs = v["tracefs"].as_str().unwrap();
+    assert!(tracefs.contains("not mounted"), "{v}");
+    assert!(tracefs.contains("mount -t tracefs"), "the remedy: {v}");
+    let hooks = v["hooks"].as_array().unwrap();
+    let state = |p: &str| {
+        hooks
+            .iter()
+            .find(|h| h["program"] == p)
+            .unwrap_or_else(|| panic!("hook {p}: {v}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state("listen_ingress"), "attached", "{v}");
+    assert_eq!(state("outcome_consume"), "attached", "{v}");
+    assert_ne!(state("sys_enter_connect"), "attached", "{v}");
+    assert!(tracefs_still_on_host(), "the host's tracefs is untouched");
+}
+
+fn tracefs_still_on_host() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" - tracefs "))
+}
+
+/// A reader that goes away (`| head`) ends tcpq quietly: no panic message.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    if skip_unless_root("closed_pipe") {
+        return;
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} top -b -d 200ms -n 20 | head -c 10 >/dev/null",
+            tcpq_bin().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -130,3 +130,53 @@ fn close_wait_is_named_and_quiet_means_no_problem() {
     let quiet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(quiet["checked"].as_array().unwrap().len() >= 5);
 }
+
+#[test]
+fn synflood_is_named_as_syn_queue_pressure() {
+    if skip_unless_root("diagnose_synflood") {
+        return;
+    }
+    let ns = Netns::new("dgsyn");
+    let (r, pid, _) = diagnose_during(&ns, &["synflood", "--duration", "2"], "5", &[]);
+    let c = find(&r, "syn_cookies");
+    assert_eq!(c["pid"].as_u64(), Some(pid), "{r}");
+    assert_eq!(c["port"], 8080);
+    assert_eq!(c["process"], "tcpq-lab");
+    assert!(!c["fix"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn slow_accept_is_named_as_the_application() {
+    if skip_unless_root("diagnose_slow_accept") {
+        return;
+    }
+    let ns = Netns::new("dgslow");
+    let (r, pid, _) = diagnose_during(&ns, &["slow-accept", "--duration", "3"], "5", &[]);
+    let c = find(&r, "app_not_accepting");
+    assert_eq!(c["pid"].as_u64(), Some(pid), "{r}");
+    assert_eq!(c["port"], 8080);
+    assert!(
+        c["evidence"]["wait_p99_us"].as_u64().unwrap() > 100_000,
+        "{c}"
+    );
+}
+
+#[test]
+fn busy_workers_are_named_with_no_idle_acceptor() {
+    if skip_unless_root("diagnose_workers") {
+        return;
+    }
+    let ns = Netns::new("dgwrk");
+    let (r, _, _) = diagnose_during(&ns, &["workers", "--duration", "4"], "5", &[]);
+    let c = find(&r, "app_not_accepting");
+    assert_eq!(c["port"], 8080, "{c}");
+    assert_eq!(c["evidence"]["idle_acceptors"], 0, "{c}");
+    // The five workers and the parent that forked them hold the socket.
+    assert!(
+        c["text"]
+            .as_str()
+            .unwrap()
+            .contains("processes share :8080, 0 idle in accept"),
+        "{c}"
+    );
+}

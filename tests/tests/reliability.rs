@@ -19,10 +19,7 @@ fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
     }
     let ns = Netns::new("loss");
     let inode = ns.inode();
-    let tracer = Tracer::start_with_env(
-        &[],
-        &[("TCPQ_RING_BYTES", "4096"), ("TCPQ_SLOW_READER_US", "2000")],
-    );
+    let tracer = Tracer::start_with_env(&[], &[("TCPQ_RING_BYTES", "4096")]);
     let mut server = python_in(
         &ns,
         "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9600)); l.listen(1)\nprint('up',flush=True)\ntime.sleep(15)",
@@ -119,4 +116,78 @@ fn every_way_of_stopping_detaches_everything() {
         !std::path::Path::new("/sys/fs/bpf/tcpq").exists(),
         "tcpq pins nothing"
     );
+}
+
+#[test]
+fn loss_is_shown_by_top_and_export() {
+    if skip_unless_root("loss_top_export") {
+        return;
+    }
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let ns = Netns::new("losstop");
+    let mut top = tcpq()
+        .args(["top", "--json", "-d", "500ms"])
+        .env("TCPQ_RING_BYTES", "4096")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = "127.0.0.1:19465";
+    let mut export = tcpq()
+        .args(["export", "--listen", addr, "--interval", "300ms"])
+        .env("TCPQ_RING_BYTES", "4096")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut frames = std::io::BufReader::new(top.stdout.take().unwrap()).lines();
+    let _ = frames.next(); // attached
+    std::thread::sleep(Duration::from_millis(1500)); // the exporter too
+    let mut server = python_in(
+        &ns,
+        "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9601)); l.listen(1)\nprint('up',flush=True)\ntime.sleep(15)",
+    );
+    {
+        let mut b = [0u8; 3];
+        server.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
+    }
+    let flood = python_in(
+        &ns,
+        "import socket\ncs=[]\nfor _ in range(1500):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',9601))\n except BlockingIOError: pass\n cs.append(s)\nimport time; time.sleep(1)",
+    );
+    assert!(flood.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(800));
+    let mut lost_frame = None;
+    for _ in 0..6 {
+        let Some(Ok(line)) = frames.next() else { break };
+        let f: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if f["lost_total"].as_u64().unwrap_or(0) > 0 {
+            lost_frame = Some(f);
+            break;
+        }
+    }
+    let mut s = std::net::TcpStream::connect(addr).expect("exporter up");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    for child in [&mut top, &mut export] {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let f = lost_frame.expect("a top frame reporting lost events");
+    assert!(f["lost_total"].as_u64().unwrap() > 0);
+    let lost: f64 = body
+        .lines()
+        .find(|l| l.starts_with("tcpq_lost_events_total{family=\"listen\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no listen loss series: {body}"));
+    assert!(lost > 0.0, "export counts the loss: {body}");
 }

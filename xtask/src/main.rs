@@ -445,6 +445,6 @@ mod tests {
     #[test]
     fn packages_cover_the_lab_tools() {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh"]);
+        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh", "tmux"]);
     }
 }

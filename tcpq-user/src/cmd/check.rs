@@ -64,34 +64,51 @@ pub fn run(json_out: bool) -> Result<i32> {
     let mut fentry = "not probed (needs root)".to_string();
     let mut core_failure: Option<String> = None;
     if fatal.is_none() {
-        match probe::load(
-            &[
-                Family::Listen,
-                Family::Connect,
-                Family::Drop,
-                Family::Accept,
-            ],
-            &LoadOptions::default(),
-        ) {
-            Ok(mut loaded) => {
-                for h in &loaded.hooks {
-                    let (state, detail) = match &h.state {
-                        HookState::Attached => ("attached", h.spec.gives.to_string()),
-                        HookState::Unavailable(why) => (
-                            "unavailable",
-                            format!("{why} — without it: {}", h.spec.without),
-                        ),
-                    };
-                    rows.push((
-                        state.into(),
-                        h.spec.program.into(),
-                        h.spec.attach.describe(),
-                        detail,
-                    ));
+        // One family at a time: a family whose core hook fails (e.g. the syscall tracepoints
+        // without tracefs) is reported as unavailable while the others still attach. Only the
+        // listen family decides the exit code (the core of `tcpq trace overflow`).
+        for family in [
+            Family::Listen,
+            Family::Connect,
+            Family::Drop,
+            Family::Accept,
+        ] {
+            match probe::load(&[family], &LoadOptions::default()) {
+                Ok(mut loaded) => {
+                    for h in &loaded.hooks {
+                        let (state, detail) = match &h.state {
+                            HookState::Attached => ("attached", h.spec.gives.to_string()),
+                            HookState::Unavailable(why) => (
+                                "unavailable",
+                                format!("{why} — without it: {}", h.spec.without),
+                            ),
+                        };
+                        rows.push((
+                            state.into(),
+                            h.spec.program.into(),
+                            h.spec.attach.describe(),
+                            detail,
+                        ));
+                    }
+                    if family == Family::Listen {
+                        fentry = fentry_status(&mut loaded);
+                    }
                 }
-                fentry = fentry_status(&mut loaded);
+                Err(e) => {
+                    let why = crate::one_line(&e);
+                    for h in probe::HOOKS.iter().filter(|h| h.family == family) {
+                        rows.push((
+                            "unavailable".into(),
+                            h.program.into(),
+                            h.attach.describe(),
+                            format!("{family:?} family not loaded: {why}"),
+                        ));
+                    }
+                    if family == Family::Listen {
+                        core_failure = Some(why);
+                    }
+                }
             }
-            Err(e) => core_failure = Some(crate::one_line(&e)),
         }
     } else {
         for h in probe::HOOKS {

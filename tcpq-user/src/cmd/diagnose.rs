@@ -40,9 +40,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     while started.elapsed() < args.duration && !stopping() {
         session.drain();
         let secs = started.elapsed().as_secs();
-        if tty && secs != last_progress {
+        if secs != last_progress {
             last_progress = secs;
-            eprint!("\r  collecting… {secs}/{} s", args.duration.as_secs());
+            session.sample_acceptors();
+            if tty {
+                eprint!("\r  collecting… {secs}/{} s", args.duration.as_secs());
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -75,6 +75,7 @@ impl Producer {
     /// Ends the interval and returns its frame, causes and aggregates.
     pub fn tick(&mut self) -> Tick {
         self.session.drain();
+        self.session.sample_acceptors();
         let secs = self.last_tick.elapsed().as_secs_f64().max(0.001);
         self.last_tick = Instant::now();
         let agg = self.session.take();

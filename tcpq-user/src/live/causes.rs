@@ -20,7 +20,7 @@ use crate::{
         diagnose::{Finding, ListenerEvidence, diagnose_listener},
         resolve::ListenerDirectory,
     },
-    live::session::Aggregates,
+    live::session::{AcceptorSample, Aggregates},
     model::ListenerKey,
     output::endpoint,
     snapshot::{counters, netns, procs, sockdiag},
@@ -207,14 +207,13 @@ pub fn find_causes(
 
     // Accept side.
     for ((ns, laddr, lport), s) in &agg.accepts {
-        let info = dir.lookup(*ns, 0, *laddr, *lport);
-        let holders = info.as_ref().map(|i| i.owners.clone()).unwrap_or_default();
-        let idle = info.as_ref().map(|i| {
-            holders
-                .iter()
-                .map(|o| procs::threads_in_accept(o.pid, i.inode))
-                .sum()
-        });
+        // Sampled while the interval ran (the server may be gone by now), else looked up now.
+        let (holders, idle) = match agg.acceptors.get(&(*ns, *laddr, *lport)) {
+            Some(sample) => (sample.holders.clone(), Some(sample.min_idle)),
+            None => sample_acceptors(dir, *ns, *laddr, *lport)
+                .map(|s| (s.holders, Some(s.min_idle)))
+                .unwrap_or_default(),
+        };
         let ev = AcceptEvidence {
             lport: *lport,
             duration_s,
@@ -292,4 +291,23 @@ pub fn socket_causes() -> Vec<Cause> {
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
     causes
+}
+
+/// Who holds a listener and how many of their threads sit in accept() right now.
+pub fn sample_acceptors(
+    dir: &mut ListenerDirectory,
+    ns: u32,
+    laddr: IpAddr,
+    lport: u16,
+) -> Option<AcceptorSample> {
+    let info = dir.lookup(ns, 0, laddr, lport)?;
+    let idle = info
+        .owners
+        .iter()
+        .map(|o| procs::threads_in_accept(o.pid, info.inode))
+        .sum();
+    Some(AcceptorSample {
+        holders: info.owners.clone(),
+        min_idle: idle,
+    })
 }

@@ -35,6 +35,9 @@ pub struct Aggregates {
     /// (netns, "table_full" | "rule") → drops.
     pub drops: BTreeMap<(u32, &'static str), u64>,
     pub accepts: BTreeMap<(u32, IpAddr, u16), AcceptStats>,
+    /// Holders of each accepting listener and the fewest idle acceptors seen (sampled while the
+    /// interval runs: "5 share, 0 idle" must be seen while the workers are busy).
+    pub acceptors: BTreeMap<(u32, IpAddr, u16), AcceptorSample>,
     /// Accept keys not recorded because the table was full.
     pub accepts_evicted: u64,
     /// Events decoded (all families).
@@ -50,6 +53,7 @@ impl Default for Aggregates {
             connects: ConnectAggregator::new(MAX_CONNECT_KEYS),
             drops: BTreeMap::new(),
             accepts: BTreeMap::new(),
+            acceptors: BTreeMap::new(),
             accepts_evicted: 0,
             events: 0,
             counters_first: HashMap::new(),
@@ -81,6 +85,12 @@ impl Aggregates {
             self.counters_first.insert(ns, c);
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptorSample {
+    pub holders: Vec<crate::snapshot::procs::Owner>,
+    pub min_idle: u64,
 }
 
 /// Events lost in the kernel (ring buffer full), per hook family, since the session started.
@@ -207,6 +217,28 @@ impl Session {
             }
         }
         agg.events - before
+    }
+
+    /// Samples the holders and idle acceptors of every listener that accepted this interval.
+    pub fn sample_acceptors(&mut self) {
+        let keys: Vec<(u32, IpAddr, u16)> = self.agg.accepts.keys().copied().collect();
+        for (ns, laddr, lport) in keys {
+            let Some(now) = crate::live::causes::sample_acceptors(&mut self.dir, ns, laddr, lport)
+            else {
+                continue;
+            };
+            match self.agg.acceptors.get_mut(&(ns, laddr, lport)) {
+                Some(seen) => {
+                    seen.min_idle = seen.min_idle.min(now.min_idle);
+                    if seen.holders.len() < now.holders.len() {
+                        seen.holders = now.holders;
+                    }
+                }
+                None => {
+                    self.agg.acceptors.insert((ns, laddr, lport), now);
+                }
+            }
+        }
     }
 
     /// Ends the interval: returns its aggregates and starts a fresh set.
