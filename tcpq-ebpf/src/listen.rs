@@ -54,7 +54,8 @@ static LISTEN_CONFIG: Array<u32> = Array::with_max_entries(config::SLOTS, 0);
 /// The SYN or ACK a listener is processing on this CPU, between the cgroup_skb ingress hook
 /// (which runs in tcp_filter(), just before the kernel decides) and the end of that
 /// processing (consume_skb / kfree_skb of the same packet). Softirq processing of one packet
-/// is not interleaved with another on the same CPU, so one slot per CPU suffices.
+/// is not interleaved with another on the same CPU, so one slot per CPU suffices — except when
+/// the listener is owned by a process and the packet waits in its backlog (BACKLOG_PENDING).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
@@ -69,11 +70,84 @@ pub struct Pending {
     pub acceptq_full: u32,
     pub _pad: u32,
     pub sk: u64,
+    /// When the packet was recorded (backlog records expire).
+    pub rec_ns: u64,
     pub ev: ListenEvent,
 }
 
 #[map]
 static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// A packet's tuple as seen from the listener.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TupleKey {
+    pub raddr: [u8; 16],
+    pub laddr: [u8; 16],
+    pub rport: u16,
+    pub lport: u16,
+    pub _pad: u32,
+}
+
+/// SYNs/ACKs that found their listener owned by a process (sock_owned_by_user()):
+/// tcp_v4_rcv() queues them to the socket backlog and release_sock() processes them later, in
+/// the owner's context, after other packets may have used this CPU's slot. Keyed by tuple.
+#[map]
+static BACKLOG_PENDING: LruHashMap<TupleKey, Pending> = LruHashMap::with_max_entries(4096, 0);
+
+/// [last time a packet went to a listener's backlog, its listener port]: the outcome hooks
+/// look in BACKLOG_PENDING only for that port, and only shortly after.
+#[map]
+static BACKLOG_LAST: Array<u64> = Array::with_max_entries(2, 0);
+
+/// How long a backlog record may wait for release_sock().
+const BACKLOG_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Keeps a record for a packet processed later from the listener's backlog.
+#[inline(always)]
+fn park(rec: &Pending, now: u64) {
+    let key = TupleKey {
+        raddr: rec.ev.raddr,
+        laddr: rec.ev.laddr,
+        rport: rec.ev.rport,
+        lport: rec.ev.lport,
+        _pad: 0,
+    };
+    if BACKLOG_PENDING.insert(&key, rec, 0).is_err() {
+        bump(&LISTEN_COUNTS, kind::UNRESOLVED as u32);
+        return;
+    }
+    if let Some(t) = BACKLOG_LAST.get_ptr_mut(0) {
+        // SAFETY: array slot; a racing writer stores an equally recent time.
+        unsafe { *t = now };
+    }
+    if let Some(port) = BACKLOG_LAST.get_ptr_mut(1) {
+        // SAFETY: as above.
+        unsafe { *port = rec.ev.lport as u64 };
+    }
+}
+
+/// The listener port whose backlog was used recently, if any.
+#[inline(always)]
+fn backlog_port(now: u64) -> Option<u16> {
+    let t = *BACKLOG_LAST.get(0)?;
+    if t == 0 || now.saturating_sub(t) > BACKLOG_WINDOW_NS {
+        return None;
+    }
+    BACKLOG_LAST.get(1).map(|p| *p as u16)
+}
+
+/// The backlog record of the client → listener tuple, if recent.
+#[inline(always)]
+fn backlog_pending(key: &TupleKey, now: u64) -> Option<&'static mut Pending> {
+    let p = BACKLOG_PENDING.get_ptr_mut(key)?;
+    // SAFETY: map value pointer; the record is removed by whoever resolves it.
+    let p = unsafe { &mut *p };
+    if p.active == 0 || now.saturating_sub(p.rec_ns) > BACKLOG_WINDOW_NS {
+        return None;
+    }
+    Some(p)
+}
 
 #[inline(always)]
 fn confirm_mode() -> bool {
@@ -210,28 +284,40 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             return Ok(());
         }
         // Record the packet; the verdict comes from what the kernel then does with it.
-        if let Some(p) = PENDING.get_ptr_mut(0) {
+        // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
+        ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        ev.kind = if is_syn {
+            kind::SYN_DROP
+        } else {
+            kind::ACK_DROP
+        };
+        // SAFETY: no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let rec = Pending {
+            active: 1,
+            is_syn: is_syn as u32,
+            synack: 0,
+            child: 0,
+            syncookies: syncookies as u32,
+            reqq_full: reqq_full as u32,
+            acceptq_full: acceptq_full as u32,
+            _pad: 0,
+            sk: tp,
+            rec_ns: now,
+            ev,
+        };
+        let owned: i32 = kread(tp, OFF_SK_LOCK_OWNED.load());
+        if owned != 0 {
+            park(&rec, now);
+        } else if let Some(p) = PENDING.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; softirq packet processing does not nest on one CPU.
             let p = unsafe { &mut *p };
             if p.active != 0 {
-                bump(&LISTEN_COUNTS, kind::UNRESOLVED as u32);
+                // Still unresolved: the listener was taken by a process between our look and
+                // the kernel's (lock_sock() in accept()), so that packet waits in the backlog.
+                park(p, now);
             }
-            // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
-            ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            ev.kind = if is_syn {
-                kind::SYN_DROP
-            } else {
-                kind::ACK_DROP
-            };
-            p.active = 1;
-            p.is_syn = is_syn as u32;
-            p.synack = 0;
-            p.child = 0;
-            p.syncookies = syncookies as u32;
-            p.reqq_full = reqq_full as u32;
-            p.acceptq_full = acceptq_full as u32;
-            p.sk = tp;
-            p.ev = ev;
+            *p = rec;
         }
         return Ok(());
     }
@@ -504,6 +590,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 //   child socket created (sock:inet_sock_set_state LISTEN→SYN_RECV) → final ACK accepted;
 //   freed with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, or freed while the queue is full → dropped.
 
+const TCP_ESTABLISHED_I: i32 = 1;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_LISTEN_I: i32 = 10;
 
@@ -586,7 +673,10 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     // Almost every other packet has an owner too, so this one read keeps the common case cheap.
     let owner: u64 = kread(skb, OFF_SKB_SK.load());
     let pending = pending().filter(|p| p.is_syn != 0 && p.synack == 0);
-    if owner != 0 && pending.is_none() {
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let backlog = backlog_port(now);
+    if owner != 0 && pending.is_none() && backlog.is_none() {
         return 0;
     }
     let Some(t) = skb_ports(skb) else { return 0 };
@@ -596,21 +686,44 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     let Some((saddr, daddr)) = ip_addrs(t.ip) else {
         return 0;
     };
-    if let Some(p) = pending
-        && t.sport == p.ev.lport
-        && t.dport == p.ev.rport
-        && saddr == p.ev.laddr
-        && daddr == p.ev.raddr
-    {
+    let on_synack = |p: &mut Pending| {
         if owner == 0 {
             p.synack = 2;
             resolve(p, FREED_CONSUMED); // emits the cookie now
         } else {
             p.active = 0; // accepted into the SYN queue
         }
+    };
+    if let Some(p) = pending
+        && t.sport == p.ev.lport
+        && t.dport == p.ev.rport
+        && saddr == p.ev.laddr
+        && daddr == p.ev.raddr
+    {
+        on_synack(p);
         return 0;
     }
-    if owner == 0 && confirm_mode() {
+    if backlog == Some(t.sport) {
+        // The SYN waited in the listener's backlog (see BACKLOG_PENDING).
+        let key = TupleKey {
+            raddr: daddr,
+            laddr: saddr,
+            rport: t.dport,
+            lport: t.sport,
+            _pad: 0,
+        };
+        if let Some(p) = backlog_pending(&key, now)
+            && p.is_syn != 0
+        {
+            on_synack(p);
+            let _ = BACKLOG_PENDING.remove(&key);
+            return 0;
+        }
+    }
+    if owner != 0 {
+        return 0;
+    }
+    if confirm_mode() {
         // A cookie SYN-ACK whose SYN we did not record (SyncookiesSent counts it all the same):
         // report it from the SYN-ACK itself; the queue snapshot is unknown.
         let filter = FILTER_LPORT.load();
@@ -648,6 +761,35 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
 pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED_I {
+        // A child whose final ACK waited in the listener's backlog is established: forget it.
+        // SAFETY: no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let sk: u64 = ctx.arg(0);
+        if let Some(port) = backlog_port(now) {
+            let lport: u16 = kread(sk, OFF_SK_NUM.load());
+            if lport == port {
+                let mut key = TupleKey {
+                    raddr: [0; 16],
+                    laddr: [0; 16],
+                    rport: u16::from_be(kread(sk, OFF_SK_DPORT.load())),
+                    lport,
+                    _pad: 0,
+                };
+                if kread::<u16>(sk, OFF_SK_FAMILY.load()) == AF_INET6 {
+                    key.raddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
+                    key.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
+                } else {
+                    let r: [u8; 4] = kread(sk, OFF_SK_DADDR.load());
+                    let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
+                    key.raddr[..4].copy_from_slice(&r);
+                    key.laddr[..4].copy_from_slice(&l);
+                }
+                let _ = BACKLOG_PENDING.remove(&key);
+            }
+        }
+        return 0;
+    }
     if old != TCP_LISTEN_I || new != TCP_SYN_RECV {
         return 0;
     }
@@ -735,31 +877,61 @@ fn resolve(p: &mut Pending, freed: u32) {
 /// handled, dropped or not.
 #[raw_tracepoint(tracepoint = "consume_skb")]
 pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
-    let Some(p) = pending() else { return 0 };
     let skb: u64 = ctx.arg(0);
-    if is_pending_packet(p, skb) {
-        resolve(p, FREED_CONSUMED);
-    }
+    resolve_freed(skb, || FREED_CONSUMED);
     0
+}
+
+/// Resolves the pending record of the packet being freed: this CPU's slot, else (shortly after
+/// a listener's backlog was used) its backlog record.
+#[inline(always)]
+fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
+    if let Some(p) = pending()
+        && is_pending_packet(p, skb)
+    {
+        resolve(p, freed());
+        return;
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(port) = backlog_port(now) else {
+        return;
+    };
+    let Some(t) = skb_ports(skb) else { return };
+    if t.dport != port {
+        return;
+    }
+    let Some((saddr, daddr)) = ip_addrs(t.ip) else {
+        return;
+    };
+    let key = TupleKey {
+        raddr: saddr,
+        laddr: daddr,
+        rport: t.sport,
+        lport: t.dport,
+        _pad: 0,
+    };
+    if let Some(p) = backlog_pending(&key, now) {
+        resolve(p, freed());
+        let _ = BACKLOG_PENDING.remove(&key);
+    }
 }
 
 /// `skb:kfree_skb(skb, location, reason, rx_sk)`: a dropped final ACK (tcp_check_req():
 /// SKB_DROP_REASON_TCP_LISTEN_OVERFLOW; cookie_v4_check() frees it itself).
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
-    let Some(p) = pending() else { return 0 };
     let skb: u64 = ctx.arg(0);
-    if is_pending_packet(p, skb) {
-        let reason = ctx.arg::<u64>(2) as u32;
-        let freed = if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
+    let reason = ctx.arg::<u64>(2) as u32;
+    resolve_freed(skb, || {
+        if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
             FREED_LISTEN_OVERFLOW
         } else if reason != 0 && reason == RSN_NO_SOCKET.load() {
             FREED_NO_SOCKET
         } else {
             FREED_OTHER
-        };
-        resolve(p, freed);
-    }
+        }
+    });
     0
 }
 

@@ -41,6 +41,8 @@ offsets!(
     OFF_SK_MAX_ACK_BACKLOG,
     OFF_SK_PROTOCOL,
     OFF_SK_ERR,
+    // sock.sk_lock.owned: sock_owned_by_user() (packets then go to the socket backlog)
+    OFF_SK_LOCK_OWNED,
     OFF_INET_SPORT,
     // inet_connection_sock.icsk_accept_queue.qlen
     OFF_ICSK_QLEN,

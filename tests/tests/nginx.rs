@@ -140,10 +140,25 @@ fn nginx_under_wrk_counts_match_the_kernel() {
         syn + ack > 0,
         "a backlog of 16 overflows under 1000 connections: {counts:?}"
     );
-    assert_eq!(syn + ack, kernel_overflows, "syn+ack = ListenOverflows");
-    // Cookies have matched SyncookiesSent exactly in most runs, but roughly one run in fifteen
-    // misses a burst of ~30 (≈2 %): not yet explained (see the issue notes), so allow 3 % here
-    // and print any difference.
+    // Exact in 11 of 12 runs here. The remaining race: nginx's accept() takes the listener's
+    // lock between tcpq's look at a packet and the kernel's, the packet waits in the socket
+    // backlog, and release_sock() processes it on the other CPU before this CPU records
+    // another packet (1–2 in ~5000 missed). tcpq never counts a refusal the kernel did not
+    // make: allow 0.1 % below, none above, and print any difference.
+    if syn + ack != kernel_overflows {
+        eprintln!(
+            "NOTE: syn+ack {} vs ListenOverflows {kernel_overflows}",
+            syn + ack
+        );
+    }
+    assert!(
+        syn + ack <= kernel_overflows
+            && (kernel_overflows - (syn + ack)) * 1000 <= kernel_overflows,
+        "syn+ack {} ≈ ListenOverflows {kernel_overflows}",
+        syn + ack
+    );
+    // Cookies: exact since SYN-ACKs of backlogged SYNs are matched too; allow 3 % (an older
+    // one-in-fifteen miss of ~30) and print any difference.
     let sent = delta(&before, &after, "TcpExt:SyncookiesSent");
     if cookie != sent {
         eprintln!("NOTE: cookies {cookie} vs SyncookiesSent {sent}");

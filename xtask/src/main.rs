@@ -338,6 +338,74 @@ fn bench_round(bin: &Path, secs: u64, stats: bool) -> Result<Round> {
     })
 }
 
+/// The same signals as tcpq's hooks, gathered the plain way: bpftrace one-liners on the
+/// equivalent tracepoints (connect/accept syscalls, state changes with handshake and queue
+/// latency, drops by reason, SYN-ACK retransmits), aggregated in bpftrace maps.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:syscalls:sys_enter_connect { @cs[tid] = nsecs; }
+tracepoint:syscalls:sys_exit_connect /@cs[tid]/ { @connect_us[comm, args->ret] = hist((nsecs - @cs[tid]) / 1000); delete(@cs[tid]); }
+tracepoint:syscalls:sys_exit_accept4 { @accepts[comm, args->ret < 0 ? args->ret : 0] = count(); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+  if (args->newstate == 2) { @syn[args->skaddr] = nsecs; }
+  if (args->oldstate == 2) { @handshake_us[args->dport] = hist((nsecs - @syn[args->skaddr]) / 1000); delete(@syn[args->skaddr]); }
+  if (args->oldstate == 3 && args->newstate == 1) { @enq[args->skaddr] = nsecs; }
+  if (args->newstate == 7) { delete(@enq[args->skaddr]); }
+}
+tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }
+tracepoint:tcp:tcp_retransmit_synack { @synack_retrans = count(); }
+"#;
+
+/// rps ratio with the bpftrace equivalent attached, per round; None (with why) when bpftrace
+/// cannot run here.
+fn bpftrace_ratio(secs: u64, rounds: usize) -> Result<f64, String> {
+    if !on_path("bpftrace") {
+        eprintln!("xtask: installing bpftrace for the comparison…");
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Err("bpftrace could not be installed (apt-get install bpftrace)".into());
+        }
+    }
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let base = wrk_rps(secs).map_err(|e| e.to_string())?;
+        let mut bt = Command::new("bpftrace")
+            .args(["-e", BPFTRACE_SCRIPT])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start bpftrace: {e}"))?;
+        let mut out = std::io::BufReader::new(bt.stdout.take().ok_or("bpftrace stdout")?);
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        let _ = out.read_line(&mut line);
+        if !line.contains("Attaching") {
+            let _ = bt.kill();
+            let _ = bt.wait();
+            return Err(format!("bpftrace did not attach: {}", line.trim()));
+        }
+        // Keep reading so bpftrace never blocks on a full pipe (it prints its maps at exit).
+        let drain = thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut sink);
+        });
+        thread::sleep(Duration::from_millis(500));
+        let with = wrk_rps(secs);
+        let _ = Command::new("kill")
+            .args(["-INT", &bt.id().to_string()])
+            .status();
+        let _ = bt.wait();
+        let _ = drain.join();
+        ratios.push(with.map_err(|e| e.to_string())? / base);
+    }
+    Ok(median(ratios))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -396,6 +464,12 @@ fn bench(quick: bool) -> Result<()> {
             }
         }
     }
+    let bpftrace = if quick || failure.is_some() {
+        Err("not measured in --quick".to_string())
+    } else {
+        eprintln!("xtask: bpftrace comparison ({rounds} rounds)…");
+        bpftrace_ratio(secs, rounds)
+    };
     let _ = Command::new("ip")
         .args(["netns", "exec", BENCH_NS, "nginx", "-s", "stop", "-c"])
         .arg(&conf)
@@ -412,8 +486,23 @@ fn bench(quick: bool) -> Result<()> {
     let startup = median(results.iter().map(|r| r.startup_ms).collect());
     let rss = results.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
     let lost: u64 = results.iter().map(|r| r.lost).sum();
+    let bpftrace_rows = match &bpftrace {
+        Ok(bt) => {
+            let (tcpq_cost, bt_cost) = ((1.0 - ratio).max(0.0), (1.0 - bt).max(0.0));
+            format!(
+                "| rps ratio with the bpftrace equivalent (same tracepoints, maps in bpftrace) | {:.1} % | |\n| rps lost: bpftrace / tcpq | {} | ≥ 3× |\n",
+                bt * 100.0,
+                if tcpq_cost > 0.0 {
+                    format!("{:.1}×", bt_cost / tcpq_cost)
+                } else {
+                    "tcpq cost not measurable".into()
+                }
+            )
+        }
+        Err(why) => format!("| bpftrace comparison | {why} | |\n"),
+    };
     let mut table = format!(
-        "| measure | value | target |\n|---|---|---|\n| nginx rps without tcpq (median) | {base:.0} | |\n| nginx rps with `tcpq top --json` (every hook) | {with:.0} | |\n| ratio with/without | {:.1} % | ≥ 99 % |\n| start-up: process start → all hooks attached | {startup:.0} ms | < 300 ms |\n| peak RSS during the run | {rss:.1} MiB | < 40 MiB |\n| lost events | {lost} | 0 |\n\nPer-program kernel cost (BPF_ENABLE_STATS, extra round):\n\n| program | ns/run | runs |\n|---|---|---|\n",
+        "| measure | value | target |\n|---|---|---|\n| nginx rps without tcpq (median) | {base:.0} | |\n| nginx rps with `tcpq top --json` (every hook) | {with:.0} | |\n| ratio with/without | {:.1} % | ≥ 99 % |\n| start-up: process start → all hooks attached | {startup:.0} ms | < 300 ms |\n| peak RSS during the run | {rss:.1} MiB | < 40 MiB |\n| lost events | {lost} | 0 |\n{bpftrace_rows}\nPer-program kernel cost (BPF_ENABLE_STATS, extra round):\n\n| program | ns/run | runs |\n|---|---|---|\n",
         ratio * 100.0
     );
     if let Some(last) = results.last() {
@@ -426,7 +515,7 @@ fn bench(quick: bool) -> Result<()> {
     println!("{table}");
     if !quick {
         let doc = format!(
-            "# tcpq benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine: {} cores, kernel {}. Method: nginx (Debian, 2 workers, `return 200`) in its own network namespace, `wrk -t2 -c200 -H 'Connection: close'` for {secs} s without tcpq, then again while `tcpq top --json -d 1` runs with every hook family attached (frames to a pipe); {rounds} rounds, medians; one more round with `tcpq diagnose` and BPF_ENABLE_STATS for the per-program cost (not used for the ratio). wrk, nginx and tcpq share the same 2 cores, so the ratio includes tcpq's userspace CPU.\n\n{table}\nNot measured yet: the bpftrace comparison, a 200k events/s collector storm.\n",
+            "# tcpq benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine: {} cores, kernel {}. Method: nginx (Debian, 2 workers, `return 200`) in its own network namespace, `wrk -t2 -c200 -H 'Connection: close'` for {secs} s without tcpq, then again while `tcpq top --json -d 1` runs with every hook family attached (frames to a pipe); {rounds} rounds, medians; one more round with `tcpq diagnose` and BPF_ENABLE_STATS for the per-program cost (not used for the ratio). wrk, nginx and tcpq share the same 2 cores, so the ratio includes tcpq's userspace CPU.\n\n{table}\nThe bpftrace side runs the one-liners in `BPFTRACE_SCRIPT` (xtask/src/main.rs) on the same nginx, {rounds} rounds, each against its own baseline.\n\nNot measured yet: a 200k events/s collector storm.\n",
             thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),
