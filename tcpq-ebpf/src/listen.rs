@@ -103,6 +103,53 @@ static BACKLOG_LAST: Array<u64> = Array::with_max_entries(2, 0);
 /// How long a backlog record may wait for release_sock().
 const BACKLOG_WINDOW_NS: u64 = 1_000_000_000;
 
+/// The listening port of the last recorded SYN/ACK: outcome hooks look at other CPUs' slots
+/// only for packets of that port.
+#[map]
+static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// CPUs whose slots are scanned (bpf_map_lookup_percpu_elem returns NULL past the last one).
+const MAX_CPUS: u32 = 128;
+
+/// Another CPU's record of this client → listener tuple: the packet was queued to the
+/// listener's backlog there and release_sock() runs here (the owner's CPU).
+#[inline(always)]
+fn other_cpu_pending(key: &TupleKey) -> Option<&'static mut Pending> {
+    let map = core::ptr::addr_of!(PENDING) as *mut core::ffi::c_void;
+    let index: u32 = 0;
+    for cpu in 0..MAX_CPUS {
+        // SAFETY: `map` is the PENDING map (PerCpuArray is repr(transparent) over its
+        // definition); the helper returns NULL for CPUs that do not exist.
+        let ptr = unsafe {
+            aya_ebpf::helpers::generated::bpf_map_lookup_percpu_elem(
+                map,
+                &index as *const u32 as *const core::ffi::c_void,
+                cpu,
+            )
+        } as *mut Pending;
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: a slot of the PENDING map; that CPU may write it concurrently, in which
+        // case the tuple no longer matches and the record is left alone.
+        let p = unsafe { &mut *ptr };
+        if p.active != 0
+            && p.ev.rport == key.rport
+            && p.ev.lport == key.lport
+            && p.ev.raddr == key.raddr
+            && p.ev.laddr == key.laddr
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn hot_port() -> u16 {
+    LISTEN_HOT_PORT.get(0).map(|p| *p as u16).unwrap_or(0)
+}
+
 /// Keeps a record for a packet processed later from the listener's backlog.
 #[inline(always)]
 fn park(rec: &Pending, now: u64) {
@@ -306,6 +353,14 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             rec_ns: now,
             ev,
         };
+        if let Some(hot) = LISTEN_HOT_PORT.get_ptr_mut(0) {
+            // SAFETY: array slot; written only when it changes (no cache-line ping-pong).
+            unsafe {
+                if *hot != ev.lport as u64 {
+                    *hot = ev.lport as u64;
+                }
+            }
+        }
         let owned: i32 = kread(tp, OFF_SK_LOCK_OWNED.load());
         if owned != 0 {
             park(&rec, now);
@@ -591,6 +646,8 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 //   freed with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, or freed while the queue is full → dropped.
 
 const TCP_ESTABLISHED_I: i32 = 1;
+/// Request sockets (struct request_sock) are in this state.
+const TCP_NEW_SYN_RECV: u8 = 12;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_LISTEN_I: i32 = 10;
 
@@ -676,7 +733,10 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let backlog = backlog_port(now);
-    if owner != 0 && pending.is_none() && backlog.is_none() {
+    // A SYN-ACK from a request socket (TCP_NEW_SYN_RECV) may answer a SYN another CPU
+    // recorded (processed here from the listener's backlog).
+    let from_request = owner != 0 && kread::<u8>(owner, OFF_SK_STATE.load()) == TCP_NEW_SYN_RECV;
+    if owner != 0 && pending.is_none() && backlog.is_none() && !from_request {
         return 0;
     }
     let Some(t) = skb_ports(skb) else { return 0 };
@@ -703,15 +763,23 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
         on_synack(p);
         return 0;
     }
+    let key = TupleKey {
+        raddr: daddr,
+        laddr: saddr,
+        rport: t.dport,
+        lport: t.sport,
+        _pad: 0,
+    };
+    if t.sport == hot_port()
+        && let Some(p) = other_cpu_pending(&key)
+        && p.is_syn != 0
+        && p.synack == 0
+    {
+        on_synack(p);
+        return 0;
+    }
     if backlog == Some(t.sport) {
         // The SYN waited in the listener's backlog (see BACKLOG_PENDING).
-        let key = TupleKey {
-            raddr: daddr,
-            laddr: saddr,
-            rport: t.dport,
-            lport: t.sport,
-            _pad: 0,
-        };
         if let Some(p) = backlog_pending(&key, now)
             && p.is_syn != 0
         {
@@ -837,18 +905,23 @@ fn resolve(p: &mut Pending, freed: u32) {
             }
             _ => {
                 // Dropped. tcp_conn_request() tests the SYN queue first (only with cookies off),
-                // then the accept queue. Another CPU may have changed the queues between our two
-                // looks and the kernel's, so a drop that neither look explains is still a
-                // listen drop: the remaining reasons (no route, memory, LSM) are rare.
+                // then the accept queue. Our looks bracket the kernel's; a queue one accept()
+                // short of full at either look still explains it (another CPU may have accepted
+                // in between). A SYN "drop" that neither look explains is not counted as a
+                // listen drop (other reasons — no route, memory, LSM — or a record matched
+                // to the wrong packet): tcpq never reports a refusal the kernel did not make.
                 let mut now = ev;
                 now.synq = synq;
                 if p.syncookies == 0 && (p.reqq_full != 0 || reqq_full(&now)) {
                     kind::SYNQ_DROP
-                } else {
-                    if p.acceptq_full == 0 && !acceptq_full_now {
-                        bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
-                    }
+                } else if p.acceptq_full != 0
+                    || acceptq_full_now
+                    || ev.queue.max(queue) >= ev.backlog
+                {
                     kind::SYN_DROP
+                } else {
+                    bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
+                    return;
                 }
             }
         }
@@ -892,13 +965,12 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
         resolve(p, freed());
         return;
     }
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(port) = backlog_port(now) else {
+    let hot = hot_port();
+    if hot == 0 {
         return;
-    };
+    }
     let Some(t) = skb_ports(skb) else { return };
-    if t.dport != port {
+    if t.dport != hot {
         return;
     }
     let Some((saddr, daddr)) = ip_addrs(t.ip) else {
@@ -911,6 +983,15 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
         lport: t.dport,
         _pad: 0,
     };
+    if let Some(p) = other_cpu_pending(&key) {
+        resolve(p, freed());
+        return;
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if backlog_port(now) != Some(t.dport) {
+        return;
+    }
     if let Some(p) = backlog_pending(&key, now) {
         resolve(p, freed());
         let _ = BACKLOG_PENDING.remove(&key);

@@ -244,8 +244,8 @@ fn without_tracefs_and_not_root_the_tracepoint_hooks_are_named() {
     }
     let caps = "cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_dac_read_search";
     let script = format!(
-        "mount --make-rprivate / && (umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; true) && capsh --caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip --keep=1 --user=nobody --addamb={caps} -- -c '{} check --json'",
-        tcpq_bin().display()
+        "mount --make-rprivate / && (umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; true) && capsh --caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip --keep=1 --user=nobody --addamb={caps} -- -c '{b} check --json && {b} top -b -d 300ms -n 1 >&2'",
+        b = tcpq_bin().display()
     );
     let out = std::process::Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
@@ -271,6 +271,14 @@ fn without_tracefs_and_not_root_the_tracepoint_hooks_are_named() {
     assert_eq!(state("outcome_consume"), "attached", "{v}");
     assert_ne!(state("sys_enter_connect"), "attached", "{v}");
     assert!(tracefs_still_on_host(), "the host's tracefs is untouched");
+    // The live view runs with the families that could attach and names the others.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tcpq top — "), "{err}");
+    assert!(
+        err.contains("inactive hooks:") && err.contains("Accept family"),
+        "{err}"
+    );
 }
 
 fn tracefs_still_on_host() -> bool {

@@ -196,6 +196,12 @@ pub fn header(session: &Session, lost_total: u64, lost_interval: u64) -> Header 
                 HookState::Attached => None,
                 HookState::Unavailable(why) => Some(format!("{}: {why}", h.spec.program)),
             })
+            .chain(
+                session
+                    .missing
+                    .iter()
+                    .map(|(f, why)| format!("{f:?} family: {why}")),
+            )
             .collect(),
         lost_total,
         lost_interval,

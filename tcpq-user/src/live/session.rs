@@ -122,21 +122,43 @@ pub struct Session {
     ct_active: RefCell<HashSet<u32>>,
     pub host: u32,
     pub agg: Aggregates,
+    /// Families that could not attach, with the reason.
+    pub missing: Vec<(Family, String)>,
 }
 
 impl Session {
     /// Loads and attaches every hook family (optional hooks the kernel refuses are reported by
     /// `hooks()`, not fatal).
     pub fn start() -> Result<Self> {
-        let mut loaded = probe::load(
-            &[
-                Family::Listen,
-                Family::Connect,
-                Family::Drop,
-                Family::Accept,
-            ],
-            &LoadOptions::default(),
-        )?;
+        let all = [
+            Family::Listen,
+            Family::Connect,
+            Family::Drop,
+            Family::Accept,
+        ];
+        let opts = LoadOptions::default();
+        let mut missing = Vec::new();
+        let mut loaded = match probe::load(&all, &opts) {
+            Ok(l) => l,
+            Err(first) => {
+                // A family whose core hook the kernel refuses (e.g. the syscall tracepoints
+                // without tracefs) is left out; the others still run, as `tcpq check` reports.
+                let mut usable = Vec::new();
+                for f in all {
+                    match probe::load(&[f], &opts) {
+                        Ok(_) => usable.push(f),
+                        Err(e) => missing.push((f, crate::one_line(&e))),
+                    }
+                }
+                if usable.is_empty() {
+                    return Err(first);
+                }
+                for (f, why) in &missing {
+                    eprintln!("tcpq: running without the {f:?} hooks: {why}");
+                }
+                probe::load(&usable, &opts)?
+            }
+        };
         let listen_ring = loaded.take_ring(names::LISTEN_EVENTS)?;
         let connect_ring = loaded.take_ring(names::CONNECT_EVENTS)?;
         let drop_ring = loaded.take_ring(names::DROP_EVENTS)?;
@@ -162,6 +184,7 @@ impl Session {
             ct_active: RefCell::new(HashSet::new()),
             host,
             agg,
+            missing,
         })
     }
 
