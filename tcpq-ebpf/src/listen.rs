@@ -730,15 +730,18 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     // Almost every other packet has an owner too, so this one read keeps the common case cheap.
     let owner: u64 = kread(skb, OFF_SKB_SK.load());
     let pending = pending().filter(|p| p.is_syn != 0 && p.synack == 0);
+    // Only a SYN-ACK from a request socket (TCP_NEW_SYN_RECV) may answer a SYN recorded on
+    // another CPU or parked (processed here from the listener's backlog): one more read for
+    // packets of full sockets, and nothing else.
+    if owner != 0
+        && pending.is_none()
+        && kread::<u8>(owner, OFF_SK_STATE.load()) != TCP_NEW_SYN_RECV
+    {
+        return 0;
+    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let backlog = backlog_port(now);
-    // A SYN-ACK from a request socket (TCP_NEW_SYN_RECV) may answer a SYN another CPU
-    // recorded (processed here from the listener's backlog).
-    let from_request = owner != 0 && kread::<u8>(owner, OFF_SK_STATE.load()) == TCP_NEW_SYN_RECV;
-    if owner != 0 && pending.is_none() && backlog.is_none() && !from_request {
-        return 0;
-    }
     let Some(t) = skb_ports(skb) else { return 0 };
     if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK) {
         return 0;
