@@ -188,6 +188,10 @@ impl Tracer {
     }
 
     /// SIGINT, then every NDJSON line it printed (events, aggregates, summaries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

@@ -305,3 +305,35 @@ fn a_closed_pipe_is_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `tcpq export` binds loopback unless told otherwise.
+#[test]
+fn export_binds_loopback_by_default() {
+    if skip_unless_root("export_default_bind") {
+        return;
+    }
+    let mut child = tcpq()
+        .args(["export", "--duration", "4s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("http://127.0.0.1:9464/metrics"), "{line}");
+    let ss = std::process::Command::new("ss")
+        .args(["-Hltnp", "sport", "=", ":9464"])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ss.contains("127.0.0.1:9464"), "{ss}");
+    assert!(
+        !ss.contains("0.0.0.0:9464") && !ss.contains("*:9464"),
+        "{ss}"
+    );
+}
