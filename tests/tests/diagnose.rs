@@ -167,7 +167,8 @@ fn busy_workers_are_named_with_no_idle_acceptor() {
         return;
     }
     let ns = Netns::new("dgwrk");
-    let (r, _, _) = diagnose_during(&ns, &["workers", "--duration", "4"], "5", &[]);
+    // Workers hold each connection 3 s: the second batch is accepted ~3 s after the lab starts.
+    let (r, _, _) = diagnose_during(&ns, &["workers", "--duration", "4"], "9", &[]);
     let c = find(&r, "app_not_accepting");
     assert_eq!(c["port"], 8080, "{c}");
     assert_eq!(c["evidence"]["idle_acceptors"], 0, "{c}");
