@@ -24,23 +24,8 @@ use socket2::{Domain, Socket, Type};
 
 use crate::snapshot::netns;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_stop_handler() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
 fn stopped() -> bool {
-    STOP.load(Ordering::SeqCst)
+    crate::stop::requested()
 }
 
 /// Sleeps in small steps so Ctrl-C is honoured quickly.
@@ -311,7 +296,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.backlog() == 0 || args.port == 0 {
         bail!("tcpq lab needs a non-zero --port and --backlog");
     }
-    install_stop_handler();
+    crate::stop::install();
     // Name the process so its listener is easy to tell from tcpq itself (/proc/PID/comm).
     let _ = nix::sys::prctl::set_name(c"tcpq-lab");
     match args.name {

@@ -20,6 +20,7 @@ pub mod model;
 pub mod output;
 pub mod snapshot;
 pub mod sockets;
+pub mod stop;
 
 /// An error chain as one line: the first line of each cause (verifier logs and BTF dumps are
 /// multi-line), duplicates removed, capped in length.

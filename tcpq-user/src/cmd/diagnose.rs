@@ -11,8 +11,8 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    cmd::top::{install_stop_signals, stopping},
     live::{causes::find_causes, session::Session},
+    stop,
 };
 
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub struct DiagnoseArgs {
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let mut session = Session::start()?;
-    install_stop_signals();
+    stop::install();
     // TCPQ_BPF_STATS=1: have the kernel time every program run (BPF_ENABLE_STATS, released with
     // the fd) and report ns per run; `cargo xtask bench` uses it.
     let stats_fd = (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
@@ -37,7 +37,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     );
     let started = Instant::now();
     let mut last_progress = 0;
-    while started.elapsed() < args.duration && !stopping() {
+    while started.elapsed() < args.duration && !stop::requested() {
         session.drain();
         let secs = started.elapsed().as_secs();
         if secs != last_progress {

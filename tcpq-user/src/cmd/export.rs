@@ -9,10 +9,7 @@ use std::{
 
 use anyhow::{Result, anyhow};
 
-use crate::{
-    cmd::top::{Producer, install_stop_signals, stopping},
-    live::metrics::Metrics,
-};
+use crate::{cmd::top::Producer, live::metrics::Metrics, stop};
 
 #[derive(Debug, Clone)]
 pub struct ExportArgs {
@@ -30,7 +27,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         )
     })?;
     let mut producer = Producer::start()?;
-    install_stop_signals();
+    stop::install();
     let mut metrics = Metrics::new(args.top_k);
     let page = Arc::new(Mutex::new(metrics.encode()));
     let served = Arc::clone(&page);
@@ -81,7 +78,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         if let Ok(mut p) = page.lock() {
             *p = metrics.encode();
         }
-        if !go_on || stopping() || args.duration.is_some_and(|d| started.elapsed() >= d) {
+        if !go_on || stop::requested() || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
     }

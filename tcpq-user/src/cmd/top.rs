@@ -3,26 +3,22 @@
 //! (`-b`, or when stdout is not a terminal) or as one NDJSON object per frame (`--json`).
 use std::{
     io::{IsTerminal as _, Write as _},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
-use crate::live::{
-    causes::{Cause, find_causes, socket_causes},
-    frame::{self, Frame, History},
-    gather,
-    session::{Aggregates, Session},
-    tui::{self, Action, UiState},
+use crate::{
+    live::{
+        causes::{Cause, find_causes, socket_causes},
+        frame::{self, Frame, History},
+        gather,
+        session::{Aggregates, Session},
+        tui::{self, Action, UiState},
+    },
+    stop,
 };
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 #[derive(Debug, Clone)]
 pub struct TopArgs {
@@ -45,7 +41,6 @@ pub struct Tick {
 /// Produces one frame per interval from a live session.
 pub struct Producer {
     pub session: Session,
-    started: Instant,
     last_tick: Instant,
     last_lost: u64,
     socket_causes: Vec<Cause>,
@@ -59,17 +54,12 @@ impl Producer {
         let now = Instant::now();
         Ok(Self {
             session,
-            started: now,
             last_tick: now,
             last_lost: 0,
             socket_causes: Vec::new(),
             last_socket_scan: None,
             history: History::default(),
         })
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Ends the interval and returns its frame, causes and aggregates.
@@ -110,7 +100,7 @@ impl Producer {
         mut between: impl FnMut(Duration) -> bool,
     ) -> bool {
         while Instant::now() < deadline {
-            if STOP.load(Ordering::SeqCst) {
+            if stop::requested() {
                 return false;
             }
             self.session.drain();
@@ -125,21 +115,10 @@ impl Producer {
     }
 }
 
-pub fn install_stop_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-pub fn stopping() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
 pub fn run(args: TopArgs) -> Result<i32> {
     let full_screen = !args.batch && !args.json && std::io::stdout().is_terminal();
     let mut producer = Producer::start()?;
-    install_stop_signals();
+    stop::install();
     if full_screen {
         return run_tui(producer, args.delay);
     }
@@ -187,7 +166,7 @@ fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
         terminal
             .draw(|t| tui::draw(t, &shown, &history, &ui))
             .context("draw the screen")?;
-        while !quit && !stopping() {
+        while !quit && !stop::requested() {
             let deadline = Instant::now() + delay;
             let mut redraw = false;
             producer.collect_until(deadline, |wait| {

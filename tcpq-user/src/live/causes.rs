@@ -28,7 +28,19 @@ use crate::{
 };
 
 /// A namespace's sockets, usable port range and tcp_tw_reuse.
-type NsPorts = (Vec<sockdiag::DiagSocket>, PortRange, Option<u32>);
+pub type NsPorts = (Vec<sockdiag::DiagSocket>, PortRange, Option<u32>);
+
+/// Every TCP socket of a namespace with its usable port range and tcp_tw_reuse: what port
+/// usage per destination is computed from.
+pub fn ports_snapshot(ns: u32) -> Option<NsPorts> {
+    netns::run_in(ns, || -> Option<NsPorts> {
+        let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
+        let ports = crate::cmd::ports::read_port_sysctls().ok()?;
+        Some((socks, ports.range, ports.tw_reuse))
+    })
+    .ok()
+    .flatten()
+}
 
 /// One ranked cause.
 #[derive(Debug, Clone)]
@@ -133,18 +145,7 @@ pub fn find_causes(
         if stats.failures() == 0 {
             continue;
         }
-        let snap = ns_sockets.entry(*ns).or_insert_with(|| {
-            netns::run_in(
-                *ns,
-                || -> Option<(Vec<sockdiag::DiagSocket>, PortRange, Option<u32>)> {
-                    let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
-                    let ports = crate::cmd::ports::read_port_sysctls().ok()?;
-                    Some((socks, ports.range, ports.tw_reuse))
-                },
-            )
-            .ok()
-            .flatten()
-        });
+        let snap = ns_sockets.entry(*ns).or_insert_with(|| ports_snapshot(*ns));
         let Some((socks, range, tw)) = snap else {
             continue;
         };

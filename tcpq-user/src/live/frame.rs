@@ -232,6 +232,11 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
+/// `n` events over `secs` as a per-second rate with one decimal.
+pub fn rate_per_s(n: u64, secs: f64) -> f64 {
+    round1(rate(n, secs))
+}
+
 /// Impact of a cause per second: its evidence count over the interval.
 fn cause_row(c: &Cause, secs: f64) -> CauseRow {
     CauseRow {
@@ -240,7 +245,7 @@ fn cause_row(c: &Cause, secs: f64) -> CauseRow {
         pid: c.pid,
         process: c.process.clone(),
         cgroup: c.cgroup.clone(),
-        impact_per_s: round1(rate(c.finding.impact, secs)),
+        impact_per_s: rate_per_s(c.finding.impact, secs),
         evidence: c.finding.text.clone(),
         fix: c.finding.fix.clone(),
     }
@@ -270,7 +275,7 @@ pub fn build(
         if moved > 0 {
             counters.push(CounterRate {
                 name: name.split(':').nth(1).unwrap_or(name).to_string(),
-                per_s: round1(rate(moved, secs)),
+                per_s: rate_per_s(moved, secs),
             });
         }
     }
@@ -296,7 +301,7 @@ pub fn build(
             let per_s = OverflowKind::ALL
                 .iter()
                 .filter(|k| counts.get(**k) > 0)
-                .map(|k| (k.id(), round1(rate(counts.get(*k), secs))))
+                .map(|k| (k.id(), rate_per_s(counts.get(*k), secs)))
                 .collect();
             let exact = OverflowKind::ALL
                 .iter()
@@ -318,8 +323,8 @@ pub fn build(
                 backlog: snap.map(|s| s.backlog).or(qb.map(|q| q.1)),
                 per_s,
                 counts: exact,
-                refused_per_s: round1(rate(counts.refused(), secs)),
-                accepts_per_s: round1(rate(acc.map(|a| a.accepts).unwrap_or(0), secs)),
+                refused_per_s: rate_per_s(counts.refused(), secs),
+                accepts_per_s: rate_per_s(acc.map(|a| a.accepts).unwrap_or(0), secs),
                 accept_wait_p99_us: acc
                     .and_then(|a| a.wait_quantiles())
                     .map(|(_, p, _)| p / 1000),
@@ -345,7 +350,7 @@ pub fn build(
                 .results
                 .iter()
                 .filter(|(r, _)| r.is_failure())
-                .map(|(r, n)| (r.id(), round1(rate(*n, secs))))
+                .map(|(r, n)| (r.id(), rate_per_s(*n, secs)))
                 .collect();
             OutboundRow {
                 netns: k.netns,
@@ -353,8 +358,8 @@ pub fn build(
                 process: s.comm.clone(),
                 cgroup: cgroup_of(Some(k.tgid)),
                 destination: endpoint(k.daddr, k.dport),
-                connects_per_s: round1(rate(s.attempts, secs)),
-                failures_per_s: round1(rate(s.failures(), secs)),
+                connects_per_s: rate_per_s(s.attempts, secs),
+                failures_per_s: rate_per_s(s.failures(), secs),
                 failures_by_result,
                 ports_used: port.map(|p| p.used),
                 ports_usable: port.map(|p| p.usable),
@@ -377,7 +382,7 @@ pub fn build(
         hooks_active: header.hooks_active,
         hooks_total: header.hooks_total,
         hooks_inactive: header.hooks_inactive,
-        events_per_s: round1(rate(agg.events, secs)),
+        events_per_s: rate_per_s(agg.events, secs),
         lost_total: header.lost_total,
         lost_interval: header.lost_interval,
         counters,
@@ -389,7 +394,8 @@ pub fn build(
     }
 }
 
-fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+/// A value, or "-" when unknown.
+pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 

@@ -3,16 +3,14 @@
 //! the cgroup of every process shown.
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use netlink_packet_sock_diag::inet::StateFlags;
-
 use crate::{
     cmd::conntrack::snapshot_in,
     connect::ports::group_usage,
     conntrack::top_consumers,
     kernel::probe::HookState,
     live::{
-        causes::Cause,
-        frame::{ConntrackRow, Header, ListenerSnap, PortSnap, Snapshots},
+        causes::{Cause, NsPorts, ports_snapshot, sample_acceptors},
+        frame::{ConntrackRow, Header, ListenerSnap, PortSnap, Snapshots, rate_per_s},
         session::{Aggregates, Session},
     },
     snapshot::{counters, netns, procs, sockdiag},
@@ -47,17 +45,12 @@ pub fn snapshots(
                 .unwrap_or_default()
         });
         let diag = socks.iter().find(|d| d.lport == lport);
-        let info = session.dir.lookup(ns, 0, laddr, lport);
-        let (holders, idle, owner) = match &info {
-            Some(i) => (
-                i.owners.len() as u64,
-                Some(
-                    i.owners
-                        .iter()
-                        .map(|o| procs::threads_in_accept(o.pid, i.inode))
-                        .sum(),
-                ),
-                i.primary().cloned(),
+        let sample = sample_acceptors(&mut session.dir, ns, laddr, lport);
+        let (holders, idle, owner) = match sample {
+            Some(a) => (
+                a.holders.len() as u64,
+                Some(a.min_idle),
+                a.holders.first().cloned(),
             ),
             None => (0, None, None),
         };
@@ -80,25 +73,18 @@ pub fn snapshots(
     // Port usage of the busiest destinations.
     let mut dests: Vec<_> = agg.connects.by_key.iter().collect();
     dests.sort_by_key(|(_, st)| std::cmp::Reverse((st.failures(), st.attempts)));
-    let mut ns_socks: HashMap<
-        u32,
-        Option<(Vec<sockdiag::DiagSocket>, crate::connect::ports::PortRange)>,
-    > = HashMap::new();
+    let mut ns_socks: HashMap<u32, Option<NsPorts>> = HashMap::new();
     for (k, _) in dests.iter().take(PORT_SNAPSHOTS) {
         pids.insert(k.tgid);
         if s.ports.contains_key(&(k.netns, k.daddr, k.dport)) {
             continue;
         }
-        let snap = ns_socks.entry(k.netns).or_insert_with(|| {
-            netns::run_in(k.netns, || {
-                let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
-                let ports = crate::cmd::ports::read_port_sysctls().ok()?;
-                Some((socks, ports.range))
-            })
-            .ok()
-            .flatten()
-        });
-        let Some((socks, range)) = snap else { continue };
+        let snap = ns_socks
+            .entry(k.netns)
+            .or_insert_with(|| ports_snapshot(k.netns));
+        let Some((socks, range, _)) = snap else {
+            continue;
+        };
         let groups = group_usage(
             socks,
             range,
@@ -143,16 +129,8 @@ pub fn snapshots(
             netns: ns,
             count: snap.count,
             max: snap.max,
-            drops_per_s: if secs > 0.0 {
-                (drops as f64 / secs * 10.0).round() / 10.0
-            } else {
-                0.0
-            },
-            table_full_per_s: if secs > 0.0 {
-                (table_full as f64 / secs * 10.0).round() / 10.0
-            } else {
-                0.0
-            },
+            drops_per_s: rate_per_s(drops, secs),
+            table_full_per_s: rate_per_s(table_full, secs),
             top_consumer: top
                 .by_source
                 .first()

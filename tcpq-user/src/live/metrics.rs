@@ -128,6 +128,15 @@ pub struct Metrics {
     last_lost: Lost,
 }
 
+/// Adds an interval's nanosecond histogram to a Prometheus histogram in seconds.
+fn observe_ns(into: &Histogram, from: &hdrhistogram::Histogram<u64>) {
+    for v in from.iter_recorded() {
+        for _ in 0..v.count_since_last_iteration() {
+            into.observe(v.value_iterated_to() as f64 / 1e9);
+        }
+    }
+}
+
 fn seconds_histogram() -> Histogram {
     // 10 µs … ~84 s.
     Histogram::new(exponential_buckets(1e-5, 2.0, 24))
@@ -262,11 +271,7 @@ impl Metrics {
             };
             self.accepts.get_or_create(&l).inc_by(s.accepts);
             let h = self.accept_wait.get_or_create(&l);
-            for v in s.wait_ns.iter_recorded() {
-                for _ in 0..v.count_since_last_iteration() {
-                    h.observe(v.value_iterated_to() as f64 / 1e9);
-                }
-            }
+            observe_ns(&h, &s.wait_ns);
         }
         for (k, s) in &agg.connects.by_key {
             let destination = self.dest_budget.label(endpoint(k.daddr, k.dport));
@@ -285,11 +290,7 @@ impl Metrics {
             let h = self
                 .connect_latency
                 .get_or_create(&DestinationOnly { destination });
-            for v in s.handshake_ns.iter_recorded() {
-                for _ in 0..v.count_since_last_iteration() {
-                    h.observe(v.value_iterated_to() as f64 / 1e9);
-                }
-            }
+            observe_ns(&h, &s.handshake_ns);
         }
         for ((ns, kind), n) in &agg.drops {
             let netns = self.netns_budget.label(ns.to_string());

@@ -9,7 +9,7 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Clear, Gauge, Paragraph, Row, Sparkline, Table, Wrap},
 };
 
-use crate::live::frame::{Frame, History, kinds_text, owner_text, pct};
+use crate::live::frame::{Frame, History, kinds_text, opt, owner_text, pct};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Panel {
@@ -166,10 +166,6 @@ fn causes_rows(f: &Frame, ui: &UiState) -> PanelRows {
     }
 }
 
-fn o<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
 fn listener_rows(f: &Frame, ui: &UiState) -> PanelRows {
     let mut v: Vec<_> = f
         .listeners
@@ -209,25 +205,25 @@ fn listener_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     l.netns,
                     owner_text(l.pid, l.process.as_deref()),
                     l.cgroup.as_ref().map(|g| format!(", cgroup {g}")).unwrap_or_default(),
-                    o(l.queue),
-                    o(l.backlog),
+                    opt(l.queue),
+                    opt(l.backlog),
                     l.refused_per_s,
                     kinds_text(&l.per_s),
                     l.accepts_per_s,
-                    o(l.accept_wait_p99_us),
-                    o(l.idle_acceptors),
-                    o(l.acceptors)
+                    opt(l.accept_wait_p99_us),
+                    opt(l.idle_acceptors),
+                    opt(l.acceptors)
                 );
                 (
                     vec![
                         l.listener.clone(),
                         owner_text(l.pid, l.process.as_deref()),
-                        format!("{}/{}", o(l.queue), o(l.backlog)),
+                        format!("{}/{}", opt(l.queue), opt(l.backlog)),
                         format!("{:.1}", l.refused_per_s),
                         kinds_text(&l.per_s),
                         format!("{:.1}", l.accepts_per_s),
-                        o(l.accept_wait_p99_us.map(|u| format!("{u}µs"))),
-                        format!("{}/{}", o(l.idle_acceptors), o(l.acceptors)),
+                        opt(l.accept_wait_p99_us.map(|u| format!("{u}µs"))),
+                        format!("{}/{}", opt(l.idle_acceptors), opt(l.acceptors)),
                     ],
                     detail,
                 )
@@ -283,10 +279,10 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     r.connects_per_s,
                     r.failures_per_s,
                     if by.is_empty() { "none" } else { &by },
-                    o(r.ports_used),
-                    o(r.ports_usable),
-                    o(r.time_wait),
-                    o(r.connect_p99_us)
+                    opt(r.ports_used),
+                    opt(r.ports_usable),
+                    opt(r.time_wait),
+                    opt(r.connect_p99_us)
                 );
                 (
                     vec![
@@ -295,9 +291,9 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
                         format!("{:.1}", r.connects_per_s),
                         format!("{:.1}", r.failures_per_s),
                         if by.is_empty() { "-".into() } else { by },
-                        format!("{}/{}", o(r.ports_used), o(r.ports_usable)),
-                        o(r.time_wait),
-                        o(r.connect_p99_us.map(|u| format!("{u}µs"))),
+                        format!("{}/{}", opt(r.ports_used), opt(r.ports_usable)),
+                        opt(r.time_wait),
+                        opt(r.connect_p99_us.map(|u| format!("{u}µs"))),
                     ],
                     detail,
                 )
