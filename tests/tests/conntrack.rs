@@ -77,9 +77,19 @@ fn table_full_drops_match_the_kernel_drop_stat() {
             k => panic!("unknown kind {k}"),
         }
     }
+    // The run's own view (loss, its stat delta) to tell a lost event from a missed drop.
+    let summary = lines
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "conntrack_summary" && v["netns"].as_u64() == Some(inode));
     eprintln!(
-        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}",
-        after - before
+        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}; summary lost_events {} table_full {} stat_drop {}",
+        after - before,
+        summary
+            .map(|v| v["lost_events"].clone())
+            .unwrap_or_default(),
+        summary.map(|v| v["table_full"].clone()).unwrap_or_default(),
+        summary.map(|v| v["stat_drop"].clone()).unwrap_or_default(),
     );
     assert!(table_full > 0);
     assert_eq!(
