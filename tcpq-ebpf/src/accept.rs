@@ -47,7 +47,9 @@ pub fn accept_enqueue(ctx: RawTracePointContext) -> i32 {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let _ = ENQUEUED.insert(sk, now, 0);
-    } else if new == TCP_CLOSE {
+    } else if new == TCP_CLOSE && ENQUEUED.get_ptr(sk).is_some() {
+        // Closed before accept() took it. Look before removing: most closing sockets were never
+        // queued (clients, accepted children) and a lookup takes no bucket lock.
         let _ = ENQUEUED.remove(sk);
     }
     0

@@ -50,7 +50,8 @@ pub fn drop_owner(ctx: RawTracePointContext) -> i32 {
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
         let _ = SOCK_OWNER.insert(sk, owner, 0);
-    } else if new == 7 {
+    } else if new == 7 && SOCK_OWNER.get_ptr(sk).is_some() {
+        // Look first: server-side sockets never had an owner entry, and a lookup is lock-free.
         let _ = SOCK_OWNER.remove(sk);
     }
     0
