@@ -23,6 +23,7 @@ pub mod names {
     pub const PROG_OUTCOME_CONSUME: &str = "outcome_consume";
     pub const PROG_OUTCOME_KFREE: &str = "outcome_kfree";
     pub const LISTEN_CONFIG: &str = "LISTEN_CONFIG";
+    pub const LISTEN_UNSENT: &str = "LISTEN_UNSENT";
 
     pub const CONNECT_EVENTS: &str = "CONNECT_EVENTS";
     pub const CONNECT_COUNTS: &str = "CONNECT_COUNTS";
@@ -70,6 +71,9 @@ pub mod kind {
     pub const UNRESOLVED: u16 = 8;
     /// Count only: cookie SYN-ACKs seen leaving without a recorded SYN (also counted as COOKIE).
     pub const COOKIE_UNMATCHED: u16 = 9;
+    /// Count only: refusals counted per listener in `LISTEN_UNSENT` instead of the ring (over
+    /// the per-CPU line budget, or the ring was full).
+    pub const UNSENT: u16 = 10;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.
@@ -227,8 +231,42 @@ pub mod config {
     /// 1: every hook of the outcome family is attached, so the ingress hook only records the
     /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf listen.rs).
     pub const CONFIRM: u32 = 0;
-    pub const SLOTS: u32 = 1;
+    /// Ring records each CPU may write per `BUDGET_WINDOW_NS` (0: no limit). Beyond it, events
+    /// are counted per listener in `LISTEN_UNSENT` only: exact counts, no per-client line.
+    pub const BUDGET: u32 = 1;
+    pub const SLOTS: u32 = 2;
+    pub const BUDGET_WINDOW_NS: u64 = 100_000_000;
 }
+
+/// A listener as the kernel counts it in `LISTEN_UNSENT` (the `ListenEvent` identity fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerTallyKey {
+    pub netns: u32,
+    pub family: u16,
+    pub lport: u16,
+    pub cookie: u64,
+    pub laddr: [u8; 16],
+}
+
+/// Events of one listener that did not go through the ring, per `kind::*` below
+/// `TALLY_KINDS`, with the last queue snapshot. Per CPU; userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerTally {
+    pub counts: [u64; TALLY_KINDS],
+    pub last_ts_ns: u64,
+    pub queue: u32,
+    pub backlog: u32,
+    pub synq: u32,
+    pub _pad: u32,
+}
+
+/// Kinds 0..TALLY_KINDS are tallied (every kind that refuses or answers a connection).
+pub const TALLY_KINDS: usize = 8;
+
+const _: () = assert!(core::mem::size_of::<ListenerTallyKey>() == 32);
+const _: () = assert!(core::mem::size_of::<ListenerTally>() == 88);
 
 /// A connection refused (or answered with a cookie) at a listening socket.
 ///
@@ -297,6 +335,10 @@ mod pod {
     unsafe impl aya::Pod for super::ListenEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenCallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenerTallyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenerTally {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectEvent {}
     // SAFETY: as above.

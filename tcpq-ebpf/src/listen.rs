@@ -13,10 +13,12 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
     macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SkBuffContext, TracePointContext},
 };
-use tcpq_common::{ListenCallEvent, ListenEvent, config, hook, kind};
+use tcpq_common::{
+    ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS, config, hook, kind,
+};
 
 use crate::{
     offsets::*,
@@ -33,7 +35,7 @@ const TH_RST: u8 = 0x04;
 const TH_ACK: u8 = 0x10;
 
 #[map]
-static LISTEN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static LISTEN_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Exact per-kind counts, incremented before the ring buffer is tried.
 #[map]
@@ -100,6 +102,11 @@ static BACKLOG_PENDING: LruHashMap<TupleKey, Pending> = LruHashMap::with_max_ent
 #[map]
 static BACKLOG_LAST: Array<u64> = Array::with_max_entries(2, 0);
 
+/// When a record was last parked for a client port (indexed by port & BACKLOG_RPORT_MASK).
+#[map]
+static BACKLOG_RPORTS: Array<u64> = Array::with_max_entries(BACKLOG_RPORT_MASK + 1, 0);
+const BACKLOG_RPORT_MASK: u32 = 4095;
+
 /// How long a backlog record may wait for release_sock().
 const BACKLOG_WINDOW_NS: u64 = 1_000_000_000;
 
@@ -111,10 +118,11 @@ static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(1, 0);
 /// CPUs whose slots are scanned (bpf_map_lookup_percpu_elem returns NULL past the last one).
 const MAX_CPUS: u32 = 128;
 
-/// Another CPU's record of this client → listener tuple: the packet was queued to the
-/// listener's backlog there and release_sock() runs here (the owner's CPU).
+/// The first CPU slot holding an unresolved record for these ports and, when given, these
+/// (client, listener) addresses. A record found on another CPU means the packet was queued to
+/// the listener's backlog there and release_sock() runs here (the owner's CPU).
 #[inline(always)]
-fn other_cpu_pending(key: &TupleKey) -> Option<&'static mut Pending> {
+fn scan_cpus(rport: u16, lport: u16, addrs: Option<&TupleKey>) -> Option<&'static mut Pending> {
     let map = core::ptr::addr_of!(PENDING) as *mut core::ffi::c_void;
     let index: u32 = 0;
     for cpu in 0..MAX_CPUS {
@@ -134,15 +142,27 @@ fn other_cpu_pending(key: &TupleKey) -> Option<&'static mut Pending> {
         // case the tuple no longer matches and the record is left alone.
         let p = unsafe { &mut *ptr };
         if p.active != 0
-            && p.ev.rport == key.rport
-            && p.ev.lport == key.lport
-            && p.ev.raddr == key.raddr
-            && p.ev.laddr == key.laddr
+            && p.ev.rport == rport
+            && p.ev.lport == lport
+            && addrs.is_none_or(|k| p.ev.raddr == k.raddr && p.ev.laddr == k.laddr)
         {
             return Some(p);
         }
     }
     None
+}
+
+/// Another CPU's record of this client → listener tuple.
+#[inline(always)]
+fn other_cpu_pending(key: &TupleKey) -> Option<&'static mut Pending> {
+    scan_cpus(key.rport, key.lport, Some(key))
+}
+
+/// Whether any CPU holds an unresolved record for these ports (addresses not compared): the
+/// cheap gate before the packet's addresses are read.
+#[inline(always)]
+fn other_cpu_has_ports(rport: u16, lport: u16) -> bool {
+    scan_cpus(rport, lport, None).is_some()
 }
 
 #[inline(always)]
@@ -172,16 +192,30 @@ fn park(rec: &Pending, now: u64) {
         // SAFETY: as above.
         unsafe { *port = rec.ev.lport as u64 };
     }
+    if let Some(t) = BACKLOG_RPORTS.get_ptr_mut(rec.ev.rport as u32 & BACKLOG_RPORT_MASK) {
+        // SAFETY: as above.
+        unsafe { *t = now };
+    }
 }
 
-/// The listener port whose backlog was used recently, if any.
+/// Whether a record for this listener port and client port may be parked: the port of the
+/// listener whose backlog was used last, and a recent park for a client port in the same slot
+/// of BACKLOG_RPORTS. Two array reads keep the address read and the hash lookup off the path
+/// of the packets (nearly all) that were never parked.
 #[inline(always)]
-fn backlog_port(now: u64) -> Option<u16> {
-    let t = *BACKLOG_LAST.get(0)?;
-    if t == 0 || now.saturating_sub(t) > BACKLOG_WINDOW_NS {
-        return None;
+fn may_be_parked(lport: u16, rport: u16, now: u64) -> bool {
+    let Some(t) = BACKLOG_LAST.get(0) else {
+        return false;
+    };
+    if *t == 0 || now.saturating_sub(*t) > BACKLOG_WINDOW_NS {
+        return false;
     }
-    BACKLOG_LAST.get(1).map(|p| *p as u16)
+    if BACKLOG_LAST.get(1).map(|p| *p as u16) != Some(lport) {
+        return false;
+    }
+    BACKLOG_RPORTS
+        .get(rport as u32 & BACKLOG_RPORT_MASK)
+        .is_some_and(|t| *t != 0 && now.saturating_sub(*t) <= BACKLOG_WINDOW_NS)
 }
 
 /// The backlog record of the client → listener tuple, if recent.
@@ -209,14 +243,91 @@ fn bump(map: &PerCpuArray<u64>, slot: u32) {
     }
 }
 
+/// Events that did not go through the ring, counted per listener so that every per-listener
+/// count stays exact under a storm: over the line budget, or the ring was full.
+#[map]
+static LISTEN_UNSENT: LruPerCpuHashMap<ListenerTallyKey, ListenerTally> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// This CPU's line budget: [start of the current window, records written in it].
+#[map]
+static LISTEN_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this CPU may write one more ring record in the current budget window.
+#[inline(always)]
+fn within_budget(now: u64) -> bool {
+    let budget = LISTEN_CONFIG.get(config::BUDGET).map(|v| *v).unwrap_or(0);
+    if budget == 0 {
+        return true;
+    }
+    let Some(state) = LISTEN_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot (migration is disabled while the program runs).
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state[0]) >= config::BUDGET_WINDOW_NS {
+        state[0] = now;
+        state[1] = 0;
+    }
+    if state[1] >= budget as u64 {
+        return false;
+    }
+    state[1] += 1;
+    true
+}
+
+/// Counts `ev` in LISTEN_UNSENT (its kind on its listener).
+#[inline(always)]
+fn tally_unsent(ev: &ListenEvent) {
+    bump(&LISTEN_COUNTS, kind::UNSENT as u32);
+    let kind = ev.kind as usize;
+    if kind >= TALLY_KINDS {
+        return;
+    }
+    let key = ListenerTallyKey {
+        netns: ev.netns,
+        family: ev.family,
+        lport: ev.lport,
+        cookie: ev.cookie,
+        laddr: ev.laddr,
+    };
+    let t = match LISTEN_UNSENT.get_ptr_mut(&key) {
+        Some(t) => t,
+        None => {
+            // BPF_NOEXIST: another CPU may have created it (each CPU has its own value anyway).
+            let _ = LISTEN_UNSENT.insert(&key, &ListenerTally::default(), 1);
+            match LISTEN_UNSENT.get_ptr_mut(&key) {
+                Some(t) => t,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's value of the entry.
+    let t = unsafe { &mut *t };
+    if let Some(c) = t.counts.get_mut(kind) {
+        *c += 1;
+    }
+    t.last_ts_ns = ev.ts_ns;
+    t.queue = ev.queue;
+    t.backlog = ev.backlog;
+    t.synq = ev.synq;
+}
+
 #[inline(always)]
 fn emit(ev: &ListenEvent, hook_slot: u32) {
+    if !within_budget(ev.ts_ns) {
+        tally_unsent(ev);
+        return;
+    }
     match LISTEN_EVENTS.reserve::<ListenEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(0);
         }
-        None => bump(&LOST_EVENTS, hook_slot),
+        None => {
+            bump(&LOST_EVENTS, hook_slot);
+            tally_unsent(ev);
+        }
     }
 }
 
@@ -710,18 +821,6 @@ fn pending() -> Option<&'static mut Pending> {
     if p.active == 0 { None } else { Some(p) }
 }
 
-/// The packet being freed is the pending one (client → listener direction)?
-#[inline(always)]
-fn is_pending_packet(p: &Pending, skb: u64) -> bool {
-    let Some(t) = skb_ports(skb) else {
-        return false;
-    };
-    if t.sport != p.ev.rport || t.dport != p.ev.lport {
-        return false;
-    }
-    matches!(ip_addrs(t.ip), Some((s, d)) if s == p.ev.raddr && d == p.ev.laddr)
-}
-
 /// `net:net_dev_queue(struct sk_buff *skb)`: a SYN-ACK for the pending SYN leaves.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
@@ -741,7 +840,6 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let backlog = backlog_port(now);
     let Some(t) = skb_ports(skb) else { return 0 };
     if t.flags & (TH_SYN | TH_ACK) != (TH_SYN | TH_ACK) {
         return 0;
@@ -781,7 +879,7 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
         on_synack(p);
         return 0;
     }
-    if backlog == Some(t.sport) {
+    if may_be_parked(t.sport, t.dport, now) {
         // The SYN waited in the listener's backlog (see BACKLOG_PENDING).
         if let Some(p) = backlog_pending(&key, now)
             && p.is_syn != 0
@@ -837,25 +935,26 @@ pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let sk: u64 = ctx.arg(0);
-        if let Some(port) = backlog_port(now) {
-            let lport: u16 = kread(sk, OFF_SK_NUM.load());
-            if lport == port {
-                let mut key = TupleKey {
-                    raddr: [0; 16],
-                    laddr: [0; 16],
-                    rport: u16::from_be(kread(sk, OFF_SK_DPORT.load())),
-                    lport,
-                    _pad: 0,
-                };
-                if kread::<u16>(sk, OFF_SK_FAMILY.load()) == AF_INET6 {
-                    key.raddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
-                    key.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
-                } else {
-                    let r: [u8; 4] = kread(sk, OFF_SK_DADDR.load());
-                    let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
-                    key.raddr[..4].copy_from_slice(&r);
-                    key.laddr[..4].copy_from_slice(&l);
-                }
+        let lport: u16 = kread(sk, OFF_SK_NUM.load());
+        let rport = u16::from_be(kread(sk, OFF_SK_DPORT.load()));
+        if may_be_parked(lport, rport, now) {
+            let mut key = TupleKey {
+                raddr: [0; 16],
+                laddr: [0; 16],
+                rport,
+                lport,
+                _pad: 0,
+            };
+            if kread::<u16>(sk, OFF_SK_FAMILY.load()) == AF_INET6 {
+                key.raddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
+                key.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
+            } else {
+                let r: [u8; 4] = kread(sk, OFF_SK_DADDR.load());
+                let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
+                key.raddr[..4].copy_from_slice(&r);
+                key.laddr[..4].copy_from_slice(&l);
+            }
+            if BACKLOG_PENDING.get_ptr(&key).is_some() {
                 let _ = BACKLOG_PENDING.remove(&key);
             }
         }
@@ -959,21 +1058,33 @@ pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Resolves the pending record of the packet being freed: this CPU's slot, else (shortly after
-/// a listener's backlog was used) its backlog record.
+/// a listener's backlog was used) its backlog record. Runs for every freed packet, so the
+/// common case — nothing pending for these ports — costs one read of the packet's ports and a
+/// look at each CPU's slot, never the addresses.
 #[inline(always)]
 fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
-    if let Some(p) = pending()
-        && is_pending_packet(p, skb)
+    let mine = pending();
+    let hot = hot_port();
+    if mine.is_none() && hot == 0 {
+        return;
+    }
+    let Some(t) = skb_ports(skb) else { return };
+    if let Some(p) = mine
+        && t.sport == p.ev.rport
+        && t.dport == p.ev.lport
+        && matches!(ip_addrs(t.ip), Some((s, d)) if s == p.ev.raddr && d == p.ev.laddr)
     {
         resolve(p, freed());
         return;
     }
-    let hot = hot_port();
-    if hot == 0 {
+    if hot == 0 || t.dport != hot {
         return;
     }
-    let Some(t) = skb_ports(skb) else { return };
-    if t.dport != hot {
+    let on_other_cpu = other_cpu_has_ports(t.sport, t.dport);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let in_backlog = may_be_parked(t.dport, t.sport, now);
+    if !on_other_cpu && !in_backlog {
         return;
     }
     let Some((saddr, daddr)) = ip_addrs(t.ip) else {
@@ -986,13 +1097,11 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
         lport: t.dport,
         _pad: 0,
     };
-    if let Some(p) = other_cpu_pending(&key) {
+    if on_other_cpu && let Some(p) = other_cpu_pending(&key) {
         resolve(p, freed());
         return;
     }
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if backlog_port(now) != Some(t.dport) {
+    if !in_backlog {
         return;
     }
     if let Some(p) = backlog_pending(&key, now) {

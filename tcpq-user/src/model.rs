@@ -221,9 +221,15 @@ impl OverflowAggregator {
     }
 
     pub fn record(&mut self, ev: &OverflowEvent) {
+        self.record_n(ev, 1, true);
+    }
+
+    /// `n` events like `ev` (the kernel's per-listener tally of events that skipped the ring:
+    /// `with_client` false, the client fields mean nothing).
+    pub fn record_n(&mut self, ev: &OverflowEvent, n: u64, with_client: bool) {
         let key = ListenerKey::of(ev);
         if !self.listeners.contains_key(&key) && self.listeners.len() >= self.max_listeners {
-            self.other.add(ev.kind, 1);
+            self.other.add(ev.kind, n);
             self.evicted += 1;
             return;
         }
@@ -238,14 +244,16 @@ impl OverflowAggregator {
             last_ts_ns: ev.ts_ns,
             clients: ClientSet::default(),
         });
-        agg.total.add(ev.kind, 1);
-        agg.window.add(ev.kind, 1);
+        agg.total.add(ev.kind, n);
+        agg.window.add(ev.kind, n);
         agg.last_queue = ev.queue;
         agg.backlog = ev.backlog;
         agg.max_synq = agg.max_synq.max(ev.synq);
         agg.last_ts_ns = agg.last_ts_ns.max(ev.ts_ns);
         agg.first_ts_ns = agg.first_ts_ns.min(ev.ts_ns);
-        if ev.kind != OverflowKind::SynackRetrans {
+        if !with_client {
+            agg.clients.saturated = true; // some clients are not known: the count is a floor
+        } else if ev.kind != OverflowKind::SynackRetrans {
             agg.clients.insert(ev.raddr);
         }
     }
@@ -344,6 +352,25 @@ impl LineLimiter {
         e.2 = ev.queue;
         e.3 = ev.backlog;
         (flushed, Admit::Suppress)
+    }
+
+    /// `n` events the kernel counted without a ring record (`LISTEN_UNSENT`): they join the
+    /// aggregated line of their listener and kind for `second`; no line of their own.
+    pub fn add_unsent(&mut self, second: u64, ev: &OverflowEvent, n: u64) -> Vec<AggregateLine> {
+        let flushed = if second > self.second {
+            self.flush_until(second)
+        } else {
+            Vec::new()
+        };
+        let st = self.state.entry(ListenerKey::of(ev)).or_default();
+        let e = st
+            .suppressed
+            .entry(ev.kind)
+            .or_insert_with(|| (0, HashSet::new(), 0, 0));
+        e.0 += n;
+        e.2 = ev.queue;
+        e.3 = ev.backlog;
+        flushed
     }
 
     /// Ends every second before `second` and returns their aggregated lines.

@@ -211,6 +211,9 @@ pub struct RunFacts {
     pub unresolved: u64,
     /// Cookie SYN-ACKs reported from the SYN-ACK alone (their SYN was not recorded).
     pub cookies_unmatched: u64,
+    /// Events the kernel counted per listener without a ring record (over the line budget, or
+    /// lost): in the listener counts and aggregated lines, not as lines of their own.
+    pub unsent: u64,
 }
 
 pub fn summary_text(
@@ -226,16 +229,24 @@ pub fn summary_text(
         counts_text(kernel_totals)
     };
     let mut s = format!(
-        "── summary over {duration_s:.1} s ── kernel counted: {totals} ── verdicts {} ── lost events: {lost}{}{}\n",
+        "── summary over {duration_s:.1} s ── kernel counted: {totals} ── verdicts {} ── lost events: {lost}{}{}{}\n",
         if facts.confirmed {
             "confirmed"
         } else {
             "predicted"
         },
         if lost > 0 {
-            " (ring buffer full: per-kind counts above stay exact)"
+            " (ring buffer full: per-kind and per-listener counts stay exact, per-client lines are missing)"
         } else {
             ""
+        },
+        if facts.unsent > lost {
+            format!(
+                " ── counted per listener without a line (over the kernel's line budget): {}",
+                facts.unsent - lost
+            )
+        } else {
+            String::new()
         },
         if facts.other_drops > 0 {
             format!(
@@ -314,6 +325,7 @@ pub fn summary_json(
         "other_drops": facts.other_drops,
         "unresolved": facts.unresolved,
         "cookies_unmatched": facts.cookies_unmatched,
+        "unsent_events": facts.unsent,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })

@@ -12,17 +12,15 @@ fn program_ids() -> HashSet<u32> {
         .collect()
 }
 
-#[test]
-fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
-    if skip_unless_root("ring_overflow") {
-        return;
-    }
-    let ns = Netns::new("loss");
-    let inode = ns.inode();
-    let tracer = Tracer::start_with_env(&[], &[("TCPQ_RING_BYTES", "4096")]);
+/// `trace overflow --json` (with `env`) while 1500 non-blocking connects hit a listener with
+/// backlog 1 on `port` that never accepts: (the tracer's lines, ListenOverflows over the flood).
+fn traced_flood(ns: &Netns, port: u16, env: &[(&str, &str)]) -> (Vec<serde_json::Value>, u64) {
+    let tracer = Tracer::start_with_env(&[], env);
     let mut server = python_in(
-        &ns,
-        "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9600)); l.listen(1)\nprint('up',flush=True)\ntime.sleep(15)",
+        ns,
+        &format!(
+            "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',{port})); l.listen(1)\nprint('up',flush=True)\ntime.sleep(15)"
+        ),
     );
     {
         use std::io::Read as _;
@@ -30,17 +28,30 @@ fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
         server.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
     }
     let before = ns.counters();
-    // A flood far beyond a 4 KiB ring read slowly.
     let flood = python_in(
-        &ns,
-        "import socket\ncs=[]\nfor _ in range(1500):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',9600))\n except BlockingIOError: pass\n cs.append(s)\nimport time; time.sleep(1)",
+        ns,
+        &format!(
+            "import socket\ncs=[]\nfor _ in range(1500):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',{port}))\n except BlockingIOError: pass\n cs.append(s)\nimport time; time.sleep(1)"
+        ),
     );
     assert!(flood.wait_with_output().unwrap().status.success());
     let after = ns.counters();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let lines = tracer.stop();
     let _ = server.kill();
     let _ = server.wait();
+    (lines, delta(&before, &after, "TcpExt:ListenOverflows"))
+}
+
+#[test]
+fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
+    if skip_unless_root("ring_overflow") {
+        return;
+    }
+    let ns = Netns::new("loss");
+    let inode = ns.inode();
+    // A flood far beyond a 4 KiB ring read slowly.
+    let (lines, overflows) = traced_flood(&ns, 9600, &[("TCPQ_RING_BYTES", "4096")]);
     let fin = final_summary(&lines);
     let lost = fin["lost_events"].as_u64().unwrap();
     let kernel = fin["kernel_counts"]["syn"].as_u64().unwrap()
@@ -50,17 +61,65 @@ fn ring_overflow_is_counted_and_kernel_counts_stay_exact() {
         .filter(|(k, _)| *k == "syn" || *k == "ack")
         .map(|(_, n)| n)
         .sum();
-    eprintln!(
-        "kernel {kernel}, seen {seen}, lost {lost}, ListenOverflows {}",
-        delta(&before, &after, "TcpExt:ListenOverflows")
-    );
+    eprintln!("kernel {kernel}, seen {seen}, lost {lost}, ListenOverflows {overflows}");
     assert!(lost > 0, "a 4 KiB ring read slowly must overflow");
-    assert!(seen < kernel, "some events were lost");
     assert_eq!(
-        kernel,
-        delta(&before, &after, "TcpExt:ListenOverflows"),
+        kernel, overflows,
         "per-CPU kernel counts stay exact despite the loss"
     );
+    // The lost records were counted per listener in the kernel: the listener's lines (events
+    // plus aggregated lines) still add up to every refusal.
+    assert_eq!(
+        seen, kernel,
+        "per-listener counts stay exact despite the loss"
+    );
+    assert!(fin["unsent_events"].as_u64().unwrap() >= lost);
+}
+
+#[test]
+fn over_the_line_budget_refusals_are_counted_in_the_kernel_not_lost() {
+    if skip_unless_root("line_budget") {
+        return;
+    }
+    let ns = Netns::new("budget");
+    let inode = ns.inode();
+    // 20 records a second for the whole machine: nearly everything goes to the kernel tally.
+    let (lines, overflows) = traced_flood(&ns, 9602, &[("TCPQ_LISTEN_BUDGET", "20")]);
+    let fin = final_summary(&lines);
+
+    let seen: u64 = counts_by_kind(&lines, inode)
+        .iter()
+        .filter(|(k, _)| *k == "syn" || *k == "ack")
+        .map(|(_, n)| n)
+        .sum();
+    let single = lines
+        .iter()
+        .filter(|v| v["event"] != "summary" && v["netns"].as_u64() == Some(inode))
+        .filter(|v| v["count"] == 1)
+        .count();
+    let unsent = fin["unsent_events"].as_u64().unwrap();
+    let listener = listener_summary(fin, inode);
+    let listener_total = listener["counts"]["syn"].as_u64().unwrap_or(0)
+        + listener["counts"]["ack"].as_u64().unwrap_or(0);
+    eprintln!(
+        "ListenOverflows {overflows}, lines' total {seen}, listener {listener_total}, single lines {single}, unsent {unsent}, lost {}",
+        fin["lost_events"]
+    );
+    assert!(
+        overflows > 500,
+        "the flood overflowed the queue: {overflows}"
+    );
+    assert_eq!(
+        fin["lost_events"], 0,
+        "nothing lost: over budget is counted"
+    );
+    assert!(unsent > 0, "the budget held records back");
+    assert!(
+        (single as u64) < overflows / 2,
+        "most refusals became aggregated counts, not lines: {single} lines"
+    );
+    assert_eq!(seen, overflows, "the lines add up to every refusal");
+    assert_eq!(listener_total, overflows, "the listener's count is exact");
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::{
     listen::{
         diagnose::{ListenerEvidence, diagnose_listener},
         resolve::ListenerDirectory,
+        unsent::UnsentReader,
     },
     model::{Admit, KindCounts, LineLimiter, ListenerAgg, OverflowAggregator, OverflowKind},
     output::{self, Clock, ListenerSummary},
@@ -55,6 +56,8 @@ struct Tracer {
     /// Sysctls per namespace as first seen: the namespace may be gone by summary time.
     netns_sysctls: HashMap<u32, counters::ListenSysctls>,
     decode_errors: u64,
+    /// Per-listener counts of events that skipped the ring.
+    unsent: Option<UnsentReader>,
     header_printed: bool,
 }
 
@@ -142,6 +145,30 @@ impl Tracer {
         }
     }
 
+    /// Adds what the kernel counted without ring records (see `listen::unsent`).
+    fn fold_unsent(&mut self) {
+        let Some(reader) = self.unsent.as_mut() else {
+            return;
+        };
+        for c in reader.take() {
+            self.note_netns(c.ev.netns);
+            self.active_netns.insert(c.ev.netns);
+            let info = self
+                .dir
+                .lookup(c.ev.netns, c.ev.cookie, c.ev.laddr, c.ev.lport);
+            let owners: &[procs::Owner] =
+                info.as_deref().map(|i| i.owners.as_slice()).unwrap_or(&[]);
+            if !self.passes_filter(owners) {
+                continue;
+            }
+            self.agg.record_n(&c.ev, c.n, false);
+            let flushed = self
+                .limiter
+                .add_unsent(c.ev.ts_ns / 1_000_000_000, &c.ev, c.n);
+            self.print_aggregates(flushed);
+        }
+    }
+
     fn print_aggregates(&mut self, lines: Vec<crate::model::AggregateLine>) {
         for l in lines {
             let info = self
@@ -157,6 +184,7 @@ impl Tracer {
     }
 
     fn tick(&mut self) {
+        self.fold_unsent();
         let now_sec = Clock::now_mono_ns() / 1_000_000_000;
         let lines = self.limiter.flush_until(now_sec);
         self.print_aggregates(lines);
@@ -170,6 +198,7 @@ impl Tracer {
 
     /// Prints the summary of the last window (`final_run`: of the whole run).
     fn summary(&mut self, kernel_totals: &KindCounts, facts: &output::RunFacts, final_run: bool) {
+        self.fold_unsent();
         let lines = if final_run {
             self.limiter.flush_all()
         } else {
@@ -348,6 +377,7 @@ fn run_facts(
         other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
         unresolved: sum_per_cpu(counts, tcpq_common::kind::UNRESOLVED as u32),
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
+        unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
     }
 }
 
@@ -380,6 +410,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     } else {
         None
     };
+    let unsent = Some(UnsentReader::open(&mut loaded)?);
     let confirmed = loaded.confirm;
     let attached: Vec<String> = loaded
         .hooks
@@ -411,6 +442,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         netns_sysctls: HashMap::new(),
         decode_errors: 0,
         header_printed: false,
+        unsent,
         args: args.clone(),
     });
     if let Some(ns) = netns::current() {

@@ -596,6 +596,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             Array::try_from(map).context("open the listen config map")?;
         cfg.set(config::CONFIRM, confirm as u32, 0)
             .context("enable outcome confirmation")?;
+        cfg.set(config::BUDGET, listen_budget_per_cpu_window(), 0)
+            .context("set the listen line budget")?;
     }
     Ok(Loaded {
         ebpf,
@@ -605,9 +607,56 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     })
 }
 
+/// Listen ring records per second, all CPUs together, unless TCPQ_LISTEN_BUDGET says otherwise
+/// (0: no limit). Beyond it the kernel counts refusals per listener without a record: counts
+/// stay exact, userspace work stays bounded however fast a SYN flood arrives.
+pub const DEFAULT_LISTEN_BUDGET: u32 = 40_000;
+
+/// The budget as the kernel applies it: records per CPU per `config::BUDGET_WINDOW_NS`.
+fn listen_budget_per_cpu_window() -> u32 {
+    let per_s = std::env::var("TCPQ_LISTEN_BUDGET")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_LISTEN_BUDGET);
+    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
+    budget_per_cpu_window(per_s, cpus)
+}
+
+/// `per_s` records per second over `cpus` CPUs → per CPU per window (at least 1; 0 stays 0).
+pub fn budget_per_cpu_window(per_s: u32, cpus: u32) -> u32 {
+    if per_s == 0 {
+        return 0;
+    }
+    let windows_per_s = (1_000_000_000 / config::BUDGET_WINDOW_NS) as u32;
+    (per_s / windows_per_s / cpus.max(1)).max(1)
+}
+
 /// `inet_csk_reqsk_queue_is_full()` compared `qlen >= backlog` until it became `>`
 /// (include/net/inet_connection_sock.h, 6.x). tcpq checks this against the kernel's own
 /// counters in its integration tests.
 pub fn reqq_full_uses_ge((major, minor): (u32, u32)) -> bool {
     (major, minor) < (6, 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_budget_is_shared_by_the_cpus_per_window() {
+        // 40k/s on 2 CPUs, 10 windows a second: 2000 records per CPU per window.
+        assert_eq!(budget_per_cpu_window(40_000, 2), 2000);
+        assert_eq!(budget_per_cpu_window(40_000, 64), 62);
+        // Never rounds down to "no limit" or to nothing.
+        assert_eq!(budget_per_cpu_window(5, 64), 1);
+        assert_eq!(budget_per_cpu_window(0, 2), 0);
+        assert_eq!(budget_per_cpu_window(100, 0), 10);
+    }
+
+    #[test]
+    fn reqq_full_compare_changed_in_6_12() {
+        assert!(reqq_full_uses_ge((6, 11)));
+        assert!(!reqq_full_uses_ge((6, 12)));
+        assert!(!reqq_full_uses_ge((6, 18)));
+    }
 }

@@ -1,2 +1,3 @@
 pub mod diagnose;
 pub mod resolve;
+pub mod unsent;

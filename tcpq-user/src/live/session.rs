@@ -17,7 +17,7 @@ use crate::{
     conntrack::{decode_drop, drop_kind},
     decode::{ListenRecord, decode_listen},
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
-    listen::resolve::ListenerDirectory,
+    listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     model::OverflowAggregator,
     snapshot::{counters, netns},
 };
@@ -118,6 +118,7 @@ pub struct Session {
     connect_counts: PerCpuArray<MapData, u64>,
     drop_counts: PerCpuArray<MapData, u64>,
     accept_lost: PerCpuArray<MapData, u64>,
+    listen_unsent: UnsentReader,
     pub dir: ListenerDirectory,
     ct_active: RefCell<HashSet<u32>>,
     pub host: u32,
@@ -167,6 +168,7 @@ impl Session {
         let connect_counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
         let drop_counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
         let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
+        let listen_unsent = UnsentReader::open(&mut loaded)?;
         let host = netns::current().unwrap_or(0);
         let mut agg = Aggregates::default();
         agg.note_netns(host);
@@ -180,6 +182,7 @@ impl Session {
             connect_counts,
             drop_counts,
             accept_lost,
+            listen_unsent,
             dir: ListenerDirectory::new(),
             ct_active: RefCell::new(HashSet::new()),
             host,
@@ -208,6 +211,15 @@ impl Session {
                 Ok(ListenRecord::ListenCall(c)) => self.dir.on_listen_call(&c),
                 Err(_) => {}
             }
+        }
+        // Events the kernel counted per listener instead of writing them (line budget, full
+        // ring): the listener counts stay exact.
+        for c in self.listen_unsent.take() {
+            agg.note_netns(c.ev.netns);
+            let _ = self
+                .dir
+                .lookup(c.ev.netns, c.ev.cookie, c.ev.laddr, c.ev.lport);
+            agg.overflow.record_n(&c.ev, c.n, false);
         }
         while let Some(item) = self.connect_ring.next() {
             agg.events += 1;
