@@ -115,7 +115,8 @@ const BACKLOG_WINDOW_NS: u64 = 1_000_000_000;
 #[map]
 static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(1, 0);
 
-/// CPUs whose slots are scanned (bpf_map_lookup_percpu_elem returns NULL past the last one).
+/// Upper bound of the per-CPU slot scans; NR_CPUS (a verifier-known constant) is the real one,
+/// and bpf_map_lookup_percpu_elem returns NULL past the last CPU anyway.
 const MAX_CPUS: u32 = 128;
 
 /// The first CPU slot holding an unresolved record for these ports and, when given, these
@@ -125,7 +126,11 @@ const MAX_CPUS: u32 = 128;
 fn scan_cpus(rport: u16, lport: u16, addrs: Option<&TupleKey>) -> Option<&'static mut Pending> {
     let map = core::ptr::addr_of!(PENDING) as *mut core::ffi::c_void;
     let index: u32 = 0;
+    let cpus = NR_CPUS.load();
     for cpu in 0..MAX_CPUS {
+        if cpu >= cpus {
+            return None;
+        }
         // SAFETY: `map` is the PENDING map (PerCpuArray is repr(transparent) over its
         // definition); the helper returns NULL for CPUs that do not exist.
         let ptr = unsafe {

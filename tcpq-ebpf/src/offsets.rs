@@ -91,4 +91,7 @@ offsets!(
     // Confirm mode records a packet only when a queue is within this many entries of its limit
     // (covers what other CPUs can change before the kernel's own test).
     NEAR_MARGIN,
+    // Possible CPUs (/sys/devices/system/cpu/possible): bounds the scans of per-CPU slots.
+    // A constant of the frozen .rodata, so the verifier explores only that many iterations.
+    NR_CPUS,
 );

@@ -39,9 +39,10 @@ pub struct LabArgs {
     /// overflow: connections the server accepts per second (0 = never accepts).
     #[arg(long, default_value_t = 20)]
     pub accept_rate: u32,
-    /// Connection attempts per second from the client.
-    #[arg(long, default_value_t = 200)]
-    pub rate: u32,
+    /// Connection attempts per second from the client [default: 200; storm: SYNs per second,
+    /// 0 = as fast as the machine goes, the default].
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Print the lab's facts as NDJSON.
     #[arg(long)]
     pub json: bool,
@@ -57,6 +58,15 @@ impl LabArgs {
             LabName::Conntrack => 4096,
             LabName::SlowAccept => 128,
             LabName::Workers | LabName::CloseWait => 256,
+            LabName::Storm => 1,
+        })
+    }
+
+    /// Connection attempts (storm: SYNs) per second: given, or the lab's default.
+    pub fn rate(&self) -> u32 {
+        self.rate.unwrap_or(match self.name {
+            LabName::Storm => 0,
+            _ => 200,
         })
     }
 }

@@ -57,6 +57,9 @@ pub enum LabName {
     Workers,
     /// A server that never closes connections its clients closed (CLOSE_WAIT).
     CloseWait,
+    /// A SYN storm from a million distinct clients (raw packets, one sender per CPU) at a
+    /// listener whose accept queue is full: every SYN is refused (collector throughput).
+    Storm,
 }
 
 pub use crate::cli::LabArgs;
@@ -307,6 +310,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabName::SlowAccept => slow_accept(&args),
         LabName::Workers => workers(&args),
         LabName::CloseWait => close_wait(&args),
+        LabName::Storm => storm(&args),
     }
 }
 
@@ -395,7 +399,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
 
     // Phase 2: connect storm, each client socket held for a second then closed.
     let deadline = Instant::now() + args.duration;
-    let rate = args.rate.max(1);
+    let rate = args.rate().max(1);
     let at = attempts.clone();
     let storm = spawn_in(&ns, move || {
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -494,7 +498,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
     );
 
     let deadline = Instant::now() + args.duration;
-    let rate = args.rate.max(1);
+    let rate = args.rate().max(1);
     let attempts = Arc::new(AtomicU64::new(0));
     let at = attempts.clone();
     let open = hold_connects(&cli, addr, rate, deadline, at)?;
@@ -671,7 +675,7 @@ fn conntrack(args: &LabArgs) -> Result<()> {
         json!({"netns": ns.name, "netns_inode": ns.inode(), "daddr": "127.0.0.1", "dport": args.port, "rule_port": rule_port, "ct_max": args.ct_max, "ct_max_original": guard.original}),
     );
     let deadline = Instant::now() + args.duration;
-    let rate = args.rate.max(1);
+    let rate = args.rate().max(1);
     let attempts = Arc::new(AtomicU64::new(0));
     let at = attempts.clone();
     let open = hold_connects(&ns, addr, rate, deadline, at)?;
@@ -864,4 +868,211 @@ fn close_wait(args: &LabArgs) -> Result<()> {
     let _ = holder.join();
     done_line(args, "close-wait", json!({}));
     Ok(())
+}
+
+/// SYNs per `sendmmsg()` call.
+const STORM_BATCH: usize = 64;
+
+/// Fills `pkt` with an IPv4 SYN from client number `i` of sender `sender` (127.x.y.z, a port
+/// of its own) to 127.0.0.1:`dport`. The kernel fills the IP checksum (IP_HDRINCL); the TCP
+/// checksum is computed here.
+pub fn storm_syn(pkt: &mut [u8; 40], sender: u32, i: u32, dport: u16) {
+    let src = [
+        127,
+        1 + ((sender * 61 + (i >> 16)) % 250) as u8,
+        (i >> 8) as u8,
+        i as u8,
+    ];
+    let dst = [127u8, 0, 0, 1];
+    let sport = 1024 + (i % 60_000) as u16;
+    pkt.fill(0);
+    pkt[0] = 0x45; // IPv4, 20-byte header
+    pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+    pkt[8] = 64; // TTL
+    pkt[9] = 6; // TCP
+    pkt[12..16].copy_from_slice(&src);
+    pkt[16..20].copy_from_slice(&dst);
+    let tcp = &mut pkt[20..40];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&(i | 1).to_be_bytes()); // sequence number
+    tcp[12] = 5 << 4; // data offset: 20 bytes
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    // Pseudo header (src, dst, protocol, TCP length) plus the TCP header.
+    let mut sum: u32 = 6 + 20;
+    for pair in src.chunks(2).chain(dst.chunks(2)).chain(tcp.chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// Sends SYNs in batches until `deadline` (or a stop), at most `rate` a second (0: no limit).
+fn send_syns(
+    sender: u32,
+    dport: u16,
+    deadline: Instant,
+    rate: u64,
+    sent: &AtomicU64,
+) -> Result<()> {
+    // SAFETY: plain socket(2) call; the descriptor is owned by `fd` below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("open a raw IPv4 socket");
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut pkts = [[0u8; 40]; STORM_BATCH];
+    let started = Instant::now();
+    let mut i: u32 = 0;
+    let mut total: u64 = 0;
+    while Instant::now() < deadline && !stopped() {
+        for p in pkts.iter_mut() {
+            storm_syn(p, sender, i, dport);
+            i = i.wrapping_add(1);
+        }
+        let mut iovs: Vec<libc::iovec> = pkts
+            .iter_mut()
+            .map(|p| libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: msghdr is plain C data; all-zero is a valid empty header.
+                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                h.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                h.msg_iov = iov;
+                h.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: `msgs` points at STORM_BATCH valid headers whose buffers outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                msgs.as_mut_ptr(),
+                msgs.len() as u32,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
+                continue;
+            }
+            return Err(e).context("send SYNs (sendmmsg on a raw socket)");
+        }
+        total += n as u64;
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        if rate > 0 {
+            let due = Duration::from_secs_f64(total as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                thread::sleep(ahead);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A listener (backlog `--backlog`, never accepting) filled by backlog + 1 clients, then one SYN
+/// sender per CPU for `--duration` at `--rate` SYNs/s in all (0: as fast as the machine goes).
+fn storm(args: &LabArgs) -> Result<()> {
+    let ns = lab_netns(args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let server = Server::start(&ns, addr, args.backlog(), 0)?;
+    // sk_acceptq_is_full() is `queue > backlog`: backlog + 1 established clients fill it.
+    let held = burst(&ns, addr, args.backlog() as usize + 1)?;
+    nap(Duration::from_millis(300));
+    let senders = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u32;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "senders": senders, "rate": args.rate()}),
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let per_sender = args.rate() as u64 / senders as u64;
+    let mut handles = Vec::new();
+    for sender in 0..senders {
+        let sent = sent.clone();
+        let port = args.port;
+        handles.push(spawn_in(&ns, move || {
+            send_syns(sender, port, deadline, per_sender, &sent)
+        })?);
+    }
+    let mut failure = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) | Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(anyhow::anyhow!("SYN sender panicked")),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = sent.load(Ordering::Relaxed);
+    done_line(
+        args,
+        "storm",
+        json!({"syns_sent": n, "seconds": (secs * 100.0).round() / 100.0, "syns_per_s": (n as f64 / secs.max(1e-9)).round()}),
+    );
+    drop(held);
+    drop(server);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one's-complement sum over the pseudo header and the TCP header of a correct
+    /// segment is 0xffff.
+    fn tcp_sum(pkt: &[u8; 40]) -> u32 {
+        let mut sum: u32 = 6 + 20;
+        for pair in pkt[12..20].chunks(2).chain(pkt[20..40].chunks(2)) {
+            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum
+    }
+
+    #[test]
+    fn storm_syns_are_valid_and_from_distinct_clients() {
+        let mut seen = std::collections::HashSet::new();
+        let mut pkt = [0u8; 40];
+        for sender in 0..2 {
+            for i in (0..2_000_000u32).step_by(997) {
+                storm_syn(&mut pkt, sender, i, 8080);
+                assert_eq!(tcp_sum(&pkt), 0xffff, "checksum of client {i}");
+                assert_eq!(pkt[33], 0x02, "SYN only");
+                assert_eq!(u16::from_be_bytes([pkt[22], pkt[23]]), 8080);
+                assert_eq!(pkt[12], 127);
+                assert!(seen.insert((pkt[12..16].to_vec(), pkt[20], pkt[21])));
+            }
+        }
+    }
 }

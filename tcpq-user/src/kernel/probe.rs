@@ -510,6 +510,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(u32::MAX);
     globals.push(("NEAR_MARGIN", margin));
+    // Unknown: the programs scan up to their own bound (bpf_map_lookup_percpu_elem fails past
+    // the last CPU).
+    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(128);
+    globals.push(("NR_CPUS", cpus));
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {

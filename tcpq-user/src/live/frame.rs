@@ -161,7 +161,11 @@ pub struct Frame {
     pub hooks_total: usize,
     /// Hooks not attached, with the reason.
     pub hooks_inactive: Vec<String>,
+    /// Ring records read per second.
     pub events_per_s: f64,
+    /// Listen refusals per second counted per listener in the kernel, without a ring record
+    /// (over the line budget; in the listener counts all the same).
+    pub tallied_per_s: f64,
     /// Events lost (ring buffer full) since start, and in this interval.
     pub lost_total: u64,
     pub lost_interval: u64,
@@ -383,6 +387,7 @@ pub fn build(
         hooks_total: header.hooks_total,
         hooks_inactive: header.hooks_inactive,
         events_per_s: rate_per_s(agg.events, secs),
+        tallied_per_s: rate_per_s(agg.tallied, secs),
         lost_total: header.lost_total,
         lost_interval: header.lost_interval,
         counters,
@@ -419,17 +424,27 @@ pub fn owner_text(pid: Option<u32>, process: Option<&str>) -> String {
     }
 }
 
+/// " (+N/s counted in the kernel)" when refusals went over the line budget, else "".
+pub fn tallied_note(per_s: f64) -> String {
+    if per_s > 0.0 {
+        format!(" (+{per_s:.0}/s counted in the kernel)")
+    } else {
+        String::new()
+    }
+}
+
 /// `top -b`: one plain-text frame.
 pub fn render_text(f: &Frame) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "tcpq top — {} — kernel {} — hooks {}/{} — {:.0} events/s — lost {} ({} this interval) — interval {:.1} s",
+        "tcpq top — {} — kernel {} — hooks {}/{} — {:.0} events/s{} — lost {} ({} this interval) — interval {:.1} s",
         f.host,
         f.kernel,
         f.hooks_active,
         f.hooks_total,
         f.events_per_s,
+        tallied_note(f.tallied_per_s),
         f.lost_total,
         f.lost_interval,
         f.interval_s

@@ -42,6 +42,8 @@ pub struct Aggregates {
     pub accepts_evicted: u64,
     /// Events decoded (all families).
     pub events: u64,
+    /// Listen events the kernel counted per listener without a ring record (line budget).
+    pub tallied: u64,
     /// Kernel counters (/proc/net/netstat, snmp) per namespace at the start of the interval.
     pub counters_first: HashMap<u32, HashMap<String, u64>>,
 }
@@ -56,6 +58,7 @@ impl Default for Aggregates {
             acceptors: BTreeMap::new(),
             accepts_evicted: 0,
             events: 0,
+            tallied: 0,
             counters_first: HashMap::new(),
         }
     }
@@ -220,6 +223,7 @@ impl Session {
                 .dir
                 .lookup(c.ev.netns, c.ev.cookie, c.ev.laddr, c.ev.lport);
             agg.overflow.record_n(&c.ev, c.n, false);
+            agg.tallied += c.n;
         }
         while let Some(item) = self.connect_ring.next() {
             agg.events += 1;

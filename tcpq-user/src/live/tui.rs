@@ -374,8 +374,13 @@ pub fn draw(t: &mut TermFrame, f: &Frame, hist: &History, ui: &UiState) {
         Line::from(vec![
             Span::styled("tcpq top", Style::default().add_modifier(Modifier::BOLD)),
             Span::raw(format!(
-                "  {} · kernel {} · hooks {}/{} active · {:.0} events/s · ",
-                f.host, f.kernel, f.hooks_active, f.hooks_total, f.events_per_s
+                "  {} · kernel {} · hooks {}/{} active · {:.0} events/s{} · ",
+                f.host,
+                f.kernel,
+                f.hooks_active,
+                f.hooks_total,
+                f.events_per_s,
+                super::frame::tallied_note(f.tallied_per_s)
             )),
             Span::styled(
                 format!("lost {} (+{})", f.lost_total, f.lost_interval),
