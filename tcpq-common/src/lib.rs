@@ -18,6 +18,8 @@ pub mod names {
     pub const PROG_SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
     pub const PROG_SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
     pub const PROG_FENTRY_PROBE: &str = "fentry_probe";
+    /// The one program on `sock:inet_sock_set_state`; the four state hooks below are its parts.
+    pub const PROG_SOCK_STATE: &str = "sock_state";
     pub const PROG_OUTCOME_XMIT: &str = "outcome_xmit";
     pub const PROG_OUTCOME_CHILD: &str = "outcome_child";
     pub const PROG_OUTCOME_CONSUME: &str = "outcome_consume";
@@ -224,6 +226,19 @@ pub struct InAccept {
     pub ts_ns: u64,
     pub fd: u32,
     pub _pad: u32,
+}
+
+/// Bits of the STATE_HOOKS knob: the families `sock_state` (the one program on
+/// `sock:inet_sock_set_state`) serves.
+pub mod state_hooks {
+    /// connect: handshakes (SYN_SENT → ESTABLISHED / CLOSE).
+    pub const CONNECT: u32 = 1;
+    /// drop: who connects each socket (unused when CONNECT is set: the handshakes say it).
+    pub const OWNER: u32 = 2;
+    /// accept: when each child entered the accept queue.
+    pub const ENQUEUE: u32 = 4;
+    /// listen: child sockets created (final-ACK outcomes).
+    pub const CHILD: u32 = 8;
 }
 
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.

@@ -2,9 +2,9 @@
 //! accept() returning it), accept() failures by errno, and which threads sit in accept().
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use tcpq_common::{AcceptEvent, InAccept, accept as a};
 
@@ -36,13 +36,12 @@ static ENQUEUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static IN_ACCEPT: HashMap<u64, InAccept> = HashMap::with_max_entries(16384, 0);
 
-/// `sock:inet_sock_set_state`: a child going SYN_RECV → ESTABLISHED is now in the accept queue
-/// (tcp_child_process() right after inet_csk_reqsk_queue_add()).
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn accept_enqueue(ctx: RawTracePointContext) -> i32 {
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    let sk: u64 = ctx.arg(0);
+/// `sock:inet_sock_set_state` (via `state::sock_state`): a child going SYN_RECV → ESTABLISHED
+/// is now in the accept queue (tcp_child_process() right after inet_csk_reqsk_queue_add()).
+// A BPF-to-BPF call, not inlined: each family's frame stays its own (the stack limit is
+// 512 bytes per call chain, and the four inlined together exceed it).
+#[inline(never)]
+pub fn on_state(sk: u64, old: i32, new: i32) {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -52,7 +51,6 @@ pub fn accept_enqueue(ctx: RawTracePointContext) -> i32 {
         // queued (clients, accepted children) and a lookup takes no bucket lock.
         let _ = ENQUEUED.remove(sk);
     }
-    0
 }
 
 #[inline(always)]

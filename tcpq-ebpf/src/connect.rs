@@ -249,22 +249,30 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: SYN_SENT starts a handshake (inside
-/// tcp_v4_connect(), before the port is chosen); SYN_SENT → ESTABLISHED / CLOSE ends it.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn connect_state(ctx: RawTracePointContext) -> i32 {
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)` (via `state::sock_state`): SYN_SENT
+/// starts a handshake (inside tcp_v4_connect(), before the port is chosen); SYN_SENT →
+/// ESTABLISHED / CLOSE ends it.
+// A BPF-to-BPF call, not inlined: each family's frame stays its own (the stack limit is
+// 512 bytes per call chain, and the four inlined together exceed it).
+#[inline(never)]
+pub fn on_state(sk: u64, old: i32, new: i32) {
     if new == TCP_SYN_SENT {
-        let sk: u64 = ctx.arg(0);
         if is_tcp(sk) {
             start_handshake(sk);
         }
     } else if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
-        let sk: u64 = ctx.arg(0);
         end_handshake(sk, new == TCP_ESTABLISHED);
     }
-    0
+}
+
+/// The process that started the handshake of `sk` (while it is in SYN_SENT).
+#[inline(always)]
+pub fn handshake_owner(sk: u64) -> Option<(u32, [u8; 16])> {
+    SYN_START.get_ptr(sk).map(|hs| {
+        // SAFETY: map value pointer, copied out at once.
+        let ev = unsafe { (*hs).ev };
+        (ev.tgid, ev.comm)
+    })
 }
 
 #[inline(always)]

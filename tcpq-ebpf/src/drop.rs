@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
-use tcpq_common::{DropEvent, drop as d};
+use tcpq_common::{DropEvent, drop as d, state_hooks};
 
 use crate::{
     offsets::*,
@@ -37,12 +37,13 @@ pub struct Owner {
 #[map]
 static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
-/// `sock:inet_sock_set_state`: remember who connects (SYN_SENT, in the connect() caller's
-/// context); forget on CLOSE.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn drop_owner(ctx: RawTracePointContext) -> i32 {
-    let new: i32 = ctx.arg(2);
-    let sk: u64 = ctx.arg(0);
+/// `sock:inet_sock_set_state` (via `state::sock_state`, only when the connect family is not
+/// attached: its handshake records name the owner then): remember who connects (SYN_SENT, in
+/// the connect() caller's context); forget on CLOSE.
+// A BPF-to-BPF call, not inlined: each family's frame stays its own (the stack limit is
+// 512 bytes per call chain, and the four inlined together exceed it).
+#[inline(never)]
+pub fn on_state(sk: u64, new: i32) {
     if new == 2 {
         let owner = Owner {
             tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
@@ -54,7 +55,19 @@ pub fn drop_owner(ctx: RawTracePointContext) -> i32 {
         // Look first: server-side sockets never had an owner entry, and a lookup is lock-free.
         let _ = SOCK_OWNER.remove(sk);
     }
-    0
+}
+
+/// The process that connected `sk`, if tcpq saw it start the handshake.
+#[inline(always)]
+fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
+    if STATE_HOOKS.load() & state_hooks::CONNECT != 0 {
+        return crate::connect::handshake_owner(sk);
+    }
+    SOCK_OWNER.get_ptr(sk).map(|o| {
+        // SAFETY: map value pointer, copied out at once.
+        let o = unsafe { *o };
+        (o.tgid, o.comm)
+    })
 }
 
 #[inline(always)]
@@ -128,12 +141,10 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
         ev.direction = d::DIR_OUT;
         // Locally generated. The connecting process if we saw it connect; else the current
         // task (right for sendmsg()/connect(), not for timer retransmits).
-        match SOCK_OWNER.get_ptr(sk) {
-            Some(o) => {
-                // SAFETY: map value pointer, copied out at once.
-                let o = unsafe { *o };
-                ev.tgid = o.tgid;
-                ev.comm = o.comm;
+        match owner_of(sk) {
+            Some((tgid, comm)) => {
+                ev.tgid = tgid;
+                ev.comm = comm;
             }
             None => {
                 ev.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

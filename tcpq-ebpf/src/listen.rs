@@ -929,17 +929,17 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: inet_csk_clone_lock() moves a new child
-/// from the listener's LISTEN to SYN_RECV once the accept-queue test passed.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)` (via `state::sock_state`):
+/// inet_csk_clone_lock() moves a new child from the listener's LISTEN to SYN_RECV once the
+/// accept-queue test passed.
+// A BPF-to-BPF call, not inlined: each family's frame stays its own (the stack limit is
+// 512 bytes per call chain, and the four inlined together exceed it).
+#[inline(never)]
+pub fn on_state_child(sk: u64, old: i32, new: i32) {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED_I {
         // A child whose final ACK waited in the listener's backlog is established: forget it.
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let sk: u64 = ctx.arg(0);
         let lport: u16 = kread(sk, OFF_SK_NUM.load());
         let rport = u16::from_be(kread(sk, OFF_SK_DPORT.load()));
         if may_be_parked(lport, rport, now) {
@@ -963,23 +963,21 @@ pub fn outcome_child(ctx: RawTracePointContext) -> i32 {
                 let _ = BACKLOG_PENDING.remove(&key);
             }
         }
-        return 0;
+        return;
     }
     if old != TCP_LISTEN_I || new != TCP_SYN_RECV {
-        return 0;
+        return;
     }
-    let Some(p) = pending() else { return 0 };
+    let Some(p) = pending() else { return };
     if p.is_syn != 0 {
-        return 0;
+        return;
     }
-    let sk: u64 = ctx.arg(0);
     // The clone still carries the listener's port (the remote side is filled in just after).
     let num: u16 = kread(sk, OFF_SK_NUM.load());
     if num == p.ev.lport {
         p.child = 1;
         p.active = 0; // accepted into the accept queue
     }
-    0
 }
 
 /// How the pending packet was freed.

@@ -94,4 +94,6 @@ offsets!(
     // Possible CPUs (/sys/devices/system/cpu/possible): bounds the scans of per-CPU slots.
     // A constant of the frozen .rodata, so the verifier explores only that many iterations.
     NR_CPUS,
+    // Which families `state::sock_state` serves (tcpq_common::state_hooks bits).
+    STATE_HOOKS,
 );

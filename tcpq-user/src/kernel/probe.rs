@@ -12,7 +12,7 @@ use aya::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
     },
 };
-use tcpq_common::{config, names};
+use tcpq_common::{config, names, state_hooks};
 
 use super::{btf, env, tracefs};
 
@@ -27,6 +27,9 @@ pub enum Attach {
     RawTracepoint(&'static str),
     /// Tracepoint category/name (needs tracefs for the id and the record format).
     Tracepoint(&'static str, &'static str),
+    /// A part of `sock_state`, the one program on the `inet_sock_set_state` raw tracepoint
+    /// (`tcpq_common::state_hooks` bit): attached once for every family that needs it.
+    SockState(u32),
 }
 
 impl Attach {
@@ -35,6 +38,7 @@ impl Attach {
             Attach::CgroupSkbIngress => "cgroup_skb/ingress on the cgroup2 root".into(),
             Attach::RawTracepoint(n) => format!("raw_tracepoint {n}"),
             Attach::Tracepoint(c, n) => format!("tracepoint {c}:{n}"),
+            Attach::SockState(_) => "raw_tracepoint inet_sock_set_state (in sock_state)".into(),
         }
     }
 }
@@ -62,7 +66,7 @@ pub struct HookSpec {
 pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         program: names::PROG_ACCEPT_ENQUEUE,
-        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        attach: Attach::SockState(state_hooks::ENQUEUE),
         family: Family::Accept,
         core: true,
         gives: "when each connection entered the accept queue",
@@ -110,7 +114,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_DROP_OWNER,
-        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        attach: Attach::SockState(state_hooks::OWNER),
         family: Family::Drop,
         core: false,
         gives: "the connecting process of dropped SYN retransmits (sent from a timer)",
@@ -134,7 +138,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_CONNECT_STATE,
-        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        attach: Attach::SockState(state_hooks::CONNECT),
         family: Family::Connect,
         core: true,
         gives: "handshakes: source port, latency, refused/timed out",
@@ -166,7 +170,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_OUTCOME_CHILD,
-        attach: Attach::RawTracepoint("inet_sock_set_state"),
+        attach: Attach::SockState(state_hooks::CHILD),
         family: Family::Listen,
         core: false,
         gives: "outcome of each final ACK: child socket created",
@@ -397,6 +401,21 @@ pub fn explain_program_error(e: &ProgramError) -> String {
     }
 }
 
+/// Loads and attaches `sock_state` (its parts were chosen by the STATE_HOOKS knob at load).
+fn attach_sock_state(ebpf: &mut Ebpf) -> Result<(), String> {
+    let prog = ebpf.program_mut(names::PROG_SOCK_STATE).ok_or_else(|| {
+        format!(
+            "program {} missing from the kernel object",
+            names::PROG_SOCK_STATE
+        )
+    })?;
+    let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+    p.load().map_err(|e| explain_program_error(&e))?;
+    p.attach("inet_sock_set_state")
+        .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+    Ok(())
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &HookSpec,
@@ -427,6 +446,7 @@ fn attach_one(
             p.attach(name)
                 .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
         }
+        Attach::SockState(_) => unreachable!("attached once by attach_sock_state"),
         Attach::Tracepoint(category, name) => {
             if !tracefs_ok {
                 return Err("tracefs unavailable (see the tracefs line)".into());
@@ -515,6 +535,27 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(128);
     globals.push(("NR_CPUS", cpus));
 
+    // TCPQ_DISABLE_HOOKS=prog,prog: treat hooks as refused (to test degraded kernels).
+    let disabled: Vec<String> = std::env::var("TCPQ_DISABLE_HOOKS")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The parts of sock_state these families need (a verifier-known constant: the code of
+    // the others is dropped).
+    let state_bits = HOOKS
+        .iter()
+        .filter(|h| families.contains(&h.family) && !disabled.iter().any(|d| d == h.program))
+        .filter_map(|h| match h.attach {
+            Attach::SockState(bit) => Some(bit),
+            _ => None,
+        })
+        .fold(0, |bits, bit| bits | bit);
+    globals.push(("STATE_HOOKS", state_bits));
+
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
@@ -542,16 +583,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         Ok(p) => Some(File::open(p).with_context(|| format!("open cgroup2 root {}", p.display()))?),
         Err(_) => None,
     };
-    // TCPQ_DISABLE_HOOKS=prog,prog: treat hooks as refused (to test degraded kernels).
-    let disabled: Vec<String> = std::env::var("TCPQ_DISABLE_HOOKS")
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
     let mut hooks = Vec::new();
+    let mut sock_state: Option<Result<(), String>> = None;
     for spec in HOOKS.iter().filter(|h| families.contains(&h.family)) {
         if disabled.iter().any(|d| d == spec.program) {
             if spec.core {
@@ -567,12 +600,18 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             });
             continue;
         }
-        let state = match attach_one(
-            &mut ebpf,
-            spec,
-            cgroup.as_ref(),
-            tp_ok || !matches!(spec.attach, Attach::Tracepoint(..)),
-        ) {
+        let attached = match spec.attach {
+            Attach::SockState(_) => sock_state
+                .get_or_insert_with(|| attach_sock_state(&mut ebpf))
+                .clone(),
+            _ => attach_one(
+                &mut ebpf,
+                spec,
+                cgroup.as_ref(),
+                tp_ok || !matches!(spec.attach, Attach::Tracepoint(..)),
+            ),
+        };
+        let state = match attached {
             Ok(()) => HookState::Attached,
             Err(why) => {
                 if spec.core {
