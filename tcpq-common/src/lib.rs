@@ -20,6 +20,8 @@ pub mod names {
     pub const PROG_FENTRY_PROBE: &str = "fentry_probe";
     /// The one program on `sock:inet_sock_set_state`; the four state hooks below are its parts.
     pub const PROG_SOCK_STATE: &str = "sock_state";
+    /// An empty program on the same tracepoint, for the bench's cost floor.
+    pub const PROG_FLOOR_PROBE: &str = "floor_probe";
     pub const PROG_OUTCOME_XMIT: &str = "outcome_xmit";
     pub const PROG_OUTCOME_CHILD: &str = "outcome_child";
     pub const PROG_OUTCOME_CONSUME: &str = "outcome_consume";

@@ -28,3 +28,10 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
     }
     0
 }
+
+/// Bench instrumentation only (`diagnose` with TCPQ_BPF_STATS=1 attaches it): an empty program
+/// on the same tracepoint, the floor any hook pays before doing anything.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn floor_probe(_ctx: RawTracePointContext) -> i32 {
+    0
+}

@@ -30,6 +30,11 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let stats_fd = (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
         .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
         .flatten();
+    if stats_fd.is_some() {
+        // The floor next to the hooks' costs: an empty program on inet_sock_set_state. Best
+        // effort: the report simply lacks the row if the kernel refuses it.
+        let _ = crate::kernel::probe::attach_floor_probe(&mut session.loaded.ebpf);
+    }
     let tty = std::io::stderr().is_terminal();
     eprintln!(
         "tcpq: diagnosing for {:.0} s (every hook family attached)…",

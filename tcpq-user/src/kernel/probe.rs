@@ -403,17 +403,24 @@ pub fn explain_program_error(e: &ProgramError) -> String {
 
 /// Loads and attaches `sock_state` (its parts were chosen by the STATE_HOOKS knob at load).
 fn attach_sock_state(ebpf: &mut Ebpf) -> Result<(), String> {
-    let prog = ebpf.program_mut(names::PROG_SOCK_STATE).ok_or_else(|| {
-        format!(
-            "program {} missing from the kernel object",
-            names::PROG_SOCK_STATE
-        )
-    })?;
+    attach_raw_program(ebpf, names::PROG_SOCK_STATE, "inet_sock_set_state")
+}
+
+/// Loads `program` and attaches it to the raw tracepoint `tracepoint`.
+fn attach_raw_program(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the kernel object"))?;
     let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
     p.load().map_err(|e| explain_program_error(&e))?;
-    p.attach("inet_sock_set_state")
+    p.attach(tracepoint)
         .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
     Ok(())
+}
+
+/// Bench instrumentation: attaches the empty `floor_probe` next to `sock_state`.
+pub fn attach_floor_probe(ebpf: &mut Ebpf) -> Result<(), String> {
+    attach_raw_program(ebpf, names::PROG_FLOOR_PROBE, "inet_sock_set_state")
 }
 
 fn attach_one(
