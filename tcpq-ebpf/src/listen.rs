@@ -254,6 +254,9 @@ fn bump(map: &PerCpuArray<u64>, slot: u32) {
 static LISTEN_UNSENT: LruPerCpuHashMap<ListenerTallyKey, ListenerTally> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
 
+/// Map update flag: create only (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
 /// This CPU's line budget: [start of the current window, records written in it].
 #[map]
 static LISTEN_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
@@ -299,8 +302,8 @@ fn tally_unsent(ev: &ListenEvent) {
     let t = match LISTEN_UNSENT.get_ptr_mut(&key) {
         Some(t) => t,
         None => {
-            // BPF_NOEXIST: another CPU may have created it (each CPU has its own value anyway).
-            let _ = LISTEN_UNSENT.insert(&key, &ListenerTally::default(), 1);
+            // Another CPU may have created it meanwhile (each CPU has its own value anyway).
+            let _ = LISTEN_UNSENT.insert(&key, &ListenerTally::default(), BPF_NOEXIST);
             match LISTEN_UNSENT.get_ptr_mut(&key) {
                 Some(t) => t,
                 None => return,
@@ -527,22 +530,30 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
 // ---------------------------------------------------------------------------------------------
 // Raw tracepoints on the listener: SYN-ACK retransmits and overflow resets
 
+/// (family, local address, remote address) of a sock_common; IPv4 in the first 4 bytes.
+#[inline(always)]
+fn sk_addrs(skc: u64) -> (u16, [u8; 16], [u8; 16]) {
+    let family: u16 = kread(skc, OFF_SK_FAMILY.load());
+    if family == AF_INET6 {
+        return (
+            family,
+            kread_addr16(skc, OFF_SK_V6_RCV_SADDR.load()),
+            kread_addr16(skc, OFF_SK_V6_DADDR.load()),
+        );
+    }
+    let (mut l, mut r) = ([0u8; 16], [0u8; 16]);
+    l[..4].copy_from_slice(&kread::<[u8; 4]>(skc, OFF_SK_RCV_SADDR.load()));
+    r[..4].copy_from_slice(&kread::<[u8; 4]>(skc, OFF_SK_DADDR.load()));
+    (family, l, r)
+}
+
 /// Fills local/remote addresses from a sock_common (a request sock: remote = client).
 #[inline(always)]
 fn fill_tuple_from_common(ev: &mut ListenEvent, skc: u64) {
-    ev.family = kread(skc, OFF_SK_FAMILY.load());
+    (ev.family, ev.laddr, ev.raddr) = sk_addrs(skc);
     ev.lport = kread(skc, OFF_SK_NUM.load());
     let dport: u16 = kread(skc, OFF_SK_DPORT.load());
     ev.rport = u16::from_be(dport);
-    if ev.family == AF_INET6 {
-        ev.laddr = kread_addr16(skc, OFF_SK_V6_RCV_SADDR.load());
-        ev.raddr = kread_addr16(skc, OFF_SK_V6_DADDR.load());
-    } else {
-        let l: [u8; 4] = kread(skc, OFF_SK_RCV_SADDR.load());
-        let r: [u8; 4] = kread(skc, OFF_SK_DADDR.load());
-        ev.laddr[..4].copy_from_slice(&l);
-        ev.raddr[..4].copy_from_slice(&r);
-    }
 }
 
 /// `tcp:tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req)`
@@ -943,22 +954,14 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
         let lport: u16 = kread(sk, OFF_SK_NUM.load());
         let rport = u16::from_be(kread(sk, OFF_SK_DPORT.load()));
         if may_be_parked(lport, rport, now) {
-            let mut key = TupleKey {
-                raddr: [0; 16],
-                laddr: [0; 16],
+            let (_, laddr, raddr) = sk_addrs(sk);
+            let key = TupleKey {
+                raddr,
+                laddr,
                 rport,
                 lport,
                 _pad: 0,
             };
-            if kread::<u16>(sk, OFF_SK_FAMILY.load()) == AF_INET6 {
-                key.raddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
-                key.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
-            } else {
-                let r: [u8; 4] = kread(sk, OFF_SK_DADDR.load());
-                let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
-                key.raddr[..4].copy_from_slice(&r);
-                key.laddr[..4].copy_from_slice(&l);
-            }
             if BACKLOG_PENDING.get_ptr(&key).is_some() {
                 let _ = BACKLOG_PENDING.remove(&key);
             }

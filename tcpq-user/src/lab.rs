@@ -934,36 +934,40 @@ fn send_syns(
         sin_zero: [0; 8],
     };
     let mut pkts = [[0u8; 40]; STORM_BATCH];
+    // The headers point into `pkts`, which stays in place: built once, refilled in place.
+    let mut iovs: Vec<libc::iovec> = pkts
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: msghdr is plain C data; all-zero is a valid empty header.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
     let started = Instant::now();
     let mut i: u32 = 0;
     let mut total: u64 = 0;
     while Instant::now() < deadline && !stopped() {
-        for p in pkts.iter_mut() {
+        for iov in &iovs {
+            // SAFETY: each iovec points at one 40-byte packet of `pkts`, alive for the loop and
+            // written only here, between sendmmsg() calls.
+            let p = unsafe { &mut *iov.iov_base.cast::<[u8; 40]>() };
             storm_syn(p, sender, i, dport);
             i = i.wrapping_add(1);
         }
-        let mut iovs: Vec<libc::iovec> = pkts
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: msghdr is plain C data; all-zero is a valid empty header.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
         // SAFETY: `msgs` points at STORM_BATCH valid headers whose buffers outlive the call.
         let n = unsafe {
             libc::sendmmsg(

@@ -85,6 +85,11 @@ fn ns_counter(table: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("no counter {table}:{name}"))
 }
 
+/// The release build `bench` makes.
+fn tcpq_bin() -> std::path::PathBuf {
+    root_dir().join("target/release/tcpq")
+}
+
 /// A tcpq process whose banner has been seen (every hook attached).
 struct Running {
     child: Child,
@@ -97,7 +102,7 @@ struct Running {
 
 /// Starts `tcpq ARGS`; `collect` keeps its stdout (else it goes to /dev/null).
 fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Running> {
-    let bin = root_dir().join("target/release/tcpq");
+    let bin = tcpq_bin();
     let started = Instant::now();
     let mut child = Command::new(&bin)
         .args(args)
@@ -316,7 +321,7 @@ fn storm(secs: u64) -> Result<Storm> {
     let before = ns_counter("TcpExt", "ListenOverflows")?;
     let running = start_tcpq(&["top", "--json", "-d", "1"], &[], true)?;
     thread::sleep(Duration::from_millis(500));
-    let bin = root_dir().join("target/release/tcpq");
+    let bin = tcpq_bin();
     let port = STORM_PORT.to_string();
     let dur = format!("{secs}s");
     let lab = Command::new(&bin)

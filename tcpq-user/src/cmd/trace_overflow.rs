@@ -57,7 +57,7 @@ struct Tracer {
     netns_sysctls: HashMap<u32, counters::ListenSysctls>,
     decode_errors: u64,
     /// Per-listener counts of events that skipped the ring.
-    unsent: Option<UnsentReader>,
+    unsent: UnsentReader,
     header_printed: bool,
 }
 
@@ -147,10 +147,7 @@ impl Tracer {
 
     /// Adds what the kernel counted without ring records (see `listen::unsent`).
     fn fold_unsent(&mut self) {
-        let Some(reader) = self.unsent.as_mut() else {
-            return;
-        };
-        for c in reader.take() {
+        for c in self.unsent.take() {
             self.note_netns(c.ev.netns);
             self.active_netns.insert(c.ev.netns);
             let info = self
@@ -410,7 +407,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     } else {
         None
     };
-    let unsent = Some(UnsentReader::open(&mut loaded)?);
+    let unsent = UnsentReader::open(&mut loaded)?;
     let confirmed = loaded.confirm;
     let attached: Vec<String> = loaded
         .hooks

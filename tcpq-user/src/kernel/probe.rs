@@ -429,6 +429,12 @@ fn attach_one(
     cgroup: Option<&File>,
     tracefs_ok: bool,
 ) -> Result<(), String> {
+    match spec.attach {
+        Attach::RawTracepoint(name) => return attach_raw_program(ebpf, spec.program, name),
+        // Shared by several hooks: `load` attaches it once (attach_sock_state).
+        Attach::SockState(_) => return attach_sock_state(ebpf),
+        Attach::CgroupSkbIngress | Attach::Tracepoint(..) => {}
+    }
     let prog = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} missing from the kernel object", spec.program))?;
@@ -447,13 +453,6 @@ fn attach_one(
             )
             .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
         }
-        Attach::RawTracepoint(name) => {
-            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
-            p.load().map_err(|e| explain_program_error(&e))?;
-            p.attach(name)
-                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
-        }
-        Attach::SockState(_) => unreachable!("attached once by attach_sock_state"),
         Attach::Tracepoint(category, name) => {
             if !tracefs_ok {
                 return Err("tracefs unavailable (see the tracefs line)".into());
@@ -463,6 +462,7 @@ fn attach_one(
             p.attach(category, name)
                 .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
         }
+        Attach::RawTracepoint(_) | Attach::SockState(_) => {}
     }
     Ok(())
 }
@@ -539,8 +539,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     globals.push(("NEAR_MARGIN", margin));
     // Unknown: the programs scan up to their own bound (bpf_map_lookup_percpu_elem fails past
     // the last CPU).
-    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(128);
-    globals.push(("NR_CPUS", cpus));
+    let cpus = possible_cpus();
+    globals.push(("NR_CPUS", cpus.unwrap_or(128)));
 
     // TCPQ_DISABLE_HOOKS=prog,prog: treat hooks as refused (to test degraded kernels).
     let disabled: Vec<String> = std::env::var("TCPQ_DISABLE_HOOKS")
@@ -607,16 +607,13 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             });
             continue;
         }
+        let tracefs_ok = tp_ok || !matches!(spec.attach, Attach::Tracepoint(..));
         let attached = match spec.attach {
+            // One program for every state hook: attached with the first, its result shared.
             Attach::SockState(_) => sock_state
-                .get_or_insert_with(|| attach_sock_state(&mut ebpf))
+                .get_or_insert_with(|| attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok))
                 .clone(),
-            _ => attach_one(
-                &mut ebpf,
-                spec,
-                cgroup.as_ref(),
-                tp_ok || !matches!(spec.attach, Attach::Tracepoint(..)),
-            ),
+            _ => attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok),
         };
         let state = match attached {
             Ok(()) => HookState::Attached,
@@ -646,8 +643,12 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             Array::try_from(map).context("open the listen config map")?;
         cfg.set(config::CONFIRM, confirm as u32, 0)
             .context("enable outcome confirmation")?;
-        cfg.set(config::BUDGET, listen_budget_per_cpu_window(), 0)
-            .context("set the listen line budget")?;
+        cfg.set(
+            config::BUDGET,
+            listen_budget_per_cpu_window(cpus.unwrap_or(1)),
+            0,
+        )
+        .context("set the listen line budget")?;
     }
     Ok(Loaded {
         ebpf,
@@ -662,13 +663,17 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
 /// stay exact, userspace work stays bounded however fast a SYN flood arrives.
 pub const DEFAULT_LISTEN_BUDGET: u32 = 40_000;
 
+/// Possible CPUs (/sys/devices/system/cpu/possible), if readable.
+fn possible_cpus() -> Option<u32> {
+    aya::util::nr_cpus().ok().map(|n| n as u32)
+}
+
 /// The budget as the kernel applies it: records per CPU per `config::BUDGET_WINDOW_NS`.
-fn listen_budget_per_cpu_window() -> u32 {
+fn listen_budget_per_cpu_window(cpus: u32) -> u32 {
     let per_s = std::env::var("TCPQ_LISTEN_BUDGET")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(DEFAULT_LISTEN_BUDGET);
-    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
     budget_per_cpu_window(per_s, cpus)
 }
 
