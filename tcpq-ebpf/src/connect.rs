@@ -318,7 +318,15 @@ fn end_handshake(sk: u64, established: bool) {
         0
     } else {
         let err: i32 = kread(sk, OFF_SK_ERR.load());
-        if err > 0 { -err } else { -ECONNABORTED }
+        if err > 0 {
+            -err
+        } else if ev.sport == 0 {
+            // Never had a local port: tcp_v4_connect()/tcp_v6_connect() set SYN_SENT, then
+            // inet_hash_connect() found no free port and the failure path set CLOSE.
+            -EADDRNOTAVAIL
+        } else {
+            -ECONNABORTED // closed by the application while connecting
+        }
     };
     if hs.in_syscall != 0 {
         hs.ev = ev;

@@ -393,6 +393,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         &[Family::Listen],
         &LoadOptions {
             filter_lport: args.port.unwrap_or(0),
+            ..LoadOptions::default()
         },
     )?;
     let ring = loaded.take_ring(names::LISTEN_EVENTS)?;

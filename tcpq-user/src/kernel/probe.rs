@@ -307,6 +307,9 @@ impl Environment {
 pub struct LoadOptions {
     /// Only report listeners on this port (kernel-side filter; 0 = all).
     pub filter_lport: u16,
+    /// Programs of the loaded families this command does not read: left unattached (they cost
+    /// the traced workload every time they fire) and left out of the hook list.
+    pub unused: &'static [&'static str],
 }
 
 /// Loaded programs, attached links (detached on drop) and the maps userspace reads.
@@ -555,7 +558,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     // the others is dropped).
     let state_bits = HOOKS
         .iter()
-        .filter(|h| families.contains(&h.family) && !disabled.iter().any(|d| d == h.program))
+        .filter(|h| families.contains(&h.family) && !opts.unused.contains(&h.program))
+        .filter(|h| !disabled.iter().any(|d| d == h.program))
         .filter_map(|h| match h.attach {
             Attach::SockState(bit) => Some(bit),
             _ => None,
@@ -592,7 +596,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     };
     let mut hooks = Vec::new();
     let mut sock_state: Option<Result<(), String>> = None;
-    for spec in HOOKS.iter().filter(|h| families.contains(&h.family)) {
+    for spec in HOOKS
+        .iter()
+        .filter(|h| families.contains(&h.family) && !opts.unused.contains(&h.program))
+    {
         if disabled.iter().any(|d| d == spec.program) {
             if spec.core {
                 bail!(

@@ -130,6 +130,20 @@ pub struct Session {
     pub missing: Vec<(Family, String)>,
 }
 
+/// Hooks the live commands (top, diagnose, export) do not read. Connect outcomes come from the
+/// state changes alone (sock_state: a failed port search is SYN_SENT → CLOSE before any port was
+/// taken); the connect() syscall hooks add only the time inside connect() and errors before a
+/// handshake starts (no route), which `tcpq trace connect` shows. The listen family's accept
+/// counters repeat what the accept family reports per accept. Syscall tracepoints are the
+/// costliest hooks for a busy server: each one runs on every call, and while any is attached
+/// every task takes the syscall slow path.
+pub const LIVE_UNUSED: &[&str] = &[
+    names::PROG_SYS_ENTER_CONNECT,
+    names::PROG_SYS_EXIT_CONNECT,
+    names::PROG_SYS_EXIT_ACCEPT4,
+    names::PROG_SYS_EXIT_ACCEPT,
+];
+
 impl Session {
     /// Loads and attaches every hook family (optional hooks the kernel refuses are reported by
     /// `hooks()`, not fatal).
@@ -140,7 +154,10 @@ impl Session {
             Family::Drop,
             Family::Accept,
         ];
-        let opts = LoadOptions::default();
+        let opts = LoadOptions {
+            unused: LIVE_UNUSED,
+            ..LoadOptions::default()
+        };
         let mut missing = Vec::new();
         let mut loaded = match probe::load(&all, &opts) {
             Ok(l) => l,
