@@ -214,6 +214,17 @@ pub struct RunFacts {
     /// Events the kernel counted per listener without a ring record (over the line budget, or
     /// lost): in the listener counts and aggregated lines, not as lines of their own.
     pub unsent: u64,
+    /// Program runs the kernel skipped (already running on that CPU): events possibly unseen.
+    pub missed_runs: u64,
+}
+
+/// ` ── what: n` for a summary line, nothing when n is 0.
+fn aside(what: &str, n: u64) -> String {
+    if n > 0 {
+        format!(" ── {what}: {n}")
+    } else {
+        String::new()
+    }
 }
 
 pub fn summary_text(
@@ -229,7 +240,7 @@ pub fn summary_text(
         counts_text(kernel_totals)
     };
     let mut s = format!(
-        "── summary over {duration_s:.1} s ── kernel counted: {totals} ── verdicts {} ── lost events: {lost}{}{}{}\n",
+        "── summary over {duration_s:.1} s ── kernel counted: {totals} ── verdicts {} ── lost events: {lost}{}{}{}{}\n",
         if facts.confirmed {
             "confirmed"
         } else {
@@ -240,22 +251,18 @@ pub fn summary_text(
         } else {
             ""
         },
-        if facts.unsent > lost {
-            format!(
-                " ── counted per listener without a line (over the kernel's line budget): {}",
-                facts.unsent - lost
-            )
-        } else {
-            String::new()
-        },
-        if facts.other_drops > 0 {
-            format!(
-                " ── drops with the queue seen below its limit (raced): {}",
-                facts.other_drops
-            )
-        } else {
-            String::new()
-        },
+        aside(
+            "counted per listener without a line (over the kernel's line budget)",
+            facts.unsent.saturating_sub(lost)
+        ),
+        aside(
+            "drops with the queue seen below its limit (raced)",
+            facts.other_drops
+        ),
+        aside(
+            "program runs the kernel skipped (already running on that CPU)",
+            facts.missed_runs
+        ),
     );
     if listeners.is_empty() {
         s.push_str("  no listener refused a connection\n");
@@ -326,6 +333,7 @@ pub fn summary_json(
         "unresolved": facts.unresolved,
         "cookies_unmatched": facts.cookies_unmatched,
         "unsent_events": facts.unsent,
+        "missed_runs": facts.missed_runs,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })

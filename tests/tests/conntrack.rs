@@ -83,20 +83,37 @@ fn table_full_drops_match_the_kernel_drop_stat() {
         .rev()
         .find(|v| v["event"] == "conntrack_summary" && v["netns"].as_u64() == Some(inode));
     eprintln!(
-        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}; summary lost_events {} table_full {} stat_drop {}",
+        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}; summary lost_events {} missed_runs {} table_full {} stat_drop {}",
         after - before,
         summary
             .map(|v| v["lost_events"].clone())
+            .unwrap_or_default(),
+        summary
+            .map(|v| v["missed_runs"].clone())
             .unwrap_or_default(),
         summary.map(|v| v["table_full"].clone()).unwrap_or_default(),
         summary.map(|v| v["stat_drop"].clone()).unwrap_or_default(),
     );
     assert!(table_full > 0);
-    assert_eq!(
-        table_full,
-        after - before,
-        "table-full drops = the kernel's `drop` column delta"
-    );
+    // Exact, unless the kernel skipped runs of tcpq's programs (a kfree_skb in softirq
+    // interrupting drop_kfree on the same CPU is not traced): then every drop tcpq is short of
+    // must be among the skipped runs it reports.
+    let missed = summary
+        .map(|v| v["missed_runs"].as_u64().unwrap())
+        .unwrap_or(0);
+    if missed == 0 {
+        assert_eq!(
+            table_full,
+            after - before,
+            "table-full drops = the kernel's `drop` column delta"
+        );
+    } else {
+        assert!(
+            table_full <= after - before && table_full + missed >= after - before,
+            "table-full drops {table_full} = the kernel's `drop` delta {} less at most the {missed} skipped runs tcpq reported",
+            after - before
+        );
+    }
     assert!(rule >= 5, "the 5 connects to the drop rule's port: {rule}");
     let s = lines
         .iter()

@@ -24,7 +24,8 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
     let syn = counts.get("syn").copied().unwrap_or(0);
     let ack = counts.get("ack").copied().unwrap_or(0);
     let kernel = delta(&before, &after, OVERFLOWS);
-    eprintln!("tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}");
+    let summary = lines.iter().rev().find(|v| v["event"] == "summary");
+    eprintln!("tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}; summary {summary:?}");
     assert!(syn > 0, "SYN drops seen: {counts:?}");
     assert!(ack > 0, "final-ACK drops seen: {counts:?}");
     assert_eq!(syn + ack, kernel, "syn+ack = ListenOverflows delta");

@@ -292,6 +292,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         }
         let dur = started.elapsed().as_secs_f64();
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let missed = loaded.missed_runs();
         let nss: Vec<u32> = first.borrow().keys().copied().collect();
         for ns in nss {
             let now = snapshot_in(ns, true);
@@ -319,10 +320,10 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             );
             let findings = diagnose_conntrack(&ev);
             if args.json {
-                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
+                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
             } else {
                 emit(format!(
-                    "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}, early_drop +{}) · count {}/{} · lost events {lost}",
+                    "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}, early_drop +{}) · count {}/{} · lost events {lost}, missed runs {missed}",
                     delta("drop"),
                     delta("early_drop"),
                     now.count,
@@ -653,14 +654,15 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
             print_aggregates(lines);
         }
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let missed = loaded.missed_runs();
         let dur = started.elapsed().as_secs_f64();
         let r = by_reason.borrow();
         if args.json {
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "reasons": *r}).to_string());
+            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "reasons": *r}).to_string());
         } else {
             let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
             emit(format!(
-                "── drops over {dur:.1} s: {} ── lost events: {lost}",
+                "── drops over {dur:.1} s: {} ── lost events: {lost}, missed runs: {missed}",
                 if parts.is_empty() {
                     "none".into()
                 } else {

@@ -159,6 +159,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         }
         let idle_now = idle_acceptors(&in_accept);
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
+        let missed = loaded.missed_runs();
         let (dur, stats) = if final_run {
             (started.elapsed().as_secs_f64(), total.borrow().clone())
         } else {
@@ -221,10 +222,10 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                     "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
                     "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
                     "acceptors": s.acceptors.keys().collect::<Vec<_>>(), "holders": holders.iter().map(|o| o.pid).collect::<Vec<_>>(), "idle_acceptors": idle,
-                    "lost_events": lost, "causes": findings}).to_string());
+                    "lost_events": lost, "missed_runs": missed, "causes": findings}).to_string());
             } else {
                 emit(format!(
-                    "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}, lost events {lost}",
+                    "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}, lost events {lost}, missed runs {missed}",
                     endpoint(*laddr, *lport),
                     s.accepts,
                     if dur > 0.0 {

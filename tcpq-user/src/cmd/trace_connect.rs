@@ -91,6 +91,8 @@ pub struct ConnectTotals {
     pub other: u64,
     pub syn_retrans: u64,
     pub lost: u64,
+    /// Program runs the kernel skipped (already running on that CPU).
+    pub missed_runs: u64,
 }
 
 pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
@@ -102,6 +104,7 @@ pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
         other: sum_per_cpu(m, c::COUNT_OTHER),
         syn_retrans: sum_per_cpu(m, c::COUNT_SYN_RETRANS),
         lost: sum_per_cpu(m, c::COUNT_LOST),
+        missed_runs: 0,
     }
 }
 
@@ -276,7 +279,13 @@ impl ConnectSession {
                 }
             },
             &mut on_tick,
-            |final_run| on_summary(&totals(&counts), final_run),
+            |final_run| {
+                let t = ConnectTotals {
+                    missed_runs: loaded.missed_runs(),
+                    ..totals(&counts)
+                };
+                on_summary(&t, final_run)
+            },
             ready,
         )?;
         drop(loaded);
@@ -394,11 +403,18 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .into_iter()
                 .map(|(k, s)| stats_json(k, s, dur))
                 .collect();
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "kernel_counts": t.json(), "destinations": rows}).to_string());
+            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
             emit(format!(
-                "── connect summary over {dur:.1} s ── kernel counted: ok {}, refused {}, timeout {}, EADDRNOTAVAIL {}, other {}, SYN retransmits {} ── lost events: {}",
-                t.ok, t.refused, t.timeout, t.eaddrnotavail, t.other, t.syn_retrans, t.lost
+                "── connect summary over {dur:.1} s ── kernel counted: ok {}, refused {}, timeout {}, EADDRNOTAVAIL {}, other {}, SYN retransmits {} ── lost events: {}, missed runs: {}",
+                t.ok,
+                t.refused,
+                t.timeout,
+                t.eaddrnotavail,
+                t.other,
+                t.syn_retrans,
+                t.lost,
+                t.missed_runs
             ));
             for (k, s) in a.ranked() {
                 emit(stats_text(k, s, dur));

@@ -365,6 +365,7 @@ fn run_facts(
     lost: &aya::maps::PerCpuArray<MapData, u64>,
     counts: &aya::maps::PerCpuArray<MapData, u64>,
     confirmed: bool,
+    missed_runs: u64,
 ) -> output::RunFacts {
     output::RunFacts {
         lost: (0..tcpq_common::hook::SLOTS)
@@ -375,6 +376,7 @@ fn run_facts(
         unresolved: sum_per_cpu(counts, tcpq_common::kind::UNRESOLVED as u32),
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
+        missed_runs,
     }
 }
 
@@ -454,8 +456,11 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         || t.borrow_mut().tick(),
         |final_run| {
             let k = kernel_totals(&counts);
-            t.borrow_mut()
-                .summary(&k, &run_facts(&lost, &counts, confirmed), final_run);
+            t.borrow_mut().summary(
+                &k,
+                &run_facts(&lost, &counts, confirmed, loaded.missed_runs()),
+                final_run,
+            );
         },
         || {
             eprintln!(

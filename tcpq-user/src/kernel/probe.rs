@@ -1,7 +1,11 @@
 //! Loading and attaching the kernel programs. The hook registry says, for every program, what it
 //! gives, whether tcpq can work without it, and why it may be unavailable (kunai's compat idea).
 //! All kernel plumbing lives in `kernel::*`; everything after decode is plain Rust.
-use std::{fs::File, path::PathBuf};
+use std::{
+    fs::File,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::Array;
@@ -346,11 +350,39 @@ impl Loaded {
         PerCpuArray::try_from(map).with_context(|| format!("open per-CPU array {name}"))
     }
 
+    /// Program runs the kernel skipped, all of tcpq's loaded programs together:
+    /// `recursion_misses` in each program's fdinfo (kernel ≥ 5.12). A raw tracepoint program
+    /// does not run again on a CPU where it is already running (bpf_trace_run*() →
+    /// bpf_prog_get_recursion_context()), e.g. a softirq's kfree_skb interrupting one in process
+    /// context; tracepoint programs share one such guard per CPU (trace_call_bpf():
+    /// bpf_prog_active). Each skipped run may be an event tcpq never saw, so it is reported
+    /// with the lost events.
+    pub fn missed_runs(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| fdinfo_counter(fd.as_fd().as_raw_fd(), "recursion_misses"))
+            .sum()
+    }
+
     pub fn attached(&self, program: &str) -> bool {
         self.hooks
             .iter()
             .any(|h| h.spec.program == program && matches!(h.state, HookState::Attached))
     }
+}
+
+/// A counter from /proc/self/fdinfo/FD (`name:\tvalue` lines; bpf_prog_show_fdinfo()).
+fn fdinfo_counter(fd: i32, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    fdinfo_value(&text, name)
+}
+
+fn fdinfo_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Sums a per-CPU u64 slot.
@@ -713,6 +745,20 @@ mod tests {
         assert_eq!(budget_per_cpu_window(5, 64), 1);
         assert_eq!(budget_per_cpu_window(0, 2), 0);
         assert_eq!(budget_per_cpu_window(100, 0), 10);
+    }
+
+    #[test]
+    fn fdinfo_counters_are_read_by_name() {
+        // As the kernel prints a program's fdinfo (bpf_prog_show_fdinfo()).
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nprog_tag:\t3b185187f1855c4c\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t12\nverified_insns:\t480\n";
+        assert_eq!(fdinfo_value(text, "recursion_misses"), Some(12));
+        assert_eq!(fdinfo_value(text, "run_cnt"), Some(0));
+        assert_eq!(fdinfo_value(text, "missing"), None);
+        assert_eq!(
+            fdinfo_value("recursion_misses:\tx\n", "recursion_misses"),
+            None
+        );
+        assert_eq!(fdinfo_value("", "recursion_misses"), None);
     }
 
     #[test]

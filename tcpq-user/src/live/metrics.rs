@@ -188,7 +188,7 @@ impl Metrics {
         let lost = Family::<FamilyLabel, Counter>::default();
         registry.register(
             "lost_events",
-            "Events lost because a ring buffer was full, per hook family",
+            "Events lost because a ring buffer was full, per hook family; family=missed_runs: program runs the kernel skipped because the program was already running on that CPU",
             lost.clone(),
         );
         let causes = Family::<CauseLabels, Gauge>::default();
@@ -206,7 +206,7 @@ impl Metrics {
             folded_labels.clone(),
         );
         // Loss is always shown, zero included.
-        for family in ["listen", "connect", "drop", "accept"] {
+        for family in ["listen", "connect", "drop", "accept", "missed_runs"] {
             let _ = lost.get_or_create(&FamilyLabel {
                 family: family.into(),
             });
@@ -306,6 +306,7 @@ impl Metrics {
             ("connect", lost.connect, self.last_lost.connect),
             ("drop", lost.drop, self.last_lost.drop),
             ("accept", lost.accept, self.last_lost.accept),
+            ("missed_runs", lost.missed_runs, self.last_lost.missed_runs),
         ] {
             self.lost
                 .get_or_create(&FamilyLabel {
@@ -379,6 +380,7 @@ mod tests {
             &[],
             Lost {
                 listen: 8,
+                missed_runs: 2,
                 ..Lost::default()
             },
             &HashMap::new(),
@@ -386,6 +388,11 @@ mod tests {
         let second = m.encode();
         assert!(
             second.contains("tcpq_lost_events_total{family=\"listen\"} 8"),
+            "{second}"
+        );
+        assert!(
+            first.contains("tcpq_lost_events_total{family=\"missed_runs\"} 0")
+                && second.contains("tcpq_lost_events_total{family=\"missed_runs\"} 2"),
             "{second}"
         );
         assert!(second.ends_with("# EOF\n"));

@@ -103,11 +103,14 @@ pub struct Lost {
     pub connect: u64,
     pub drop: u64,
     pub accept: u64,
+    /// Program runs the kernel skipped (recursion guard: the program was already running on
+    /// that CPU), all families together.
+    pub missed_runs: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.listen + self.connect + self.drop + self.accept
+        self.listen + self.connect + self.drop + self.accept + self.missed_runs
     }
 }
 
@@ -312,6 +315,7 @@ impl Session {
             connect: sum_per_cpu(&self.connect_counts, tcpq_common::connect::COUNT_LOST),
             drop: sum_per_cpu(&self.drop_counts, tcpq_common::drop::COUNT_LOST),
             accept: sum_per_cpu(&self.accept_lost, 0),
+            missed_runs: self.loaded.missed_runs(),
         }
     }
 }
