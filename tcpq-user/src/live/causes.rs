@@ -275,7 +275,10 @@ pub fn socket_causes() -> Vec<Cause> {
             let comm = procs::comm(pid).unwrap_or_default();
             for ns in netns::of_pid_threads(pid) {
                 let socks = dumps.entry(ns).or_insert_with(|| {
-                    netns::run_in(ns, || sockdiag::dump_tcp_with_info(StateFlags::all()).ok())
+                    // TIME_WAIT sockets belong to no process (inode 0), and a busy server has
+                    // hundreds of thousands: leave them out of the dump.
+                    let owned_states = StateFlags::all().difference(StateFlags::TIME_WAIT);
+                    netns::run_in(ns, || sockdiag::dump_tcp_with_info(owned_states).ok())
                         .ok()
                         .flatten()
                 });

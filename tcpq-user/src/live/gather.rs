@@ -1,7 +1,10 @@
 //! Snapshots read for one frame, in the namespace each event came from: listener queues and
 //! owners (sock_diag, /proc), port usage per destination, conntrack tables, kernel counters and
 //! the cgroup of every process shown.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use crate::{
     cmd::conntrack::snapshot_in,
@@ -18,6 +21,20 @@ use crate::{
 
 /// Destinations per frame whose port usage is read (the busiest first).
 const PORT_SNAPSHOTS: usize = 20;
+
+/// A destination's port usage is re-read this often while its connects succeed, and every frame
+/// once any fails: reading it dumps every socket of the namespace, TIME_WAIT included (hundreds
+/// of thousands on a busy server: under nginx + wrk that dump and its parsing were the largest
+/// part of tcpq's own CPU).
+const PORTS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Whether a destination's port usage must be read again now.
+fn ports_stale(read_at: Option<Instant>, failures: u64, now: Instant) -> bool {
+    match read_at {
+        Some(at) => failures > 0 || now.saturating_duration_since(at) >= PORTS_REFRESH,
+        None => true,
+    }
+}
 
 pub fn snapshots(
     session: &mut Session,
@@ -74,9 +91,18 @@ pub fn snapshots(
     let mut dests: Vec<_> = agg.connects.by_key.iter().collect();
     dests.sort_by_key(|(_, st)| std::cmp::Reverse((st.failures(), st.attempts)));
     let mut ns_socks: HashMap<u32, Option<NsPorts>> = HashMap::new();
-    for (k, _) in dests.iter().take(PORT_SNAPSHOTS) {
+    let now = Instant::now();
+    for (k, st) in dests.iter().take(PORT_SNAPSHOTS) {
         pids.insert(k.tgid);
-        if s.ports.contains_key(&(k.netns, k.daddr, k.dport)) {
+        let key = (k.netns, k.daddr, k.dport);
+        if s.ports.contains_key(&key) {
+            continue;
+        }
+        let cached = session.port_cache.get(&key);
+        if !ports_stale(cached.map(|(at, _)| *at), st.failures(), now) {
+            if let Some((_, snap)) = cached {
+                s.ports.insert(key, *snap);
+            }
             continue;
         }
         let snap = ns_socks
@@ -96,15 +122,17 @@ pub fn snapshots(
             .iter()
             .filter(|g| g.daddr == Some(k.daddr) && g.dport == k.dport)
             .fold((0, 0), |(u, t), g| (u + g.used(), t + g.state("TIME_WAIT")));
-        s.ports.insert(
-            (k.netns, k.daddr, k.dport),
-            PortSnap {
-                used,
-                usable: range.usable(),
-                time_wait: tw,
-            },
-        );
+        let snap = PortSnap {
+            used,
+            usable: range.usable(),
+            time_wait: tw,
+        };
+        s.ports.insert(key, snap);
+        session.port_cache.insert(key, (now, snap));
     }
+    session
+        .port_cache
+        .retain(|_, (at, _)| now.saturating_duration_since(*at) < 6 * PORTS_REFRESH);
     for k in agg.connects.by_key.keys() {
         pids.insert(k.tgid);
     }
@@ -183,5 +211,26 @@ pub fn header(session: &Session, lost_total: u64, lost_interval: u64) -> Header 
             .collect(),
         lost_total,
         lost_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_usage_is_reread_when_old_or_failing() {
+        let now = Instant::now();
+        let recent = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let old = now.checked_sub(PORTS_REFRESH).unwrap_or(now);
+        assert!(ports_stale(None, 0, now), "never read");
+        assert!(
+            !ports_stale(Some(recent), 0, now),
+            "recent and no failures: reuse"
+        );
+        assert!(ports_stale(Some(recent), 3, now), "failing: every frame");
+        if old < now {
+            assert!(ports_stale(Some(old), 0, now), "older than the refresh");
+        }
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     decode::{ListenRecord, decode_listen},
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
     listen::{resolve::ListenerDirectory, unsent::UnsentReader},
+    live::frame::PortSnap,
     model::OverflowAggregator,
     snapshot::{counters, netns},
 };
@@ -131,6 +132,8 @@ pub struct Session {
     pub agg: Aggregates,
     /// Families that could not attach, with the reason.
     pub missing: Vec<(Family, String)>,
+    /// Port usage per (netns, destination address, port), with when it was read.
+    pub port_cache: HashMap<(u32, IpAddr, u16), (std::time::Instant, PortSnap)>,
 }
 
 /// Hooks the live commands (top, diagnose, export) do not read. Connect outcomes come from the
@@ -211,6 +214,7 @@ impl Session {
             host,
             agg,
             missing,
+            port_cache: HashMap::new(),
         })
     }
 
