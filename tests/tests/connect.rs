@@ -167,7 +167,7 @@ fn syn_retransmits_and_latency_are_measured() {
 
     let ev = lines
         .iter()
-        .find(|v| v["event"] == "connect" && v["dport"] == 9100 && v["count"] == 1)
+        .find(|v| v["event"] == "connect" && v["dport"] == 9100 && v["aggregated"] != true)
         .unwrap_or_else(|| panic!("no connect event: {lines:?}"));
     eprintln!("{ev}");
     // `ip netns exec` execs python in place, so the pid is the child's.

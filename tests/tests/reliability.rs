@@ -95,7 +95,7 @@ fn over_the_line_budget_refusals_are_counted_in_the_kernel_not_lost() {
     let single = lines
         .iter()
         .filter(|v| v["event"] != "summary" && v["netns"].as_u64() == Some(inode))
-        .filter(|v| v["count"] == 1)
+        .filter(|v| v["aggregated"] != true)
         .count();
     let unsent = fin["unsent_events"].as_u64().unwrap();
     let listener = listener_summary(fin, inode);
