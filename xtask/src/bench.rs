@@ -594,18 +594,17 @@ enum Profiled {
 fn profile(secs: u64, who: Profiled) -> Result<Vec<(&'static str, f64)>, String> {
     ensure_package("perf", "linux-perf", "the profile")?;
     let data = std::env::temp_dir().join("tcpq-bench").join("perf.data");
-    enum Tool {
-        Tcpq(Running),
-        Bpftrace(Bpftrace),
-    }
-    let (tool, comm) = match who {
-        Profiled::Tcpq => (
-            Tool::Tcpq(
-                start_tcpq(&["top", "--json", "-d", "1"], &[], true).map_err(|e| e.to_string())?,
-            ),
-            "tcpq",
-        ),
-        Profiled::Bpftrace => (Tool::Bpftrace(Bpftrace::start()?), "bpftrace"),
+    // The tool's process name, and how to stop it.
+    let (comm, stop): (&str, Box<dyn FnOnce()>) = match who {
+        Profiled::Tcpq => {
+            let running =
+                start_tcpq(&["top", "--json", "-d", "1"], &[], true).map_err(|e| e.to_string())?;
+            ("tcpq", Box::new(move || drop(running.stop(true))))
+        }
+        Profiled::Bpftrace => {
+            let bt = Bpftrace::start()?;
+            ("bpftrace", Box::new(move || bt.stop()))
+        }
     };
     thread::sleep(Duration::from_millis(500));
     let perf = Command::new("perf")
@@ -620,12 +619,7 @@ fn profile(secs: u64, who: Profiled) -> Result<Vec<(&'static str, f64)>, String>
         .and_then(|mut p| p.wait())
         .map(|s| s.success())
         .unwrap_or(false);
-    match tool {
-        Tool::Tcpq(running) => {
-            let _ = running.stop(true);
-        }
-        Tool::Bpftrace(bt) => bt.stop(),
-    }
+    stop();
     rps.map_err(|e| e.to_string())?;
     if !recorded {
         return Err("perf record failed (perf_event_paranoid, or no cpu-clock events)".into());

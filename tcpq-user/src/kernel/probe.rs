@@ -436,11 +436,6 @@ pub fn explain_program_error(e: &ProgramError) -> String {
     }
 }
 
-/// Loads and attaches `sock_state` (its parts were chosen by the STATE_HOOKS knob at load).
-fn attach_sock_state(ebpf: &mut Ebpf) -> Result<(), String> {
-    attach_raw_program(ebpf, names::PROG_SOCK_STATE, "inet_sock_set_state")
-}
-
 /// Loads `program` and attaches it to the raw tracepoint `tracepoint`.
 fn attach_raw_program(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
     let prog = ebpf
@@ -466,8 +461,11 @@ fn attach_one(
 ) -> Result<(), String> {
     match spec.attach {
         Attach::RawTracepoint(name) => return attach_raw_program(ebpf, spec.program, name),
-        // Shared by several hooks: `load` attaches it once (attach_sock_state).
-        Attach::SockState(_) => return attach_sock_state(ebpf),
+        // Shared by several hooks (its parts chosen by the STATE_HOOKS knob): `load` attaches
+        // it once.
+        Attach::SockState(_) => {
+            return attach_raw_program(ebpf, names::PROG_SOCK_STATE, "inet_sock_set_state");
+        }
         Attach::CgroupSkbIngress | Attach::Tracepoint(..) => {}
     }
     let prog = ebpf
@@ -588,9 +586,12 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .unwrap_or_default();
     // The parts of sock_state these families need (a verifier-known constant: the code of
     // the others is dropped).
+    // The hooks this command uses.
+    let selected =
+        |h: &&HookSpec| families.contains(&h.family) && !opts.unused.contains(&h.program);
     let state_bits = HOOKS
         .iter()
-        .filter(|h| families.contains(&h.family) && !opts.unused.contains(&h.program))
+        .filter(selected)
         .filter(|h| !disabled.iter().any(|d| d == h.program))
         .filter_map(|h| match h.attach {
             Attach::SockState(bit) => Some(bit),
@@ -628,10 +629,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     };
     let mut hooks = Vec::new();
     let mut sock_state: Option<Result<(), String>> = None;
-    for spec in HOOKS
-        .iter()
-        .filter(|h| families.contains(&h.family) && !opts.unused.contains(&h.program))
-    {
+    for spec in HOOKS.iter().filter(selected) {
         if disabled.iter().any(|d| d == spec.program) {
             if spec.core {
                 bail!(
