@@ -78,6 +78,9 @@ pub mod kind {
     /// Count only: refusals counted per listener in `LISTEN_UNSENT` instead of the ring (over
     /// the per-CPU line budget, or the ring was full).
     pub const UNSENT: u16 = 10;
+    /// Count only: SYNs/ACKs not followed through because every queue of their listener was
+    /// far below its limit (no refusal possible; see `listen::far_from_limits`).
+    pub const FAR_FROM_LIMITS: u16 = 11;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.

@@ -106,17 +106,22 @@ fn is_tcp(sk: u64) -> bool {
     proto == IPPROTO_TCP
 }
 
-/// Local and remote addresses/ports of a connecting socket.
+/// The local port of a connecting socket (0 before inet_hash_connect() chose one).
+#[inline(always)]
+fn local_port(sk: u64) -> u16 {
+    let num: u16 = kread(sk, OFF_SK_NUM.load());
+    if num != 0 {
+        return num;
+    }
+    // tcp_set_state(CLOSE) releases the port (inet_num = 0) before the tracepoint sees it;
+    // inet_sport still holds it (network order).
+    u16::from_be(kread(sk, OFF_INET_SPORT.load()))
+}
+
+/// Addresses and remote port of a connecting socket (the local port: `local_port`).
 #[inline(always)]
 fn fill_from_sk(ev: &mut ConnectEvent, sk: u64) {
     ev.family = kread(sk, OFF_SK_FAMILY.load());
-    ev.sport = kread(sk, OFF_SK_NUM.load());
-    if ev.sport == 0 {
-        // tcp_set_state(CLOSE) releases the port (inet_num = 0) before the tracepoint sees it;
-        // inet_sport still holds it (network order).
-        let sport: u16 = kread(sk, OFF_INET_SPORT.load());
-        ev.sport = u16::from_be(sport);
-    }
     let dport: u16 = kread(sk, OFF_SK_DPORT.load());
     ev.dport = u16::from_be(dport);
     if ev.family == AF_INET6 {
@@ -308,7 +313,14 @@ fn end_handshake(sk: u64, established: bool) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut ev = hs.ev;
-    fill_from_sk(&mut ev, sk); // the source port is known now
+    // tcp_v4_connect()/tcp_v6_connect() set both addresses and the remote port before
+    // SYN_SENT; only the local port is chosen after it (inet_hash_connect()). Except an IPv6
+    // socket connecting to a v4-mapped address: tcp_v6_connect() maps the source address only
+    // after tcp_v4_connect() returned.
+    if ev.saddr == [0; 16] {
+        fill_from_sk(&mut ev, sk);
+    }
+    ev.sport = local_port(sk);
     ev.handshake_ns = if ev.sport != 0 {
         now.saturating_sub(hs.syn_ts_ns)
     } else {

@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+        generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
     macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -110,10 +110,48 @@ const BACKLOG_RPORT_MASK: u32 = 4095;
 /// How long a backlog record may wait for release_sock().
 const BACKLOG_WINDOW_NS: u64 = 1_000_000_000;
 
-/// The listening port of the last recorded SYN/ACK: outcome hooks look at other CPUs' slots
-/// only for packets of that port.
+/// [0]: the listening port of the last recorded SYN/ACK: outcome hooks look at other CPUs'
+/// slots only for packets of that port. [1]: the jiffy in which a SYN/ACK was last recorded
+/// (written once per jiffy at most, so its cache line does not bounce between CPUs when every
+/// packet is recorded): once RECENT_JIFFIES have passed no record can be pending on another
+/// CPU or in a backlog, and the outcome hooks leave after two lookups.
 #[map]
-static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(1, 0);
+static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(2, 0);
+
+/// At least BACKLOG_WINDOW_NS (1 s) for any CONFIG_HZ (100…1000); jiffies, not ktime: the
+/// verifier inlines bpf_jiffies64() into a load (kernel/bpf/verifier.c, do_misc_fixups()), a
+/// clock read costs tens of ns in a VM, on every packet the outcome hooks see.
+const RECENT_JIFFIES: u64 = 1000;
+
+#[inline(always)]
+fn jiffies() -> u64 {
+    // SAFETY: no arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// Whether any CPU recorded a SYN/ACK recently enough for it to be still unresolved.
+#[inline(always)]
+fn records_recent() -> bool {
+    LISTEN_HOT_PORT
+        .get(1)
+        .is_some_and(|t| *t != 0 && jiffies().wrapping_sub(*t) <= RECENT_JIFFIES)
+}
+
+/// The kernel cannot refuse this packet unless `margin` more connections reach the listener's
+/// queues (from other CPUs) between this look and its own test a few microseconds later, with
+/// margin = max(NEAR_MARGIN, backlog / 2): tcp_conn_request() refuses a SYN only when the SYN
+/// queue (cookies) or the accept queue is full, tcp_v4_syn_recv_sock() an ACK only when the
+/// accept queue is. Only with tcp_syncookies=1: with 2 every SYN gets a cookie, with 0 the
+/// tcp_max_syn_backlog rule may drop a SYN well below the backlog. NEAR_MARGIN 0 turns it off.
+#[inline(always)]
+fn far_from_limits(ev: &ListenEvent, syncookies: u8) -> bool {
+    let min = NEAR_MARGIN.load();
+    if min == 0 || syncookies != 1 {
+        return false;
+    }
+    let margin = min.max(ev.backlog / 2);
+    ev.queue.saturating_add(margin) < ev.backlog && ev.synq.saturating_add(margin) < ev.backlog
+}
 
 /// Upper bound of the per-CPU slot scans; NR_CPUS (a verifier-known constant) is the real one,
 /// and bpf_map_lookup_percpu_elem returns NULL past the last CPU anyway.
@@ -203,16 +241,21 @@ fn park(rec: &Pending, now: u64) {
     }
 }
 
+/// Whether a record was parked in the last BACKLOG_WINDOW_NS.
+#[inline(always)]
+fn backlog_used_recently(now: u64) -> bool {
+    BACKLOG_LAST
+        .get(0)
+        .is_some_and(|t| *t != 0 && now.saturating_sub(*t) <= BACKLOG_WINDOW_NS)
+}
+
 /// Whether a record for this listener port and client port may be parked: the port of the
 /// listener whose backlog was used last, and a recent park for a client port in the same slot
 /// of BACKLOG_RPORTS. Two array reads keep the address read and the hash lookup off the path
 /// of the packets (nearly all) that were never parked.
 #[inline(always)]
 fn may_be_parked(lport: u16, rport: u16, now: u64) -> bool {
-    let Some(t) = BACKLOG_LAST.get(0) else {
-        return false;
-    };
-    if *t == 0 || now.saturating_sub(*t) > BACKLOG_WINDOW_NS {
+    if !backlog_used_recently(now) {
         return false;
     }
     if BACKLOG_LAST.get(1).map(|p| *p as u16) != Some(lport) {
@@ -431,7 +474,9 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     if tp == 0 {
         return Ok(());
     }
-    fill_listener(&mut ev, tp);
+    ev.queue = kread(tp, OFF_SK_ACK_BACKLOG.load());
+    ev.backlog = kread(tp, OFF_SK_MAX_ACK_BACKLOG.load());
+    ev.synq = kread(tp, OFF_ICSK_QLEN.load());
     // sk_acceptq_is_full(): sk_ack_backlog > sk_max_ack_backlog
     let acceptq_full = ev.queue > ev.backlog;
 
@@ -440,15 +485,11 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let reqq_full = reqq_full(&ev);
 
     if confirm_mode() {
-        // Optional shortcut (TCPQ_NEAR_MARGIN; off by default): skip packets far from every
-        // limit. Racy when this CPU stalls and the others fill the queue before the kernel tests.
-        let margin = NEAR_MARGIN.load();
-        if syncookies != 2
-            && ev.queue.saturating_add(margin) < ev.backlog
-            && ev.synq.saturating_add(margin) < ev.backlog
-        {
+        if far_from_limits(&ev, syncookies) {
+            bump(&LISTEN_COUNTS, kind::FAR_FROM_LIMITS as u32);
             return Ok(());
         }
+        ev.netns = kread(net, OFF_NET_INUM.load());
         // Record the packet; the verdict comes from what the kernel then does with it.
         // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
         ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -477,6 +518,15 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             unsafe {
                 if *hot != ev.lport as u64 {
                     *hot = ev.lport as u64;
+                }
+            }
+        }
+        if let Some(last) = LISTEN_HOT_PORT.get_ptr_mut(1) {
+            let jiffy = jiffies();
+            // SAFETY: array slot; a racing writer stores the same or the previous jiffy.
+            unsafe {
+                if *last != jiffy {
+                    *last = jiffy;
                 }
             }
         }
@@ -518,6 +568,7 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     };
 
     ev.kind = k;
+    ev.netns = kread(net, OFF_NET_INUM.load());
     // SAFETY: the context pointer is valid for the helper; skb->sk is the listener here.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: no arguments.
@@ -841,10 +892,13 @@ fn pending() -> Option<&'static mut Pending> {
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
+    let pending = pending().filter(|p| p.is_syn != 0 && p.synack == 0);
+    if pending.is_none() && !records_recent() {
+        return 0; // nothing recorded anywhere lately (the common case far from every limit)
+    }
     // tcp_make_synack(): a normal SYN-ACK is owned by its request socket, a cookie one by none.
     // Almost every other packet has an owner too, so this one read keeps the common case cheap.
     let owner: u64 = kread(skb, OFF_SKB_SK.load());
-    let pending = pending().filter(|p| p.is_syn != 0 && p.synack == 0);
     // Only a SYN-ACK from a request socket (TCP_NEW_SYN_RECV) may answer a SYN recorded on
     // another CPU or parked (processed here from the listener's backlog): one more read for
     // packets of full sockets, and nothing else.
@@ -951,6 +1005,9 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
         // A child whose final ACK waited in the listener's backlog is established: forget it.
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
+        if !backlog_used_recently(now) {
+            return; // the common case: no listener's backlog held a SYN/ACK lately
+        }
         let lport: u16 = kread(sk, OFF_SK_NUM.load());
         let rport = u16::from_be(kread(sk, OFF_SK_DPORT.load()));
         if may_be_parked(lport, rport, now) {
@@ -1070,10 +1127,10 @@ pub fn outcome_consume(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
     let mine = pending();
-    let hot = hot_port();
-    if mine.is_none() && hot == 0 {
+    if mine.is_none() && !records_recent() {
         return;
     }
+    let hot = hot_port();
     let Some(t) = skb_ports(skb) else { return };
     if let Some(p) = mine
         && t.sport == p.ev.rport

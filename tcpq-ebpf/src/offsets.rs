@@ -88,8 +88,8 @@ offsets!(
     RSN_NO_SOCKET,
     // ... of SKB_DROP_REASON_NETFILTER_DROP.
     RSN_NETFILTER_DROP,
-    // Confirm mode records a packet only when a queue is within this many entries of its limit
-    // (covers what other CPUs can change before the kernel's own test).
+    // Confirm mode skips a packet whose listener's queues are all at least max(this, backlog/2)
+    // below their limit (listen::far_from_limits); 0 follows every packet.
     NEAR_MARGIN,
     // Possible CPUs (/sys/devices/system/cpu/possible): bounds the scans of per-CPU slots.
     // A constant of the frozen .rodata, so the verifier explores only that many iterations.

@@ -216,6 +216,8 @@ pub struct RunFacts {
     pub unsent: u64,
     /// Program runs the kernel skipped (already running on that CPU): events possibly unseen.
     pub missed_runs: u64,
+    /// SYNs/ACKs not followed through: every queue of their listener was far below its limit.
+    pub far_from_limits: u64,
 }
 
 /// ` ── what: n` for a summary line, nothing when n is 0.
@@ -334,6 +336,7 @@ pub fn summary_json(
         "cookies_unmatched": facts.cookies_unmatched,
         "unsent_events": facts.unsent,
         "missed_runs": facts.missed_runs,
+        "far_from_limits": facts.far_from_limits,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })

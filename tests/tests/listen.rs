@@ -8,39 +8,15 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
     if skip_unless_root("accept_queue_overflow") {
         return;
     }
-    let ns = Netns::new("ovf");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    let (facts, done) = run_lab(&ns, &["overflow", "--backlog", "4", "--duration", "2"]);
-    assert_eq!(
-        facts["ack_phase"], true,
-        "nft is needed for the ack phase: run `cargo xtask setup`"
-    );
-    let after = ns.counters();
-    let lines = tracer.stop();
-
-    let counts = counts_by_kind(&lines, inode);
-    let syn = counts.get("syn").copied().unwrap_or(0);
-    let ack = counts.get("ack").copied().unwrap_or(0);
-    let kernel = delta(&before, &after, OVERFLOWS);
-    let summary = lines.iter().rev().find(|v| v["event"] == "summary");
-    eprintln!("tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}; summary {summary:?}");
-    assert!(syn > 0, "SYN drops seen: {counts:?}");
-    assert!(ack > 0, "final-ACK drops seen: {counts:?}");
-    assert_eq!(syn + ack, kernel, "syn+ack = ListenOverflows delta");
-    assert_eq!(
-        syn + ack,
-        delta(&before, &after, "TcpExt:ListenDrops"),
-        "no other listen drops"
-    );
-    assert_eq!(
-        counts.get("cookie").copied().unwrap_or(0),
-        delta(&before, &after, "TcpExt:SyncookiesSent")
+    let run = OverflowRun::new("ovf", 4);
+    let (inode, lines, counts) = (run.inode, &run.lines, &run.counts);
+    assert!(
+        counts.get("syn").copied().unwrap_or(0) > 0,
+        "SYN drops seen: {counts:?}"
     );
 
     // Every event names the lab's server process, its port and the client.
-    let pid = facts["pid"].as_u64().unwrap();
+    let pid = run.facts["pid"].as_u64().unwrap();
     let events: Vec<_> = lines
         .iter()
         .filter(|v| v["netns"].as_u64() == Some(inode) && v["event"] == "overflow")
@@ -68,7 +44,7 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
     }
 
     // The summary names the cause and the application's backlog (seen at listen()).
-    let s = listener_summary(final_summary(&lines), inode);
+    let s = listener_summary(final_summary(lines), inode);
     assert_eq!(s["pid"].as_u64(), Some(pid));
     assert_eq!(s["listen_arg"], 4);
     assert_eq!(s["listen_arg_source"], "seen");
@@ -90,6 +66,24 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
         s["accepts"].as_u64().unwrap() > 0,
         "accept rate measured: {s}"
     );
+}
+
+/// A listener with a larger backlog: while its queues are far below their limits its SYNs and
+/// ACKs are not followed through (the cheap path), and the counts stay exact once they fill.
+#[test]
+fn large_backlog_overflow_is_exact_across_the_far_from_limits_shortcut() {
+    if skip_unless_root("large_backlog_overflow") {
+        return;
+    }
+    let run = OverflowRun::new("ovfbig", 160);
+    // The lab's half-filled queue (80 of 160) is below the margin: those handshakes took the
+    // shortcut; the rest were followed, and every refusal was counted (OverflowRun::new).
+    let summary = final_summary(&run.lines);
+    let far = summary["far_from_limits"].as_u64().unwrap();
+    assert!(far >= 80, "SYNs/ACKs far from the limits: {far}");
+    let s = listener_summary(summary, run.inode);
+    assert_eq!(s["listen_arg"], 160);
+    assert_eq!(causes(s)[0], "accept_queue_full", "{s}");
 }
 
 #[test]
@@ -116,7 +110,8 @@ fn abort_on_overflow_resets_match_embryonic_resets() {
     let lines = tracer.stop();
     let counts = counts_by_kind(&lines, inode);
     let resets = counts.get("reset").copied().unwrap_or(0);
-    eprintln!("tcpq {counts:?}");
+    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
+    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
     assert!(resets > 0, "overflow resets seen: {counts:?}");
     assert_eq!(resets, delta(&before, &after, "TcpExt:EmbryonicRsts"));
     let syn_ack = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
@@ -138,7 +133,8 @@ fn syn_queue_full_without_cookies_matches_reqqfulldrop() {
     let after = ns.counters();
     let lines = tracer.stop();
     let counts = counts_by_kind(&lines, inode);
-    eprintln!("tcpq {counts:?}");
+    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
+    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
     let synq = counts.get("synq").copied().unwrap_or(0);
     assert!(synq > 0, "{counts:?}");
     assert_eq!(synq, delta(&before, &after, "TcpExt:TCPReqQFullDrop"));
@@ -178,7 +174,8 @@ fn syn_cookies_match_syncookiessent() {
     let after = ns.counters();
     let lines = tracer.stop();
     let counts = counts_by_kind(&lines, inode);
-    eprintln!("tcpq {counts:?}");
+    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
+    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
     let cookies = counts.get("cookie").copied().unwrap_or(0);
     assert!(cookies > 0, "{counts:?}");
     assert_eq!(cookies, delta(&before, &after, "TcpExt:SyncookiesSent"));
@@ -347,4 +344,56 @@ fn application_not_accepting_is_named() {
         fix.contains("pm.max_children") && fix.contains("worker_connections"),
         "{fix}"
     );
+}
+
+/// One `tcpq lab overflow` run (both phases) under `trace overflow`, with the namespace's
+/// counters around it. `new` asserts what every overflow run must show: final-ACK drops, and
+/// SYN + ACK drops, cookies equal to the kernel's own counters.
+struct OverflowRun {
+    inode: u64,
+    facts: serde_json::Value,
+    lines: Vec<serde_json::Value>,
+    counts: std::collections::HashMap<String, u64>,
+}
+
+impl OverflowRun {
+    fn new(name: &str, backlog: u32) -> Self {
+        let ns = Netns::new(name);
+        let inode = ns.inode();
+        let tracer = Tracer::start(&[]);
+        let before = ns.counters();
+        let backlog = backlog.to_string();
+        let (facts, done) = run_lab(&ns, &["overflow", "--backlog", &backlog, "--duration", "2"]);
+        assert_eq!(
+            facts["ack_phase"], true,
+            "nft is needed for the ack phase: run `cargo xtask setup`"
+        );
+        let after = ns.counters();
+        let lines = tracer.stop();
+        let counts = counts_by_kind(&lines, inode);
+        let syn = counts.get("syn").copied().unwrap_or(0);
+        let ack = counts.get("ack").copied().unwrap_or(0);
+        let kernel = delta(&before, &after, OVERFLOWS);
+        let summary = lines.iter().rev().find(|v| v["event"] == "summary");
+        eprintln!(
+            "tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}; summary {summary:?}"
+        );
+        assert!(ack > 0, "final-ACK drops seen: {counts:?}");
+        assert_eq!(syn + ack, kernel, "syn+ack = ListenOverflows delta");
+        assert_eq!(
+            syn + ack,
+            delta(&before, &after, "TcpExt:ListenDrops"),
+            "no other listen drops"
+        );
+        assert_eq!(
+            counts.get("cookie").copied().unwrap_or(0),
+            delta(&before, &after, "TcpExt:SyncookiesSent")
+        );
+        Self {
+            inode,
+            facts,
+            lines,
+            counts,
+        }
+    }
 }

@@ -377,6 +377,7 @@ fn run_facts(
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
         missed_runs,
+        far_from_limits: sum_per_cpu(counts, tcpq_common::kind::FAR_FROM_LIMITS as u32),
     }
 }
 

@@ -562,13 +562,15 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
         .unwrap_or(0) as u32;
     globals.push(("RSN_NETFILTER_DROP", nf_reason));
-    // By default every SYN/ACK reaching a listener is recorded and confirmed. Skipping those
-    // "far from the limit" is cheaper but racy: a preempted vCPU lets the other CPUs fill the
-    // queue between our look and the kernel's test (one ListenOverflow in ~7000 went missing).
+    // A SYN/ACK is followed to its outcome unless every queue of its listener is at least
+    // max(margin, backlog / 2) below its limit: then no refusal is possible unless that many
+    // connections reach the queues from other CPUs between tcpq's look and the kernel's test.
+    // An absolute margin alone was too thin: 6 missed one overflow in ~7000 when a vCPU stalled
+    // while a 2-CPU SYN flood filled a 16-entry queue (cd9d7c9). 0 follows every packet.
     let margin = std::env::var("TCPQ_NEAR_MARGIN")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(u32::MAX);
+        .unwrap_or(DEFAULT_NEAR_MARGIN);
     globals.push(("NEAR_MARGIN", margin));
     // Unknown: the programs scan up to their own bound (bpf_map_lookup_percpu_elem fails past
     // the last CPU).
@@ -584,11 +586,11 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                 .collect()
         })
         .unwrap_or_default();
-    // The parts of sock_state these families need (a verifier-known constant: the code of
-    // the others is dropped).
     // The hooks this command uses.
     let selected =
         |h: &&HookSpec| families.contains(&h.family) && !opts.unused.contains(&h.program);
+    // The parts of sock_state these hooks need (a verifier-known constant: the code of the
+    // others is dropped).
     let state_bits = HOOKS
         .iter()
         .filter(selected)
@@ -699,6 +701,10 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
 /// (0: no limit). Beyond it the kernel counts refusals per listener without a record: counts
 /// stay exact, userspace work stays bounded however fast a SYN flood arrives.
 pub const DEFAULT_LISTEN_BUDGET: u32 = 40_000;
+
+/// The least margin below every limit at which a listener's SYNs/ACKs are not followed
+/// through (TCPQ_NEAR_MARGIN overrides it; 0 follows every packet): see listen::far_from_limits.
+pub const DEFAULT_NEAR_MARGIN: u32 = 64;
 
 /// Possible CPUs (/sys/devices/system/cpu/possible), if readable.
 fn possible_cpus() -> Option<u32> {

@@ -281,11 +281,11 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     if cookie > 0 {
         let (verdict, fix) = match e.cookies_sent_recv {
             Some((sent, recv)) if sent > 0 && recv * 2 >= sent => (
-                format!("{recv} of {sent} cookies came back: real clients completing the handshake — legitimate load, the SYN queue is too small"),
+                format!("{recv} valid cookie ACKs came back for {sent} cookies sent (SyncookiesRecv counts a retransmitted ACK again): real clients completing the handshake — legitimate load, the SYN queue is too small"),
                 vec![app_backlog_fix(e.lport, suggested_backlog(e.backlog))],
             ),
             Some((sent, recv)) if sent > 0 => (
-                format!("only {recv} of {sent} cookies came back: most clients never complete the handshake — looks like a SYN flood (or their ACKs are lost); cookies are protecting the listener"),
+                format!("only {recv} valid cookie ACKs came back for {sent} cookies sent: most clients never complete the handshake — looks like a SYN flood (or their ACKs are lost); cookies are protecting the listener"),
                 vec!["keep net.ipv4.tcp_syncookies=1; find and filter the sources (tcpq trace overflow --json lists them)".into()],
             ),
             _ => (
