@@ -81,6 +81,10 @@ pub mod kind {
     /// Count only: SYNs/ACKs not followed through because every queue of their listener was
     /// far below its limit (no refusal possible; see `listen::far_from_limits`).
     pub const FAR_FROM_LIMITS: u16 = 11;
+    /// SYN dropped by tcp_conn_request()'s tcp_max_syn_backlog rule: tcp_syncookies=0 and the
+    /// SYN queue holds more than 3/4 of net.ipv4.tcp_max_syn_backlog (below the listener's
+    /// backlog); counted by the kernel only in LINUX_MIB_LISTENDROPS.
+    pub const SYN_BACKLOG_DROP: u16 = 12;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.
@@ -283,10 +287,10 @@ pub struct ListenerTally {
 }
 
 /// Kinds 0..TALLY_KINDS are tallied (every kind that refuses or answers a connection).
-pub const TALLY_KINDS: usize = 8;
+pub const TALLY_KINDS: usize = 13;
 
 const _: () = assert!(core::mem::size_of::<ListenerTallyKey>() == 32);
-const _: () = assert!(core::mem::size_of::<ListenerTally>() == 88);
+const _: () = assert!(core::mem::size_of::<ListenerTally>() == 128);
 
 /// A connection refused (or answered with a cookie) at a listening socket.
 ///

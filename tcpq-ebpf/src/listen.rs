@@ -70,7 +70,8 @@ pub struct Pending {
     pub syncookies: u32,
     pub reqq_full: u32,
     pub acceptq_full: u32,
-    pub _pad: u32,
+    /// net.ipv4.tcp_max_syn_backlog, read only when tcp_syncookies=0 (its rule applies then).
+    pub max_syn_backlog: u32,
     pub sk: u64,
     /// When the packet was recorded (backlog records expire).
     pub rec_ns: u64,
@@ -508,7 +509,11 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             syncookies: syncookies as u32,
             reqq_full: reqq_full as u32,
             acceptq_full: acceptq_full as u32,
-            _pad: 0,
+            max_syn_backlog: if syncookies == 0 {
+                kread(net, OFF_NET_MAX_SYN_BACKLOG.load())
+            } else {
+                0
+            },
             sk: tp,
             rec_ns: now,
             ev,
@@ -1040,6 +1045,12 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
     }
 }
 
+/// tcp_conn_request(): `max_syn_backlog - inet_csk_reqsk_queue_len(sk) < (max_syn_backlog >> 2)`.
+#[inline(always)]
+fn over_max_syn_backlog(synq: u32, max_syn_backlog: u32) -> bool {
+    max_syn_backlog != 0 && (max_syn_backlog as i64 - synq as i64) < (max_syn_backlog >> 2) as i64
+}
+
 /// How the pending packet was freed.
 const FREED_CONSUMED: u32 = 0;
 /// kfree_skb with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (tcp_check_req()).
@@ -1084,6 +1095,14 @@ fn resolve(p: &mut Pending, freed: u32) {
                     || ev.queue.max(queue) >= ev.backlog
                 {
                     kind::SYN_DROP
+                } else if p.syncookies == 0
+                    && over_max_syn_backlog(ev.synq.max(synq), p.max_syn_backlog)
+                {
+                    // Tested last, as in tcp_conn_request() (after the route lookup): with
+                    // cookies off a SYN is refused once the SYN queue holds 3/4 of
+                    // tcp_max_syn_backlog, unless tcp_peer_is_proven() (then it is answered,
+                    // and never gets here).
+                    kind::SYN_BACKLOG_DROP
                 } else {
                     bump(&LISTEN_COUNTS, kind::OTHER_DROP as u32);
                     return;

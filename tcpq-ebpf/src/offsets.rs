@@ -49,6 +49,7 @@ offsets!(
     // struct net
     OFF_NET_INUM,
     OFF_NET_SYNCOOKIES,
+    OFF_NET_MAX_SYN_BACKLOG,
     OFF_NET_ABORT_ON_OVERFLOW,
     // struct sk_buff
     OFF_SKB_HEAD,

@@ -27,6 +27,11 @@ pub struct LabArgs {
     /// synflood: tcp_syncookies inside the lab's server namespace (0, 1 or 2).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub syncookies: u8,
+    /// synflood: net.ipv4.tcp_max_syn_backlog inside the lab's server namespace (with
+    /// --syncookies 0, SYNs are dropped once the SYN queue holds 3/4 of it) [default: the
+    /// namespace's own].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(4..))]
+    pub max_syn_backlog: Option<u32>,
     /// overflow: set tcp_abort_on_overflow=1 inside the lab's namespace (overflows become resets).
     #[arg(long)]
     pub abort_on_overflow: bool,

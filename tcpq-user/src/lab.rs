@@ -483,6 +483,13 @@ fn synflood(args: &LabArgs) -> Result<()> {
         "/proc/sys/net/ipv4/tcp_syncookies",
         &args.syncookies.to_string(),
     )?;
+    if let Some(max) = args.max_syn_backlog {
+        write_sysctl_in(
+            &srv,
+            "/proc/sys/net/ipv4/tcp_max_syn_backlog",
+            &max.to_string(),
+        )?;
+    }
     nft_in(
         &cli.name,
         &format!(
@@ -494,7 +501,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
     let server = Server::start(&srv, addr, args.backlog(), 1000)?;
     facts(
         args,
-        json!({"netns": srv.name, "netns_inode": srv.inode(), "client_netns": cli.name, "laddr": srv_ip.to_string(), "raddr": cli_ip.to_string(), "syncookies": args.syncookies}),
+        json!({"netns": srv.name, "netns_inode": srv.inode(), "client_netns": cli.name, "laddr": srv_ip.to_string(), "raddr": cli_ip.to_string(), "syncookies": args.syncookies, "max_syn_backlog": args.max_syn_backlog}),
     );
 
     let deadline = Instant::now() + args.duration;

@@ -18,16 +18,19 @@ pub enum OverflowKind {
     Cookie,
     SynackRetrans,
     Reset,
+    /// SYN dropped by the tcp_max_syn_backlog rule (tcp_syncookies=0).
+    SynBacklog,
 }
 
 impl OverflowKind {
-    pub const ALL: [OverflowKind; 6] = [
+    pub const ALL: [OverflowKind; 7] = [
         OverflowKind::Syn,
         OverflowKind::Ack,
         OverflowKind::Synq,
         OverflowKind::Cookie,
         OverflowKind::SynackRetrans,
         OverflowKind::Reset,
+        OverflowKind::SynBacklog,
     ];
 
     pub fn from_wire(k: u16) -> Option<Self> {
@@ -38,6 +41,7 @@ impl OverflowKind {
             kind::COOKIE => OverflowKind::Cookie,
             kind::SYNACK_RETRANS => OverflowKind::SynackRetrans,
             kind::OVERFLOW_RESET => OverflowKind::Reset,
+            kind::SYN_BACKLOG_DROP => OverflowKind::SynBacklog,
             _ => return None,
         })
     }
@@ -50,6 +54,7 @@ impl OverflowKind {
             OverflowKind::Cookie => kind::COOKIE,
             OverflowKind::SynackRetrans => kind::SYNACK_RETRANS,
             OverflowKind::Reset => kind::OVERFLOW_RESET,
+            OverflowKind::SynBacklog => kind::SYN_BACKLOG_DROP,
         }
     }
 
@@ -62,6 +67,7 @@ impl OverflowKind {
             OverflowKind::Cookie => "cookie",
             OverflowKind::SynackRetrans => "synack_retrans",
             OverflowKind::Reset => "reset",
+            OverflowKind::SynBacklog => "syn_backlog",
         }
     }
 
@@ -80,7 +86,7 @@ impl OverflowKind {
             OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => {
                 "accept_queue_full"
             }
-            OverflowKind::Synq => "syn_queue_full",
+            OverflowKind::Synq | OverflowKind::SynBacklog => "syn_queue_full",
             OverflowKind::Cookie => "syn_cookies",
             OverflowKind::Reset => "overflow_resets",
         }
@@ -90,7 +96,11 @@ impl OverflowKind {
     pub fn is_refusal(self) -> bool {
         matches!(
             self,
-            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::Synq | OverflowKind::Reset
+            OverflowKind::Syn
+                | OverflowKind::Ack
+                | OverflowKind::Synq
+                | OverflowKind::Reset
+                | OverflowKind::SynBacklog
         )
     }
 
@@ -104,6 +114,9 @@ impl OverflowKind {
             OverflowKind::Cookie => "SYN answered with a syncookie: SYN queue full",
             OverflowKind::SynackRetrans => "SYN-ACK retransmitted",
             OverflowKind::Reset => "reset sent: accept queue full, tcp_abort_on_overflow=1",
+            OverflowKind::SynBacklog => {
+                "SYN dropped: SYN queue over 3/4 of tcp_max_syn_backlog, syncookies off"
+            }
         }
     }
 
@@ -113,7 +126,7 @@ impl OverflowKind {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KindCounts([u64; 6]);
+pub struct KindCounts([u64; 7]);
 
 impl KindCounts {
     pub fn add(&mut self, k: OverflowKind, n: u64) {

@@ -161,6 +161,64 @@ fn syn_queue_full_without_cookies_matches_reqqfulldrop() {
     );
 }
 
+/// With cookies off, tcp_conn_request() also refuses SYNs once the SYN queue holds 3/4 of
+/// tcp_max_syn_backlog, below the listener's backlog. The kernel counts those only in
+/// ListenDrops (not ListenOverflows, not TCPReqQFullDrop).
+#[test]
+fn max_syn_backlog_rule_matches_listen_drops() {
+    if skip_unless_root("max_syn_backlog_rule") {
+        return;
+    }
+    let ns = Netns::new("synb");
+    let inode = ns.inode();
+    let tracer = Tracer::start(&[]);
+    let before = ns.counters();
+    let (facts, _) = run_lab(
+        &ns,
+        &[
+            "synflood",
+            "--syncookies",
+            "0",
+            "--backlog",
+            "256",
+            "--max-syn-backlog",
+            "128",
+            "--duration",
+            "2",
+        ],
+    );
+    let after = ns.counters();
+    let lines = tracer.stop();
+    let counts = counts_by_kind(&lines, inode);
+    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
+    let dropped = counts.get("syn_backlog").copied().unwrap_or(0);
+    assert!(dropped > 0, "{counts:?}");
+    assert_eq!(delta(&before, &after, "TcpExt:TCPReqQFullDrop"), 0);
+    assert_eq!(delta(&before, &after, OVERFLOWS), 0);
+    assert_eq!(dropped, delta(&before, &after, "TcpExt:ListenDrops"));
+    assert_eq!(counts.get("synq").copied().unwrap_or(0), 0);
+    let e = lines
+        .iter()
+        .find(|v| v["kind"] == "syn_backlog" && v["netns"].as_u64() == Some(inode))
+        .unwrap();
+    assert_eq!(e["raddr"], facts["raddr"], "client address: {e}");
+    assert_eq!(e["pid"], facts["pid"]);
+    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(causes(s)[0], "syn_queue_full", "{s}");
+    let text = s["causes"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("tcp_max_syn_backlog 128, so the limit is 96"),
+        "{text}"
+    );
+    assert!(
+        s["causes"][0]["fix"][1]
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.tcp_max_syn_backlog=512"),
+        "{s}"
+    );
+}
+
 #[test]
 fn syn_cookies_match_syncookiessent() {
     if skip_unless_root("syn_cookies") {

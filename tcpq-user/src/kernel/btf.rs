@@ -190,6 +190,7 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ),
     ("OFF_NET_INUM", "net.ns.inum"),
     ("OFF_NET_SYNCOOKIES", "net.ipv4.sysctl_tcp_syncookies"),
+    ("OFF_NET_MAX_SYN_BACKLOG", "net.ipv4.sysctl_max_syn_backlog"),
     (
         "OFF_NET_ABORT_ON_OVERFLOW",
         "net.ipv4.sysctl_tcp_abort_on_overflow",

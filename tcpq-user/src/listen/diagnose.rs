@@ -154,6 +154,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     let syn = c.get(OverflowKind::Syn);
     let ack = c.get(OverflowKind::Ack);
     let synq = c.get(OverflowKind::Synq);
+    let syn_backlog = c.get(OverflowKind::SynBacklog);
     let cookie = c.get(OverflowKind::Cookie);
     let resets = c.get(OverflowKind::Reset);
     let retrans = c.get(OverflowKind::SynackRetrans);
@@ -273,6 +274,32 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             fix: vec![
                 format!("{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"),
                 format!("{} (the backlog also sizes the SYN queue)", app_backlog_fix(e.lport, n)),
+                "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one".into(),
+            ],
+        });
+    }
+
+    if syn_backlog > 0 {
+        let max = e.sysctls.tcp_max_syn_backlog;
+        let limit = max
+            .map(|m| {
+                format!(
+                    "net.ipv4.tcp_max_syn_backlog {m}, so the limit is {}",
+                    m - m / 4
+                )
+            })
+            .unwrap_or_else(|| "net.ipv4.tcp_max_syn_backlog".into());
+        let raise = (e.backlog.max(max.unwrap_or(0)) * 2).next_power_of_two();
+        out.push(Finding {
+            cause: "syn_queue_full",
+            impact: syn_backlog,
+            text: format!(
+                "{} SYNs to :{} dropped: tcp_syncookies=0 and the SYN queue held more than 3/4 of tcp_max_syn_backlog ({} half-open requests; {limit}) — below the listener's backlog of {}: the namespace's tcp_max_syn_backlog rule refused them, not the listener's queue",
+                rate(syn_backlog, e.duration_s), e.lport, e.max_synq, e.backlog
+            ),
+            fix: vec![
+                format!("{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"),
+                format!("{prefix}sysctl -w net.ipv4.tcp_max_syn_backlog={raise}"),
                 "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one".into(),
             ],
         });
@@ -464,6 +491,32 @@ mod tests {
         assert_eq!(f[0].cause, "app_not_accepting");
         assert!(f[0].text.contains("accepted 0 connections"));
         assert!(f[0].fix[0].contains("pm.max_children"));
+    }
+
+    #[test]
+    fn max_syn_backlog_rule_is_named_with_its_sysctl() {
+        let mut e = ev();
+        e.backlog = 1024;
+        e.max_synq = 97;
+        e.sysctls.tcp_max_syn_backlog = Some(128);
+        e.counts.add(OverflowKind::SynBacklog, 40);
+        let f = diagnose_listener(&e);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].cause, "syn_queue_full");
+        assert_eq!(f[0].impact, 40);
+        assert!(
+            f[0].text
+                .contains("tcp_max_syn_backlog 128, so the limit is 96")
+                && f[0].text.contains("backlog of 1024"),
+            "{}",
+            f[0].text
+        );
+        assert!(f[0].fix[0].contains("tcp_syncookies=1"));
+        assert!(
+            f[0].fix[1].ends_with("tcp_max_syn_backlog=2048"),
+            "{:?}",
+            f[0].fix
+        );
     }
 
     #[test]

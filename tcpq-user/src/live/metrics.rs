@@ -148,7 +148,7 @@ impl Metrics {
         let listen = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "listen_refusals",
-            "Connections refused or degraded at a listener, by kind (syn, ack, synq: dropped; cookie: answered with a syncookie; synack_retrans, reset)",
+            "Connections refused or degraded at a listener, by kind (syn, ack, synq, syn_backlog: dropped; cookie: answered with a syncookie; synack_retrans, reset)",
             listen.clone(),
         );
         let accepts = Family::<ListenerOnly, Counter>::default();
