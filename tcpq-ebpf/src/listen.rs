@@ -228,6 +228,7 @@ fn park(rec: &Pending, now: u64) {
         bump(&LISTEN_COUNTS, kind::UNRESOLVED as u32);
         return;
     }
+    bump(&LISTEN_COUNTS, kind::PARKED as u32);
     if let Some(t) = BACKLOG_LAST.get_ptr_mut(0) {
         // SAFETY: array slot; a racing writer stores an equally recent time.
         unsafe { *t = now };
@@ -960,6 +961,7 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
             && p.is_syn != 0
         {
             on_synack(p);
+            bump(&LISTEN_COUNTS, kind::PARK_RESOLVED as u32);
             let _ = BACKLOG_PENDING.remove(&key);
             return 0;
         }
@@ -1025,6 +1027,7 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
                 _pad: 0,
             };
             if BACKLOG_PENDING.get_ptr(&key).is_some() {
+                bump(&LISTEN_COUNTS, kind::PARK_RESOLVED as u32);
                 let _ = BACKLOG_PENDING.remove(&key);
             }
         }
@@ -1188,6 +1191,7 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
     }
     if let Some(p) = backlog_pending(&key, now) {
         resolve(p, freed());
+        bump(&LISTEN_COUNTS, kind::PARK_RESOLVED as u32);
         let _ = BACKLOG_PENDING.remove(&key);
     }
 }

@@ -378,3 +378,19 @@ pub fn nft_in(ns: &Netns, script: &str) {
         "nft script failed: {script}"
     );
 }
+
+/// tcpq's count equals the kernel's over the same interval — except that records whose
+/// outcome tcpq could not observe, which its summary reports (`unresolved`, `missed_runs`),
+/// may be missing from it: then it may fall short by at most that many, and never exceed.
+pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value) {
+    let unseen =
+        summary["unresolved"].as_u64().unwrap_or(0) + summary["missed_runs"].as_u64().unwrap_or(0);
+    if unseen == 0 {
+        assert_eq!(tcpq, kernel, "{what}: tcpq vs the kernel's counter");
+    } else {
+        assert!(
+            tcpq <= kernel && kernel - tcpq <= unseen,
+            "{what}: tcpq {tcpq}, kernel {kernel}, records tcpq reports it could not follow {unseen}"
+        );
+    }
+}
