@@ -388,6 +388,12 @@ fn emit(ev: &ListenEvent, hook_slot: u32) {
 #[inline(always)]
 fn fill_listener(ev: &mut ListenEvent, sk: u64) {
     ev.netns = sk_netns(sk);
+    fill_queues(ev, sk);
+}
+
+/// The listener's accept queue, its limit and the SYN queue.
+#[inline(always)]
+fn fill_queues(ev: &mut ListenEvent, sk: u64) {
     ev.queue = kread(sk, OFF_SK_ACK_BACKLOG.load());
     ev.backlog = kread(sk, OFF_SK_MAX_ACK_BACKLOG.load());
     ev.synq = kread(sk, OFF_ICSK_QLEN.load());
@@ -476,9 +482,7 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     if tp == 0 {
         return Ok(());
     }
-    ev.queue = kread(tp, OFF_SK_ACK_BACKLOG.load());
-    ev.backlog = kread(tp, OFF_SK_MAX_ACK_BACKLOG.load());
-    ev.synq = kread(tp, OFF_ICSK_QLEN.load());
+    fill_queues(&mut ev, tp);
     // sk_acceptq_is_full(): sk_ack_backlog > sk_max_ack_backlog
     let acceptq_full = ev.queue > ev.backlog;
 
@@ -486,12 +490,15 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let syncookies: u8 = kread(net, OFF_NET_SYNCOOKIES.load());
     let reqq_full = reqq_full(&ev);
 
-    if confirm_mode() {
-        if far_from_limits(&ev, syncookies) {
-            bump(&LISTEN_COUNTS, kind::FAR_FROM_LIMITS as u32);
-            return Ok(());
-        }
-        ev.netns = kread(net, OFF_NET_INUM.load());
+    let confirm = confirm_mode();
+    if confirm && far_from_limits(&ev, syncookies) {
+        bump(&LISTEN_COUNTS, kind::FAR_FROM_LIMITS as u32);
+        return Ok(());
+    }
+    // sock_net(sk)->ns.inum, read only now: the packets skipped above never need it.
+    ev.netns = kread(net, OFF_NET_INUM.load());
+
+    if confirm {
         // Record the packet; the verdict comes from what the kernel then does with it.
         // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
         ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -574,7 +581,6 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     };
 
     ev.kind = k;
-    ev.netns = kread(net, OFF_NET_INUM.load());
     // SAFETY: the context pointer is valid for the helper; skb->sk is the listener here.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: no arguments.

@@ -148,6 +148,15 @@ fn somaxconn_fix(prefix: &str, n: u32) -> String {
     )
 }
 
+/// Both SYN-queue drops (the listener's queue full, or tcp_max_syn_backlog's rule) stop with cookies on.
+fn syncookies_fix(prefix: &str) -> String {
+    format!(
+        "{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"
+    )
+}
+
+const HALF_OPEN_HINT: &str = "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one";
+
 pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     let mut out = Vec::new();
     let c = &e.counts;
@@ -272,9 +281,9 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                 rate(synq, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
             fix: vec![
-                format!("{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"),
+                syncookies_fix(&prefix),
                 format!("{} (the backlog also sizes the SYN queue)", app_backlog_fix(e.lport, n)),
-                "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one".into(),
+                HALF_OPEN_HINT.into(),
             ],
         });
     }
@@ -298,9 +307,9 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                 rate(syn_backlog, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
             fix: vec![
-                format!("{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"),
+                syncookies_fix(&prefix),
                 format!("{prefix}sysctl -w net.ipv4.tcp_max_syn_backlog={raise}"),
-                "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one".into(),
+                HALF_OPEN_HINT.into(),
             ],
         });
     }
