@@ -169,7 +169,8 @@ pub mod drop {
     pub const COUNT_NO_CT: u32 = 0;
     pub const COUNT_WITH_CT: u32 = 1;
     pub const COUNT_LOST: u32 = 2;
-    pub const COUNT_SLOTS: u32 = 3;
+    pub const COUNT_UNPARSED: u32 = 3;
+    pub const COUNT_SLOTS: u32 = 4;
     /// `DropEvent::direction`.
     pub const DIR_IN: u8 = 0;
     pub const DIR_OUT: u8 = 1;

@@ -93,9 +93,19 @@ pub fn drop_kfree(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
+    let nfct: u64 = kread(skb, OFF_SKB_NFCT.load());
+    let has_ct = nfct & !7u64 != 0;
+    if is_nf {
+        count(if has_ct {
+            d::COUNT_WITH_CT
+        } else {
+            d::COUNT_NO_CT
+        });
+    }
     let head: u64 = kread(skb, OFF_SKB_HEAD.load());
     let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
     if head == 0 || nh == 0xffff {
+        count(d::COUNT_UNPARSED);
         return Ok(());
     }
     let ip = head + nh as u64;
@@ -121,7 +131,10 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
             ev.daddr.copy_from_slice(&hdr[24..40]);
             l4_off = 40;
         }
-        _ => return Ok(()),
+        _ => {
+            count(d::COUNT_UNPARSED);
+            return Ok(());
+        }
     }
     if !is_nf && ev.proto != 6 {
         return Ok(()); // `trace drops` is about TCP
@@ -134,8 +147,7 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
             ev.tcp_flags = l4[13];
         }
     }
-    let nfct: u64 = kread(skb, OFF_SKB_NFCT.load());
-    ev.has_ct = (nfct & !7u64 != 0) as u8;
+    ev.has_ct = has_ct as u8;
     let sk: u64 = kread(skb, OFF_SKB_SK.load());
     if sk != 0 {
         ev.direction = d::DIR_OUT;
@@ -162,13 +174,6 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     // nf_conntrack_count per namespace instead.
     // SAFETY: no arguments.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if is_nf {
-        count(if ev.has_ct != 0 {
-            d::COUNT_WITH_CT
-        } else {
-            d::COUNT_NO_CT
-        });
-    }
     match DROP_EVENTS.reserve::<DropEvent>(0) {
         Some(mut entry) => {
             entry.write(ev);

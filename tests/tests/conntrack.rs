@@ -77,51 +77,43 @@ fn table_full_drops_match_the_kernel_drop_stat() {
             k => panic!("unknown kind {k}"),
         }
     }
-    // The run's own view (loss, its stat delta) to tell a lost event from a missed drop.
+    // The run's own view (loss, skipped runs, untraced drops) to explain any difference.
     let summary = lines
-        .iter()
-        .rev()
-        .find(|v| v["event"] == "conntrack_summary" && v["netns"].as_u64() == Some(inode));
-    eprintln!(
-        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {}; summary lost_events {} missed_runs {} table_full {} stat_drop {}",
-        after - before,
-        summary
-            .map(|v| v["lost_events"].clone())
-            .unwrap_or_default(),
-        summary
-            .map(|v| v["missed_runs"].clone())
-            .unwrap_or_default(),
-        summary.map(|v| v["table_full"].clone()).unwrap_or_default(),
-        summary.map(|v| v["stat_drop"].clone()).unwrap_or_default(),
-    );
-    assert!(table_full > 0);
-    // Exact, unless the kernel skipped runs of tcpq's programs (a kfree_skb in softirq
-    // interrupting drop_kfree on the same CPU is not traced): then every drop tcpq is short of
-    // must be among the skipped runs it reports.
-    let missed = summary
-        .map(|v| v["missed_runs"].as_u64().unwrap())
-        .unwrap_or(0);
-    if missed == 0 {
-        assert_eq!(
-            table_full,
-            after - before,
-            "table-full drops = the kernel's `drop` column delta"
-        );
-    } else {
-        assert!(
-            table_full <= after - before && table_full + missed >= after - before,
-            "table-full drops {table_full} = the kernel's `drop` delta {} less at most the {missed} skipped runs tcpq reported",
-            after - before
-        );
-    }
-    assert!(rule >= 5, "the 5 connects to the drop rule's port: {rule}");
-    let s = lines
         .iter()
         .rev()
         .find(|v| v["event"] == "conntrack_summary" && v["netns"].as_u64() == Some(inode))
         .expect("summary");
-    assert_eq!(s["causes"][0]["cause"], "conntrack_full", "{s}");
-    assert_eq!(s["stat_drop"].as_u64(), Some(after - before), "{s}");
+    let kernel = after - before;
+    eprintln!(
+        "tcpq table_full {table_full}, rule {rule}; kernel stat drop {kernel}; summary {summary}"
+    );
+    assert!(table_full > 0);
+    assert!(
+        table_full <= kernel,
+        "tcpq never counts more table-full drops ({table_full}) than the kernel's `drop` delta ({kernel})"
+    );
+    // Exact in most runs. On 6.18 about 1 run in 25 (1 in 10 with a compiler running
+    // alongside) the kernel's `drop` stat counts 1–12 of ~480 drops that never reach
+    // skb:kfree_skb (an independent bpftrace counter on the same tracepoint misses exactly the
+    // same ones), and a kfree_skb in softirq interrupting drop_kfree on the same CPU is skipped
+    // (missed_runs). tcpq reports both; the shortfall must be within what it reports as
+    // skipped plus 5 % of the kernel's count (the worst seen: 2.5 %).
+    let missed = summary["missed_runs"].as_u64().unwrap();
+    let lost = summary["lost_events"].as_u64().unwrap();
+    assert_eq!(lost, 0, "no ring buffer loss at this rate: {summary}");
+    assert_eq!(summary["unparsed_events"], 0, "{summary}");
+    assert_eq!(
+        summary["untraced_drops"].as_u64(),
+        Some(summary["stat_drop"].as_u64().unwrap() - summary["table_full"].as_u64().unwrap()),
+        "the summary names the difference: {summary}"
+    );
+    assert!(
+        kernel - table_full <= missed + kernel * 5 / 100,
+        "table-full drops {table_full} = the kernel's `drop` delta {kernel} less at most the {missed} skipped runs and 5 %"
+    );
+    assert!(rule >= 5, "the 5 connects to the drop rule's port: {rule}");
+    assert_eq!(summary["causes"][0]["cause"], "conntrack_full", "{summary}");
+    assert_eq!(summary["stat_drop"].as_u64(), Some(kernel), "{summary}");
 }
 
 #[test]
