@@ -8,12 +8,9 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
     if skip_unless_root("accept_queue_overflow") {
         return;
     }
-    let run = OverflowRun::new("ovf", 4);
-    let (inode, lines, counts) = (run.inode, &run.lines, &run.counts);
-    assert!(
-        counts.get("syn").copied().unwrap_or(0) > 0,
-        "SYN drops seen: {counts:?}"
-    );
+    let run = overflow_run("ovf", 4);
+    let (inode, lines) = (run.inode, &run.lines);
+    assert!(run.count("syn") > 0, "SYN drops seen: {:?}", run.counts);
 
     // Every event names the lab's server process, its port and the client.
     let pid = run.facts["pid"].as_u64().unwrap();
@@ -44,7 +41,7 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
     }
 
     // The summary names the cause and the application's backlog (seen at listen()).
-    let s = listener_summary(final_summary(lines), inode);
+    let s = run.listener();
     assert_eq!(s["pid"].as_u64(), Some(pid));
     assert_eq!(s["listen_arg"], 4);
     assert_eq!(s["listen_arg_source"], "seen");
@@ -75,13 +72,12 @@ fn large_backlog_overflow_is_exact_across_the_far_from_limits_shortcut() {
     if skip_unless_root("large_backlog_overflow") {
         return;
     }
-    let run = OverflowRun::new("ovfbig", 160);
+    let run = overflow_run("ovfbig", 160);
     // The lab's half-filled queue (80 of 160) is below the margin: those handshakes took the
-    // shortcut; the rest were followed, and every refusal was counted (OverflowRun::new).
-    let summary = final_summary(&run.lines);
-    let far = summary["far_from_limits"].as_u64().unwrap();
+    // shortcut; the rest were followed, and every refusal was counted (overflow_run).
+    let far = run.summary()["far_from_limits"].as_u64().unwrap();
     assert!(far >= 80, "SYNs/ACKs far from the limits: {far}");
-    let s = listener_summary(summary, run.inode);
+    let s = run.listener();
     assert_eq!(s["listen_arg"], 160);
     assert_eq!(causes(s)[0], "accept_queue_full", "{s}");
 }
@@ -91,12 +87,8 @@ fn abort_on_overflow_resets_match_embryonic_resets() {
     if skip_unless_root("abort_on_overflow_resets") {
         return;
     }
-    let ns = Netns::new("rst");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    run_lab(
-        &ns,
+    let run = TracedLab::run(
+        "rst",
         &[
             "overflow",
             "--backlog",
@@ -106,23 +98,19 @@ fn abort_on_overflow_resets_match_embryonic_resets() {
             "--abort-on-overflow",
         ],
     );
-    let after = ns.counters();
-    let lines = tracer.stop();
-    let counts = counts_by_kind(&lines, inode);
-    let resets = counts.get("reset").copied().unwrap_or(0);
-    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
-    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
-    assert!(resets > 0, "overflow resets seen: {counts:?}");
-    assert_eq!(resets, delta(&before, &after, "TcpExt:EmbryonicRsts"));
-    let syn_ack = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
-    assert_count_matches(
+    let resets = run.count("reset");
+    assert!(resets > 0, "overflow resets seen: {:?}", run.counts);
+    assert_eq!(resets, run.kernel("TcpExt:EmbryonicRsts"));
+    run.assert_matches(
         "syn+ack vs ListenOverflows",
-        syn_ack,
-        delta(&before, &after, OVERFLOWS),
-        final_summary(&lines),
+        run.count("syn") + run.count("ack"),
+        OVERFLOWS,
     );
-    let s = listener_summary(final_summary(&lines), inode);
-    assert!(causes(s).contains(&"overflow_resets".to_string()), "{s}");
+    assert!(
+        causes(run.listener()).contains(&"overflow_resets".to_string()),
+        "{}",
+        run.listener()
+    );
 }
 
 #[test]
@@ -130,38 +118,28 @@ fn syn_queue_full_without_cookies_matches_reqqfulldrop() {
     if skip_unless_root("syn_queue_full") {
         return;
     }
-    let ns = Netns::new("synq");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    let (facts, _) = run_lab(&ns, &["synflood", "--syncookies", "0", "--duration", "2"]);
-    let after = ns.counters();
-    let lines = tracer.stop();
-    let counts = counts_by_kind(&lines, inode);
-    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
-    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
-    let synq = counts.get("synq").copied().unwrap_or(0);
-    assert!(synq > 0, "{counts:?}");
-    assert_count_matches(
-        "synq vs TCPReqQFullDrop",
-        synq,
-        delta(&before, &after, "TcpExt:TCPReqQFullDrop"),
-        final_summary(&lines),
+    let run = TracedLab::run(
+        "synq",
+        &["synflood", "--syncookies", "0", "--duration", "2"],
     );
-    assert_eq!(counts.get("cookie").copied().unwrap_or(0), 0);
+    let synq = run.count("synq");
+    assert!(synq > 0, "{:?}", run.counts);
+    run.assert_matches("synq vs TCPReqQFullDrop", synq, "TcpExt:TCPReqQFullDrop");
+    assert_eq!(run.count("cookie"), 0);
     // The client lives in another namespace: all SYN retransmits counted here are SYN-ACKs.
     assert_eq!(
-        counts.get("synack_retrans").copied().unwrap_or(0),
-        delta(&before, &after, "TcpExt:TCPSynRetrans")
+        run.count("synack_retrans"),
+        run.kernel("TcpExt:TCPSynRetrans")
     );
-    let e = lines
+    let e = run
+        .lines
         .iter()
-        .find(|v| v["kind"] == "synq" && v["netns"].as_u64() == Some(inode))
+        .find(|v| v["kind"] == "synq" && v["netns"].as_u64() == Some(run.inode))
         .unwrap();
-    assert_eq!(e["raddr"], facts["raddr"], "client address: {e}");
-    assert_eq!(e["laddr"], facts["laddr"]);
-    assert_eq!(e["pid"], facts["pid"]);
-    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(e["raddr"], run.facts["raddr"], "client address: {e}");
+    assert_eq!(e["laddr"], run.facts["laddr"]);
+    assert_eq!(e["pid"], run.facts["pid"]);
+    let s = run.listener();
     assert_eq!(causes(s)[0], "syn_queue_full", "{s}");
     assert!(
         s["causes"][0]["fix"][0]
@@ -179,12 +157,8 @@ fn max_syn_backlog_rule_matches_listen_drops() {
     if skip_unless_root("max_syn_backlog_rule") {
         return;
     }
-    let ns = Netns::new("synb");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    let (facts, _) = run_lab(
-        &ns,
+    let run = TracedLab::run(
+        "synb",
         &[
             "synflood",
             "--syncookies",
@@ -197,28 +171,20 @@ fn max_syn_backlog_rule_matches_listen_drops() {
             "2",
         ],
     );
-    let after = ns.counters();
-    let lines = tracer.stop();
-    let counts = counts_by_kind(&lines, inode);
-    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
-    let dropped = counts.get("syn_backlog").copied().unwrap_or(0);
-    assert!(dropped > 0, "{counts:?}");
-    assert_eq!(delta(&before, &after, "TcpExt:TCPReqQFullDrop"), 0);
-    assert_eq!(delta(&before, &after, OVERFLOWS), 0);
-    assert_count_matches(
-        "syn_backlog vs ListenDrops",
-        dropped,
-        delta(&before, &after, "TcpExt:ListenDrops"),
-        final_summary(&lines),
-    );
-    assert_eq!(counts.get("synq").copied().unwrap_or(0), 0);
-    let e = lines
+    let dropped = run.count("syn_backlog");
+    assert!(dropped > 0, "{:?}", run.counts);
+    assert_eq!(run.kernel("TcpExt:TCPReqQFullDrop"), 0);
+    assert_eq!(run.kernel(OVERFLOWS), 0);
+    run.assert_matches("syn_backlog vs ListenDrops", dropped, "TcpExt:ListenDrops");
+    assert_eq!(run.count("synq"), 0);
+    let e = run
+        .lines
         .iter()
-        .find(|v| v["kind"] == "syn_backlog" && v["netns"].as_u64() == Some(inode))
+        .find(|v| v["kind"] == "syn_backlog" && v["netns"].as_u64() == Some(run.inode))
         .unwrap();
-    assert_eq!(e["raddr"], facts["raddr"], "client address: {e}");
-    assert_eq!(e["pid"], facts["pid"]);
-    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(e["raddr"], run.facts["raddr"], "client address: {e}");
+    assert_eq!(e["pid"], run.facts["pid"]);
+    let s = run.listener();
     assert_eq!(causes(s)[0], "syn_queue_full", "{s}");
     let text = s["causes"][0]["text"].as_str().unwrap();
     assert!(
@@ -239,26 +205,19 @@ fn syn_cookies_match_syncookiessent() {
     if skip_unless_root("syn_cookies") {
         return;
     }
-    let ns = Netns::new("cookie");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    run_lab(&ns, &["synflood", "--syncookies", "1", "--duration", "2"]);
-    let after = ns.counters();
-    let lines = tracer.stop();
-    let counts = counts_by_kind(&lines, inode);
-    // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
-    eprintln!("tcpq {counts:?}; summary {}", final_summary(&lines));
-    let cookies = counts.get("cookie").copied().unwrap_or(0);
-    assert!(cookies > 0, "{counts:?}");
-    assert_count_matches(
+    let run = TracedLab::run(
+        "cookie",
+        &["synflood", "--syncookies", "1", "--duration", "2"],
+    );
+    let cookies = run.count("cookie");
+    assert!(cookies > 0, "{:?}", run.counts);
+    run.assert_matches(
         "cookies vs SyncookiesSent",
         cookies,
-        delta(&before, &after, "TcpExt:SyncookiesSent"),
-        final_summary(&lines),
+        "TcpExt:SyncookiesSent",
     );
-    assert_eq!(counts.get("synq").copied().unwrap_or(0), 0);
-    let s = listener_summary(final_summary(&lines), inode);
+    assert_eq!(run.count("synq"), 0);
+    let s = run.listener();
     assert_eq!(causes(s)[0], "syn_cookies", "{s}");
     // The client's ACKs never arrive: tcpq calls it a flood, not load.
     assert!(
@@ -331,26 +290,15 @@ fn ipv6_overflow_matches_listen_overflows() {
     if skip_unless_root("ipv6_overflow") {
         return;
     }
-    let ns = Netns::new("v6");
-    let inode = ns.inode();
-    let tracer = Tracer::start(&[]);
-    let before = ns.counters();
-    run_lab(&ns, &["overflow", "--ipv6", "--duration", "1"]);
-    let after = ns.counters();
-    let lines = tracer.stop();
-    let counts = counts_by_kind(&lines, inode);
-    let refused = counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0);
-    assert!(refused > 0, "{counts:?}");
-    assert_count_matches(
-        "IPv6 syn+ack vs ListenOverflows",
-        refused,
-        delta(&before, &after, OVERFLOWS),
-        final_summary(&lines),
-    );
-    let e = lines
+    let run = TracedLab::run("v6", &["overflow", "--ipv6", "--duration", "1"]);
+    let refused = run.count("syn") + run.count("ack");
+    assert!(refused > 0, "{:?}", run.counts);
+    run.assert_matches("IPv6 syn+ack vs ListenOverflows", refused, OVERFLOWS);
+    let e = run
+        .lines
         .iter()
         .find(|v| {
-            v["netns"].as_u64() == Some(inode)
+            v["netns"].as_u64() == Some(run.inode)
                 && v["event"] == "overflow"
                 && v["aggregated"] != true
         })
@@ -429,58 +377,91 @@ fn application_not_accepting_is_named() {
     );
 }
 
-/// One `tcpq lab overflow` run (both phases) under `trace overflow`, with the namespace's
-/// counters around it. `new` asserts what every overflow run must show: final-ACK drops, and
-/// SYN + ACK drops, cookies equal to the kernel's own counters.
-struct OverflowRun {
+/// One lab run in a namespace of its own under `tcpq trace overflow --json`, with the
+/// namespace's SNMP counters read around it and tcpq's counts for that namespace by kind.
+struct TracedLab {
     inode: u64,
     facts: serde_json::Value,
+    before: std::collections::HashMap<String, u64>,
+    after: std::collections::HashMap<String, u64>,
     lines: Vec<serde_json::Value>,
     counts: std::collections::HashMap<String, u64>,
 }
 
-impl OverflowRun {
-    fn new(name: &str, backlog: u32) -> Self {
+impl TracedLab {
+    fn run(name: &str, lab: &[&str]) -> Self {
         let ns = Netns::new(name);
         let inode = ns.inode();
         let tracer = Tracer::start(&[]);
         let before = ns.counters();
-        let backlog = backlog.to_string();
-        let (facts, done) = run_lab(&ns, &["overflow", "--backlog", &backlog, "--duration", "2"]);
-        assert_eq!(
-            facts["ack_phase"], true,
-            "nft is needed for the ack phase: run `cargo xtask setup`"
-        );
+        let (facts, done) = run_lab(&ns, lab);
         let after = ns.counters();
         let lines = tracer.stop();
         let counts = counts_by_kind(&lines, inode);
-        let syn = counts.get("syn").copied().unwrap_or(0);
-        let ack = counts.get("ack").copied().unwrap_or(0);
-        let kernel = delta(&before, &after, OVERFLOWS);
-        let summary = lines.iter().rev().find(|v| v["event"] == "summary");
+        // The run-wide facts (other_drops, unresolved, missed_runs, lost) explain any mismatch.
         eprintln!(
-            "tcpq {counts:?}; kernel ListenOverflows {kernel}; lab {done}; summary {summary:?}"
-        );
-        assert!(ack > 0, "final-ACK drops seen: {counts:?}");
-        let summary = final_summary(&lines);
-        assert_count_matches("syn+ack vs ListenOverflows", syn + ack, kernel, summary);
-        assert_count_matches(
-            "syn+ack vs ListenDrops (no other listen drops)",
-            syn + ack,
-            delta(&before, &after, "TcpExt:ListenDrops"),
-            summary,
-        );
-        assert_count_matches(
-            "cookies",
-            counts.get("cookie").copied().unwrap_or(0),
-            delta(&before, &after, "TcpExt:SyncookiesSent"),
-            summary,
+            "tcpq {counts:?}; lab {done}; summary {}",
+            final_summary(&lines)
         );
         Self {
             inode,
             facts,
+            before,
+            after,
             lines,
             counts,
         }
     }
+
+    /// The kernel counter's change over the run.
+    fn kernel(&self, counter: &str) -> u64 {
+        delta(&self.before, &self.after, counter)
+    }
+
+    /// tcpq's count of one kind in the lab's namespace.
+    fn count(&self, kind: &str) -> u64 {
+        self.counts.get(kind).copied().unwrap_or(0)
+    }
+
+    fn summary(&self) -> &serde_json::Value {
+        final_summary(&self.lines)
+    }
+
+    /// The final summary's entry for the lab's listener.
+    fn listener(&self) -> &serde_json::Value {
+        listener_summary(self.summary(), self.inode)
+    }
+
+    /// Asserts tcpq's count equals the kernel's (see `assert_count_matches`).
+    fn assert_matches(&self, what: &str, tcpq: u64, counter: &str) {
+        assert_count_matches(what, tcpq, self.kernel(counter), self.summary());
+    }
+}
+
+/// One `tcpq lab overflow` run (both phases) with the assertions every overflow run must pass:
+/// final-ACK drops seen, and SYN + ACK drops and cookies equal to the kernel's own counters.
+fn overflow_run(name: &str, backlog: u32) -> TracedLab {
+    let backlog = backlog.to_string();
+    let run = TracedLab::run(
+        name,
+        &["overflow", "--backlog", &backlog, "--duration", "2"],
+    );
+    assert_eq!(
+        run.facts["ack_phase"], true,
+        "nft is needed for the ack phase: run `cargo xtask setup`"
+    );
+    assert!(
+        run.count("ack") > 0,
+        "final-ACK drops seen: {:?}",
+        run.counts
+    );
+    let refused = run.count("syn") + run.count("ack");
+    run.assert_matches("syn+ack vs ListenOverflows", refused, OVERFLOWS);
+    run.assert_matches(
+        "syn+ack vs ListenDrops (no other listen drops)",
+        refused,
+        "TcpExt:ListenDrops",
+    );
+    run.assert_matches("cookies", run.count("cookie"), "TcpExt:SyncookiesSent");
+    run
 }
