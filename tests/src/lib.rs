@@ -394,3 +394,28 @@ pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value)
         );
     }
 }
+
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Restores the global nf_conntrack_max when dropped, also when the test panics while a lab
+/// that lowered it still runs (the lab is then killed and cannot restore it itself).
+pub struct CtMaxRestore(String);
+
+impl CtMaxRestore {
+    pub fn save() -> Self {
+        Self(
+            std::fs::read_to_string(CT_MAX)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        )
+    }
+}
+
+impl Drop for CtMaxRestore {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = std::fs::write(CT_MAX, &self.0);
+        }
+    }
+}

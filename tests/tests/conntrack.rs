@@ -38,6 +38,7 @@ fn table_full_drops_match_the_kernel_drop_stat() {
         return;
     }
     let max_before = global_max();
+    let _restore = CtMaxRestore::save();
     let ns = Netns::new("ct");
     let inode = ns.inode();
     let tracer = Tracer::start_cmd(&["trace", "conntrack", "--json"], &[]);

@@ -110,6 +110,7 @@ fn conntrack_full_is_named() {
         return;
     }
     let before = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
+    let _restore = CtMaxRestore::save();
     let ns = Netns::new("dgct");
     let (r, _, _, _) = diagnose_during(&ns, &["conntrack", "--duration", "2"], "4", &[]);
     assert_eq!(

@@ -110,6 +110,56 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// The Conntrack row: a namespace whose table is full shows its table-full drops, the lowered
+/// maximum and the kernel's own drop rate next to them; the cause names the namespace.
+#[test]
+fn top_json_conntrack_row_shows_table_full_drops_and_the_kernel_stat() {
+    if skip_unless_root("top_json_conntrack") {
+        return;
+    }
+    let _restore = CtMaxRestore::save();
+    let ns = Netns::new("topct");
+    let inode = ns.inode();
+    let top = TopJson::start("500ms");
+    let _ = top.next(); // programs attached, first interval done
+    while top.frames.try_recv().is_ok() {}
+    let lab = BackgroundLab::start(&ns, &["conntrack", "--ct-max", "64", "--duration", "3"]);
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        frames.push(top.next());
+    }
+    lab.finish();
+    frames.push(top.next());
+
+    let rows: Vec<&Value> = frames
+        .iter()
+        .flat_map(|f| f["conntrack"].as_array().unwrap().iter())
+        .filter(|r| r["netns"].as_u64() == Some(inode))
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r["table_full_per_s"].as_f64().unwrap() > 0.0),
+        "table-full drops shown: {rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r["max"] == 64),
+        "the lowered maximum is shown: {rows:?}"
+    );
+    // From the namespace's second reading on, the kernel's own rate is there too.
+    assert!(
+        rows.iter()
+            .any(|r| r["kernel_drops_per_s"].as_f64().is_some_and(|k| k > 0.0)),
+        "the kernel's drop rate shown: {rows:?}"
+    );
+    let cause = frames
+        .iter()
+        .flat_map(|f| f["causes"].as_array().unwrap().iter())
+        .find(|c| c["cause"] == "conntrack_full")
+        .unwrap_or_else(|| panic!("no conntrack_full cause in {frames:?}"));
+    assert_eq!(cause["where"], format!("netns {inode}"), "{cause}");
+}
+
 #[test]
 fn top_json_attributes_the_overflow_to_its_process_namespace_and_cgroup() {
     if skip_unless_root("top_json_overflow") {

@@ -98,21 +98,31 @@ pub struct ConntrackRow {
     pub max: u64,
     pub drops_per_s: f64,
     pub table_full_per_s: f64,
+    /// The kernel's conntrack `drop` stat per second (`None` on a namespace's first reading):
+    /// equal to `table_full_per_s` unless the kernel counted drops no tracepoint reported.
+    pub kernel_drops_per_s: Option<f64>,
     pub top_consumer: Option<String>,
 }
 
 impl ConntrackRow {
     pub fn describe(&self) -> String {
         format!(
-            "netns {}: {}/{} entries ({:.0} %), drops {:.1}/s (table full {:.1}/s), top consumer {}",
+            "netns {}: {}/{} entries ({:.0} %), drops {:.1}/s (table full {:.1}/s, kernel stat {}), top consumer {}",
             self.netns,
             self.count,
             self.max,
             pct(self.count, self.max),
             self.drops_per_s,
             self.table_full_per_s,
+            self.kernel_rate(),
             self.top_consumer.as_deref().unwrap_or("-")
         )
+    }
+
+    /// The kernel's drop rate as shown: `12.0/s`, or `-` before there are two readings.
+    pub fn kernel_rate(&self) -> String {
+        self.kernel_drops_per_s
+            .map_or_else(|| "-".to_string(), |r| format!("{r:.1}/s"))
     }
 }
 

@@ -149,6 +149,13 @@ pub fn snapshots(
             .sum();
         let table_full = agg.drops.get(&(ns, "table_full")).copied().unwrap_or(0);
         let snap = snapshot_in(ns, drops > 0);
+        // The kernel's own drop rate since this namespace's last reading (none on its first).
+        let kernel_drops_per_s = snap.stat.get("drop").copied().and_then(|now| {
+            let at = std::time::Instant::now();
+            let (prev_at, prev) = session.ct_drop_stat.insert(ns, (at, now))?;
+            let secs = at.saturating_duration_since(prev_at).as_secs_f64();
+            (secs > 0.0).then(|| rate_per_s(now.saturating_sub(prev), secs))
+        });
         if !snap.in_use && drops == 0 {
             continue;
         }
@@ -159,6 +166,7 @@ pub fn snapshots(
             max: snap.max,
             drops_per_s: rate_per_s(drops, secs),
             table_full_per_s: rate_per_s(table_full, secs),
+            kernel_drops_per_s,
             top_consumer: top
                 .by_source
                 .first()

@@ -134,6 +134,9 @@ pub struct Session {
     pub missing: Vec<(Family, String)>,
     /// Port usage per (netns, destination address, port), with when it was read.
     pub port_cache: HashMap<(u32, IpAddr, u16), (std::time::Instant, PortSnap)>,
+    /// The kernel's conntrack `drop` stat per namespace when a frame last read it, for its rate
+    /// next to tcpq's traced drops (the kernel counts a few drops no tracepoint reports).
+    pub ct_drop_stat: HashMap<u32, (std::time::Instant, u64)>,
 }
 
 /// Hooks the live commands (top, diagnose, export) do not read. Connect outcomes come from the
@@ -215,6 +218,7 @@ impl Session {
             agg,
             missing,
             port_cache: HashMap::new(),
+            ct_drop_stat: HashMap::new(),
         })
     }
 

@@ -516,12 +516,13 @@ fn draw_conntrack(t: &mut TermFrame, f: &Frame, focused: bool, rect: Rect) {
             })
             .ratio(ratio)
             .label(format!(
-                "netns {} {}/{} · drops {:.1}/s (table full {:.1}/s) · top {}",
+                "netns {} {}/{} · drops {:.1}/s (table full {:.1}/s, kernel stat {}) · top {}",
                 c.netns,
                 c.count,
                 c.max,
                 c.drops_per_s,
                 c.table_full_per_s,
+                c.kernel_rate(),
                 c.top_consumer.as_deref().unwrap_or("-")
             )),
         rect,
@@ -604,6 +605,7 @@ mod tests {
                 max: 200,
                 drops_per_s: 20.0,
                 table_full_per_s: 20.0,
+                kernel_drops_per_s: Some(20.5),
                 top_consumer: Some("127.0.0.1".into()),
             }],
             ..Frame::default()
@@ -648,7 +650,23 @@ mod tests {
         assert!(s.contains("17/16"), "{s}");
         assert!(s.contains("lost 7 (+2)"), "{s}");
         assert!(s.contains("190/200"), "{s}");
+        assert!(s.contains("kernel stat 20.5/s"), "{s}");
         assert!(s.contains("refused/s 512"), "{s}");
+    }
+
+    #[test]
+    fn conntrack_row_without_a_kernel_rate_yet_shows_a_dash() {
+        let mut row = recorded().conntrack[0].clone();
+        assert!(
+            row.describe()
+                .contains("table full 20.0/s, kernel stat 20.5/s")
+        );
+        row.kernel_drops_per_s = None;
+        assert!(
+            row.describe().contains("kernel stat -"),
+            "{}",
+            row.describe()
+        );
     }
 
     fn key(c: KeyCode) -> KeyEvent {
