@@ -166,11 +166,10 @@ pub mod drop {
     pub const CONFIG_ALL_TCP: u32 = 0;
     pub const CONFIG_SLOTS: u32 = 1;
     /// `DROP_COUNTS` slots.
-    pub const COUNT_NO_CT: u32 = 0;
-    pub const COUNT_WITH_CT: u32 = 1;
-    pub const COUNT_LOST: u32 = 2;
-    pub const COUNT_UNPARSED: u32 = 3;
-    pub const COUNT_SLOTS: u32 = 4;
+    pub const COUNT_LOST: u32 = 0;
+    /// Frees whose IP header could not be read (no event sent).
+    pub const COUNT_UNPARSED: u32 = 1;
+    pub const COUNT_SLOTS: u32 = 2;
     /// `DropEvent::direction`.
     pub const DIR_IN: u8 = 0;
     pub const DIR_OUT: u8 = 1;

@@ -93,15 +93,6 @@ pub fn drop_kfree(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
-    let nfct: u64 = kread(skb, OFF_SKB_NFCT.load());
-    let has_ct = nfct & !7u64 != 0;
-    if is_nf {
-        count(if has_ct {
-            d::COUNT_WITH_CT
-        } else {
-            d::COUNT_NO_CT
-        });
-    }
     let head: u64 = kread(skb, OFF_SKB_HEAD.load());
     let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
     if head == 0 || nh == 0xffff {
@@ -147,7 +138,8 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
             ev.tcp_flags = l4[13];
         }
     }
-    ev.has_ct = has_ct as u8;
+    let nfct: u64 = kread(skb, OFF_SKB_NFCT.load());
+    ev.has_ct = (nfct & !7u64 != 0) as u8;
     let sk: u64 = kread(skb, OFF_SKB_SK.load());
     if sk != 0 {
         ev.direction = d::DIR_OUT;

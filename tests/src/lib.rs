@@ -397,18 +397,21 @@ pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value)
 
 const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
+/// The global nf_conntrack_max, as the kernel prints it (trimmed).
+pub fn ct_max() -> String {
+    std::fs::read_to_string(CT_MAX)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Restores the global nf_conntrack_max when dropped, also when the test panics while a lab
 /// that lowered it still runs (the lab is then killed and cannot restore it itself).
 pub struct CtMaxRestore(String);
 
 impl CtMaxRestore {
     pub fn save() -> Self {
-        Self(
-            std::fs::read_to_string(CT_MAX)
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        )
+        Self(ct_max())
     }
 }
 

@@ -25,19 +25,12 @@ fn stat_drop(ns: &Netns) -> u64 {
         .sum()
 }
 
-fn global_max() -> String {
-    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn table_full_drops_match_the_kernel_drop_stat() {
     if skip_unless_root("conntrack_table_full") {
         return;
     }
-    let max_before = global_max();
+    let max_before = ct_max();
     let _restore = CtMaxRestore::save();
     let ns = Netns::new("ct");
     let inode = ns.inode();
@@ -45,7 +38,7 @@ fn table_full_drops_match_the_kernel_drop_stat() {
     let before = stat_drop(&ns);
     let (facts, _) = run_lab(&ns, &["conntrack", "--ct-max", "64", "--duration", "2"]);
     assert_eq!(
-        global_max(),
+        ct_max(),
         max_before,
         "the lab restored the global nf_conntrack_max"
     );

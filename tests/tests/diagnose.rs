@@ -109,14 +109,11 @@ fn conntrack_full_is_named() {
     if skip_unless_root("diagnose_conntrack") {
         return;
     }
-    let before = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
+    let before = ct_max();
     let _restore = CtMaxRestore::save();
     let ns = Netns::new("dgct");
     let (r, _, _, _) = diagnose_during(&ns, &["conntrack", "--duration", "2"], "4", &[]);
-    assert_eq!(
-        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap(),
-        before
-    );
+    assert_eq!(ct_max(), before);
     let c = find(&r, "conntrack_full");
     assert_eq!(c["evidence"]["netns"].as_u64(), Some(ns.inode()), "{c}");
     assert!(c["evidence"]["table_full"].as_u64().unwrap() > 0, "{c}");

@@ -121,8 +121,7 @@ impl ConntrackRow {
 
     /// The kernel's drop rate as shown: `12.0/s`, or `-` before there are two readings.
     pub fn kernel_rate(&self) -> String {
-        self.kernel_drops_per_s
-            .map_or_else(|| "-".to_string(), |r| format!("{r:.1}/s"))
+        opt(self.kernel_drops_per_s.map(|r| format!("{r:.1}/s")))
     }
 }
 

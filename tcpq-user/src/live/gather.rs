@@ -154,7 +154,7 @@ pub fn snapshots(
             let at = std::time::Instant::now();
             let (prev_at, prev) = session.ct_drop_stat.insert(ns, (at, now))?;
             let secs = at.saturating_duration_since(prev_at).as_secs_f64();
-            (secs > 0.0).then(|| rate_per_s(now.saturating_sub(prev), secs))
+            Some(rate_per_s(now.saturating_sub(prev), secs))
         });
         if !snap.in_use && drops == 0 {
             continue;
