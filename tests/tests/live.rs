@@ -223,12 +223,18 @@ fn top_json_attributes_the_overflow_to_its_process_namespace_and_cgroup() {
     );
     assert!(l["backlog"].as_u64().is_some(), "{l}");
     let overflows = delta(&before, &after, "TcpExt:ListenOverflows");
-    eprintln!("top frames: syn+ack {syn_ack}, kernel ListenOverflows {overflows}");
+    eprintln!(
+        "top frames: syn+ack {syn_ack}, kernel ListenOverflows {overflows}, lost_total {}",
+        frames.last().unwrap()["lost_total"]
+    );
     assert!(overflows > 0);
-    // As in nginx.rs: never above the kernel; a rare backlog race may miss one (seen once).
+    // As in nginx.rs: never above the kernel; a rare backlog race may miss one (seen once), and
+    // a shortfall beyond that must be within what top reports as possibly unseen (lost_total
+    // includes skipped runs and unresolved listen records).
+    let reported = frames.last().unwrap()["lost_total"].as_u64().unwrap();
     assert!(
-        syn_ack <= overflows && overflows - syn_ack <= (overflows / 1000).max(1),
-        "syn+ack over the frames {syn_ack} ≈ ListenOverflows {overflows}"
+        syn_ack <= overflows && overflows - syn_ack <= (overflows / 1000).max(1).max(reported),
+        "syn+ack over the frames {syn_ack} ≈ ListenOverflows {overflows} (reported unseen {reported})"
     );
     let cause = frames
         .iter()

@@ -373,10 +373,7 @@ fn run_facts(
             .sum(),
         confirmed,
         other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
-        // Parked records whose outcome never came are unresolved too.
-        unresolved: sum_per_cpu(counts, tcpq_common::kind::UNRESOLVED as u32)
-            + sum_per_cpu(counts, tcpq_common::kind::PARKED as u32)
-                .saturating_sub(sum_per_cpu(counts, tcpq_common::kind::PARK_RESOLVED as u32)),
+        unresolved: crate::listen::unresolved_records(counts),
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
         missed_runs,

@@ -206,7 +206,14 @@ impl Metrics {
             folded_labels.clone(),
         );
         // Loss is always shown, zero included.
-        for family in ["listen", "connect", "drop", "accept", "missed_runs"] {
+        for family in [
+            "listen",
+            "connect",
+            "drop",
+            "accept",
+            "missed_runs",
+            "unresolved",
+        ] {
             let _ = lost.get_or_create(&FamilyLabel {
                 family: family.into(),
             });
@@ -307,6 +314,7 @@ impl Metrics {
             ("drop", lost.drop, self.last_lost.drop),
             ("accept", lost.accept, self.last_lost.accept),
             ("missed_runs", lost.missed_runs, self.last_lost.missed_runs),
+            ("unresolved", lost.unresolved, self.last_lost.unresolved),
         ] {
             self.lost
                 .get_or_create(&FamilyLabel {

@@ -107,11 +107,13 @@ pub struct Lost {
     /// Program runs the kernel skipped (recursion guard: the program was already running on
     /// that CPU), all families together.
     pub missed_runs: u64,
+    /// Listen records whose outcome the kernel side never saw (`listen::unresolved_records`).
+    pub unresolved: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.listen + self.connect + self.drop + self.accept + self.missed_runs
+        self.listen + self.connect + self.drop + self.accept + self.missed_runs + self.unresolved
     }
 }
 
@@ -122,6 +124,8 @@ pub struct Session {
     drop_ring: RingBuf<MapData>,
     accept_ring: RingBuf<MapData>,
     listen_lost: PerCpuArray<MapData, u64>,
+    /// Run-wide listen counters (unresolved and parked records).
+    listen_counts: PerCpuArray<MapData, u64>,
     connect_counts: PerCpuArray<MapData, u64>,
     drop_counts: PerCpuArray<MapData, u64>,
     accept_lost: PerCpuArray<MapData, u64>,
@@ -194,6 +198,7 @@ impl Session {
         let drop_ring = loaded.take_ring(names::DROP_EVENTS)?;
         let accept_ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
         let listen_lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
+        let listen_counts = loaded.take_per_cpu_counters(names::LISTEN_COUNTS)?;
         let connect_counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
         let drop_counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
         let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
@@ -208,6 +213,7 @@ impl Session {
             drop_ring,
             accept_ring,
             listen_lost,
+            listen_counts,
             connect_counts,
             drop_counts,
             accept_lost,
@@ -324,6 +330,7 @@ impl Session {
             drop: sum_per_cpu(&self.drop_counts, tcpq_common::drop::COUNT_LOST),
             accept: sum_per_cpu(&self.accept_lost, 0),
             missed_runs: self.loaded.missed_runs(),
+            unresolved: crate::listen::unresolved_records(&self.listen_counts),
         }
     }
 }
