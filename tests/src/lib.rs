@@ -422,3 +422,98 @@ impl Drop for CtMaxRestore {
         }
     }
 }
+
+/// tcpq's program names (tcpq-common's `names::PROG_*`); the kernel keeps at most 15 bytes.
+const TCPQ_PROGRAMS: &[&str] = &[
+    "listen_ingress",
+    "synack_retransmit",
+    "send_reset",
+    "sys_enter_listen",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "fentry_probe",
+    "sock_state",
+    "floor_probe",
+    "outcome_xmit",
+    "outcome_child",
+    "outcome_consume",
+    "outcome_kfree",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "connect_state",
+    "connect_retrans",
+    "drop_kfree",
+    "drop_owner",
+    "accept_enqueue",
+    "accept_enter4",
+    "accept_enter",
+    "accept_exit4",
+    "accept_exit",
+];
+
+/// One attachment of a tcpq program, as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedProgram {
+    pub name: String,
+    pub prog_id: u32,
+    pub link_id: u32,
+}
+
+/// tcpq's programs attached right now (by any process), from the kernel's own lists: every BPF
+/// link (cgroup_skb, raw tracepoint and perf-event tracepoint attachments alike) joined with its
+/// program, kept when the program's name is one of tcpq's.
+pub fn attached_tcpq_programs() -> Vec<AttachedProgram> {
+    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .filter(|(_, n)| TCPQ_PROGRAMS.iter().any(|t| &t[..t.len().min(15)] == n))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter_map(|l| {
+            Some(AttachedProgram {
+                name: names.get(&l.program_id())?.clone(),
+                prog_id: l.program_id(),
+                link_id: l.id(),
+            })
+        })
+        .collect()
+}
+
+/// Ids of the BPF programs a process holds (the `prog_id` of its program and link descriptors
+/// in /proc/PID/fdinfo): with `attached_tcpq_programs`, what one tcpq has attached, apart from
+/// any other tcpq running at the same time.
+pub fn bpf_programs_of(pid: u32) -> std::collections::HashSet<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Runs `tmux ARGS`; its stdout.
+pub fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (cargo xtask setup installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tmux session owned by the test: killed on drop.
+pub struct TmuxSession(pub String);
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -25,6 +25,7 @@ pub struct DiagnoseArgs {
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let mut session = Session::start()?;
     stop::install();
+    stop::watch_terminal();
     // TCPQ_BPF_STATS=1: have the kernel time every program run (BPF_ENABLE_STATS, released with
     // the fd) and report ns per run; `cargo xtask bench` uses it.
     let stats_fd = (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))

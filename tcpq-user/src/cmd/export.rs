@@ -28,6 +28,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
     })?;
     let mut producer = Producer::start()?;
     stop::install();
+    stop::watch_terminal();
     let mut metrics = Metrics::new(args.top_k);
     let page = Arc::new(Mutex::new(metrics.encode()));
     let served = Arc::clone(&page);

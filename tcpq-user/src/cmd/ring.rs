@@ -1,6 +1,6 @@
 //! The event loop every tracing command shares: drain a ring buffer as it fills, tick every
-//! second, summarize periodically, stop on Ctrl-C/SIGTERM/SIGHUP or after a duration, then drain
-//! what the kernel already queued and summarize the whole run.
+//! second, summarize periodically, stop on Ctrl-C/SIGTERM/SIGHUP, the terminal's hangup or after
+//! a duration, then drain what the kernel already queued and summarize the whole run.
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -30,6 +30,8 @@ pub fn run(
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+        // The terminal going away arrives as a SIGHUP too (handled just above).
+        crate::stop::watch_terminal();
         // Announce only now: a signal sent after the banner must find the handlers in place.
         ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -3,11 +3,12 @@
 //! (`-b`, or when stdout is not a terminal) or as one NDJSON object per frame (`--json`).
 use std::{
     io::{IsTerminal as _, Write as _},
+    os::fd::{AsFd as _, AsRawFd as _},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     live::{
@@ -119,6 +120,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
     let full_screen = !args.batch && !args.json && std::io::stdout().is_terminal();
     let mut producer = Producer::start()?;
     stop::install();
+    stop::watch_terminal();
     if full_screen {
         return run_tui(producer, args.delay);
     }
@@ -155,38 +157,57 @@ pub fn run(args: TopArgs) -> Result<i32> {
 }
 
 fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
-    // ratatui::init() enters raw mode and the alternate screen and installs a panic hook that
-    // restores the terminal; restore() below covers normal exit and errors.
-    let mut terminal = ratatui::init();
+    let mut keys = Keys::open();
+    // Raw mode, the alternate screen and a panic hook that restores them; a terminal that is
+    // already gone is an error here, not a panic (ratatui::init).
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ratatui::try_restore(); // raw mode may be on already
+            return Err(e).context("set up the terminal");
+        }
+    };
+    let mut gone = false;
     let result = (|| -> Result<()> {
         let mut ui = UiState::default();
         let mut shown = Frame::default();
         let mut history = History::default();
+        gone = !draw_view(&mut terminal, &shown, &history, &ui)?;
         let mut quit = false;
-        terminal
-            .draw(|t| tui::draw(t, &shown, &history, &ui))
-            .context("draw the screen")?;
-        while !quit && !stop::requested() {
+        while !quit && !gone && !stop::requested() {
             let deadline = Instant::now() + delay;
-            let mut redraw = false;
+            let mut failed = None;
             producer.collect_until(deadline, |wait| {
-                if let Ok(true) = event::poll(wait)
-                    && let Ok(Event::Key(k)) = event::read()
-                    && k.kind == KeyEventKind::Press
-                {
-                    if tui::handle_key(&mut ui, k) == Action::Quit {
-                        quit = true;
+                let pressed = match keys.wait(wait) {
+                    Input::Keys(k) => k,
+                    Input::Nothing => return true,
+                    Input::Gone => {
+                        gone = true;
                         return false;
                     }
-                    redraw = true;
+                };
+                if pressed
+                    .into_iter()
+                    .any(|k| tui::handle_key(&mut ui, k) == Action::Quit)
+                {
+                    quit = true;
+                    return false;
                 }
-                if redraw {
-                    redraw = false;
-                    let _ = terminal.draw(|t| tui::draw(t, &shown, &history, &ui));
+                match draw_view(&mut terminal, &shown, &history, &ui) {
+                    Ok(drawn) => {
+                        gone = !drawn;
+                        drawn
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
                 }
-                true
             });
-            if quit {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if quit || gone || stop::requested() {
                 break;
             }
             let frame = producer.tick().frame;
@@ -194,12 +215,183 @@ fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
                 shown = frame;
                 history = producer.history.clone();
             }
-            terminal
-                .draw(|t| tui::draw(t, &shown, &history, &ui))
-                .context("draw the screen")?;
+            gone = !draw_view(&mut terminal, &shown, &history, &ui)?;
         }
         Ok(())
     })();
-    ratatui::restore();
+    // Nothing to restore, nor anyone to tell, once the terminal is gone.
+    if let Err(e) = ratatui::try_restore()
+        && !gone
+        && !stop::requested()
+    {
+        let _ = writeln!(std::io::stderr(), "tcpq: restore the terminal: {e}");
+    }
     result.map(|_| 0)
+}
+
+/// Draws the view; false when the terminal is gone (EIO: it hung up) or a stop was requested.
+fn draw_view(
+    terminal: &mut ratatui::DefaultTerminal,
+    shown: &Frame,
+    history: &History,
+    ui: &UiState,
+) -> Result<bool> {
+    match terminal.draw(|t| tui::draw(t, shown, history, ui)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EIO) || stop::requested() => Ok(false),
+        Err(e) => Err(e).context("draw the screen"),
+    }
+}
+
+/// What the keyboard gave within one wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Keys(Vec<KeyEvent>),
+    /// The wait ended (timeout, a signal) with no key.
+    Nothing,
+    /// The terminal hung up (EOF, EIO, POLLHUP): quit.
+    Gone,
+}
+
+/// The keyboard, read by tcpq itself rather than by crossterm's event reader: crossterm 0.28
+/// re-reads the terminal until EWOULDBLOCK, and a hung-up terminal answers EOF at once, every
+/// time — `tcpq top` spun there at 100 % CPU, deaf to signals, once its tmux session was killed.
+struct Keys {
+    /// The terminal (stdin's, else /dev/tty, as crossterm chooses); None: no keyboard.
+    tty: Option<std::fs::File>,
+}
+
+impl Keys {
+    fn open() -> Self {
+        let stdin = std::io::stdin();
+        let tty = if stdin.is_terminal() {
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::fs::File::from)
+        } else {
+            std::fs::File::open("/dev/tty").ok()
+        };
+        Self { tty }
+    }
+
+    /// Blocks up to `wait` for keys; returns early on a signal or when the terminal hangs up.
+    fn wait(&mut self, wait: Duration) -> Input {
+        let mut fds = [
+            libc::pollfd {
+                // poll ignores a negative descriptor: without a keyboard this only waits.
+                fd: self.tty.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            // The screen, for its hangup only (no events asked: POLLHUP / POLLERR).
+            libc::pollfd {
+                fd: libc::STDOUT_FILENO,
+                events: 0,
+                revents: 0,
+            },
+        ];
+        // Rounded up: a 0 ms timeout would return at once, again and again, until the deadline.
+        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            return match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::Interrupted => Input::Nothing,
+                // poll itself failing would fail again at once: end rather than spin.
+                _ => Input::Gone,
+            };
+        }
+        let lost = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        if fds.iter().any(|p| p.revents & lost != 0) {
+            return Input::Gone;
+        }
+        let Some(tty) = self
+            .tty
+            .as_mut()
+            .filter(|_| fds[0].revents & libc::POLLIN != 0)
+        else {
+            return Input::Nothing;
+        };
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(tty, &mut buf) {
+            Ok(0) => Input::Gone,
+            Ok(n) => Input::Keys(parse_keys(&buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Input::Nothing
+            }
+            Err(_) => Input::Gone,
+        }
+    }
+}
+
+/// The keys in what a raw-mode terminal sent: characters, Enter, Tab, Backspace, Esc, Ctrl-C
+/// and the arrow keys (CSI / SS3 sequences; any other sequence is skipped whole).
+fn parse_keys(bytes: &[u8]) -> Vec<KeyEvent> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut chars = text.chars().peekable();
+    let mut keys = Vec::new();
+    while let Some(c) = chars.next() {
+        let (code, modifiers) = match c {
+            '\x1b' if matches!(chars.peek(), Some('[' | 'O')) => {
+                chars.next();
+                // Parameters and intermediates up to the final byte (@ to ~).
+                match chars.find(|c| ('@'..='~').contains(c)) {
+                    Some('A') => (KeyCode::Up, KeyModifiers::NONE),
+                    Some('B') => (KeyCode::Down, KeyModifiers::NONE),
+                    _ => continue,
+                }
+            }
+            '\x1b' => (KeyCode::Esc, KeyModifiers::NONE),
+            '\r' | '\n' => (KeyCode::Enter, KeyModifiers::NONE),
+            '\t' => (KeyCode::Tab, KeyModifiers::NONE),
+            '\x7f' | '\x08' => (KeyCode::Backspace, KeyModifiers::NONE),
+            '\x03' => (KeyCode::Char('c'), KeyModifiers::CONTROL),
+            c if c.is_control() => continue,
+            c => (KeyCode::Char(c), KeyModifiers::NONE),
+        };
+        keys.push(KeyEvent::new(code, modifiers));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn raw_terminal_bytes_become_keys() {
+        assert_eq!(
+            parse_keys(b"q/ab\x7f\r\t?"),
+            vec![
+                key(KeyCode::Char('q')),
+                key(KeyCode::Char('/')),
+                key(KeyCode::Char('a')),
+                key(KeyCode::Char('b')),
+                key(KeyCode::Backspace),
+                key(KeyCode::Enter),
+                key(KeyCode::Tab),
+                key(KeyCode::Char('?')),
+            ]
+        );
+        assert_eq!(
+            parse_keys(b"\x1b[A\x1bOB\x1b[1;5C\x1b"),
+            vec![key(KeyCode::Up), key(KeyCode::Down), key(KeyCode::Esc)]
+        );
+        assert_eq!(
+            parse_keys(b"\x03"),
+            vec![KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)]
+        );
+        assert_eq!(parse_keys("é".as_bytes()), vec![key(KeyCode::Char('é'))]);
+    }
 }

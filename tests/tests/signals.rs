@@ -1,0 +1,511 @@
+//! tcpq leaves within 1 s of SIGTERM, SIGINT, SIGHUP or its terminal going away, in every live
+//! mode and mid-incident, and none of its programs stays attached (issue 19: `tcpq top` in a tmux
+//! session killed during `lab overflow` spun at 100 % CPU, deaf to signals, until SIGKILL).
+//! Times run from the moment of the signal or the terminal's loss to the process being gone.
+use std::{
+    collections::HashSet,
+    ffi::OsStr,
+    fmt::Debug,
+    io::{BufRead as _, BufReader, Read as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use tcpq_tests::*;
+
+/// How long tcpq may take to leave.
+const LIMIT: Duration = Duration::from_secs(1);
+
+/// The process has left: no /proc entry, or every thread of it a zombie (the last thread to
+/// exit releases its descriptors, and with them its BPF links, before it becomes one; the
+/// leader alone being a zombie is not enough).
+fn gone(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(state, None | Some("Z" | "X"))
+    })
+}
+
+/// Where a process that did not leave is: every thread's state and kernel wait channel.
+fn whereabouts(pid: u32) -> String {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.filter_map(Result::ok) {
+            let p = t.path();
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+            out.push(format!("{} wchan={wchan}", stat.trim()));
+        }
+    }
+    out.join("\n")
+}
+
+/// Waits (polling every 2 ms) until `pid` is gone or LIMIT has passed since `since`; the time
+/// it took. Not gone in time: where it is, then SIGKILL, and the test fails.
+fn assert_leaves(what: &str, pid: u32, since: Instant) -> Duration {
+    while !gone(pid) {
+        if since.elapsed() > LIMIT {
+            let at = whereabouts(pid);
+            // SAFETY: kill(2) on the pid of the tcpq this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{what}: tcpq (pid {pid}) still running {LIMIT:?} later:\n{at}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = since.elapsed();
+    eprintln!("{what}: tcpq left after {took:?}");
+    took
+}
+
+/// tcpq's attachments that belong to process `pid`, from the kernel's lists.
+fn attached_by(ours: &HashSet<u32>) -> Vec<AttachedProgram> {
+    attached_tcpq_programs()
+        .into_iter()
+        .filter(|a| ours.contains(&a.prog_id))
+        .collect()
+}
+
+/// The programs `pid` holds, after checking that the kernel lists some of them as attached
+/// (so that the check after it left can fail).
+fn programs_attached_by(what: &str, pid: u32) -> HashSet<u32> {
+    let ours = bpf_programs_of(pid);
+    let attached = attached_by(&ours);
+    assert!(
+        !attached.is_empty(),
+        "{what}: no attached tcpq program of pid {pid} in the kernel's lists (it holds programs {ours:?}; attached tcpq programs: {:?})",
+        attached_tcpq_programs()
+    );
+    eprintln!(
+        "{what}: {} attachments of tcpq's programs listed as BPF links while it runs: {:?}",
+        attached.len(),
+        attached.iter().map(|a| a.name.as_str()).collect::<Vec<_>>()
+    );
+    ours
+}
+
+fn assert_detached(what: &str, ours: &HashSet<u32>) {
+    let left = attached_by(ours);
+    assert!(
+        left.is_empty(),
+        "{what}: still attached after tcpq left: {left:?}"
+    );
+}
+
+/// tcpq with its stdout drained (a full pipe would block it) and stderr on a channel.
+struct Running {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `tcpq ARGS` and returns once stderr shows a line starting with `ready`.
+    fn start<S: AsRef<OsStr> + Debug>(args: &[S], ready: &str) -> Self {
+        let mut child = tcpq()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpq");
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        let (tx, stderr) = mpsc::channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match stderr.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.starts_with(ready) => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tcpq {args:?} did not start: {seen:?}");
+                }
+            }
+        }
+        Self { child, stderr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tcpq ARGS` during a SYN storm (one raw sender per CPU, as fast as the machine goes, at a
+/// full listener) gets `sig`: it leaves within LIMIT and its programs are detached.
+fn leaves_on_signal_during_a_storm<S: AsRef<OsStr> + Debug>(
+    what: &str,
+    args: &[S],
+    ready: &str,
+    sig: libc::c_int,
+) {
+    let ns = Netns::new("sigst");
+    let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9811", "--duration", "60"]);
+    let mut tcpq = Running::start(args, ready);
+    std::thread::sleep(Duration::from_millis(1500)); // the storm reaches tcpq's loop
+    let ours = programs_attached_by(what, tcpq.pid());
+    let since = Instant::now();
+    // SAFETY: kill(2) on the pid of the tcpq this test started.
+    unsafe { libc::kill(tcpq.pid() as i32, sig) };
+    let took = assert_leaves(what, tcpq.pid(), since);
+    let status = tcpq.child.wait().unwrap();
+    let errors: Vec<String> = tcpq.stderr.try_iter().collect();
+    assert!(
+        status.success(),
+        "{what}: tcpq exited with {status} after {took:?}: {errors:?}"
+    );
+    assert_detached(what, &ours);
+}
+
+/// A root-only test that runs one check: `name: check(args…)`.
+macro_rules! root_test {
+    ($name:ident: $check:ident($($arg:expr),+ $(,)?)) => {
+        #[test]
+        fn $name() {
+            if skip_unless_root(stringify!($name)) {
+                return;
+            }
+            $check($($arg),+);
+        }
+    };
+}
+
+root_test!(
+    top_batch_leaves_within_1s_of_sigterm_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "top -b, SIGTERM",
+        &["top", "-b", "-d", "1s"],
+        "tcpq: top:",
+        libc::SIGTERM,
+    )
+);
+root_test!(
+    top_json_leaves_within_1s_of_sigterm_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "top --json, SIGTERM",
+        &["top", "--json", "-d", "1s"],
+        "tcpq: top:",
+        libc::SIGTERM,
+    )
+);
+root_test!(
+    top_json_leaves_within_1s_of_sigint_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "top --json, SIGINT",
+        &["top", "--json", "-d", "1s"],
+        "tcpq: top:",
+        libc::SIGINT,
+    )
+);
+root_test!(
+    trace_overflow_leaves_within_1s_of_sigterm_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "trace overflow, SIGTERM",
+        &["trace", "overflow"],
+        "tcpq: tracing",
+        libc::SIGTERM,
+    )
+);
+root_test!(
+    trace_connect_leaves_within_1s_of_sighup_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "trace connect, SIGHUP",
+        &["trace", "connect"],
+        "tcpq: tracing",
+        libc::SIGHUP,
+    )
+);
+root_test!(
+    diagnose_leaves_within_1s_of_sigterm_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "diagnose, SIGTERM",
+        &["diagnose", "--duration", "60s"],
+        "tcpq: diagnosing",
+        libc::SIGTERM,
+    )
+);
+root_test!(
+    export_leaves_within_1s_of_sigterm_during_a_storm:
+    leaves_on_signal_during_a_storm(
+        "export, SIGTERM",
+        &["export".to_string(), "--listen".to_string(), free_loopback_addr()],
+        "tcpq: serving",
+        libc::SIGTERM,
+    )
+);
+
+/// 127.0.0.1:PORT with a port nothing listens on right now.
+fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Polls `check` every 100 ms for up to `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// What an ssh disconnect does to `tcpq top`: the session holding its terminal is killed while
+/// an incident feeds its events path.
+#[test]
+fn top_leaves_within_1s_when_its_tmux_session_is_killed_mid_incident() {
+    if skip_unless_root("signals_top_tmux") {
+        return;
+    }
+    let name = format!("tcpqsig{}", std::process::id());
+    let status = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &name, "-x", "200", "-y", "60"])
+        .arg(format!("exec {} top", tcpq_bin().display()))
+        .status()
+        .expect("tmux");
+    assert!(status.success());
+    let _session = TmuxSession(name.clone());
+    let pid: u32 = tmux(&["display-message", "-p", "-t", &name, "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("the pane's pid");
+    let screen = || tmux(&["capture-pane", "-p", "-t", &name]);
+    assert!(
+        eventually(Duration::from_secs(30), || screen().contains("Causes now")),
+        "the view did not come up: {}",
+        screen()
+    );
+    let ns = Netns::new("sigtm");
+    let _lab = BackgroundLab::start(&ns, &["overflow", "--duration", "20"]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = screen();
+            s.contains("accept_queue_full") || s.contains("app_not_accepting")
+        }),
+        "the incident did not reach the view: {}",
+        screen()
+    );
+    let ours = programs_attached_by("top in tmux", pid);
+    let since = Instant::now();
+    tmux(&["kill-session", "-t", &name]);
+    assert_leaves("top in tmux, session killed", pid, since);
+    assert_detached("top in tmux", &ours);
+}
+
+/// A pseudo-terminal: the master end (the "terminal emulator") and the slave end.
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize {
+        ws_row: 50,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors to the given ints; a null name and termios are
+    // allowed, and the winsize outlives the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    for fd in [master, slave] {
+        // SAFETY: fcntl on a descriptor just opened. Close-on-exec: a child that inherited the
+        // master (tcpq itself, a lab) would keep the terminal open after the test closes it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: both descriptors were just opened by openpty and are owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// Reads the master end (as a terminal emulator would) until told to stop; polls with a
+/// timeout so that no read is in progress when the master is closed (a blocked read would
+/// keep the terminal open).
+struct Screen {
+    text: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Screen {
+    fn watch(master: &OwnedFd) -> Self {
+        let fd = master.as_raw_fd();
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s) = (Arc::clone(&text), Arc::clone(&stop));
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::SeqCst) {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one live pollfd; the master stays open until this thread is joined.
+                if unsafe { libc::poll(&mut p, 1, 20) } <= 0 || p.revents & libc::POLLIN == 0 {
+                    continue;
+                }
+                // SAFETY: reads at most buf.len() bytes into the live buffer.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                if let Ok(mut t) = t.lock() {
+                    t.extend_from_slice(&buf[..n as usize]);
+                }
+            }
+        });
+        Self {
+            text,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    fn shows(&self, what: &str) -> bool {
+        self.text
+            .lock()
+            .map(|t| String::from_utf8_lossy(&t).contains(what))
+            .unwrap_or(false)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.stop(); // before the master's descriptor number can be reused
+    }
+}
+
+/// `tcpq ARGS` on a pty (its controlling terminal when `controlling`, else only its stdin,
+/// stdout and stderr, so that no SIGHUP comes and the hangup itself must end it), mid-incident;
+/// the master end is closed: tcpq leaves within LIMIT with its programs detached.
+fn leaves_when_its_pty_is_closed(what: &str, args: &[&str], ready: &str, controlling: bool) {
+    let (master, slave) = open_pty();
+    let mut cmd = tcpq();
+    cmd.args(args)
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    if controlling {
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) makes a new
+        // session, ioctl(TIOCSCTTY) makes stdin (the pty) its controlling terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut screen = Screen::watch(&master);
+    let mut child = cmd.spawn().expect("spawn tcpq on the pty");
+    drop(cmd); // its copies of the slave end
+    drop(slave);
+    let pid = child.id();
+    let guard = KillOnDrop(pid);
+    assert!(
+        eventually(Duration::from_secs(60), || screen.shows(ready)),
+        "{what}: tcpq did not come up on the pty"
+    );
+    let ns = Netns::new("sigpty");
+    let _lab = BackgroundLab::start(&ns, &["overflow", "--duration", "20"]);
+    std::thread::sleep(Duration::from_millis(2500)); // the incident reaches tcpq's loop
+    let ours = programs_attached_by(what, pid);
+    screen.stop(); // nothing reads the master any more
+    let since = Instant::now();
+    drop(master);
+    assert_leaves(what, pid, since);
+    let _ = child.wait();
+    drop(guard);
+    assert_detached(what, &ours);
+}
+
+/// Kills the pid on drop (a failed assertion must not leave tcpq running).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !gone(self.0) {
+            // SAFETY: kill(2) on the pid of the tcpq this test started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+// The full-screen view places its words one by one: "Causes" is its first panel's title.
+root_test!(
+    top_leaves_within_1s_when_its_controlling_terminal_is_closed:
+    leaves_when_its_pty_is_closed("top on its controlling pty", &["top"], "Causes", true)
+);
+root_test!(
+    top_leaves_within_1s_when_its_terminal_hangs_up_without_a_sighup:
+    leaves_when_its_pty_is_closed("top on a pty, no SIGHUP", &["top"], "Causes", false)
+);
+root_test!(
+    top_batch_leaves_within_1s_when_its_terminal_hangs_up_without_a_sighup:
+    leaves_when_its_pty_is_closed(
+        "top -b on a pty, no SIGHUP",
+        &["top", "-b", "-d", "1s"],
+        "tcpq: top:",
+        false,
+    )
+);
+root_test!(
+    trace_overflow_leaves_within_1s_when_its_terminal_hangs_up_without_a_sighup:
+    leaves_when_its_pty_is_closed(
+        "trace overflow on a pty, no SIGHUP",
+        &["trace", "overflow"],
+        "tcpq: tracing",
+        false,
+    )
+);
