@@ -40,6 +40,8 @@ pub mod names {
     pub const DROP_COUNTS: &str = "DROP_COUNTS";
     pub const PROG_DROP_KFREE: &str = "drop_kfree";
     pub const PROG_DROP_OWNER: &str = "drop_owner";
+    /// LRU hash: socket pointer → the process that connected it (drop family).
+    pub const SOCK_OWNER: &str = "SOCK_OWNER";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";
 
     pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
@@ -50,6 +52,12 @@ pub mod names {
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT4: &str = "accept_exit4";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
+
+    /// Array indexed by `dispatcher::*`: the parts of each shared program that run now (the live
+    /// commands arm the per-connection and per-packet parts while their family has trouble).
+    pub const ARMED_PARTS: &str = "ARMED_PARTS";
+    /// The one program on `skb:kfree_skb`; `kfree_hooks` bits are its parts.
+    pub const PROG_SKB_KFREE: &str = "skb_kfree";
 }
 
 /// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
@@ -249,13 +257,34 @@ pub struct InAccept {
 pub mod state_hooks {
     /// connect: handshakes (SYN_SENT → ESTABLISHED / CLOSE).
     pub const CONNECT: u32 = 1;
-    /// drop: who connects each socket (unused when CONNECT is set: the handshakes say it).
+    /// drop: who connects each socket (for SYNs retransmitted from a timer).
     pub const OWNER: u32 = 2;
     /// accept: when each child entered the accept queue.
     pub const ENQUEUE: u32 = 4;
     /// listen: child sockets created (final-ACK outcomes).
     pub const CHILD: u32 = 8;
 }
+
+/// Programs shared by several hooks on one tracepoint (one program run per event, not one per
+/// family): their slot in `ARMED_PARTS`.
+pub mod dispatcher {
+    /// `sock_state` on `sock:inet_sock_set_state` (`state_hooks` bits).
+    pub const SOCK_STATE: u32 = 0;
+    /// `skb_kfree` on `skb:kfree_skb` (`kfree_hooks` bits).
+    pub const SKB_KFREE: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
+/// Bits of the KFREE_HOOKS knob: the families `skb_kfree` serves.
+pub mod kfree_hooks {
+    /// drop: packets netfilter dropped (leaves on the drop reason).
+    pub const DROP: u32 = 1;
+    /// listen: final ACKs dropped on overflow (outcome confirmation).
+    pub const OUTCOME: u32 = 2;
+}
+
+/// Size of a `SOCK_OWNER` value (tgid, padding, comm): userspace empties that map.
+pub const OWNER_SIZE: usize = 24;
 
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {

@@ -270,6 +270,38 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     }
 }
 
+/// The connect family while it is not armed (tier 1): only a handshake that ends SYN_SENT →
+/// CLOSE before the socket had a local port is reported — tcp_v4_connect()/tcp_v6_connect()
+/// set SYN_SENT, inet_hash_connect() found no free port (EADDRNOTAVAIL) and the failure path
+/// set CLOSE, still inside connect(), so the current task is the connecting process. Every
+/// other state change leaves after comparing the tracepoint's two arguments.
+#[inline(never)]
+pub fn on_state_unarmed(sk: u64, old: i32, new: i32) {
+    if old != TCP_SYN_SENT || new != TCP_CLOSE {
+        return;
+    }
+    if local_port(sk) != 0 {
+        return; // refused or timed out: the kernel counts it (AttemptFails), which arms us
+    }
+    let err: i32 = kread(sk, OFF_SK_ERR.load());
+    if err > 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let mut ev = ConnectEvent {
+        tgid: (id >> 32) as u32,
+        netns: sk_netns(sk),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        kind: c::HANDSHAKE,
+        result: -EADDRNOTAVAIL,
+        // SAFETY: no arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..ConnectEvent::default()
+    };
+    fill_from_sk(&mut ev, sk);
+    emit(&ev);
+}
+
 /// The process that started the handshake of `sk` (while it is in SYN_SENT).
 #[inline(always)]
 pub fn handshake_owner(sk: u64) -> Option<(u32, [u8; 16])> {

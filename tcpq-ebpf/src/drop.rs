@@ -3,9 +3,8 @@
 //! drop (nf_conntrack_in(): init_conntrack() failed); one with an entry was dropped by a rule.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint},
+    macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
 };
 use tcpq_common::{DropEvent, drop as d, state_hooks};
 
@@ -34,6 +33,8 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 
+const _: () = assert!(core::mem::size_of::<Owner>() == tcpq_common::OWNER_SIZE);
+
 #[map]
 static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
@@ -60,8 +61,12 @@ pub fn on_state(sk: u64, new: i32) {
 /// The process that connected `sk`, if tcpq saw it start the handshake.
 #[inline(always)]
 fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
-    if STATE_HOOKS.load() & state_hooks::CONNECT != 0 {
-        return crate::connect::handshake_owner(sk);
+    // The connect family's record of this very handshake first; else this family's own (the
+    // live commands arm them independently; userspace clears SOCK_OWNER when it disarms it).
+    if STATE_HOOKS.load() & state_hooks::CONNECT != 0
+        && let Some(o) = crate::connect::handshake_owner(sk)
+    {
+        return Some(o);
     }
     SOCK_OWNER.get_ptr(sk).map(|o| {
         // SAFETY: map value pointer, copied out at once.
@@ -78,18 +83,16 @@ fn count(slot: u32) {
     }
 }
 
-/// `skb:kfree_skb(skb, location, reason, rx_sk)`.
-#[raw_tracepoint(tracepoint = "kfree_skb")]
-pub fn drop_kfree(ctx: RawTracePointContext) -> i32 {
-    let reason = ctx.arg::<u64>(2) as u32;
+/// `skb:kfree_skb(skb, location, reason, rx_sk)` (via `state::skb_kfree`).
+// A BPF-to-BPF call, not inlined: the listen part's frame stays its own.
+#[inline(never)]
+pub fn on_kfree(skb: u64, reason: u32) {
     let nf = RSN_NETFILTER_DROP.load();
     let is_nf = nf != 0 && reason == nf;
     if !is_nf && !DROP_CONFIG.get(d::CONFIG_ALL_TCP).is_some_and(|v| *v == 1) {
-        return 0; // the common case: any other free
+        return; // the common case: any other free
     }
-    let skb: u64 = ctx.arg(0);
     let _ = try_drop(skb, reason, is_nf);
-    0
 }
 
 fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {

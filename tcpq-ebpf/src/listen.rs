@@ -1203,11 +1203,10 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
 }
 
 /// `skb:kfree_skb(skb, location, reason, rx_sk)`: a dropped final ACK (tcp_check_req():
-/// SKB_DROP_REASON_TCP_LISTEN_OVERFLOW; cookie_v4_check() frees it itself).
-#[raw_tracepoint(tracepoint = "kfree_skb")]
-pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
-    let skb: u64 = ctx.arg(0);
-    let reason = ctx.arg::<u64>(2) as u32;
+/// SKB_DROP_REASON_TCP_LISTEN_OVERFLOW; cookie_v4_check() frees it itself). Via
+/// `state::skb_kfree`.
+#[inline(always)]
+pub fn on_kfree(skb: u64, reason: u32) {
     resolve_freed(skb, || {
         if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
             FREED_LISTEN_OVERFLOW
@@ -1217,7 +1216,6 @@ pub fn outcome_kfree(ctx: RawTracePointContext) -> i32 {
             FREED_OTHER
         }
     });
-    0
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -97,4 +97,6 @@ offsets!(
     NR_CPUS,
     // Which families `state::sock_state` serves (tcpq_common::state_hooks bits).
     STATE_HOOKS,
+    // Which families `state::skb_kfree` serves (tcpq_common::kfree_hooks bits).
+    KFREE_HOOKS,
 );

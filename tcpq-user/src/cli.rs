@@ -76,6 +76,35 @@ impl LabArgs {
     }
 }
 
+/// How the live commands (top, export, diagnose) attach their programs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TierArgs {
+    /// `auto`: counters first — per-packet and per-connection programs are attached only while
+    /// their family's kernel counters show trouble; `all`: every program all the time.
+    /// Default: `auto` for top and export; `all` for diagnose (a bounded report wants every
+    /// detail from its first second: accept waits of connections queued before any trouble).
+    #[arg(long, value_enum)]
+    pub hooks: Option<HooksMode>,
+    /// With `--hooks auto`: detach a family's tracing programs after this long without trouble.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub quiet_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HooksMode {
+    Auto,
+    All,
+}
+
+impl TierArgs {
+    pub fn live(&self, default: HooksMode) -> crate::live::session::LiveOptions {
+        crate::live::session::LiveOptions {
+            hooks_all: self.hooks.unwrap_or(default) == HooksMode::All,
+            quiet: self.quiet_period,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpq",
@@ -153,6 +182,8 @@ pub enum Command {
         /// Exit 1 when a cause fired (for CI of load tests).
         #[arg(long)]
         fail_on_cause: bool,
+        #[command(flatten)]
+        tiers: TierArgs,
     },
     /// Live view: causes now, listeners, outbound connects, conntrack (full screen on a TTY;
     /// `-b` or no TTY: plain text frames; `--json`: NDJSON frames).
@@ -169,6 +200,8 @@ pub enum Command {
         /// Stop after this many frames (batch and JSON modes; default: until interrupted).
         #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
+        #[command(flatten)]
+        tiers: TierArgs,
     },
     /// Prometheus exporter: /metrics over HTTP (loopback unless told otherwise).
     Export {
@@ -184,6 +217,8 @@ pub enum Command {
         /// Stop after this long (default: until interrupted).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        #[command(flatten)]
+        tiers: TierArgs,
     },
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),

@@ -148,10 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             duration,
             json,
             fail_on_cause,
+            tiers,
         } => Ok(cmd::diagnose::run(cmd::diagnose::DiagnoseArgs {
             duration,
             json,
             fail_on_cause,
+            live: tiers.live(cli::HooksMode::All),
         })? as u8),
         Command::Sockets { pid, idle, json } => {
             Ok(cmd::sockets::run(cmd::sockets::SocketsArgs { pid, idle, json })? as u8)
@@ -181,22 +183,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             batch,
             json,
             iterations,
+            tiers,
         } => Ok(cmd::top::run(cmd::top::TopArgs {
             delay,
             batch,
             json,
             iterations,
+            live: tiers.live(cli::HooksMode::Auto),
         })? as u8),
         Command::Export {
             listen,
             interval,
             top_k,
             duration,
+            tiers,
         } => Ok(cmd::export::run(cmd::export::ExportArgs {
             listen,
             interval,
             top_k: top_k as usize,
             duration,
+            live: tiers.live(cli::HooksMode::Auto),
         })? as u8),
         Command::Lab(args) => {
             lab::run(args)?;

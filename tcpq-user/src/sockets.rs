@@ -194,6 +194,7 @@ mod tests {
                 bytes_acked: 10,
                 bytes_received: 20,
             }),
+            drops: None,
         }
     }
 

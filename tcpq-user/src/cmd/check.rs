@@ -78,6 +78,7 @@ pub fn run(json_out: bool) -> Result<i32> {
                     for h in &loaded.hooks {
                         let (state, detail) = match &h.state {
                             HookState::Attached => ("attached", h.spec.gives.to_string()),
+                            HookState::Standby => ("standby", h.spec.gives.to_string()),
                             HookState::Unavailable(why) => (
                                 "unavailable",
                                 format!("{why} — without it: {}", h.spec.without),

@@ -20,31 +20,32 @@ pub struct DiagnoseArgs {
     pub duration: Duration,
     pub json: bool,
     pub fail_on_cause: bool,
+    pub live: crate::live::session::LiveOptions,
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
-    let mut session = Session::start()?;
+    let mut session = Session::start(args.live)?;
     stop::install();
     stop::watch_terminal();
-    // TCPQ_BPF_STATS=1: have the kernel time every program run (BPF_ENABLE_STATS, released with
-    // the fd) and report ns per run; `cargo xtask bench` uses it.
-    let stats_fd = (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
-        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
-        .flatten();
-    if stats_fd.is_some() {
+    // TCPQ_BPF_STATS=1 (the session enables the kernel's run-time stats): report ns per run;
+    // `cargo xtask bench` uses it.
+    let stats = session.stats_fd.is_some();
+    if stats {
         // The floor next to the hooks' costs: an empty program on inet_sock_set_state. Best
         // effort: the report simply lacks the row if the kernel refuses it.
         let _ = crate::kernel::probe::attach_floor_probe(&mut session.loaded.ebpf);
     }
     let tty = std::io::stderr().is_terminal();
     eprintln!(
-        "tcpq: diagnosing for {:.0} s (every hook family attached)…",
-        args.duration.as_secs_f64()
+        "tcpq: diagnosing for {:.0} s ({})…",
+        args.duration.as_secs_f64(),
+        crate::live::session::describe_tiers(&args.live)
     );
     let started = Instant::now();
     let mut last_progress = 0;
     while started.elapsed() < args.duration && !stop::requested() {
         session.drain();
+        session.poll(false);
         let secs = started.elapsed().as_secs();
         if secs != last_progress {
             last_progress = secs;
@@ -85,7 +86,17 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         ),
         "stale ESTABLISHED and CLOSE_WAIT sockets of every process".to_string(),
     ];
-    let program_stats: Vec<Value> = if stats_fd.is_some() {
+    // Tier 0: each listener's exact refusals over the run (sk_drops), traced or not.
+    let refused_json: Vec<Value> = agg
+        .tier0_listeners
+        .iter()
+        .filter(|(_, t)| t.refused_interval > 0)
+        .map(|(id, t)| {
+            json!({"netns": id.netns, "laddr": id.laddr.to_string(), "lport": id.lport,
+                   "refused": t.refused_interval, "queue": t.queue, "backlog": t.backlog})
+        })
+        .collect();
+    let program_stats: Vec<Value> = if stats {
         session
             .loaded
             .ebpf
@@ -101,13 +112,16 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     };
     if args.json {
         let list: Vec<Value> = causes.iter().map(|c| c.to_json()).collect();
-        let mut report = json!({"duration_s": (duration_s * 10.0).round() / 10.0, "causes": list, "checked": checked, "lost_events": lost});
+        let mut report = json!({"duration_s": (duration_s * 10.0).round() / 10.0, "causes": list, "checked": checked, "lost_events": lost, "families": agg.families, "listeners_refused": refused_json});
         if !program_stats.is_empty() {
             report["program_stats"] = json!(program_stats);
         }
         println!("{report}");
     } else {
         println!("tcpq diagnose — {duration_s:.1} s, lost events: {lost}");
+        for f in &agg.families {
+            println!("  {} family: {} ({})", f.family, f.state, f.why);
+        }
         if causes.is_empty() {
             println!("no problem found. Checked:");
             for c in &checked {

@@ -17,6 +17,7 @@ pub struct ExportArgs {
     pub interval: Duration,
     pub top_k: usize,
     pub duration: Option<Duration>,
+    pub live: crate::live::session::LiveOptions,
 }
 
 pub fn run(args: ExportArgs) -> Result<i32> {
@@ -26,7 +27,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
             args.listen
         )
     })?;
-    let mut producer = Producer::start()?;
+    let mut producer = Producer::start(args.live)?;
     stop::install();
     stop::watch_terminal();
     let mut metrics = Metrics::new(args.top_k);

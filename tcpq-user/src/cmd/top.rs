@@ -15,7 +15,7 @@ use crate::{
         causes::{Cause, find_causes, socket_causes},
         frame::{self, Frame, History},
         gather,
-        session::{Aggregates, Session},
+        session::{Aggregates, LiveOptions, Session},
         tui::{self, Action, UiState},
     },
     stop,
@@ -27,6 +27,7 @@ pub struct TopArgs {
     pub batch: bool,
     pub json: bool,
     pub iterations: Option<u64>,
+    pub live: LiveOptions,
 }
 
 /// Socket-leak causes need a walk of every process's descriptors: refreshed this often.
@@ -50,8 +51,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn start() -> Result<Self> {
-        let session = Session::start()?;
+    pub fn start(live: LiveOptions) -> Result<Self> {
+        let session = Session::start(live)?;
         let now = Instant::now();
         Ok(Self {
             session,
@@ -66,6 +67,8 @@ impl Producer {
     /// Ends the interval and returns its frame, causes and aggregates.
     pub fn tick(&mut self) -> Tick {
         self.session.drain();
+        // Tier 0 read at the interval's end: its per-listener refusals are exact per interval.
+        self.session.poll(true);
         self.session.sample_acceptors();
         let secs = self.last_tick.elapsed().as_secs_f64().max(0.001);
         self.last_tick = Instant::now();
@@ -105,6 +108,7 @@ impl Producer {
                 return false;
             }
             self.session.drain();
+            self.session.poll(false);
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -118,14 +122,15 @@ impl Producer {
 
 pub fn run(args: TopArgs) -> Result<i32> {
     let full_screen = !args.batch && !args.json && std::io::stdout().is_terminal();
-    let mut producer = Producer::start()?;
+    let mut producer = Producer::start(args.live)?;
     stop::install();
     stop::watch_terminal();
     if full_screen {
         return run_tui(producer, args.delay);
     }
     eprintln!(
-        "tcpq: top: every hook family attached; a frame every {:.1} s",
+        "tcpq: top: {}; a frame every {:.1} s",
+        crate::live::session::describe_tiers(&args.live),
         args.delay.as_secs_f64()
     );
     let mut out = std::io::stdout().lock();

@@ -246,7 +246,7 @@ impl ConnectSession {
             .hooks
             .iter()
             .map(|h| match &h.state {
-                HookState::Attached => format!("{} ✓", h.spec.program),
+                HookState::Attached | HookState::Standby => format!("{} ✓", h.spec.program),
                 HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
             })
             .collect::<Vec<_>>()

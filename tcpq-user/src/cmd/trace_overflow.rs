@@ -417,7 +417,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         .hooks
         .iter()
         .map(|h| match &h.state {
-            HookState::Attached => format!("{} ✓", h.spec.program),
+            HookState::Attached | HookState::Standby => format!("{} ✓", h.spec.program),
             HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
         })
         .collect();

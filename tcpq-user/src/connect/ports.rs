@@ -316,6 +316,7 @@ mod tests {
             inode,
             cookie: 0,
             info: None,
+            drops: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! gives, whether tcpq can work without it, and why it may be unavailable (kunai's compat idea).
 //! All kernel plumbing lives in `kernel::*`; everything after decode is plain Rust.
 use std::{
+    collections::HashMap,
     fs::File,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
@@ -14,9 +15,11 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
-use tcpq_common::{config, names, state_hooks};
+use tcpq_common::{config, dispatcher, kfree_hooks, names, state_hooks};
 
 use super::{btf, env, tracefs};
 
@@ -31,10 +34,40 @@ pub enum Attach {
     RawTracepoint(&'static str),
     /// Tracepoint category/name (needs tracefs for the id and the record format).
     Tracepoint(&'static str, &'static str),
-    /// A part of `sock_state`, the one program on the `inet_sock_set_state` raw tracepoint
-    /// (`tcpq_common::state_hooks` bit): attached once for every family that needs it.
-    SockState(u32),
+    /// A part (a bit of its knob) of a program shared by several hooks on one tracepoint:
+    /// attached once for every family that needs it; each part runs while its bit is armed.
+    Part(Dispatcher, u32),
 }
+
+/// A program that serves several hooks on one tracepoint: one run per event instead of one
+/// per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatcher {
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+    /// The read-only global naming the parts loaded (the verifier drops the others' code).
+    pub knob: &'static str,
+    /// Its slot in ARMED_PARTS (`tcpq_common::dispatcher`).
+    pub slot: u32,
+}
+
+/// `sock:inet_sock_set_state` (`tcpq_common::state_hooks` bits).
+pub const SOCK_STATE: Dispatcher = Dispatcher {
+    program: names::PROG_SOCK_STATE,
+    tracepoint: "inet_sock_set_state",
+    knob: "STATE_HOOKS",
+    slot: dispatcher::SOCK_STATE,
+};
+
+/// `skb:kfree_skb` (`tcpq_common::kfree_hooks` bits).
+pub const SKB_KFREE: Dispatcher = Dispatcher {
+    program: names::PROG_SKB_KFREE,
+    tracepoint: "kfree_skb",
+    knob: "KFREE_HOOKS",
+    slot: dispatcher::SKB_KFREE,
+};
+
+const DISPATCHERS: [Dispatcher; 2] = [SOCK_STATE, SKB_KFREE];
 
 impl Attach {
     pub fn describe(&self) -> String {
@@ -42,7 +75,7 @@ impl Attach {
             Attach::CgroupSkbIngress => "cgroup_skb/ingress on the cgroup2 root".into(),
             Attach::RawTracepoint(n) => format!("raw_tracepoint {n}"),
             Attach::Tracepoint(c, n) => format!("tracepoint {c}:{n}"),
-            Attach::SockState(_) => "raw_tracepoint inet_sock_set_state (in sock_state)".into(),
+            Attach::Part(d, _) => format!("raw_tracepoint {} (in {})", d.tracepoint, d.program),
         }
     }
 }
@@ -70,7 +103,7 @@ pub struct HookSpec {
 pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         program: names::PROG_ACCEPT_ENQUEUE,
-        attach: Attach::SockState(state_hooks::ENQUEUE),
+        attach: Attach::Part(SOCK_STATE, state_hooks::ENQUEUE),
         family: Family::Accept,
         core: true,
         gives: "when each connection entered the accept queue",
@@ -110,7 +143,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_DROP_KFREE,
-        attach: Attach::RawTracepoint("kfree_skb"),
+        attach: Attach::Part(SKB_KFREE, kfree_hooks::DROP),
         family: Family::Drop,
         core: true,
         gives: "packets netfilter dropped (conntrack table full or a rule), with the 5-tuple and process",
@@ -118,7 +151,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_DROP_OWNER,
-        attach: Attach::SockState(state_hooks::OWNER),
+        attach: Attach::Part(SOCK_STATE, state_hooks::OWNER),
         family: Family::Drop,
         core: false,
         gives: "the connecting process of dropped SYN retransmits (sent from a timer)",
@@ -142,7 +175,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_CONNECT_STATE,
-        attach: Attach::SockState(state_hooks::CONNECT),
+        attach: Attach::Part(SOCK_STATE, state_hooks::CONNECT),
         family: Family::Connect,
         core: true,
         gives: "handshakes: source port, latency, refused/timed out",
@@ -174,7 +207,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_OUTCOME_CHILD,
-        attach: Attach::SockState(state_hooks::CHILD),
+        attach: Attach::Part(SOCK_STATE, state_hooks::CHILD),
         family: Family::Listen,
         core: false,
         gives: "outcome of each final ACK: child socket created",
@@ -190,7 +223,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_OUTCOME_KFREE,
-        attach: Attach::RawTracepoint("kfree_skb"),
+        attach: Attach::Part(SKB_KFREE, kfree_hooks::OUTCOME),
         family: Family::Listen,
         core: false,
         gives: "final ACKs dropped (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW)",
@@ -241,6 +274,9 @@ pub const HOOKS: &[HookSpec] = &[
 #[derive(Debug, Clone)]
 pub enum HookState {
     Attached,
+    /// Loaded and verified, not attached: the live commands attach it while its family is
+    /// armed (tier 2), see `Loaded::arm`.
+    Standby,
     Unavailable(String),
 }
 
@@ -314,6 +350,19 @@ pub struct LoadOptions {
     /// Programs of the loaded families this command does not read: left unattached (they cost
     /// the traced workload every time they fire) and left out of the hook list.
     pub unused: &'static [&'static str],
+    /// Programs loaded and verified now but attached only by `Loaded::arm` (tier 2 of the live
+    /// commands). A part of a shared program listed here is off in ARMED_PARTS until armed.
+    pub standby: &'static [&'static str],
+}
+
+/// How to detach a program tcpq attached after load.
+#[derive(Debug)]
+enum LinkHandle {
+    Cgroup(CgroupSkbLinkId),
+    Raw(RawTracePointLinkId),
+    Tracepoint(TracePointLinkId),
+    /// A part of a shared program: a bit of its ARMED_PARTS slot.
+    Part(u32, u32),
 }
 
 /// Loaded programs, attached links (detached on drop) and the maps userspace reads.
@@ -323,6 +372,12 @@ pub struct Loaded {
     pub env: Environment,
     /// Verdicts confirmed from the kernel's actions (all outcome hooks attached), not predicted.
     pub confirm: bool,
+    /// The cgroup2 root, kept for attaching cgroup programs later (`arm`).
+    cgroup: Option<File>,
+    /// Links of the standby programs attached now, by program name.
+    armed_links: HashMap<&'static str, LinkHandle>,
+    /// ARMED_PARTS as last written.
+    armed_parts: [u32; dispatcher::SLOTS as usize],
 }
 
 /// Programs that together let the listen path confirm each verdict.
@@ -363,6 +418,104 @@ impl Loaded {
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| fdinfo_counter(fd.as_fd().as_raw_fd(), "recursion_misses"))
             .sum()
+    }
+
+    /// Attaches every standby program of `family` (tier 2). The listen family's ingress hook
+    /// comes last: a packet it records must find the outcome hooks already in place (else its
+    /// record is left unresolved). Returns the programs attached; a program the kernel refuses
+    /// now is marked unavailable and reported, not fatal.
+    pub fn arm(&mut self, family: Family) -> Vec<String> {
+        let mut order: Vec<usize> = (0..self.hooks.len())
+            .filter(|&i| {
+                self.hooks[i].spec.family == family
+                    && matches!(self.hooks[i].state, HookState::Standby)
+            })
+            .collect();
+        order.sort_by_key(|&i| matches!(self.hooks[i].spec.attach, Attach::CgroupSkbIngress));
+        let mut problems = Vec::new();
+        for i in order {
+            let spec = self.hooks[i].spec;
+            let linked = match spec.attach {
+                Attach::Part(d, bit) => self
+                    .write_armed(d.slot, self.armed(d.slot) | bit)
+                    .map(|_| LinkHandle::Part(d.slot, bit)),
+                _ => link_loaded(&mut self.ebpf, &spec, self.cgroup.as_ref()),
+            };
+            match linked {
+                Ok(handle) => {
+                    self.armed_links.insert(spec.program, handle);
+                    self.hooks[i].state = HookState::Attached;
+                }
+                Err(why) => {
+                    problems.push(format!("{}: {why}", spec.program));
+                    self.hooks[i].state = HookState::Unavailable(why);
+                }
+            }
+        }
+        problems
+    }
+
+    /// Detaches what `arm(family)` attached, the listen ingress hook first (its records'
+    /// outcomes still arrive while the outcome hooks stay a moment longer).
+    pub fn disarm(&mut self, family: Family) {
+        let mut order: Vec<usize> = (0..self.hooks.len())
+            .filter(|&i| {
+                self.hooks[i].spec.family == family
+                    && self.armed_links.contains_key(self.hooks[i].spec.program)
+            })
+            .collect();
+        order.sort_by_key(|&i| !matches!(self.hooks[i].spec.attach, Attach::CgroupSkbIngress));
+        for i in order {
+            let spec = self.hooks[i].spec;
+            let Some(handle) = self.armed_links.remove(spec.program) else {
+                continue;
+            };
+            let result = match handle {
+                LinkHandle::Part(slot, bit) => self.write_armed(slot, self.armed(slot) & !bit),
+                other => unlink(&mut self.ebpf, spec.program, other),
+            };
+            self.hooks[i].state = match result {
+                Ok(()) => HookState::Standby,
+                // The link stays until the process exits (its fd is closed then).
+                Err(why) => HookState::Unavailable(format!("detach failed: {why}")),
+            };
+        }
+    }
+
+    /// Whether `family` has standby programs (it can be armed).
+    pub fn armable(&self, family: Family) -> bool {
+        self.hooks.iter().any(|h| {
+            h.spec.family == family
+                && (matches!(h.state, HookState::Standby)
+                    || self.armed_links.contains_key(h.spec.program))
+        })
+    }
+
+    /// Empties a hash map keyed by socket pointer (u64) whose values are `V` bytes: state a
+    /// disarmed part no longer keeps current (its socket-close cleanup stops with it).
+    pub fn clear_socket_map<const V: usize>(&mut self, name: &str) {
+        let Some(map) = self.ebpf.map_mut(name) else {
+            return;
+        };
+        let Ok(mut m) = aya::maps::HashMap::<&mut MapData, u64, [u8; V]>::try_from(map) else {
+            return;
+        };
+        let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+    }
+
+    fn armed(&self, slot: u32) -> u32 {
+        self.armed_parts.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    fn write_armed(&mut self, slot: u32, bits: u32) -> Result<(), String> {
+        write_armed_parts(&mut self.ebpf, slot, bits)?;
+        if let Some(b) = self.armed_parts.get_mut(slot as usize) {
+            *b = bits;
+        }
+        Ok(())
     }
 
     pub fn attached(&self, program: &str) -> bool {
@@ -453,51 +606,128 @@ pub fn attach_floor_probe(ebpf: &mut Ebpf) -> Result<(), String> {
     attach_raw_program(ebpf, names::PROG_FLOOR_PROBE, "inet_sock_set_state")
 }
 
+/// Loads `spec`'s program (the verifier runs now), and attaches it unless `standby`.
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &HookSpec,
     cgroup: Option<&File>,
     tracefs_ok: bool,
-) -> Result<(), String> {
-    match spec.attach {
-        Attach::RawTracepoint(name) => return attach_raw_program(ebpf, spec.program, name),
-        // Shared by several hooks (its parts chosen by the STATE_HOOKS knob): `load` attaches
-        // it once.
-        Attach::SockState(_) => {
-            return attach_raw_program(ebpf, names::PROG_SOCK_STATE, "inet_sock_set_state");
+    standby: bool,
+) -> Result<Option<LinkHandle>, String> {
+    let program = match spec.attach {
+        // Shared by several hooks (its parts chosen by its knob): `load` attaches it once; a
+        // standby part is a bit of ARMED_PARTS.
+        Attach::Part(d, _) => d.program,
+        _ => spec.program,
+    };
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the kernel object"))?;
+    let loaded = match spec.attach {
+        Attach::RawTracepoint(_) | Attach::Part(..) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load()
         }
-        Attach::CgroupSkbIngress | Attach::Tracepoint(..) => {}
+        Attach::CgroupSkbIngress => {
+            if cgroup.is_none() {
+                return Err("no cgroup2 mount to attach to".into());
+            }
+            let p: &mut CgroupSkb = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load()
+        }
+        Attach::Tracepoint(..) => {
+            if !tracefs_ok {
+                return Err("tracefs unavailable (see the tracefs line)".into());
+            }
+            let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load()
+        }
+    };
+    loaded.map_err(|e| explain_program_error(&e))?;
+    if standby && !matches!(spec.attach, Attach::Part(..)) {
+        return Ok(None);
     }
+    let spec = HookSpec { program, ..*spec };
+    link_loaded(ebpf, &spec, cgroup).map(Some)
+}
+
+/// Attaches the already loaded program of `spec`.
+fn link_loaded(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    cgroup: Option<&File>,
+) -> Result<LinkHandle, String> {
     let prog = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} missing from the kernel object", spec.program))?;
+    let attach_failed = |e: ProgramError| format!("attach failed: {}", explain_program_error(&e));
     match spec.attach {
+        Attach::RawTracepoint(name) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.attach(name).map(LinkHandle::Raw).map_err(attach_failed)
+        }
+        Attach::Part(d, _) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.attach(d.tracepoint)
+                .map(LinkHandle::Raw)
+                .map_err(attach_failed)
+        }
         Attach::CgroupSkbIngress => {
             let cgroup = cgroup.ok_or_else(|| "no cgroup2 mount to attach to".to_string())?;
             let p: &mut CgroupSkb = prog.try_into().map_err(|e| explain_program_error(&e))?;
-            p.load().map_err(|e| explain_program_error(&e))?;
-            // aya attaches with a BPF link on kernels ≥ 5.7: cgroup links always coexist with other
-            // programs (multi semantics) and the kernel rejects any flag there (EINVAL), so the
-            // mode must be `Single` (no flag) — it does not exclude systemd's own programs.
+            // aya attaches with a BPF link on kernels ≥ 5.7: cgroup links always coexist with
+            // other programs (multi semantics) and the kernel rejects any flag there (EINVAL),
+            // so the mode must be `Single` (no flag) — it does not exclude systemd's programs.
             p.attach(
                 cgroup,
                 CgroupSkbAttachType::Ingress,
                 CgroupAttachMode::Single,
             )
-            .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+            .map(LinkHandle::Cgroup)
+            .map_err(attach_failed)
         }
         Attach::Tracepoint(category, name) => {
-            if !tracefs_ok {
-                return Err("tracefs unavailable (see the tracefs line)".into());
-            }
             let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
-            p.load().map_err(|e| explain_program_error(&e))?;
             p.attach(category, name)
-                .map_err(|e| format!("attach failed: {}", explain_program_error(&e)))?;
+                .map(LinkHandle::Tracepoint)
+                .map_err(attach_failed)
         }
-        Attach::RawTracepoint(_) | Attach::SockState(_) => {}
     }
-    Ok(())
+}
+
+/// Detaches a link `link_loaded` made.
+fn unlink(ebpf: &mut Ebpf, program: &str, handle: LinkHandle) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the kernel object"))?;
+    let result = match handle {
+        LinkHandle::Cgroup(id) => {
+            let p: &mut CgroupSkb = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::Raw(id) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::Tracepoint(id) => {
+            let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::Part(..) => Ok(()),
+    };
+    result.map_err(|e| explain_program_error(&e))
+}
+
+/// Writes slot `slot` of ARMED_PARTS: the parts of that shared program that run.
+fn write_armed_parts(ebpf: &mut Ebpf, slot: u32, bits: u32) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(names::ARMED_PARTS)
+        .ok_or_else(|| format!("kernel object has no map {}", names::ARMED_PARTS))?;
+    let mut armed: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|e| format!("open {}: {e}", names::ARMED_PARTS))?;
+    armed
+        .set(slot, bits, 0)
+        .map_err(|e| format!("write {}: {e}", names::ARMED_PARTS))
 }
 
 /// Tracepoint field offsets the programs need; None when tracefs (or the event) is missing.
@@ -589,18 +819,20 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
     // The hooks this command uses.
     let selected =
         |h: &&HookSpec| families.contains(&h.family) && !opts.unused.contains(&h.program);
-    // The parts of sock_state these hooks need (a verifier-known constant: the code of the
-    // others is dropped).
-    let state_bits = HOOKS
-        .iter()
-        .filter(selected)
-        .filter(|h| !disabled.iter().any(|d| d == h.program))
-        .filter_map(|h| match h.attach {
-            Attach::SockState(bit) => Some(bit),
-            _ => None,
-        })
-        .fold(0, |bits, bit| bits | bit);
-    globals.push(("STATE_HOOKS", state_bits));
+    // The parts of each shared program these hooks need (a verifier-known constant: the code
+    // of the others is dropped).
+    for d in DISPATCHERS {
+        let bits = HOOKS
+            .iter()
+            .filter(selected)
+            .filter(|h| !disabled.iter().any(|x| x == h.program))
+            .filter_map(|h| match h.attach {
+                Attach::Part(hd, bit) if hd == d => Some(bit),
+                _ => None,
+            })
+            .fold(0, |bits, bit| bits | bit);
+        globals.push((d.knob, bits));
+    }
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
@@ -630,7 +862,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         Err(_) => None,
     };
     let mut hooks = Vec::new();
-    let mut sock_state: Option<Result<(), String>> = None;
+    let mut shared: HashMap<&'static str, Result<(), String>> = HashMap::new();
+    let mut armed_parts = [0u32; dispatcher::SLOTS as usize];
     for spec in HOOKS.iter().filter(selected) {
         if disabled.iter().any(|d| d == spec.program) {
             if spec.core {
@@ -646,16 +879,32 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             });
             continue;
         }
+        let standby = opts.standby.contains(&spec.program);
         let tracefs_ok = tp_ok || !matches!(spec.attach, Attach::Tracepoint(..));
         let attached = match spec.attach {
-            // One program for every state hook: attached with the first, its result shared.
-            Attach::SockState(_) => sock_state
-                .get_or_insert_with(|| attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok))
-                .clone(),
-            _ => attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok),
+            // One program for every part: attached with the first, its result shared; a part
+            // runs while its ARMED_PARTS bit is set.
+            Attach::Part(d, bit) => {
+                let once = shared
+                    .entry(d.program)
+                    .or_insert_with(|| {
+                        attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok, false).map(|_| ())
+                    })
+                    .clone();
+                if once.is_ok()
+                    && !standby
+                    && let Some(b) = armed_parts.get_mut(d.slot as usize)
+                {
+                    *b |= bit;
+                }
+                once.map(|_| standby)
+            }
+            _ => attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok, standby)
+                .map(|link| link.is_none()),
         };
         let state = match attached {
-            Ok(()) => HookState::Attached,
+            Ok(false) => HookState::Attached,
+            Ok(true) => HookState::Standby,
             Err(why) => {
                 if spec.core {
                     bail!(
@@ -669,10 +918,14 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         };
         hooks.push(HookStatus { spec: *spec, state });
     }
+    for (slot, bits) in armed_parts.iter().enumerate() {
+        write_armed_parts(&mut ebpf, slot as u32, *bits).map_err(|e| anyhow!(e))?;
+    }
+    // Standby outcome hooks count: they are attached before the ingress hook whenever it is.
     let confirm = OUTCOME_HOOKS.iter().all(|name| {
-        hooks
-            .iter()
-            .any(|h| h.spec.program == *name && matches!(h.state, HookState::Attached))
+        hooks.iter().any(|h| {
+            h.spec.program == *name && matches!(h.state, HookState::Attached | HookState::Standby)
+        })
     });
     if families.contains(&Family::Listen) {
         let map = ebpf
@@ -694,6 +947,9 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         hooks,
         env,
         confirm,
+        cgroup,
+        armed_links: HashMap::new(),
+        armed_parts,
     })
 }
 

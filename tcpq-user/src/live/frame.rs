@@ -65,8 +65,14 @@ pub struct ListenerRow {
     pub backlog: Option<u32>,
     /// Per kind id ("syn", "ack", "synq", "cookie", …) per second.
     pub per_s: BTreeMap<&'static str, f64>,
-    /// Exact counts per kind over the interval (the rates above are rounded).
+    /// Exact counts per kind over the interval (the rates above are rounded), from the
+    /// tier-2 programs: only while the listen family is tracing.
     pub counts: BTreeMap<&'static str, u64>,
+    /// Connections refused over the interval, exact: the listener's `sk_drops` (tier 0, read
+    /// whether or not anything is traced). None when sock_diag did not list the listener.
+    pub refused: Option<u64>,
+    /// Of `refused`, those no tier-2 program detailed (before tracing started).
+    pub untraced: Option<u64>,
     pub refused_per_s: f64,
     pub accepts_per_s: f64,
     pub accept_wait_p99_us: Option<u64>,
@@ -179,6 +185,8 @@ pub struct Frame {
     pub lost_total: u64,
     pub lost_interval: u64,
     pub counters: Vec<CounterRate>,
+    /// Per family: watching (kernel counters only) or tracing (tier 2 attached), since, why.
+    pub families: Vec<crate::live::engine::FamilyView>,
     pub causes: Vec<CauseRow>,
     pub listeners: Vec<ListenerRow>,
     pub outbound: Vec<OutboundRow>,
@@ -237,6 +245,14 @@ type ListenerAt = (u32, IpAddr, u16);
 /// (accept queue, backlog) last seen.
 type QueueBacklog = (u32, u32);
 
+/// One listener's row before rendering: tier-2 kinds, tier-0 refusals, queue.
+#[derive(Default)]
+struct ListenerMerge {
+    counts: KindCounts,
+    refused: Option<u64>,
+    queue_backlog: Option<QueueBacklog>,
+}
+
 fn rate(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
@@ -293,22 +309,28 @@ pub fn build(
         }
     }
 
-    // Listeners: every one with refusals or accepts this interval, merged by (netns, port,
-    // address).
-    let mut listeners: BTreeMap<ListenerAt, (KindCounts, Option<QueueBacklog>)> = BTreeMap::new();
+    // Listeners: every one with refusals, a queue or accepts this interval, merged by (netns,
+    // address, port); tier 0's exact refusal count next to tier 2's kinds.
+    let mut listeners: BTreeMap<ListenerAt, ListenerMerge> = BTreeMap::new();
     for a in agg.overflow.listeners.values() {
         let e = listeners
             .entry((a.key.netns, a.key.laddr, a.key.lport))
             .or_default();
-        e.0.merge(&a.total);
-        e.1 = Some((a.last_queue, a.backlog));
+        e.counts.merge(&a.total);
+        e.queue_backlog = Some((a.last_queue, a.backlog));
     }
     for (ns, laddr, lport) in agg.accepts.keys() {
         listeners.entry((*ns, *laddr, *lport)).or_default();
     }
+    for (id, t) in &agg.tier0_listeners {
+        let e = listeners.entry((id.netns, id.laddr, id.lport)).or_default();
+        *e.refused.get_or_insert(0) += t.refused_interval;
+        e.queue_backlog = Some((t.queue, t.backlog));
+    }
     let mut listener_rows: Vec<ListenerRow> = listeners
         .into_iter()
-        .map(|((ns, laddr, lport), (counts, qb))| {
+        .map(|((ns, laddr, lport), m)| {
+            let (counts, qb) = (m.counts, m.queue_backlog);
             let snap = snaps.listeners.get(&(ns, lport));
             let acc = agg.accepts.get(&(ns, laddr, lport));
             let per_s = OverflowKind::ALL
@@ -336,7 +358,9 @@ pub fn build(
                 backlog: snap.map(|s| s.backlog).or(qb.map(|q| q.1)),
                 per_s,
                 counts: exact,
-                refused_per_s: rate_per_s(counts.refused(), secs),
+                refused: m.refused,
+                untraced: m.refused.map(|r| r.saturating_sub(counts.refused())),
+                refused_per_s: rate_per_s(m.refused.unwrap_or(counts.refused()), secs),
                 accepts_per_s: rate_per_s(acc.map(|a| a.accepts).unwrap_or(0), secs),
                 accept_wait_p99_us: acc
                     .and_then(|a| a.wait_quantiles())
@@ -400,6 +424,7 @@ pub fn build(
         lost_total: header.lost_total,
         lost_interval: header.lost_interval,
         counters,
+        families: agg.families.clone(),
         causes: causes.iter().map(|c| cause_row(c, secs)).collect(),
         listeners: listener_rows,
         outbound,
@@ -443,6 +468,28 @@ pub fn tallied_note(per_s: f64) -> String {
 }
 
 /// `top -b`: one plain-text frame.
+/// "listen: tracing for 12 s (12 refused at …) · connect: watching · …": what each family
+/// attaches now and why.
+pub fn families_text(f: &Frame) -> String {
+    if f.families.is_empty() {
+        return "-".into();
+    }
+    f.families
+        .iter()
+        .map(|fam| match fam.state {
+            "tracing" if fam.since > 0 => format!(
+                "{}: tracing for {} s ({})",
+                fam.family,
+                f.time.saturating_sub(fam.since),
+                fam.why
+            ),
+            "watching" => format!("{}: watching counters", fam.family),
+            other => format!("{}: {other} ({})", fam.family, fam.why),
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 pub fn render_text(f: &Frame) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -458,6 +505,7 @@ pub fn render_text(f: &Frame) -> String {
         f.lost_interval,
         f.interval_s
     );
+    let _ = writeln!(s, "families: {}", families_text(f));
     if !f.hooks_inactive.is_empty() {
         let _ = writeln!(s, "inactive hooks: {}", f.hooks_inactive.join("; "));
     }
@@ -518,7 +566,10 @@ pub fn render_text(f: &Frame) -> String {
             owner_text(l.pid, l.process.as_deref()),
             format!("{}/{}", opt(l.queue), opt(l.backlog)),
             l.refused_per_s,
-            kinds_text(&l.per_s),
+            match l.untraced.filter(|n| *n > 0) {
+                Some(n) => format!("{} +{n} untraced", kinds_text(&l.per_s)),
+                None => kinds_text(&l.per_s),
+            },
             l.accepts_per_s,
             opt(l.accept_wait_p99_us),
             format!("{}/{}", opt(l.idle_acceptors), opt(l.acceptors)),

@@ -207,7 +207,7 @@ pub fn header(session: &Session, lost_total: u64, lost_interval: u64) -> Header 
         hooks_inactive: hooks
             .iter()
             .filter_map(|h| match &h.state {
-                HookState::Attached => None,
+                HookState::Attached | HookState::Standby => None,
                 HookState::Unavailable(why) => Some(format!("{}: {why}", h.spec.program)),
             })
             .chain(

@@ -68,6 +68,13 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerProcess {
+    netns: String,
+    listener: String,
+    process: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerOnly {
     netns: String,
     listener: String,
@@ -112,6 +119,8 @@ struct WhereLabel {
 pub struct Metrics {
     registry: Registry,
     listen: Family<ListenerLabels, Counter>,
+    refused: Family<ListenerProcess, Counter>,
+    family_armed: Family<FamilyLabel, Gauge>,
     accepts: Family<ListenerOnly, Counter>,
     accept_wait: Family<ListenerOnly, Histogram>,
     connects: Family<ConnectLabels, Counter>,
@@ -150,6 +159,18 @@ impl Metrics {
             "listen_refusals",
             "Connections refused or degraded at a listener, by kind (syn, ack, synq, syn_backlog: dropped; cookie: answered with a syncookie; synack_retrans, reset)",
             listen.clone(),
+        );
+        let refused = Family::<ListenerProcess, Counter>::default();
+        registry.register(
+            "listen_refused",
+            "Connections a listener refused, exact: its sk_drops as sock_diag reports it (counted with no program attached; listen_refusals gives the kinds while the listen family is traced)",
+            refused.clone(),
+        );
+        let family_armed = Family::<FamilyLabel, Gauge>::default();
+        registry.register(
+            "family_armed",
+            "1 while a hook family's tracing programs are attached (its kernel counters showed trouble), 0 while only counters are watched",
+            family_armed.clone(),
         );
         let accepts = Family::<ListenerOnly, Counter>::default();
         registry.register(
@@ -221,6 +242,8 @@ impl Metrics {
         Self {
             registry,
             listen,
+            refused,
+            family_armed,
             accepts,
             accept_wait,
             connects,
@@ -270,6 +293,28 @@ impl Metrics {
                         .inc_by(n);
                 }
             }
+        }
+        for (id, t) in &agg.tier0_listeners {
+            if t.refused_interval == 0 {
+                continue;
+            }
+            let process = owners
+                .get(&(id.netns, id.lport))
+                .cloned()
+                .unwrap_or_default();
+            let l = ListenerProcess {
+                netns: self.netns_budget.label(id.netns.to_string()),
+                listener: self.listeners_budget.label(endpoint(id.laddr, id.lport)),
+                process: self.process_budget.label(process),
+            };
+            self.refused.get_or_create(&l).inc_by(t.refused_interval);
+        }
+        for f in &agg.families {
+            self.family_armed
+                .get_or_create(&FamilyLabel {
+                    family: f.family.into(),
+                })
+                .set((f.state == "tracing") as i64);
         }
         for ((ns, laddr, lport), s) in &agg.accepts {
             let l = ListenerOnly {

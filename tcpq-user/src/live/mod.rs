@@ -1,6 +1,7 @@
 //! The live commands (`diagnose`, `top`, `export`): one collection session over every hook
 //! family, causes found per interval, and the frame model the renderers share.
 pub mod causes;
+pub mod engine;
 pub mod frame;
 pub mod gather;
 pub mod metrics;

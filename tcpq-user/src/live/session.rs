@@ -5,6 +5,7 @@ use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -18,9 +19,12 @@ use crate::{
     decode::{ListenRecord, decode_listen},
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
     listen::{resolve::ListenerDirectory, unsent::UnsentReader},
-    live::frame::PortSnap,
+    live::{
+        engine::{self, Arm, FamilyView, ListenerId, ListenerTotals, Step, Tier0},
+        frame::PortSnap,
+    },
     model::OverflowAggregator,
-    snapshot::{counters, netns},
+    snapshot::{counters, netns, nswatch::NsWatcher},
 };
 
 /// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
@@ -47,6 +51,10 @@ pub struct Aggregates {
     pub tallied: u64,
     /// Kernel counters (/proc/net/netstat, snmp) per namespace at the start of the interval.
     pub counters_first: HashMap<u32, HashMap<String, u64>>,
+    /// Tier 0: listeners that refused (exact, from `sk_drops`) or queued in the interval.
+    pub tier0_listeners: Vec<(ListenerId, ListenerTotals)>,
+    /// Each family: watching or tracing, since when and why (at the end of the interval).
+    pub families: Vec<FamilyView>,
 }
 
 impl Default for Aggregates {
@@ -61,6 +69,8 @@ impl Default for Aggregates {
             events: 0,
             tallied: 0,
             counters_first: HashMap::new(),
+            tier0_listeners: Vec::new(),
+            families: Vec::new(),
         }
     }
 }
@@ -141,7 +151,61 @@ pub struct Session {
     /// The kernel's conntrack `drop` stat per namespace when a frame last read it, for its rate
     /// next to tcpq's traced drops (the kernel counts a few drops no tracepoint reports).
     pub ct_drop_stat: HashMap<u32, (std::time::Instant, u64)>,
+    pub engine: Engine,
+    /// TCPQ_BPF_STATS=1: the kernel times every program run while this fd is open
+    /// (BPF_ENABLE_STATS); `cargo xtask bench` reads run_time_ns from tcpq's fdinfo.
+    pub stats_fd: Option<std::os::fd::OwnedFd>,
 }
+
+/// How a live command attaches its programs.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveOptions {
+    /// `--hooks all`: every program attached all the time (no tiers).
+    pub hooks_all: bool,
+    /// A tracing family is disarmed after this long without trouble.
+    pub quiet: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            hooks_all: false,
+            quiet: engine::DEFAULT_QUIET,
+        }
+    }
+}
+
+/// The start-up line of the live commands: what they attach.
+pub fn describe_tiers(live: &LiveOptions) -> String {
+    if live.hooks_all {
+        "every hook family attached (--hooks all)".into()
+    } else {
+        format!(
+            "counters first: tier-2 programs attached while a family has trouble, detached after {:.0} s quiet",
+            live.quiet.as_secs_f64()
+        )
+    }
+}
+
+/// Tier 0 and the arming of tier 2 (see `live::engine`).
+pub struct Engine {
+    watcher: NsWatcher,
+    pub tier0: Tier0,
+    /// Listen (with Accept), Connect, Drop.
+    pub arms: BTreeMap<Family, Arm>,
+    pub opts: LiveOptions,
+    last_poll: Option<Instant>,
+    /// Tier-1 signals since the last poll: EADDRNOTAVAIL handshakes, table-full drops.
+    failed_port_searches: u64,
+    table_full_drops: u64,
+}
+
+/// The families the engine arms, as the renderers name them.
+pub const ARMED_FAMILIES: [(Family, &str); 3] = [
+    (Family::Listen, "listen"),
+    (Family::Connect, "connect"),
+    (Family::Drop, "conntrack"),
+];
 
 /// Hooks the live commands (top, diagnose, export) do not read. Connect outcomes come from the
 /// state changes alone (sock_state: a failed port search is SYN_SENT → CLOSE before any port was
@@ -150,17 +214,41 @@ pub struct Session {
 /// counters repeat what the accept family reports per accept. Syscall tracepoints are the
 /// costliest hooks for a busy server: each one runs on every call, and while any is attached
 /// every task takes the syscall slow path.
+/// The backlog an application passed to listen() comes from sock_diag in the live commands
+/// (`idiag_wqueue` = sk_max_ack_backlog) instead of `sys_enter_listen`.
 pub const LIVE_UNUSED: &[&str] = &[
     names::PROG_SYS_ENTER_CONNECT,
     names::PROG_SYS_EXIT_CONNECT,
     names::PROG_SYS_EXIT_ACCEPT4,
     names::PROG_SYS_EXIT_ACCEPT,
+    names::PROG_SYS_ENTER_LISTEN,
+];
+
+/// Tier 2: loaded and verified at start, attached only while their family's tier-0 signal
+/// moves (`Engine`). What stays attached (tier 1): `sock_state` with only the connect
+/// family's failure path (EADDRNOTAVAIL) and `skb_kfree` with only the drop part (leaves on the drop reason).
+pub const LIVE_STANDBY: &[&str] = &[
+    names::PROG_LISTEN_INGRESS,
+    names::PROG_OUTCOME_XMIT,
+    names::PROG_OUTCOME_CHILD,
+    names::PROG_OUTCOME_CONSUME,
+    names::PROG_OUTCOME_KFREE,
+    names::PROG_SYNACK_RETRANS,
+    names::PROG_SEND_RESET,
+    names::PROG_ACCEPT_ENQUEUE,
+    names::PROG_ACCEPT_ENTER4,
+    names::PROG_ACCEPT_EXIT4,
+    names::PROG_ACCEPT_ENTER,
+    names::PROG_ACCEPT_EXIT,
+    names::PROG_CONNECT_STATE,
+    names::PROG_CONNECT_RETRANS,
+    names::PROG_DROP_OWNER,
 ];
 
 impl Session {
     /// Loads and attaches every hook family (optional hooks the kernel refuses are reported by
     /// `hooks()`, not fatal).
-    pub fn start() -> Result<Self> {
+    pub fn start(live: LiveOptions) -> Result<Self> {
         let all = [
             Family::Listen,
             Family::Connect,
@@ -169,6 +257,7 @@ impl Session {
         ];
         let opts = LoadOptions {
             unused: LIVE_UNUSED,
+            standby: if live.hooks_all { &[] } else { LIVE_STANDBY },
             ..LoadOptions::default()
         };
         let mut missing = Vec::new();
@@ -225,7 +314,127 @@ impl Session {
             missing,
             port_cache: HashMap::new(),
             ct_drop_stat: HashMap::new(),
+            stats_fd: (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
+                .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
+                .flatten(),
+            engine: Engine {
+                watcher: NsWatcher::new(),
+                tier0: Tier0::default(),
+                arms: ARMED_FAMILIES
+                    .iter()
+                    .map(|(f, _)| (*f, Arm::default()))
+                    .collect(),
+                opts: live,
+                last_poll: None,
+                failed_port_searches: 0,
+                table_full_drops: 0,
+            },
         })
+    }
+
+    /// Reads tier 0 (at most every `engine::POLL_EVERY` unless `now`) and arms or disarms the
+    /// families whose signals moved or went quiet.
+    pub fn poll(&mut self, now: bool) {
+        let e = &mut self.engine;
+        if !now
+            && e.last_poll
+                .is_some_and(|t| t.elapsed() < engine::POLL_EVERY)
+        {
+            return;
+        }
+        e.last_poll = Some(Instant::now());
+        let readings = e.watcher.poll();
+        let sig = e.tier0.update(&readings);
+        let connect = sig.connect.or_else(|| {
+            (e.failed_port_searches > 0).then(|| {
+                format!(
+                    "{} connect() found no free port (EADDRNOTAVAIL)",
+                    e.failed_port_searches
+                )
+            })
+        });
+        let conntrack = sig.conntrack.or_else(|| {
+            (e.table_full_drops > 0).then(|| {
+                format!(
+                    "{} packets dropped: conntrack table full",
+                    e.table_full_drops
+                )
+            })
+        });
+        e.failed_port_searches = 0;
+        e.table_full_drops = 0;
+        if e.opts.hooks_all {
+            return;
+        }
+        let at = Instant::now();
+        for (family, trouble) in [
+            (Family::Listen, sig.listen),
+            (Family::Connect, connect),
+            (Family::Drop, conntrack),
+        ] {
+            if !self.loaded.armable(family) {
+                continue;
+            }
+            let Some(arm) = self.engine.arms.get_mut(&family) else {
+                continue;
+            };
+            match arm.step(at, trouble.as_deref(), self.engine.opts.quiet) {
+                Step::Arm => {
+                    // The accept family's waits and idle acceptors explain a listener's trouble:
+                    // armed with it.
+                    self.loaded.arm(family);
+                    if family == Family::Listen {
+                        self.loaded.arm(Family::Accept);
+                    }
+                }
+                Step::Disarm => {
+                    self.loaded.disarm(family);
+                    match family {
+                        Family::Listen => self.loaded.disarm(Family::Accept),
+                        // Owners recorded while armed are not removed at close any more: a
+                        // socket pointer reused later must not find a stale one.
+                        Family::Drop => self
+                            .loaded
+                            .clear_socket_map::<{ tcpq_common::OWNER_SIZE }>(names::SOCK_OWNER),
+                        _ => {}
+                    }
+                }
+                Step::Stay => {}
+            }
+        }
+    }
+
+    /// Each armed family's state, as shown by top, export and diagnose.
+    pub fn families(&self) -> Vec<FamilyView> {
+        ARMED_FAMILIES
+            .iter()
+            .map(|(family, name)| {
+                let arm = self.engine.arms.get(family).cloned().unwrap_or_default();
+                let available = self.missing.iter().all(|(f, _)| f != family);
+                if !available {
+                    FamilyView {
+                        family: name,
+                        state: "unavailable",
+                        since: 0,
+                        why: "its core hook could not be attached (see hooks_inactive)".into(),
+                    }
+                } else if self.engine.opts.hooks_all {
+                    FamilyView {
+                        family: name,
+                        state: "tracing",
+                        since: 0,
+                        why: "--hooks all".into(),
+                    }
+                } else {
+                    FamilyView {
+                        family: name,
+                        state: if arm.tracing { "tracing" } else { "watching" },
+                        since: arm.since_unix,
+                        why: arm.why,
+                    }
+                }
+            })
+            .collect()
     }
 
     pub fn hooks(&self) -> &[HookStatus] {
@@ -262,6 +471,9 @@ impl Session {
         while let Some(item) = self.connect_ring.next() {
             agg.events += 1;
             if let Ok(o) = decode_connect(&item) {
+                if o.result == crate::connect::ConnectResult::Errno(99) {
+                    self.engine.failed_port_searches += 1; // EADDRNOTAVAIL (tier 1)
+                }
                 agg.connects.record(&o);
             }
         }
@@ -271,9 +483,11 @@ impl Session {
                 && d.netfilter
             {
                 let in_use = crate::cmd::conntrack::ct_in_use(&self.ct_active, d.netns, d.has_ct);
-                *agg.drops
-                    .entry((d.netns, drop_kind(d.has_ct, in_use)))
-                    .or_insert(0) += 1;
+                let kind = drop_kind(d.has_ct, in_use);
+                if kind == "table_full" {
+                    self.engine.table_full_drops += 1;
+                }
+                *agg.drops.entry((d.netns, kind)).or_insert(0) += 1;
             }
         }
         while let Some(item) = self.accept_ring.next() {
@@ -318,7 +532,10 @@ impl Session {
     pub fn take(&mut self) -> Aggregates {
         let mut next = Aggregates::default();
         next.note_netns(self.host);
-        std::mem::replace(&mut self.agg, next)
+        let mut agg = std::mem::replace(&mut self.agg, next);
+        agg.tier0_listeners = self.engine.tier0.take_interval();
+        agg.families = self.families();
+        agg
     }
 
     pub fn lost(&self) -> Lost {

@@ -397,9 +397,13 @@ pub fn draw(t: &mut TermFrame, f: &Frame, hist: &History, ui: &UiState) {
             }
         )),
         Line::from(if f.hooks_inactive.is_empty() {
-            String::new()
+            super::frame::families_text(f)
         } else {
-            format!("inactive: {}", f.hooks_inactive.join("; "))
+            format!(
+                "{} · inactive: {}",
+                super::frame::families_text(f),
+                f.hooks_inactive.join("; ")
+            )
         }),
     ];
     t.render_widget(Paragraph::new(header), head);

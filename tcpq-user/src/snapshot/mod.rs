@@ -1,4 +1,5 @@
 pub mod counters;
 pub mod netns;
+pub mod nswatch;
 pub mod procs;
 pub mod sockdiag;

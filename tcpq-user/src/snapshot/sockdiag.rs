@@ -31,6 +31,9 @@ pub struct DiagSocket {
     pub cookie: u64,
     /// From tcp_info when requested (`dump_tcp_with_info`).
     pub info: Option<TcpActivity>,
+    /// `sk_drops` from INET_DIAG_SKMEMINFO when requested (`DiagSocket::drops`): for a
+    /// listener, every connection tcp_listendrop() refused (SYN- and ACK-time alike).
+    pub drops: Option<u32>,
 }
 
 /// The parts of tcp_info tcpq uses.
@@ -85,18 +88,49 @@ pub fn dump_listeners() -> Result<Vec<DiagSocket>> {
     dump_tcp(StateFlags::LISTEN)
 }
 
+/// A sock_diag socket kept open: it stays bound to the network namespace it was opened in, so
+/// a namespace can be dumped again and again without entering it (tier 0 of the live modes).
+/// A NETLINK_SOCK_DIAG socket of the calling thread's network namespace.
+pub fn open_diag() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("open NETLINK_SOCK_DIAG socket")?;
+    socket.bind_auto().context("bind sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connect sock_diag socket")?;
+    Ok(socket)
+}
+
+/// Listeners of `socket`'s namespace with their accept queue, backlog and `sk_drops`.
+pub fn dump_listeners_on(socket: &mut Socket, out: &mut Vec<DiagSocket>) -> Result<()> {
+    for family in [AF_INET, AF_INET6] {
+        dump_family_on(
+            socket,
+            family,
+            StateFlags::LISTEN,
+            ExtensionFlags::SKMEMINFO,
+            out,
+        )?;
+    }
+    Ok(())
+}
+
 fn dump_family(
     family: u8,
     states: StateFlags,
     extensions: ExtensionFlags,
     out: &mut Vec<DiagSocket>,
 ) -> Result<()> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("open NETLINK_SOCK_DIAG socket")?;
-    socket.bind_auto().context("bind sock_diag socket")?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("connect sock_diag socket")?;
+    let mut socket = open_diag()?;
+    dump_family_on(&mut socket, family, states, extensions, out)
+}
 
+fn dump_family_on(
+    socket: &mut Socket,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    out: &mut Vec<DiagSocket>,
+) -> Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -149,6 +183,10 @@ fn dump_family(
                         }
                         _ => None,
                     });
+                    let drops = r.nlas.iter().find_map(|n| match n {
+                        netlink_packet_sock_diag::inet::nlas::Nla::MemInfo(m) => Some(m.drops),
+                        _ => None,
+                    });
                     out.push(DiagSocket {
                         state: h.state,
                         laddr: unmap(h.socket_id.source_address),
@@ -161,6 +199,7 @@ fn dump_family(
                         inode: h.inode as u64,
                         cookie: cookie_of(&h.socket_id.cookie),
                         info,
+                        drops,
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
@@ -201,5 +240,22 @@ mod tests {
         assert_eq!(me.laddr.to_string(), "127.0.0.1");
         assert!(me.send_queue > 0, "backlog reported");
         assert!(me.inode > 0);
+    }
+
+    /// A kept socket dumps again and again, with each listener's drop count.
+    #[test]
+    fn kept_socket_dumps_listeners_with_drops() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut sock = open_diag().unwrap();
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            dump_listeners_on(&mut sock, &mut out).unwrap();
+            let me = out
+                .iter()
+                .find(|s| s.lport == port)
+                .expect("listener listed");
+            assert_eq!(me.drops, Some(0));
+        }
     }
 }

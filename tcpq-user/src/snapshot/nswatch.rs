@@ -1,0 +1,252 @@
+//! Tier 0 of the live commands: what the kernel already counts, read with no program attached.
+//! Per network namespace: every listener with its accept queue, backlog and `sk_drops`
+//! (sock_diag, INET_DIAG_SKMEMINFO), the TcpExt/Tcp counters and the conntrack table's
+//! count, limit and drop stat. A sock_diag socket and the /proc files opened once inside a
+//! namespace stay bound to it, so each reading is a dump and a few reads, without entering the
+//! namespace again; namespaces are (re)discovered at a slower pace.
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use netlink_sys::Socket;
+
+use super::{counters, netns, sockdiag};
+
+/// How often new namespaces are looked for (and vanished ones let go).
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// Namespaces watched at most: beyond, the newest are left out (and counted).
+pub const MAX_NAMESPACES: usize = 512;
+
+/// One namespace's tier-0 reading.
+#[derive(Debug, Clone, Default)]
+pub struct NsReading {
+    pub inum: u32,
+    pub listeners: Vec<sockdiag::DiagSocket>,
+    /// `Prefix:Name` → value (/proc/net/netstat and /proc/net/snmp).
+    pub counters: HashMap<String, u64>,
+    pub conntrack: Option<CtReading>,
+}
+
+/// The conntrack table of a namespace (/proc/net/stat/nf_conntrack, nf_conntrack_max).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtReading {
+    pub count: u64,
+    pub max: u64,
+    /// The `drop` stat summed over CPUs: packets dropped because no entry could be created.
+    pub drop: u64,
+}
+
+struct Watched {
+    diag: Socket,
+    netstat: File,
+    snmp: File,
+    ct_stat: Option<File>,
+    ct_max: Option<File>,
+}
+
+fn open_here() -> Result<Watched> {
+    let open = |p: &str| File::open(p).map_err(|e| anyhow::anyhow!("open {p}: {e}"));
+    Ok(Watched {
+        diag: sockdiag::open_diag()?,
+        netstat: open("/proc/thread-self/net/netstat")?,
+        snmp: open("/proc/thread-self/net/snmp")?,
+        ct_stat: File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
+        ct_max: File::open("/proc/sys/net/netfilter/nf_conntrack_max").ok(),
+    })
+}
+
+/// Reads a /proc file again from its start (seq_file regenerates it on every read).
+fn reread(file: &mut File, buf: &mut String) -> bool {
+    buf.clear();
+    file.seek(SeekFrom::Start(0)).is_ok() && file.read_to_string(buf).is_ok()
+}
+
+/// Every network namespace with a name under /run/netns or a process in it: inode → a path
+/// that opens it.
+pub fn discover() -> HashMap<u32, PathBuf> {
+    let mut found = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            if let Some(ino) = netns::inode_of(&e.path()) {
+                found.entry(ino).or_insert(e.path());
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for e in procs.flatten() {
+            let name = e.file_name();
+            if !name
+                .to_str()
+                .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            {
+                continue;
+            }
+            let path = e.path().join("ns/net");
+            if let Some(ino) = netns::inode_of(&path) {
+                found.entry(ino).or_insert(path);
+            }
+        }
+    }
+    found
+}
+
+/// The namespaces watched and their kept sockets and files.
+pub struct NsWatcher {
+    watched: HashMap<u32, Watched>,
+    last_discovery: Option<Instant>,
+    /// Namespaces not watched because MAX_NAMESPACES was reached.
+    pub left_out: usize,
+    /// Namespaces whose sockets could not be opened (gone while tcpq looked), last discovery.
+    pub unreadable: usize,
+    buf: String,
+}
+
+impl Default for NsWatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NsWatcher {
+    pub fn new() -> Self {
+        Self {
+            watched: HashMap::new(),
+            last_discovery: None,
+            left_out: 0,
+            unreadable: 0,
+            buf: String::new(),
+        }
+    }
+
+    pub fn namespaces(&self) -> usize {
+        self.watched.len()
+    }
+
+    fn rediscover(&mut self, here: Option<u32>) {
+        let found = discover();
+        // Let go of namespaces nothing else holds any more: our sockets would keep them alive.
+        self.watched.retain(|ino, _| found.contains_key(ino));
+        self.unreadable = 0;
+        self.left_out = 0;
+        for (ino, path) in found {
+            if self.watched.contains_key(&ino) {
+                continue;
+            }
+            if self.watched.len() >= MAX_NAMESPACES {
+                self.left_out += 1;
+                continue;
+            }
+            let opened = if Some(ino) == here {
+                open_here()
+            } else {
+                netns::run_in_path(&path, open_here).and_then(|r| r)
+            };
+            match opened {
+                Ok(w) => {
+                    self.watched.insert(ino, w);
+                }
+                Err(_) => self.unreadable += 1,
+            }
+        }
+        // Conntrack may be loaded after tcpq started: look again where it was missing.
+        for (ino, w) in self.watched.iter_mut() {
+            if w.ct_stat.is_none() {
+                let path = if Some(*ino) == here {
+                    Some(PathBuf::from("/proc/thread-self/ns/net"))
+                } else {
+                    netns::find(*ino)
+                };
+                if let Some(p) = path
+                    && Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+                    && let Ok((stat, max)) = netns::run_in_path(&p, || {
+                        (
+                            File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
+                            File::open("/proc/sys/net/netfilter/nf_conntrack_max").ok(),
+                        )
+                    })
+                {
+                    w.ct_stat = stat;
+                    w.ct_max = max;
+                }
+            }
+        }
+        self.last_discovery = Some(Instant::now());
+    }
+
+    /// Reads every watched namespace (discovering new ones when due).
+    pub fn poll(&mut self) -> Vec<NsReading> {
+        if self
+            .last_discovery
+            .is_none_or(|t| t.elapsed() >= DISCOVER_EVERY)
+        {
+            self.rediscover(netns::current());
+        }
+        let mut out = Vec::with_capacity(self.watched.len());
+        let buf = &mut self.buf;
+        let mut gone = Vec::new();
+        for (ino, w) in self.watched.iter_mut() {
+            let mut r = NsReading {
+                inum: *ino,
+                ..NsReading::default()
+            };
+            if sockdiag::dump_listeners_on(&mut w.diag, &mut r.listeners).is_err() {
+                gone.push(*ino);
+                continue;
+            }
+            for f in [&mut w.netstat, &mut w.snmp] {
+                if reread(f, buf) {
+                    r.counters.extend(counters::parse_pairs(buf));
+                }
+            }
+            if let Some(stat) = w.ct_stat.as_mut()
+                && reread(stat, buf)
+            {
+                let cols = crate::conntrack::parse_stat(buf);
+                let max = w
+                    .ct_max
+                    .as_mut()
+                    .and_then(|f| reread(f, buf).then(|| buf.trim().parse().ok()).flatten())
+                    .unwrap_or(0);
+                r.conntrack = Some(CtReading {
+                    count: cols.get("entries").copied().unwrap_or(0),
+                    max,
+                    drop: cols.get("drop").copied().unwrap_or(0),
+                });
+            }
+            out.push(r);
+        }
+        for ino in gone {
+            self.watched.remove(&ino);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept files and socket read the namespace again on every poll.
+    #[test]
+    fn polls_this_namespace_again_and_again() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let here = netns::current().unwrap();
+        let mut w = NsWatcher::new();
+        for _ in 0..2 {
+            let readings = w.poll();
+            let mine = readings
+                .iter()
+                .find(|r| r.inum == here)
+                .expect("own namespace");
+            assert!(mine.listeners.iter().any(|s| s.lport == port));
+            assert!(mine.counters.contains_key("TcpExt:ListenDrops"));
+            assert!(mine.counters.contains_key("Tcp:ActiveOpens"));
+        }
+    }
+}
