@@ -1,0 +1,233 @@
+//! The counters-first engine of the live modes (issue 14): on a healthy load `top` attaches only
+//! its tier-1 programs (no per-packet program, no syscall tracepoint), read from the kernel's
+//! own link list; a listener that starts overflowing arms the listen family within a second,
+//! the per-listener refusal totals (tier 0, `sk_drops`) equal the kernel's ListenDrops, and the
+//! tracing programs are detached again after the quiet period.
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tcpq_tests::*;
+
+/// tcpq's programs the process `pid` has attached now, from the kernel's link list.
+fn attached_by(pid: u32) -> Vec<String> {
+    let mine = bpf_programs_of(pid);
+    let mut names: Vec<String> = attached_tcpq_programs()
+        .into_iter()
+        .filter(|a| mine.contains(&a.prog_id))
+        .map(|a| a.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// What stays attached while every family is quiet (kernel names are cut at 15 bytes).
+const TIER1: &[&str] = &["sock_state", "skb_kfree"];
+
+fn family_state<'a>(frame: &'a Value, family: &str) -> &'a str {
+    frame["families"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["family"] == family))
+        .and_then(|f| f["state"].as_str())
+        .unwrap_or_else(|| panic!("no {family} family in frame: {frame}"))
+}
+
+/// A server that accepts at once and a client connecting `n` times, in `ns`.
+const HEALTHY: &str = r#"
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 8080)); s.listen(128)
+def serve():
+    while True:
+        c, _ = s.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+print('ready', flush=True)
+for i in range(int(sys.argv[1]) if len(sys.argv) > 1 else 3000):
+    c = socket.create_connection(('127.0.0.1', 8080)); c.recv(1); c.close()
+print('done', flush=True)
+"#;
+
+#[test]
+fn a_healthy_load_attaches_no_tier2_program_and_no_syscall_tracepoint() {
+    if skip_unless_root("engine_healthy") {
+        return;
+    }
+    let ns = Netns::new("eng-ok");
+    let top = TopJson::start("500ms");
+    top.next();
+    let before = ns.counters();
+    let mut app = python_in(&ns, HEALTHY);
+    assert_eq!(first_line(&mut app), "ready");
+    let mut samples = Vec::new();
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    loop {
+        samples.push(attached_by(top.child.id()));
+        frames.push(top.next());
+        if app.try_wait().ok().flatten().is_some() || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let status = app.wait().expect("python");
+    assert!(status.success(), "healthy load failed");
+    let after = ns.counters();
+    let opened = delta(&before, &after, "Tcp:PassiveOpens");
+    assert!(
+        opened >= 3000,
+        "the load ran: {opened} connections accepted"
+    );
+    assert_eq!(
+        delta(&before, &after, "TcpExt:ListenDrops"),
+        0,
+        "no trouble"
+    );
+    for s in &samples {
+        let ours: Vec<&String> = s.iter().filter(|n| TIER1.contains(&n.as_str())).collect();
+        assert_eq!(
+            ours.len(),
+            TIER1.len(),
+            "the tier-1 programs are attached (so the kernel list sees tcpq): {s:?}"
+        );
+        for tier2 in [
+            "listen_ingress",
+            "outcome_xmit",
+            "outcome_consume",
+            "synack_retransm",
+            "send_reset",
+            "accept_enter4",
+            "accept_exit4",
+            "accept_enter",
+            "accept_exit",
+            "connect_retrans",
+            "sys_enter_conne",
+            "sys_exit_connec",
+            "sys_enter_liste",
+            "sys_exit_accept",
+            "sys_exit_accept4",
+        ] {
+            assert!(
+                !s.iter().any(|n| n == tier2),
+                "{tier2} attached on a healthy load: {s:?}"
+            );
+        }
+    }
+    for f in &frames {
+        for fam in ["listen", "connect", "conntrack"] {
+            assert_eq!(family_state(f, fam), "watching", "{}", f["families"]);
+        }
+    }
+}
+
+#[test]
+fn an_overflow_is_traced_within_a_second_counted_exactly_and_untraced_after_quiet() {
+    if skip_unless_root("engine_overflow") {
+        return;
+    }
+    let ns = Netns::new("eng-of");
+    let top = TopJson::start_with("250ms", &["--quiet-period", "2s"]);
+    let first = top.next();
+    assert_eq!(family_state(&first, "listen"), "watching");
+    while top.frames.try_recv().is_ok() {}
+    let before = ns.counters();
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "3"]);
+    let inode = ns.inode();
+    let mut frames = Vec::new();
+    let mut armed_programs = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        frames.push(top.next());
+        if family_state(frames.last().unwrap(), "listen") == "tracing" && armed_programs.is_empty()
+        {
+            armed_programs = attached_by(top.child.id());
+        }
+    }
+    lab.finish();
+    std::thread::sleep(Duration::from_secs(1)); // retransmitted SYNs/ACKs settle
+    let after = ns.counters();
+    // Frames until the quiet period has passed: the family must go back to watching.
+    let quiet_started = Instant::now();
+    let mut watching_again = None;
+    while quiet_started.elapsed() < Duration::from_secs(6) {
+        let f = top.next();
+        if family_state(&f, "listen") == "watching" && watching_again.is_none() {
+            watching_again = Some(attached_by(top.child.id()));
+        }
+        frames.push(f);
+    }
+
+    let ours = |f: &Value| -> Vec<Value> {
+        f["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["netns"].as_u64() == Some(inode) && l["listener"] == "127.0.0.1:8080")
+            .cloned()
+            .collect()
+    };
+    let refused: u64 = frames
+        .iter()
+        .flat_map(ours)
+        .map(|l| l["refused"].as_u64().unwrap_or(0))
+        .sum();
+    let traced: u64 = frames
+        .iter()
+        .flat_map(ours)
+        .map(|l| {
+            l["counts"]["syn"].as_u64().unwrap_or(0) + l["counts"]["ack"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    let drops = delta(&before, &after, "TcpExt:ListenDrops");
+    eprintln!("engine: refused {refused} (traced {traced}), kernel ListenDrops {drops}");
+    assert!(drops > 0, "the lab overflowed");
+    assert_eq!(
+        refused, drops,
+        "per-listener refusals (sk_drops) == ListenDrops"
+    );
+    assert!(
+        traced > 0 && traced <= refused,
+        "tier 2 detailed part of them: {traced}"
+    );
+
+    // Client-level detail within 1 s of the first refusal (frames are 250 ms apart).
+    let first_refused = frames
+        .iter()
+        .position(|f| {
+            ours(f)
+                .iter()
+                .any(|l| l["refused"].as_u64().unwrap_or(0) > 0)
+        })
+        .expect("a frame with refusals");
+    let first_detail = frames
+        .iter()
+        .position(|f| {
+            ours(f)
+                .iter()
+                .any(|l| !l["counts"].as_object().unwrap().is_empty())
+        })
+        .expect("a frame with kinds");
+    assert!(
+        first_detail <= first_refused + 4,
+        "kinds from frame {first_detail}, refusals from frame {first_refused} (250 ms frames)"
+    );
+    let armed_at = frames
+        .iter()
+        .find(|f| family_state(f, "listen") == "tracing")
+        .expect("listen family armed");
+    let why = armed_at["families"][0]["why"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!("netns {inode}")),
+        "armed because of the lab's namespace: {why}"
+    );
+    assert!(
+        armed_programs.iter().any(|n| n == "listen_ingress")
+            && armed_programs.iter().any(|n| n == "accept_exit4"),
+        "tracing attaches the listen and accept programs: {armed_programs:?}"
+    );
+    let after_quiet =
+        watching_again.expect("listen family back to watching after the quiet period");
+    assert!(
+        !after_quiet
+            .iter()
+            .any(|n| n == "listen_ingress" || n == "accept_exit4"),
+        "detached after the quiet period: {after_quiet:?}"
+    );
+}
