@@ -270,16 +270,12 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     }
 }
 
-/// The connect family while it is not armed (tier 1): only a handshake that ends SYN_SENT →
-/// CLOSE before the socket had a local port is reported — tcp_v4_connect()/tcp_v6_connect()
+/// The connect family while it is not armed (tier 1), for a handshake that ended SYN_SENT →
+/// CLOSE: reported only when the socket never had a local port — tcp_v4_connect()/tcp_v6_connect()
 /// set SYN_SENT, inet_hash_connect() found no free port (EADDRNOTAVAIL) and the failure path
-/// set CLOSE, still inside connect(), so the current task is the connecting process. Every
-/// other state change leaves after comparing the tracepoint's two arguments.
+/// set CLOSE, still inside connect(), so the current task is the connecting process.
 #[inline(never)]
-pub fn on_state_unarmed(sk: u64, old: i32, new: i32) {
-    if old != TCP_SYN_SENT || new != TCP_CLOSE {
-        return;
-    }
+pub fn on_failed_handshake(sk: u64) {
     if local_port(sk) != 0 {
         return; // refused or timed out: the kernel counts it (AttemptFails), which arms us
     }

@@ -13,6 +13,9 @@ use tcpq_common::{dispatcher, kfree_hooks, state_hooks};
 
 use crate::offsets::{KFREE_HOOKS, STATE_HOOKS};
 
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
 #[map]
 static ARMED_PARTS: Array<u32> = Array::with_max_entries(dispatcher::SLOTS, 0);
 
@@ -33,9 +36,10 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
     let on = hooks & armed(dispatcher::SOCK_STATE);
     if on & state_hooks::CONNECT != 0 {
         crate::connect::on_state(sk, old, new);
-    } else if hooks & state_hooks::CONNECT != 0 {
-        // Tier 1: a port search that failed (EADDRNOTAVAIL), from the arguments alone.
-        crate::connect::on_state_unarmed(sk, old, new);
+    } else if hooks & state_hooks::CONNECT != 0 && old == TCP_SYN_SENT && new == TCP_CLOSE {
+        // Tier 1: a port search that failed (EADDRNOTAVAIL); every other change leaves here,
+        // on the tracepoint's arguments alone.
+        crate::connect::on_failed_handshake(sk);
     }
     // Armed with the connect family only when that one is not (trace conntrack: alone).
     if on & state_hooks::OWNER != 0 {

@@ -22,11 +22,18 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// A family is disarmed after this long without trouble (`--quiet-period`).
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(30);
 
-/// A queue that holds at least this many connections at `QUEUED_READINGS` readings in a row
-/// (≥ 0.5 s) means the application does not drain it: its accept waits are worth tracing even
-/// far below the backlog (workers all busy, a slow accept loop).
-const QUEUED_AT_LEAST: u32 = 2;
+/// A queue that holds at least max(QUEUED_AT_LEAST, backlog / 8) connections at
+/// `QUEUED_READINGS` readings in a row (≥ 0.5 s) means the application does not drain it: its
+/// accept waits are worth tracing even far below the backlog (workers all busy, a slow accept
+/// loop). A busy healthy server has a few connections queued at any instant (nginx pinned to one
+/// CPU under wrk -c200: 2–6 of 4096 at every reading), which is not trouble.
+const QUEUED_AT_LEAST: u32 = 16;
 const QUEUED_READINGS: u32 = 3;
+
+/// Whether a queue this long counts as not drained.
+fn queued(queue: u32, backlog: u32) -> bool {
+    queue >= QUEUED_AT_LEAST.max(backlog / 8)
+}
 
 /// Counters whose movement means the listen path refused or cookied connections.
 const LISTEN_COUNTERS: &[&str] = &[
@@ -38,6 +45,25 @@ const LISTEN_COUNTERS: &[&str] = &[
 ];
 /// Handshakes that ended in CLOSE (refused, timed out, or no port: tcp_set_state()).
 const CONNECT_COUNTERS: &[&str] = &["Tcp:AttemptFails"];
+
+/// Every counter tier 0 keeps: the signals above, the header's (frame::WATCHED_COUNTERS) and
+/// the cookie evidence (SyncookiesRecv).
+pub const TIER0_COUNTERS: &[&str] = &[
+    "TcpExt:ListenOverflows",
+    "TcpExt:ListenDrops",
+    "TcpExt:SyncookiesSent",
+    "TcpExt:SyncookiesRecv",
+    "TcpExt:SyncookiesFailed",
+    "TcpExt:TCPReqQFullDrop",
+    "TcpExt:TCPReqQFullDoCookies",
+    "TcpExt:TCPTimeWaitOverflow",
+    "TcpExt:TCPAbortOnClose",
+    "Tcp:AttemptFails",
+    "Tcp:EstabResets",
+    "Tcp:ActiveOpens",
+    "Tcp:PassiveOpens",
+    "Tcp:RetransSegs",
+];
 
 /// A listening socket: its namespace, address, port and socket cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,8 +88,9 @@ pub struct ListenerTotals {
     pub refused_interval: u64,
     /// Highest accept queue seen in the interval.
     pub queue_peak: u32,
-    /// Still listed at the last reading.
+    /// Still listed at the last reading, and at the one before.
     present: bool,
+    was_present: bool,
     /// Readings in a row with at least QUEUED_AT_LEAST connections waiting.
     queued_readings: u32,
 }
@@ -76,14 +103,22 @@ pub struct Signals {
     pub conntrack: Option<String>,
 }
 
+/// A namespace's refusals waiting to be shared out: sk_drops movements per listener since its
+/// counters were last read, and ListenDrops no listener's sk_drops accounted for yet.
+#[derive(Debug, Default)]
+struct Pending {
+    weights: Vec<(ListenerId, u64)>,
+    drops: u64,
+}
+
 /// Tier-0 state across readings.
 #[derive(Debug, Default)]
 pub struct Tier0 {
     pub listeners: BTreeMap<ListenerId, ListenerTotals>,
     counters: HashMap<u32, HashMap<String, u64>>,
     conntrack: HashMap<u32, CtReading>,
-    /// ListenDrops of a namespace not yet given to a listener (see `update`).
-    unattributed: HashMap<u32, u64>,
+    /// Per namespace: sk_drops movements and ListenDrops not yet shared out (see `update`).
+    pending: HashMap<u32, Pending>,
     readings: u64,
 }
 
@@ -137,7 +172,7 @@ impl Tier0 {
         self.readings += 1;
         let mut sig = Signals::default();
         for l in self.listeners.values_mut() {
-            l.present = false;
+            l.was_present = std::mem::replace(&mut l.present, false);
         }
         for r in readings {
             let mut moved_here: Vec<(ListenerId, u64)> = Vec::new();
@@ -163,7 +198,7 @@ impl Tier0 {
                 t.backlog = s.send_queue;
                 t.queue_peak = t.queue_peak.max(s.recv_queue);
                 t.present = true;
-                t.queued_readings = if s.recv_queue >= QUEUED_AT_LEAST {
+                t.queued_readings = if queued(s.recv_queue, s.send_queue) {
                     t.queued_readings + 1
                 } else {
                     0
@@ -197,45 +232,66 @@ impl Tier0 {
                     }
                 }
             }
-            // The namespace's ListenDrops since the last reading (all of it for a namespace
-            // created since tcpq started), shared among its listeners by their sk_drops.
-            let listen_drops = r.counters.get("TcpExt:ListenDrops").copied().unwrap_or(0);
-            let new_drops = match self.counters.get(&r.inum) {
-                Some(before) => moved(before, &r.counters, "TcpExt:ListenDrops"),
-                None if first => 0,
-                None => listen_drops,
-            };
-            let pending = self.unattributed.remove(&r.inum).unwrap_or(0) + new_drops;
-            let shares = share_drops(pending, &moved_here);
-            if shares.is_empty() && new_drops > 0 {
-                // The listener's sk_drops may move only at the next reading (the two reads are
-                // not atomic): keep this reading's drops for it, once.
-                self.unattributed.insert(r.inum, new_drops);
-            }
-            for (id, n) in shares {
-                if let Some(t) = self.listeners.get_mut(&id) {
-                    t.refused_total += n;
-                    t.refused_interval += n;
+            // sk_drops movements wait for the namespace's next counters reading (every reading
+            // where one moved, see nswatch::COUNTERS_EVERY).
+            let pend = self.pending.entry(r.inum).or_default();
+            for (id, d) in moved_here.iter().filter(|(_, d)| *d > 0) {
+                match pend.weights.iter_mut().find(|(i, _)| i == id) {
+                    Some((_, w)) => *w += d,
+                    None => pend.weights.push((*id, *d)),
                 }
             }
-            if let Some(before) = self.counters.get(&r.inum) {
-                for (names, slot) in [
-                    (LISTEN_COUNTERS, &mut sig.listen),
-                    (CONNECT_COUNTERS, &mut sig.connect),
-                ] {
-                    if slot.is_some() {
-                        continue;
-                    }
-                    if let Some((name, n)) = names
+            if let Some(counters) = r.counters.as_ref() {
+                // The namespace's ListenDrops since its last reading (all of it for a namespace
+                // created since tcpq started), shared among its listeners by their sk_drops;
+                // drops whose sk_drops had not moved yet (the two reads are not atomic) wait.
+                let listen_drops = counters.get("TcpExt:ListenDrops").copied().unwrap_or(0);
+                pend.drops += match self.counters.get(&r.inum) {
+                    Some(before) => moved(before, counters, "TcpExt:ListenDrops"),
+                    None if first => 0,
+                    None => listen_drops,
+                };
+                let mut shares = share_drops(pend.drops, &pend.weights);
+                if shares.is_empty() && pend.drops > 0 {
+                    // No listener's sk_drops moved: the drops were the last ones of listeners
+                    // closed since the last reading (a lab or a restart).
+                    let gone: Vec<(ListenerId, u64)> = self
+                        .listeners
                         .iter()
-                        .map(|n| (n, moved(before, &r.counters, n)))
-                        .find(|(_, n)| *n > 0)
-                    {
-                        *slot = Some(format!("{name} +{n} (netns {})", r.inum));
+                        .filter(|(id, t)| id.netns == r.inum && t.was_present && !t.present)
+                        .map(|(id, t)| (*id, t.refused_interval.max(1)))
+                        .collect();
+                    shares = share_drops(pend.drops, &gone);
+                }
+                if !shares.is_empty() {
+                    pend.drops = 0;
+                    pend.weights.clear();
+                }
+                for (id, n) in shares {
+                    if let Some(t) = self.listeners.get_mut(&id) {
+                        t.refused_total += n;
+                        t.refused_interval += n;
                     }
                 }
+                if let Some(before) = self.counters.get(&r.inum) {
+                    for (names, slot) in [
+                        (LISTEN_COUNTERS, &mut sig.listen),
+                        (CONNECT_COUNTERS, &mut sig.connect),
+                    ] {
+                        if slot.is_some() {
+                            continue;
+                        }
+                        if let Some((name, n)) = names
+                            .iter()
+                            .map(|n| (n, moved(before, counters, n)))
+                            .find(|(_, n)| *n > 0)
+                        {
+                            *slot = Some(format!("{name} +{n} (netns {})", r.inum));
+                        }
+                    }
+                }
+                self.counters.insert(r.inum, counters.clone());
             }
-            self.counters.insert(r.inum, r.counters.clone());
             if let Some(ct) = r.conntrack {
                 let before = self.conntrack.insert(r.inum, ct);
                 if sig.conntrack.is_none() {
@@ -257,7 +313,7 @@ impl Tier0 {
         // Namespaces gone: forget their counters.
         let seen: std::collections::HashSet<u32> = readings.iter().map(|r| r.inum).collect();
         self.counters.retain(|ns, _| seen.contains(ns));
-        self.unattributed.retain(|ns, _| seen.contains(ns));
+        self.pending.retain(|ns, _| seen.contains(ns));
         self.conntrack.retain(|ns, _| seen.contains(ns));
         sig
     }
@@ -279,9 +335,9 @@ impl Tier0 {
         out
     }
 
-    /// The last counters read in a namespace.
-    pub fn counters(&self, netns: u32) -> Option<&HashMap<String, u64>> {
-        self.counters.get(&netns)
+    /// The last counters read in every namespace.
+    pub fn counters(&self) -> &HashMap<u32, HashMap<String, u64>> {
+        &self.counters
     }
 }
 
@@ -386,7 +442,7 @@ mod tests {
         NsReading {
             inum: ns,
             listeners,
-            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            counters: Some(counters.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             conntrack: None,
         }
     }
@@ -466,6 +522,39 @@ mod tests {
         );
         let s = t.update(&[reading(1, vec![listener(80, 5, 10, 0)], &[])]);
         assert_eq!(s.listen, None, "half is not over half");
+    }
+
+    #[test]
+    fn tier0_keeps_every_counter_it_reads() {
+        for c in LISTEN_COUNTERS
+            .iter()
+            .chain(CONNECT_COUNTERS)
+            .chain(crate::live::frame::WATCHED_COUNTERS)
+        {
+            assert!(TIER0_COUNTERS.contains(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn the_last_drops_of_a_closed_listener_are_its_own() {
+        let mut t = Tier0::default();
+        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(&[reading(1, vec![listener(80, 10, 10, 100)], &[(LD, 100)])]);
+        // Closed after 40 more drops, before the next reading could see its sk_drops.
+        t.update(&[reading(1, vec![], &[(LD, 140)])]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 140);
+    }
+
+    #[test]
+    fn movements_wait_for_the_next_counters_reading() {
+        let mut t = Tier0::default();
+        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        let mut r = reading(1, vec![listener(80, 4, 10, 5)], &[]);
+        r.counters = None; // not read this time
+        t.update(&[r]);
+        assert_eq!(t.listeners.values().next().unwrap().refused_interval, 0);
+        t.update(&[reading(1, vec![listener(80, 4, 10, 5)], &[(LD, 5)])]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 5);
     }
 
     #[test]

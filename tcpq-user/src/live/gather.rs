@@ -16,7 +16,7 @@ use crate::{
         frame::{ConntrackRow, Header, ListenerSnap, PortSnap, Snapshots, rate_per_s},
         session::{Aggregates, Session},
     },
-    snapshot::{counters, netns, procs, sockdiag},
+    snapshot::{netns, procs, sockdiag},
 };
 
 /// Destinations per frame whose port usage is read (the busiest first).
@@ -174,11 +174,8 @@ pub fn snapshots(
         });
     }
 
-    for ns in agg.counters_first.keys() {
-        if let Ok(c) = counters::read_in(*ns) {
-            s.counters_now.insert(*ns, c);
-        }
-    }
+    // Tier 0 read them at the interval's end (Producer::tick): no namespace entered here.
+    s.counters_now = session.engine.tier0.counters().clone();
     for pid in pids.into_iter().take(1000) {
         if let Some(cg) = procs::cgroup_path(pid) {
             s.cgroups.insert(pid, cg);

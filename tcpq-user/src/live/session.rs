@@ -24,7 +24,7 @@ use crate::{
         frame::PortSnap,
     },
     model::OverflowAggregator,
-    snapshot::{counters, netns, nswatch::NsWatcher},
+    snapshot::{netns, nswatch::NsWatcher},
 };
 
 /// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
@@ -90,14 +90,6 @@ impl Aggregates {
         v.sort_unstable();
         v.dedup();
         v
-    }
-
-    fn note_netns(&mut self, ns: u32) {
-        if !self.counters_first.contains_key(&ns)
-            && let Ok(c) = counters::read_in(ns)
-        {
-            self.counters_first.insert(ns, c);
-        }
     }
 }
 
@@ -198,6 +190,8 @@ pub struct Engine {
     /// Tier-1 signals since the last poll: EADDRNOTAVAIL handshakes, table-full drops.
     failed_port_searches: u64,
     table_full_drops: u64,
+    /// The listen family was just disarmed: read its per-listener tallies once more.
+    listen_flush: bool,
 }
 
 /// The families the engine arms, as the renderers name them.
@@ -293,9 +287,8 @@ impl Session {
         let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
         let listen_unsent = UnsentReader::open(&mut loaded)?;
         let host = netns::current().unwrap_or(0);
-        let mut agg = Aggregates::default();
-        agg.note_netns(host);
-        Ok(Self {
+        let agg = Aggregates::default();
+        let mut session = Self {
             loaded,
             listen_ring,
             connect_ring,
@@ -318,7 +311,7 @@ impl Session {
                 .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
                 .flatten(),
             engine: Engine {
-                watcher: NsWatcher::new(),
+                watcher: NsWatcher::new(engine::TIER0_COUNTERS),
                 tier0: Tier0::default(),
                 arms: ARMED_FAMILIES
                     .iter()
@@ -328,8 +321,14 @@ impl Session {
                 last_poll: None,
                 failed_port_searches: 0,
                 table_full_drops: 0,
+                listen_flush: false,
             },
-        })
+        };
+        // The first reading: the baseline of every counter and listener, and the interval's
+        // starting counters.
+        session.poll(true);
+        session.agg.counters_first = session.engine.tier0.counters().clone();
+        Ok(session)
     }
 
     /// Reads tier 0 (at most every `engine::POLL_EVERY` unless `now`) and arms or disarms the
@@ -343,7 +342,7 @@ impl Session {
             return;
         }
         e.last_poll = Some(Instant::now());
-        let readings = e.watcher.poll();
+        let readings = e.watcher.poll(now);
         let sig = e.tier0.update(&readings);
         let connect = sig.connect.or_else(|| {
             (e.failed_port_searches > 0).then(|| {
@@ -390,7 +389,10 @@ impl Session {
                 Step::Disarm => {
                     self.loaded.disarm(family);
                     match family {
-                        Family::Listen => self.loaded.disarm(Family::Accept),
+                        Family::Listen => {
+                            self.loaded.disarm(Family::Accept);
+                            self.engine.listen_flush = true;
+                        }
                         // Owners recorded while armed are not removed at close any more: a
                         // socket pointer reused later must not find a stale one.
                         Family::Drop => self
@@ -449,7 +451,6 @@ impl Session {
             agg.events += 1;
             match decode_listen(&item) {
                 Ok(ListenRecord::Overflow(ev)) => {
-                    agg.note_netns(ev.netns);
                     // Resolve the owner now: the process may be gone by the end of the interval.
                     let _ = self.dir.lookup(ev.netns, ev.cookie, ev.laddr, ev.lport);
                     agg.overflow.record(&ev);
@@ -459,9 +460,16 @@ impl Session {
             }
         }
         // Events the kernel counted per listener instead of writing them (line budget, full
-        // ring): the listener counts stay exact.
-        for c in self.listen_unsent.take() {
-            agg.note_netns(c.ev.netns);
+        // ring): the listener counts stay exact. Only the listen ingress hook tallies, so the
+        // table (a map walk: one syscall per entry) is read only while it is attached.
+        let tallying = self.loaded.attached(names::PROG_LISTEN_INGRESS)
+            || std::mem::take(&mut self.engine.listen_flush);
+        let unsent = if tallying {
+            self.listen_unsent.take()
+        } else {
+            Vec::new()
+        };
+        for c in unsent {
             let _ = self
                 .dir
                 .lookup(c.ev.netns, c.ev.cookie, c.ev.laddr, c.ev.lport);
@@ -530,8 +538,11 @@ impl Session {
 
     /// Ends the interval: returns its aggregates and starts a fresh set.
     pub fn take(&mut self) -> Aggregates {
-        let mut next = Aggregates::default();
-        next.note_netns(self.host);
+        // Counters at the interval's boundary: tier 0's last reading (`poll(true)` just before).
+        let next = Aggregates {
+            counters_first: self.engine.tier0.counters().clone(),
+            ..Aggregates::default()
+        };
         let mut agg = std::mem::replace(&mut self.agg, next);
         agg.tier0_listeners = self.engine.tier0.take_interval();
         agg.families = self.families();

@@ -31,6 +31,35 @@ pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
     out
 }
 
+/// Like `parse_pairs`, keeping only the `Prefix:Name` keys in `wanted` (no allocation for the
+/// others: tier 0 reads these files several times a second).
+pub fn parse_selected(text: &str, wanted: &[&str], out: &mut HashMap<String, u64>) {
+    let mut header: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        let Some((prefix, rest)) = line.split_once(':') else {
+            header = None;
+            continue;
+        };
+        match header {
+            Some((hp, names)) if hp == prefix => {
+                for (n, v) in names.split_whitespace().zip(rest.split_whitespace()) {
+                    let wanted_here = wanted.iter().any(|w| {
+                        w.len() == prefix.len() + 1 + n.len()
+                            && w.starts_with(prefix)
+                            && w.ends_with(n)
+                            && w.as_bytes()[prefix.len()] == b':'
+                    });
+                    if wanted_here && let Ok(v) = v.parse::<i64>() {
+                        out.insert(format!("{prefix}:{n}"), v.max(0) as u64);
+                    }
+                }
+                header = None;
+            }
+            _ => header = Some((prefix, rest)),
+        }
+    }
+}
+
 /// TcpExt and Tcp counters of the calling thread's network namespace.
 pub fn read_here() -> Result<HashMap<String, u64>> {
     let mut all = HashMap::new();
@@ -83,6 +112,30 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &
         .copied()
         .unwrap_or(0)
         .saturating_sub(before.get(key).copied().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod selected_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_wanted_counters_are_kept() {
+        let text = "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 3 7\nIpExt: InNoRoutes\nIpExt: 1\nTcp: RtoAlgorithm AttemptFails\nTcp: 1 9\n";
+        let mut out = HashMap::new();
+        parse_selected(
+            text,
+            &["TcpExt:ListenDrops", "Tcp:AttemptFails", "Tcp:Missing"],
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out["TcpExt:ListenDrops"], 7);
+        assert_eq!(out["Tcp:AttemptFails"], 9);
+        assert_eq!(
+            parse_pairs(text)["TcpExt:ListenDrops"],
+            7,
+            "same reading as parse_pairs"
+        );
+    }
 }
 
 #[cfg(test)]

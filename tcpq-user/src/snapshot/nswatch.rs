@@ -21,14 +21,19 @@ use super::{counters, netns, sockdiag};
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// Namespaces watched at most: beyond, the newest are left out (and counted).
 pub const MAX_NAMESPACES: usize = 512;
+/// A namespace's counters are read at least this often; at every reading where one of its
+/// listeners' sk_drops moved (the refusals are shared out by them), and when forced.
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// One namespace's tier-0 reading.
 #[derive(Debug, Clone, Default)]
 pub struct NsReading {
     pub inum: u32,
     pub listeners: Vec<sockdiag::DiagSocket>,
-    /// `Prefix:Name` → value (/proc/net/netstat and /proc/net/snmp).
-    pub counters: HashMap<String, u64>,
+    /// `Prefix:Name` → value (/proc/net/netstat and /proc/net/snmp, the wanted ones): None
+    /// when not read this time (see COUNTERS_EVERY).
+    pub counters: Option<HashMap<String, u64>>,
+    /// Read with the counters.
     pub conntrack: Option<CtReading>,
 }
 
@@ -42,6 +47,9 @@ pub struct CtReading {
 }
 
 struct Watched {
+    /// Σ sk_drops of its listeners at the last reading, and when its counters were read.
+    drops_sum: u64,
+    counters_at: Option<Instant>,
     diag: Socket,
     netstat: File,
     snmp: File,
@@ -52,6 +60,8 @@ struct Watched {
 fn open_here() -> Result<Watched> {
     let open = |p: &str| File::open(p).map_err(|e| anyhow::anyhow!("open {p}: {e}"));
     Ok(Watched {
+        drops_sum: 0,
+        counters_at: None,
         diag: sockdiag::open_diag()?,
         netstat: open("/proc/thread-self/net/netstat")?,
         snmp: open("/proc/thread-self/net/snmp")?,
@@ -98,6 +108,8 @@ pub fn discover() -> HashMap<u32, PathBuf> {
 /// The namespaces watched and their kept sockets and files.
 pub struct NsWatcher {
     watched: HashMap<u32, Watched>,
+    /// The `Prefix:Name` counters kept.
+    wanted: &'static [&'static str],
     last_discovery: Option<Instant>,
     /// Namespaces not watched because MAX_NAMESPACES was reached.
     pub left_out: usize,
@@ -106,16 +118,11 @@ pub struct NsWatcher {
     buf: String,
 }
 
-impl Default for NsWatcher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl NsWatcher {
-    pub fn new() -> Self {
+    pub fn new(wanted: &'static [&'static str]) -> Self {
         Self {
             watched: HashMap::new(),
+            wanted,
             last_discovery: None,
             left_out: 0,
             unreadable: 0,
@@ -178,8 +185,9 @@ impl NsWatcher {
         self.last_discovery = Some(Instant::now());
     }
 
-    /// Reads every watched namespace (discovering new ones when due).
-    pub fn poll(&mut self) -> Vec<NsReading> {
+    /// Reads every watched namespace (discovering new ones when due); `counters`: read every
+    /// namespace's counters now, whatever COUNTERS_EVERY says.
+    pub fn poll(&mut self, counters: bool) -> Vec<NsReading> {
         if self
             .last_discovery
             .is_none_or(|t| t.elapsed() >= DISCOVER_EVERY)
@@ -198,11 +206,27 @@ impl NsWatcher {
                 gone.push(*ino);
                 continue;
             }
+            let drops_sum: u64 = r
+                .listeners
+                .iter()
+                .filter_map(|l| l.drops)
+                .map(u64::from)
+                .sum();
+            let moved = std::mem::replace(&mut w.drops_sum, drops_sum) != drops_sum;
+            let due =
+                counters || moved || w.counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
+            if !due {
+                out.push(r);
+                continue;
+            }
+            w.counters_at = Some(Instant::now());
+            let mut read = HashMap::new();
             for f in [&mut w.netstat, &mut w.snmp] {
                 if reread(f, buf) {
-                    r.counters.extend(counters::parse_pairs(buf));
+                    counters::parse_selected(buf, self.wanted, &mut read);
                 }
             }
+            r.counters = Some(read);
             if let Some(stat) = w.ct_stat.as_mut()
                 && reread(stat, buf)
             {
@@ -237,16 +261,24 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let here = netns::current().unwrap();
-        let mut w = NsWatcher::new();
+        let mut w = NsWatcher::new(&["TcpExt:ListenDrops", "Tcp:ActiveOpens"]);
         for _ in 0..2 {
-            let readings = w.poll();
+            let readings = w.poll(true);
             let mine = readings
                 .iter()
                 .find(|r| r.inum == here)
                 .expect("own namespace");
             assert!(mine.listeners.iter().any(|s| s.lport == port));
-            assert!(mine.counters.contains_key("TcpExt:ListenDrops"));
-            assert!(mine.counters.contains_key("Tcp:ActiveOpens"));
+            let c = mine.counters.as_ref().expect("counters read when asked");
+            assert!(c.contains_key("TcpExt:ListenDrops"));
+            assert!(c.contains_key("Tcp:ActiveOpens"));
+            assert_eq!(c.len(), 2, "only the wanted ones");
         }
+        let again = w.poll(false);
+        let mine = again
+            .iter()
+            .find(|r| r.inum == here)
+            .expect("own namespace");
+        assert!(mine.counters.is_none(), "not due again within a second");
     }
 }
