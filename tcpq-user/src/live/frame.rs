@@ -187,6 +187,8 @@ pub struct Frame {
     pub counters: Vec<CounterRate>,
     /// Per family: watching (kernel counters only) or tracing (tier 2 attached), since, why.
     pub families: Vec<crate::live::engine::FamilyView>,
+    /// Network namespaces tier 0 reads (listeners, counters, conntrack).
+    pub namespaces: usize,
     pub causes: Vec<CauseRow>,
     pub listeners: Vec<ListenerRow>,
     pub outbound: Vec<OutboundRow>,
@@ -238,6 +240,7 @@ pub struct Header {
     pub hooks_inactive: Vec<String>,
     pub lost_total: u64,
     pub lost_interval: u64,
+    pub namespaces: usize,
 }
 
 /// (netns, address, port) of a listener.
@@ -425,6 +428,7 @@ pub fn build(
         lost_interval: header.lost_interval,
         counters,
         families: agg.families.clone(),
+        namespaces: header.namespaces,
         causes: causes.iter().map(|c| cause_row(c, secs)).collect(),
         listeners: listener_rows,
         outbound,
@@ -505,7 +509,12 @@ pub fn render_text(f: &Frame) -> String {
         f.lost_interval,
         f.interval_s
     );
-    let _ = writeln!(s, "families: {}", families_text(f));
+    let _ = writeln!(
+        s,
+        "families: {} — {} namespaces watched",
+        families_text(f),
+        f.namespaces
+    );
     if !f.hooks_inactive.is_empty() {
         let _ = writeln!(s, "inactive hooks: {}", f.hooks_inactive.join("; "));
     }

@@ -216,6 +216,7 @@ pub fn header(session: &Session, lost_total: u64, lost_interval: u64) -> Header 
             .collect(),
         lost_total,
         lost_interval,
+        namespaces: session.engine.namespaces(),
     }
 }
 

@@ -194,6 +194,13 @@ pub struct Engine {
     listen_flush: bool,
 }
 
+impl Engine {
+    /// Network namespaces tier 0 reads now.
+    pub fn namespaces(&self) -> usize {
+        self.watcher.namespaces()
+    }
+}
+
 /// The families the engine arms, as the renderers name them.
 pub const ARMED_FAMILIES: [(Family, &str); 3] = [
     (Family::Listen, "listen"),
