@@ -5,7 +5,7 @@
 //! with trouble is armed (its tier-2 programs attached, `Loaded::arm`) and disarmed after a
 //! quiet period. Pure: readings in, totals and arm/disarm decisions out.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -19,6 +19,17 @@ use crate::snapshot::{
 
 /// Tier 0 is read this often (a LISTEN-only dump and a few /proc reads per namespace).
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Tier 0 may take at most 1/TIER0_CPU_SHARE of one CPU: a reading that took `t` is followed by
+/// the next after at least TIER0_CPU_SHARE × t (10,000 listeners: ~18 ms a reading here, so
+/// every ~1.8 s between the frames' own readings), never more than MAX_POLL_EVERY apart.
+pub const TIER0_CPU_SHARE: u32 = 100;
+pub const MAX_POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// When the next tier-0 reading is due after one that took `cost`.
+pub fn next_poll_after(cost: Duration) -> Duration {
+    (cost * TIER0_CPU_SHARE).clamp(POLL_EVERY, MAX_POLL_EVERY)
+}
+
 /// A family is disarmed after this long without trouble (`--quiet-period`).
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(30);
 
@@ -114,7 +125,7 @@ struct Pending {
 /// Tier-0 state across readings.
 #[derive(Debug, Default)]
 pub struct Tier0 {
-    pub listeners: BTreeMap<ListenerId, ListenerTotals>,
+    pub listeners: HashMap<ListenerId, ListenerTotals>,
     counters: HashMap<u32, HashMap<String, u64>>,
     conntrack: HashMap<u32, CtReading>,
     /// Per namespace: sk_drops movements and ListenDrops not yet shared out (see `update`).
@@ -522,6 +533,16 @@ mod tests {
         );
         let s = t.update(&[reading(1, vec![listener(80, 5, 10, 0)], &[])]);
         assert_eq!(s.listen, None, "half is not over half");
+    }
+
+    #[test]
+    fn big_tables_are_read_less_often() {
+        assert_eq!(next_poll_after(Duration::from_micros(300)), POLL_EVERY);
+        assert_eq!(
+            next_poll_after(Duration::from_millis(18)),
+            Duration::from_millis(1800)
+        );
+        assert_eq!(next_poll_after(Duration::from_secs(1)), MAX_POLL_EVERY);
     }
 
     #[test]

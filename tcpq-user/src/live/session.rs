@@ -187,6 +187,8 @@ pub struct Engine {
     pub arms: BTreeMap<Family, Arm>,
     pub opts: LiveOptions,
     last_poll: Option<Instant>,
+    /// Between frames, tier 0 is read this often (engine::next_poll_after).
+    poll_every: Duration,
     /// Tier-1 signals since the last poll: EADDRNOTAVAIL handshakes, table-full drops.
     failed_port_searches: u64,
     table_full_drops: u64,
@@ -326,6 +328,7 @@ impl Session {
                     .collect(),
                 opts: live,
                 last_poll: None,
+                poll_every: engine::POLL_EVERY,
                 failed_port_searches: 0,
                 table_full_drops: 0,
                 listen_flush: false,
@@ -342,15 +345,21 @@ impl Session {
     /// families whose signals moved or went quiet.
     pub fn poll(&mut self, now: bool) {
         let e = &mut self.engine;
-        if !now
-            && e.last_poll
-                .is_some_and(|t| t.elapsed() < engine::POLL_EVERY)
-        {
+        // A frame's own reading (`now`) keeps intervals exact (unless one just ran); between
+        // frames, big tables are read less often (engine::next_poll_after).
+        let wait = if now {
+            Duration::from_millis(50)
+        } else {
+            e.poll_every
+        };
+        if e.last_poll.is_some_and(|t| t.elapsed() < wait) {
             return;
         }
-        e.last_poll = Some(Instant::now());
+        let started = Instant::now();
+        e.last_poll = Some(started);
         let readings = e.watcher.poll(now);
         let sig = e.tier0.update(&readings);
+        e.poll_every = engine::next_poll_after(started.elapsed());
         let connect = sig.connect.or_else(|| {
             (e.failed_port_searches > 0).then(|| {
                 format!(
