@@ -1,7 +1,11 @@
 //! `tcpq export`: Prometheus metrics (prometheus-client) fed from each interval's aggregates.
 //! Counters only ever grow; label values are bounded per metric family (the first `top_k`
 //! distinct values keep their own label, later ones are summed into `other`).
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::AtomicU64,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -130,6 +134,7 @@ pub struct Metrics {
     causes: Family<CauseLabels, Gauge>,
     events: Counter,
     folded_labels: Gauge,
+    last_update: Gauge<f64, AtomicU64>,
     listeners_budget: LabelBudget,
     dest_budget: LabelBudget,
     process_budget: LabelBudget,
@@ -226,6 +231,12 @@ impl Metrics {
             "Distinct label values summed into `other` because of the cardinality bound",
             folded_labels.clone(),
         );
+        let last_update = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_update_seconds",
+            "Unix time at which the last interval was folded in (moves every --interval while collection runs)",
+            last_update.clone(),
+        );
         // Loss is always shown, zero included.
         for family in [
             "listen",
@@ -253,6 +264,7 @@ impl Metrics {
             causes,
             events,
             folded_labels,
+            last_update,
             listeners_budget: LabelBudget::new(top_k),
             dest_budget: LabelBudget::new(top_k),
             process_budget: LabelBudget::new(top_k),
@@ -385,6 +397,9 @@ impl Metrics {
             + self.process_budget.folded.len()
             + self.netns_budget.folded.len();
         self.folded_labels.set(folded as i64);
+        if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
+            self.last_update.set(now.as_secs_f64());
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -400,6 +415,12 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn series_value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
 
     #[test]
     fn label_budget_folds_past_the_bound() {
@@ -449,5 +470,7 @@ mod tests {
             "{second}"
         );
         assert!(second.ends_with("# EOF\n"));
+        let updated = series_value(&second, "tcpq_last_update_seconds");
+        assert!(updated > 1.7e9, "{second}");
     }
 }
