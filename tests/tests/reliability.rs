@@ -185,7 +185,9 @@ fn loss_is_shown_by_top_and_export() {
     use std::io::{BufRead as _, Read as _, Write as _};
     let ns = Netns::new("losstop");
     let mut top = tcpq()
-        .args(["top", "--json", "-d", "500ms"])
+        // Every program from the start: the one-shot flood below is over before tier 0 would
+        // arm the listen family (this test is about loss being shown, not about arming).
+        .args(["top", "--json", "-d", "500ms", "--hooks", "all"])
         .env("TCPQ_RING_BYTES", "4096")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -193,7 +195,15 @@ fn loss_is_shown_by_top_and_export() {
         .unwrap();
     let addr = "127.0.0.1:19465";
     let mut export = tcpq()
-        .args(["export", "--listen", addr, "--interval", "300ms"])
+        .args([
+            "export",
+            "--listen",
+            addr,
+            "--interval",
+            "300ms",
+            "--hooks",
+            "all",
+        ])
         .env("TCPQ_RING_BYTES", "4096")
         .stderr(std::process::Stdio::null())
         .spawn()
