@@ -534,7 +534,8 @@ fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables
             .context("start python3 for the big tables")?;
         let mut out = BufReader::new(py.stdout.take().context("python stdout")?);
         let mut line = String::new();
-        out.read_line(&mut line).context("wait for the big tables")?;
+        out.read_line(&mut line)
+            .context("wait for the big tables")?;
         if line.trim() != "ready" {
             let _ = py.kill();
             bail!("the big tables were not built: {line}");
