@@ -5,30 +5,11 @@
 //! once the churn stops, and no row of a dead namespace stays.
 use std::{
     collections::HashSet,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use tcpq_tests::*;
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn alive(pid: u32) -> bool {
     std::fs::metadata(format!("/proc/{pid}")).is_ok()
@@ -80,19 +61,6 @@ fn reap() -> usize {
     }
 }
 
-fn scrape(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.contains("200 OK").then_some(body)
-}
-
 #[test]
 fn namespaces_churning_a_hundred_a_second_leave_nothing_behind() {
     if skip_unless_root("churn") {
@@ -113,7 +81,10 @@ fn namespaces_churning_a_hundred_a_second_leave_nothing_behind() {
     std::thread::sleep(Duration::from_secs(2)); // both settled: their baseline
     while top.frames.try_recv().is_ok() {}
     let pids = [top.child.id(), export.id()];
-    let before: Vec<(usize, u64)> = pids.iter().map(|p| (fd_count(*p), rss_kib(*p))).collect();
+    let before: Vec<(usize, u64)> = pids
+        .iter()
+        .map(|p| (fd_count(*p), rss_kib(*p).unwrap_or(0)))
+        .collect();
 
     // ~100 namespaces a second for 30 s, each living 300 ms.
     let started = Instant::now();
@@ -187,7 +158,7 @@ fn namespaces_churning_a_hundred_a_second_leave_nothing_behind() {
         assert!(alive_ns.contains(&ns), "row of a dead namespace {ns}: {l}");
     }
     for (p, (fds0, rss0)) in pids.iter().zip(&before) {
-        let (fds, rss) = (fd_count(*p), rss_kib(*p));
+        let (fds, rss) = (fd_count(*p), rss_kib(*p).unwrap_or(0));
         eprintln!("churn: tcpq {p}: fds {fds0} → {fds}, RSS {rss0} → {rss} KiB");
         assert!(fds <= fds0 + 8, "fd growth in {p}: {fds0} → {fds}");
         assert!(

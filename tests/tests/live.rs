@@ -3,8 +3,6 @@
 //! and /metrics scraped over HTTP.
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -291,20 +289,6 @@ fn top_in_tmux_shows_the_cause_within_3s_and_restores_the_terminal() {
         "the alternate screen was left: {screen}"
     );
     drop(lab);
-}
-
-/// GET /metrics; None while the exporter is not up.
-fn scrape(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.contains("200 OK").then_some(body)
 }
 
 /// Series value by its full name with labels.

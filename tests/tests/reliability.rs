@@ -261,18 +261,6 @@ fn loss_is_shown_by_top_and_export() {
     assert!(lost > 0.0, "export counts the loss: {body}");
 }
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// SYNs from a million distinct clients (127.a.b.c:port on loopback; checksums computed
 /// incrementally) at a listener whose accept queue is full: each one is refused.
 const MILLION_SYNS: &str = r#"

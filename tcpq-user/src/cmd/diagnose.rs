@@ -57,6 +57,8 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(10));
     }
     session.drain();
+    // The counters at the end of the run (tier 0), for the evidence.
+    session.poll(true);
     if tty {
         eprintln!();
     }

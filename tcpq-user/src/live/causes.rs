@@ -84,7 +84,7 @@ pub fn find_causes(
             cookie,
         } = a.key;
         let info = dir.lookup(ns, cookie, laddr, lport);
-        let now = counters::read_in(ns).unwrap_or_default();
+        let now = agg.counters_last.get(&ns).cloned().unwrap_or_default();
         let cookies_sent_recv = agg.counters_first.get(&ns).map(|b| {
             (
                 counters::delta(b, &now, "TcpExt:SyncookiesSent"),

@@ -178,13 +178,14 @@ fn moved(before: &HashMap<String, u64>, now: &HashMap<String, u64>, name: &str) 
 
 impl Tier0 {
     /// Folds one reading of every namespace in; returns the families with trouble.
-    pub fn update(&mut self, readings: &[NsReading]) -> Signals {
+    pub fn update(&mut self, readings: Vec<NsReading>) -> Signals {
         let first = self.readings == 0;
         self.readings += 1;
         let mut sig = Signals::default();
         for l in self.listeners.values_mut() {
             l.was_present = std::mem::replace(&mut l.present, false);
         }
+        let seen: std::collections::HashSet<u32> = readings.iter().map(|r| r.inum).collect();
         for r in readings {
             let mut moved_here: Vec<(ListenerId, u64)> = Vec::new();
             for s in r.listeners.iter().filter(|s| s.state == TCP_LISTEN) {
@@ -301,7 +302,9 @@ impl Tier0 {
                         }
                     }
                 }
-                self.counters.insert(r.inum, counters.clone());
+            }
+            if let Some(counters) = r.counters {
+                self.counters.insert(r.inum, counters);
             }
             if let Some(ct) = r.conntrack {
                 let before = self.conntrack.insert(r.inum, ct);
@@ -322,7 +325,6 @@ impl Tier0 {
             }
         }
         // Namespaces gone: forget their counters.
-        let seen: std::collections::HashSet<u32> = readings.iter().map(|r| r.inum).collect();
         self.counters.retain(|ns, _| seen.contains(ns));
         self.pending.retain(|ns, _| seen.contains(ns));
         self.conntrack.retain(|ns, _| seen.contains(ns));
@@ -463,10 +465,18 @@ mod tests {
     #[test]
     fn drops_before_the_first_reading_are_not_counted_later_ones_are() {
         let mut t = Tier0::default();
-        let s = t.update(&[reading(1, vec![listener(80, 0, 10, 500)], &[(LD, 480)])]);
+        let s = t.update(vec![reading(
+            1,
+            vec![listener(80, 0, 10, 500)],
+            &[(LD, 480)],
+        )]);
         assert_eq!(s.listen, None);
         // sk_drops moved by 14 (two ACK drops counted twice), ListenDrops by 12.
-        let s = t.update(&[reading(1, vec![listener(80, 10, 10, 514)], &[(LD, 492)])]);
+        let s = t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 514)],
+            &[(LD, 492)],
+        )]);
         assert!(s.listen.as_deref().unwrap().starts_with("14 refused"));
         let out = t.take_interval();
         assert_eq!(out.len(), 1);
@@ -479,7 +489,7 @@ mod tests {
         t.listeners
             .values_mut()
             .for_each(|v| v.last_drops = u32::MAX - 1);
-        t.update(&[reading(1, vec![l], &[(LD, 497)])]);
+        t.update(vec![reading(1, vec![l], &[(LD, 497)])]);
         let out = t.take_interval();
         assert_eq!(
             out[0].1.refused_interval, 5,
@@ -506,17 +516,17 @@ mod tests {
     #[test]
     fn drops_counted_before_the_listener_moved_wait_one_reading() {
         let mut t = Tier0::default();
-        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
-        t.update(&[reading(1, vec![listener(80, 4, 10, 0)], &[(LD, 3)])]);
-        t.update(&[reading(1, vec![listener(80, 4, 10, 3)], &[(LD, 3)])]);
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(1, vec![listener(80, 4, 10, 0)], &[(LD, 3)])]);
+        t.update(vec![reading(1, vec![listener(80, 4, 10, 3)], &[(LD, 3)])]);
         assert_eq!(t.take_interval()[0].1.refused_interval, 3);
     }
 
     #[test]
     fn a_listener_created_after_start_counts_all_its_drops() {
         let mut t = Tier0::default();
-        t.update(&[reading(1, vec![], &[])]);
-        let s = t.update(&[reading(2, vec![listener(9000, 4, 4, 7)], &[(LD, 7)])]);
+        t.update(vec![reading(1, vec![], &[])]);
+        let s = t.update(vec![reading(2, vec![listener(9000, 4, 4, 7)], &[(LD, 7)])]);
         assert!(s.listen.is_some());
         assert_eq!(t.take_interval()[0].1.refused_interval, 7);
     }
@@ -524,14 +534,14 @@ mod tests {
     #[test]
     fn a_queue_over_half_its_backlog_is_trouble_without_drops() {
         let mut t = Tier0::default();
-        let s = t.update(&[reading(1, vec![listener(80, 6, 10, 0)], &[])]);
+        let s = t.update(vec![reading(1, vec![listener(80, 6, 10, 0)], &[])]);
         assert!(
             s.listen
                 .as_deref()
                 .unwrap()
                 .starts_with("accept queue 6/10")
         );
-        let s = t.update(&[reading(1, vec![listener(80, 5, 10, 0)], &[])]);
+        let s = t.update(vec![reading(1, vec![listener(80, 5, 10, 0)], &[])]);
         assert_eq!(s.listen, None, "half is not over half");
     }
 
@@ -559,22 +569,26 @@ mod tests {
     #[test]
     fn the_last_drops_of_a_closed_listener_are_its_own() {
         let mut t = Tier0::default();
-        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
-        t.update(&[reading(1, vec![listener(80, 10, 10, 100)], &[(LD, 100)])]);
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 100)],
+            &[(LD, 100)],
+        )]);
         // Closed after 40 more drops, before the next reading could see its sk_drops.
-        t.update(&[reading(1, vec![], &[(LD, 140)])]);
+        t.update(vec![reading(1, vec![], &[(LD, 140)])]);
         assert_eq!(t.take_interval()[0].1.refused_interval, 140);
     }
 
     #[test]
     fn movements_wait_for_the_next_counters_reading() {
         let mut t = Tier0::default();
-        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
         let mut r = reading(1, vec![listener(80, 4, 10, 5)], &[]);
         r.counters = None; // not read this time
-        t.update(&[r]);
+        t.update(vec![r]);
         assert_eq!(t.listeners.values().next().unwrap().refused_interval, 0);
-        t.update(&[reading(1, vec![listener(80, 4, 10, 5)], &[(LD, 5)])]);
+        t.update(vec![reading(1, vec![listener(80, 4, 10, 5)], &[(LD, 5)])]);
         assert_eq!(t.take_interval()[0].1.refused_interval, 5);
     }
 
@@ -582,11 +596,11 @@ mod tests {
     fn a_queue_that_is_never_drained_is_trouble_a_passing_one_is_not() {
         let mut t = Tier0::default();
         let q = |n| reading(1, vec![listener(80, n, 256, 0)], &[]);
-        assert_eq!(t.update(&[q(90)]).listen, None);
-        assert_eq!(t.update(&[q(1)]).listen, None, "drained in between");
-        assert_eq!(t.update(&[q(90)]).listen, None);
-        assert_eq!(t.update(&[q(95)]).listen, None);
-        let s = t.update(&[q(95)]).listen.unwrap();
+        assert_eq!(t.update(vec![q(90)]).listen, None);
+        assert_eq!(t.update(vec![q(1)]).listen, None, "drained in between");
+        assert_eq!(t.update(vec![q(90)]).listen, None);
+        assert_eq!(t.update(vec![q(95)]).listen, None);
+        let s = t.update(vec![q(95)]).listen.unwrap();
         assert!(
             s.starts_with("accept queue not drained for 3 readings (95/256)"),
             "{s}"
@@ -596,12 +610,12 @@ mod tests {
     #[test]
     fn counters_that_move_arm_their_family() {
         let mut t = Tier0::default();
-        t.update(&[reading(
+        t.update(vec![reading(
             1,
             vec![],
             &[("TcpExt:SyncookiesSent", 5), ("Tcp:AttemptFails", 1)],
         )]);
-        let s = t.update(&[reading(
+        let s = t.update(vec![reading(
             1,
             vec![],
             &[("TcpExt:SyncookiesSent", 9), ("Tcp:AttemptFails", 1)],
@@ -611,7 +625,7 @@ mod tests {
             Some("TcpExt:SyncookiesSent +4 (netns 1)")
         );
         assert_eq!(s.connect, None);
-        let s = t.update(&[reading(
+        let s = t.update(vec![reading(
             1,
             vec![],
             &[("TcpExt:SyncookiesSent", 9), ("Tcp:AttemptFails", 3)],
@@ -629,28 +643,28 @@ mod tests {
             max: 100,
             drop: 0,
         });
-        assert_eq!(t.update(std::slice::from_ref(&r)).conntrack, None);
+        assert_eq!(t.update(vec![r.clone()]).conntrack, None);
         r.conntrack = Some(CtReading {
             count: 90,
             max: 100,
             drop: 0,
         });
-        assert!(t.update(std::slice::from_ref(&r)).conntrack.is_some());
+        assert!(t.update(vec![r.clone()]).conntrack.is_some());
         r.conntrack = Some(CtReading {
             count: 10,
             max: 100,
             drop: 4,
         });
-        let s = t.update(std::slice::from_ref(&r)).conntrack.unwrap();
+        let s = t.update(vec![r.clone()]).conntrack.unwrap();
         assert!(s.starts_with("conntrack dropped 4"), "{s}");
     }
 
     #[test]
     fn gone_listeners_report_their_last_interval_then_leave() {
         let mut t = Tier0::default();
-        t.update(&[reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
-        t.update(&[reading(1, vec![listener(80, 0, 10, 4)], &[(LD, 4)])]);
-        t.update(&[reading(1, vec![], &[(LD, 4)])]);
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 4)], &[(LD, 4)])]);
+        t.update(vec![reading(1, vec![], &[(LD, 4)])]);
         assert_eq!(t.take_interval()[0].1.refused_interval, 4);
         assert!(t.listeners.is_empty());
         assert!(t.take_interval().is_empty());

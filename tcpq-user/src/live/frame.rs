@@ -206,8 +206,6 @@ pub struct Snapshots {
     /// (netns, destination, port) → port usage.
     pub ports: HashMap<(u32, IpAddr, u16), PortSnap>,
     pub conntrack: Vec<ConntrackRow>,
-    /// Kernel counters per namespace at the end of the interval.
-    pub counters_now: HashMap<u32, HashMap<String, u64>>,
     /// pid → cgroup path (not root).
     pub cgroups: HashMap<u32, String>,
 }
@@ -300,7 +298,7 @@ pub fn build(
             .counters_first
             .iter()
             .filter_map(|(ns, first)| {
-                let now = snaps.counters_now.get(ns)?;
+                let now = agg.counters_last.get(ns)?;
                 Some(crate::snapshot::counters::delta(first, now, name))
             })
             .sum();

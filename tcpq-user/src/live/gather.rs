@@ -174,8 +174,6 @@ pub fn snapshots(
         });
     }
 
-    // Tier 0 read them at the interval's end (Producer::tick): no namespace entered here.
-    s.counters_now = session.engine.tier0.counters().clone();
     for pid in pids.into_iter().take(1000) {
         if let Some(cg) = procs::cgroup_path(pid) {
             s.cgroups.insert(pid, cg);

@@ -49,8 +49,10 @@ pub struct Aggregates {
     pub events: u64,
     /// Listen events the kernel counted per listener without a ring record (line budget).
     pub tallied: u64,
-    /// Kernel counters (/proc/net/netstat, snmp) per namespace at the start of the interval.
+    /// Kernel counters (/proc/net/netstat, snmp) per namespace at the start and at the end of
+    /// the interval: tier 0's readings at its boundaries.
     pub counters_first: HashMap<u32, HashMap<String, u64>>,
+    pub counters_last: HashMap<u32, HashMap<String, u64>>,
     /// Tier 0: listeners that refused (exact, from `sk_drops`) or queued in the interval.
     pub tier0_listeners: Vec<(ListenerId, ListenerTotals)>,
     /// Each family: watching or tracing, since when and why (at the end of the interval).
@@ -69,6 +71,7 @@ impl Default for Aggregates {
             events: 0,
             tallied: 0,
             counters_first: HashMap::new(),
+            counters_last: HashMap::new(),
             tier0_listeners: Vec::new(),
             families: Vec::new(),
         }
@@ -156,15 +159,6 @@ pub struct LiveOptions {
     pub hooks_all: bool,
     /// A tracing family is disarmed after this long without trouble.
     pub quiet: Duration,
-}
-
-impl Default for LiveOptions {
-    fn default() -> Self {
-        Self {
-            hooks_all: false,
-            quiet: engine::DEFAULT_QUIET,
-        }
-    }
 }
 
 /// The start-up line of the live commands: what they attach.
@@ -358,7 +352,7 @@ impl Session {
         let started = Instant::now();
         e.last_poll = Some(started);
         let readings = e.watcher.poll(now);
-        let sig = e.tier0.update(&readings);
+        let sig = e.tier0.update(readings);
         e.poll_every = engine::next_poll_after(started.elapsed());
         let connect = sig.connect.or_else(|| {
             (e.failed_port_searches > 0).then(|| {
@@ -560,6 +554,7 @@ impl Session {
             ..Aggregates::default()
         };
         let mut agg = std::mem::replace(&mut self.agg, next);
+        agg.counters_last = self.engine.tier0.counters().clone();
         agg.tier0_listeners = self.engine.tier0.take_interval();
         agg.families = self.families();
         agg

@@ -59,15 +59,27 @@ struct Watched {
 
 fn open_here() -> Result<Watched> {
     let open = |p: &str| File::open(p).map_err(|e| anyhow::anyhow!("open {p}: {e}"));
+    let (ct_stat, ct_max) = open_conntrack_here();
     Ok(Watched {
         drops_sum: 0,
         counters_at: None,
         diag: sockdiag::open_diag()?,
         netstat: open("/proc/thread-self/net/netstat")?,
         snmp: open("/proc/thread-self/net/snmp")?,
-        ct_stat: File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
-        ct_max: File::open("/proc/sys/net/netfilter/nf_conntrack_max").ok(),
+        ct_stat,
+        ct_max,
     })
+}
+
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// The conntrack stat and limit of the calling thread's namespace (absent while nf_conntrack is
+/// not loaded).
+fn open_conntrack_here() -> (Option<File>, Option<File>) {
+    (
+        File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
+        File::open(CT_MAX).ok(),
+    )
 }
 
 /// Reads a /proc file again from its start (seq_file regenerates it on every read).
@@ -136,11 +148,13 @@ impl NsWatcher {
 
     fn rediscover(&mut self, here: Option<u32>) {
         let found = discover();
+        let loaded_ct = Path::new(CT_MAX).exists();
         // Let go of namespaces nothing else holds any more: our sockets would keep them alive.
         self.watched.retain(|ino, _| found.contains_key(ino));
         self.unreadable = 0;
         self.left_out = 0;
-        for (ino, path) in found {
+        for (ino, path) in &found {
+            let ino = *ino;
             if self.watched.contains_key(&ino) {
                 continue;
             }
@@ -151,7 +165,7 @@ impl NsWatcher {
             let opened = if Some(ino) == here {
                 open_here()
             } else {
-                netns::run_in_path(&path, open_here).and_then(|r| r)
+                netns::run_in_path(path, open_here).and_then(|r| r)
             };
             match opened {
                 Ok(w) => {
@@ -161,25 +175,16 @@ impl NsWatcher {
             }
         }
         // Conntrack may be loaded after tcpq started: look again where it was missing.
-        for (ino, w) in self.watched.iter_mut() {
-            if w.ct_stat.is_none() {
-                let path = if Some(*ino) == here {
-                    Some(PathBuf::from("/proc/thread-self/ns/net"))
-                } else {
-                    netns::find(*ino)
-                };
-                if let Some(p) = path
-                    && Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
-                    && let Ok((stat, max)) = netns::run_in_path(&p, || {
-                        (
-                            File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
-                            File::open("/proc/sys/net/netfilter/nf_conntrack_max").ok(),
-                        )
-                    })
-                {
-                    w.ct_stat = stat;
-                    w.ct_max = max;
-                }
+        for (ino, w) in self
+            .watched
+            .iter_mut()
+            .filter(|(_, w)| loaded_ct && w.ct_stat.is_none())
+        {
+            if let Some(path) = found.get(ino)
+                && let Ok((stat, max)) = netns::run_in_path(path, open_conntrack_here)
+            {
+                w.ct_stat = stat;
+                w.ct_max = max;
             }
         }
         self.last_discovery = Some(Instant::now());
