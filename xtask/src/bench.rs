@@ -22,6 +22,9 @@ const BENCH_NS: &str = "tcpq-bench";
 /// nginx listens here; the storm lab's full listener on STORM_PORT.
 const NGINX_PORT: u16 = 18090;
 const STORM_PORT: u16 = 18091;
+/// The same nginx with `backlog=8`: wrk's 200 connections overflow it (~200 refusals/s here),
+/// the incident whose armed cost is compared with bpftrace's.
+const OVERFLOW_PORT: u16 = 18092;
 /// Pinning (`taskset`): nginx on CPU 0, wrk and tcpq on CPU 1, so that the pairs compare the
 /// same placement every time.
 const NGINX_CPU: &str = "0";
@@ -30,6 +33,11 @@ const TCPQ_CPU: &str = "1";
 
 /// `wrk` against the bench nginx inside its namespace; requests/s.
 fn wrk_rps(secs: u64) -> Result<f64> {
+    wrk_rps_at(NGINX_PORT, secs)
+}
+
+/// `wrk` against the bench nginx's listener on `port`; requests/s.
+fn wrk_rps_at(port: u16, secs: u64) -> Result<f64> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -44,7 +52,7 @@ fn wrk_rps(secs: u64) -> Result<f64> {
             &format!("-d{secs}s"),
             "-H",
             "Connection: close",
-            &format!("http://127.0.0.1:{NGINX_PORT}/"),
+            &format!("http://127.0.0.1:{port}/"),
         ])
         .output()
         .context("run wrk")?;
@@ -375,26 +383,14 @@ fn program_costs(secs: u64) -> Result<(Vec<ProgramCost>, f64)> {
     Ok((programs, rps * secs as f64))
 }
 
-/// Kernel time of all programs per request, and its share of the machine's CPU time per
-/// request at `rps` (wrk, nginx and tcpq saturate every CPU in this bench).
-fn per_request_cost(programs: &[ProgramCost], requests: f64, rps: f64, cpus: f64) -> (f64, f64) {
-    let total_ns: f64 = programs
+/// What BPF_ENABLE_STATS itself adds to every run (two clock reads and the counters): the run
+/// time of the empty floor_probe in the same kind of run. Off in production.
+fn floor_ns(programs: &[ProgramCost]) -> f64 {
+    programs
         .iter()
-        .filter(|(name, _, _)| name != "floor_probe") // instrumentation, not tcpq
-        .map(|(_, ns, runs)| *ns as f64 * *runs as f64)
-        .sum();
-    let per_req_ns = if requests > 0.0 {
-        total_ns / requests
-    } else {
-        0.0
-    };
-    let budget_ns = if rps > 0.0 { cpus * 1e9 / rps } else { 0.0 };
-    let share = if budget_ns > 0.0 {
-        per_req_ns / budget_ns
-    } else {
-        0.0
-    };
-    (per_req_ns, share)
+        .find(|(name, _, _)| name == "floor_probe")
+        .map(|(_, ns, _)| *ns as f64)
+        .unwrap_or(0.0)
 }
 
 /// The collector under a SYN storm at a full listener.
@@ -649,6 +645,180 @@ impl Bpftrace {
     }
 }
 
+/// `kernel.bpf_stats_enabled` on for as long as this lives (bpftrace has no BPF_ENABLE_STATS fd
+/// of its own); the previous value is put back on drop, also on a panic.
+struct GlobalBpfStats {
+    previous: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl GlobalBpfStats {
+    fn enable() -> Result<Self, String> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .map_err(|e| format!("read {BPF_STATS_SYSCTL}: {e}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .map_err(|e| format!("enable {BPF_STATS_SYSCTL}: {e}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for GlobalBpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+/// One tool's accounted cost over a wrk run, per request: its programs' run time
+/// (BPF_ENABLE_STATS, from the fds the process holds), their runs, and its process CPU.
+#[derive(Clone, Copy, Default)]
+struct Accounted {
+    programs_ns: f64,
+    runs: f64,
+    process_ns: f64,
+}
+
+impl Accounted {
+    /// Less what BPF_ENABLE_STATS adds to every run (`floor_ns`, the empty floor_probe's run
+    /// time): what the tool costs with the stats off, as in production.
+    fn net_ns(&self, floor_ns: f64) -> f64 {
+        (self.programs_ns - floor_ns * self.runs).max(0.0) + self.process_ns
+    }
+}
+
+/// Samples `pid`'s programs and CPU around a wrk run at `port`.
+fn account(pid: u32, port: u16, secs: u64) -> Result<Accounted, String> {
+    let (prog0, cpu0) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
+    let rps = wrk_rps_at(port, secs).map_err(|e| e.to_string())?;
+    let (prog1, cpu1) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
+    let requests = (rps * secs as f64).max(1.0);
+    Ok(Accounted {
+        programs_ns: (prog1.0 - prog0.0) / requests,
+        runs: (prog1.1 - prog0.1) / requests,
+        process_ns: (cpu1 - cpu0) / requests,
+    })
+}
+
+/// A load under which tier 2 traces, and how tcpq is run for it.
+#[derive(Clone, Copy)]
+struct Scenario {
+    /// What the rows call it.
+    name: &'static str,
+    port: u16,
+    tcpq_args: &'static [&'static str],
+}
+
+/// The incident the issue names: nginx with a small backlog overflowing under wrk; tcpq top
+/// in its default mode, which arms the listen (and accept) family on it.
+const OVERFLOW: Scenario = Scenario {
+    name: "nginx overflowing (backlog=8; `top` arms the listen family)",
+    port: OVERFLOW_PORT,
+    tcpq_args: &["top", "--json", "-d", "1"],
+};
+
+/// The worst case: every family tracing on the healthy load (`--hooks all`).
+const EVERYTHING: Scenario = Scenario {
+    name: "healthy load, every family tracing (`top --hooks all`)",
+    port: NGINX_PORT,
+    tcpq_args: &["top", "--json", "-d", "1", "--hooks", "all"],
+};
+
+/// tcpq against the bpftrace equivalent under `scenario`, alternating, `pairs` times; medians
+/// of each tool's accounted cost per request (programs + process, stats on), and the frames
+/// in which tcpq was tracing (the overflow must have armed it).
+struct Armed {
+    scenario: Scenario,
+    tcpq: Accounted,
+    tracing_frames: usize,
+    frames: usize,
+    bpftrace: Result<Accounted, String>,
+}
+
+fn armed_comparison(scenario: Scenario, secs: u64, pairs: usize) -> Result<Armed> {
+    let med = |v: &[Accounted]| Accounted {
+        programs_ns: median(v.iter().map(|a| a.programs_ns).collect()),
+        runs: median(v.iter().map(|a| a.runs).collect()),
+        process_ns: median(v.iter().map(|a| a.process_ns).collect()),
+    };
+    let (mut tcpq, mut bt, mut bt_err) = (Vec::new(), Vec::new(), None);
+    let (mut tracing_frames, mut frames_seen) = (0, 0);
+    for _ in 0..pairs {
+        let running = start_tcpq(scenario.tcpq_args, &[("TCPQ_BPF_STATS", "1")], true)?;
+        // One second of the load first: the incident arms tier 2 within it, and the
+        // measured run is the armed steady state.
+        wrk_rps_at(scenario.port, 1)?;
+        let measured = account(running.child.id(), scenario.port, secs);
+        let out = running.stop(true)?;
+        let fs = frames(&out.stdout);
+        frames_seen += fs.len();
+        tracing_frames += fs
+            .iter()
+            .filter(|f| {
+                f["families"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x["state"] == "tracing"))
+            })
+            .count();
+        tcpq.push(measured.map_err(anyhow::Error::msg)?);
+        if bt_err.is_some() {
+            continue;
+        }
+        let measured = GlobalBpfStats::enable().and_then(|_stats| {
+            let tool = Bpftrace::start()?;
+            let _ = wrk_rps_at(scenario.port, 1);
+            let measured = account(tool.child.id(), scenario.port, secs);
+            tool.stop();
+            measured
+        });
+        match measured {
+            Ok(a) => bt.push(a),
+            Err(why) => bt_err = Some(why),
+        }
+    }
+    Ok(Armed {
+        scenario,
+        tcpq: med(&tcpq),
+        tracing_frames,
+        frames: frames_seen,
+        bpftrace: match bt_err {
+            Some(why) => Err(why),
+            None => Ok(med(&bt)),
+        },
+    })
+}
+
+/// The armed rows of one scenario: both tools' accounted cost per request, as measured and net
+/// of the stats' floor, and their ratio (the target).
+fn armed_rows(armed: &Armed, floor_ns: f64) -> String {
+    let name = armed.scenario.name;
+    let t = armed.tcpq;
+    let mut rows = format!(
+        "| {name}: tcpq's programs + process per request, stats on (frames tracing) | {:.2} µs + {:.2} µs, {:.1} runs ({} of {}) | |\n",
+        t.programs_ns / 1000.0,
+        t.process_ns / 1000.0,
+        t.runs,
+        armed.tracing_frames,
+        armed.frames,
+    );
+    match &armed.bpftrace {
+        Ok(b) => rows.push_str(&format!(
+            "| {name}: the bpftrace equivalent's programs + process per request, stats on | {:.2} µs + {:.2} µs, {:.1} runs | |\n\
+             | **{name}: cost per request less the stats' own, tcpq / bpftrace** | {:.2} µs / {:.2} µs = **{:.2}×** | ≤ 1× |\n",
+            b.programs_ns / 1000.0,
+            b.process_ns / 1000.0,
+            b.runs,
+            t.net_ns(floor_ns) / 1000.0,
+            b.net_ns(floor_ns) / 1000.0,
+            t.net_ns(floor_ns) / b.net_ns(floor_ns).max(1e-9),
+        )),
+        Err(why) => rows.push_str(&format!(
+            "| {name}: tcpq's cost per request less the stats' own | {:.2} µs | |\n| {name}: the bpftrace equivalent | {why} | |\n",
+            t.net_ns(floor_ns) / 1000.0
+        )),
+    }
+    rows
+}
+
 /// rps ratio with the bpftrace equivalent attached, per pair; Err (with why) when bpftrace
 /// cannot run here.
 fn bpftrace_ratio(secs: u64, pairs: usize) -> Result<f64, String> {
@@ -852,7 +1022,7 @@ impl BenchNs {
         std::fs::write(
             &conf,
             format!(
-                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n server {{ listen 127.0.0.1:{NGINX_PORT} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n server {{ listen 127.0.0.1:{NGINX_PORT} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n server {{ listen 127.0.0.1:{OVERFLOW_PORT} backlog=8; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
             ),
         )?;
         let ns = Self { conf };
@@ -941,7 +1111,9 @@ fn pct(r: f64) -> String {
     format!("{:.1} %", r * 100.0)
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+/// `armed_only`: just the cost while every family traces, against bpftrace (a quicker loop
+/// while working on the tier-2 programs; prints, writes nothing).
+pub fn bench(quick: bool, armed_only: bool) -> Result<()> {
     setup()?;
     if !is_root() {
         bail!("the benchmark loads eBPF programs and creates a network namespace: run it as root");
@@ -954,6 +1126,20 @@ pub fn bench(quick: bool) -> Result<()> {
     ]))?;
     let ns = BenchNs::start()?;
     let (pairs, secs) = if quick { (1, 2) } else { (10, 5) };
+    if armed_only {
+        let (programs, _) = program_costs(secs)?;
+        let floor = floor_ns(&programs);
+        let mut rows = String::new();
+        for scenario in [OVERFLOW, EVERYTHING] {
+            rows.push_str(&armed_rows(
+                &armed_comparison(scenario, secs, pairs.min(5))?,
+                floor,
+            ));
+        }
+        drop(ns);
+        println!("| measure | value | target |\n|---|---|---|\n{rows}");
+        return Ok(());
+    }
     let top = ["top", "--json", "-d", "1"];
     let mut all = Vec::new();
     for i in 0..pairs {
@@ -1002,19 +1188,14 @@ pub fn bench(quick: bool) -> Result<()> {
         .count();
 
     eprintln!("xtask: bench: per-program cost with every hook attached (BPF_ENABLE_STATS)…");
-    let (programs, requests) = program_costs(secs)?;
-    let cpus = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
-    let (per_req_ns, per_req_share) =
-        per_request_cost(&programs, requests, requests / secs as f64, cpus);
-    // What BPF_ENABLE_STATS itself adds to every run (two clock reads and the counters): the
-    // run time of the empty floor_probe in the same kind of run. Off in production.
-    let stats_floor = programs
-        .iter()
-        .find(|(name, _, _)| name == "floor_probe")
-        .map(|(_, ns, _)| *ns as f64)
-        .unwrap_or(0.0);
+    let (programs, _) = program_costs(secs)?;
+    let stats_floor = floor_ns(&programs);
+    eprintln!("xtask: bench: cost while every family traces, tcpq against bpftrace…");
+    let mut armed_rows = String::new();
+    for scenario in [OVERFLOW, EVERYTHING] {
+        let armed = armed_comparison(scenario, secs, if quick { 1 } else { 5 })?;
+        armed_rows.push_str(&self::armed_rows(&armed, stats_floor));
+    }
     let net_programs = (prog_per_req - stats_floor * runs_per_req).max(0.0);
     let net = net_programs + proc_per_req;
     let net_share = if busy_per_req > 0.0 {
@@ -1088,7 +1269,7 @@ pub fn bench(quick: bool) -> Result<()> {
          | start-up: process start → all hooks attached | {startup:.0} ms | < 300 ms |\n\
          | peak RSS under load | {rss:.1} MiB | < 40 MiB |\n\
          | lost events under load | {lost} | 0 |\n\
-         | with every hook attached (`diagnose --hooks all`, what a traced family costs): programs per request | {:.1} µs = {:.1} % of the CPU time per request | |\n\
+         {armed_rows}\
          {bpftrace_rows}\
          | storm: SYNs refused by the kernel (ListenOverflows) | {} in {:.1} s = {:.0}/s ({} sent) | ≥ 200k events/s |\n\
          | storm: refusals tcpq counted for that listener | {} ({exact}) | exact |\n\
@@ -1105,8 +1286,6 @@ pub fn bench(quick: bool) -> Result<()> {
         accounted_share * 100.0,
         net / 1000.0,
         net_share * 100.0,
-        per_req_ns / 1000.0,
-        per_req_share * 100.0,
         storm.kernel_refusals,
         storm.secs,
         storm_rate,
@@ -1237,17 +1416,36 @@ mod tests {
     }
 
     #[test]
-    fn per_request_cost_is_program_time_over_requests() {
-        let p = vec![
-            ("a".to_string(), 100, 1000),
-            ("b".to_string(), 1000, 100),
-            ("floor_probe".to_string(), 50, 1000),
-        ];
-        // 200 µs of program time over 100 requests = 2 µs; at 1000 rps on 2 CPUs a request
-        // has 2 ms of CPU time: 0.1 %.
-        let (ns, share) = per_request_cost(&p, 100.0, 1000.0, 2.0);
-        assert_eq!(ns, 2000.0);
-        assert!((share - 0.001).abs() < 1e-12);
-        assert_eq!(per_request_cost(&p, 0.0, 0.0, 2.0), (0.0, 0.0));
+    fn armed_cost_is_net_of_the_stats_floor() {
+        let a = Accounted {
+            programs_ns: 1000.0,
+            runs: 10.0,
+            process_ns: 200.0,
+        };
+        // 10 runs × 34 ns of stats overhead come off the programs' time, not the process's.
+        assert_eq!(a.net_ns(34.0), 1000.0 - 340.0 + 200.0);
+        assert_eq!(a.net_ns(500.0), 200.0);
+        let armed = Armed {
+            scenario: OVERFLOW,
+            tcpq: a,
+            tracing_frames: 4,
+            frames: 5,
+            bpftrace: Ok(Accounted {
+                programs_ns: 2000.0,
+                runs: 10.0,
+                process_ns: 0.0,
+            }),
+        };
+        let rows = armed_rows(&armed, 0.0);
+        assert!(rows.contains("1.00 µs + 0.20 µs, 10.0 runs (4 of 5)"), "{rows}");
+        assert!(rows.contains("| 1.20 µs / 2.00 µs = **0.60×** | ≤ 1× |"), "{rows}");
+        let rows = armed_rows(
+            &Armed {
+                bpftrace: Err("not measured".into()),
+                ..armed
+            },
+            0.0,
+        );
+        assert!(rows.contains("| not measured |"), "{rows}");
     }
 }

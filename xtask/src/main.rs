@@ -34,10 +34,13 @@ fn main() {
         Some("build") => setup().and_then(|_| build()),
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench::bench(args.iter().any(|a| a == "--quick")),
+        Some("bench") => bench::bench(
+            args.iter().any(|a| a == "--quick"),
+            args.iter().any(|a| a == "--armed"),
+        ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|bench|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
