@@ -69,6 +69,15 @@ pub struct Handshake {
 #[map]
 static SYN_START: LruHashMap<u64, Handshake> = LruHashMap::with_max_entries(65536, 0);
 
+/// Where `sock_state` builds a handshake record or a failure before copying it into SYN_START or
+/// the ring: not on the stack, which kernels before 6.13 (no private stacks) limit to 512 bytes
+/// per call chain — with the record built there, 6.1's verifier refused the whole family
+/// ("combined stack size of 3 calls is 544"). One slot per CPU is enough: `sock_state` does not
+/// nest on a CPU (a raw tracepoint program that fires inside itself is skipped,
+/// bpf_prog_get_recursion_context()), and nothing else writes it.
+#[map]
+static STATE_SCRATCH: PerCpuArray<Handshake> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn count(slot: u32) {
     if let Some(p) = CONNECT_COUNTS.get_ptr_mut(slot) {
@@ -93,7 +102,9 @@ fn emit(ev: &ConnectEvent) {
     count_result(ev.result);
     match CONNECT_EVENTS.reserve::<ConnectEvent>(0) {
         Some(mut entry) => {
-            entry.write(*ev);
+            // SAFETY: the reservation holds one ConnectEvent; `ev` is a valid one. Copied
+            // memory to memory (a map value often), not through a stack temporary.
+            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
             entry.submit(0);
         }
         None => count(c::COUNT_LOST),
@@ -283,19 +294,28 @@ pub fn on_failed_handshake(sk: u64) {
     if err > 0 {
         return;
     }
-    let id = bpf_get_current_pid_tgid();
-    let mut ev = ConnectEvent {
-        tgid: (id >> 32) as u32,
-        netns: sk_netns(sk),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        kind: c::HANDSHAKE,
-        result: -EADDRNOTAVAIL,
-        // SAFETY: no arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        ..ConnectEvent::default()
+    let Some(scratch) = STATE_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    fill_from_sk(&mut ev, sk);
-    emit(&ev);
+    // SAFETY: this CPU's scratch slot, used by `sock_state` alone (see STATE_SCRATCH).
+    let ev = unsafe { &mut (*scratch).ev };
+    start_record(ev, sk);
+    ev.kind = c::HANDSHAKE;
+    ev.result = -EADDRNOTAVAIL;
+    // SAFETY: no arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    emit(ev);
+}
+
+/// Fills `ev` afresh for a handshake `sk` starts in the current task's context.
+#[inline(always)]
+fn start_record(ev: &mut ConnectEvent, sk: u64) {
+    let id = bpf_get_current_pid_tgid();
+    *ev = ConnectEvent::default();
+    ev.tgid = (id >> 32) as u32;
+    ev.netns = sk_netns(sk);
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    fill_from_sk(ev, sk);
 }
 
 /// The process that started the handshake of `sk` (while it is in SYN_SENT).
@@ -310,23 +330,17 @@ pub fn handshake_owner(sk: u64) -> Option<(u32, [u8; 16])> {
 
 #[inline(always)]
 fn start_handshake(sk: u64) {
-    let id = bpf_get_current_pid_tgid();
-    let in_syscall = CONNECT_START.get_ptr(id).is_some() as u32;
-    let mut ev = ConnectEvent {
-        tgid: (id >> 32) as u32,
-        netns: sk_netns(sk),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        ..ConnectEvent::default()
+    let Some(scratch) = STATE_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    fill_from_sk(&mut ev, sk);
-    let hs = Handshake {
-        // SAFETY: no arguments.
-        syn_ts_ns: unsafe { bpf_ktime_get_ns() },
-        syscall_ns: 0,
-        in_syscall,
-        done: 0,
-        ev,
-    };
+    // SAFETY: this CPU's scratch slot, used by `sock_state` alone (see STATE_SCRATCH).
+    let hs = unsafe { &mut *scratch };
+    start_record(&mut hs.ev, sk);
+    hs.in_syscall = CONNECT_START.get_ptr(bpf_get_current_pid_tgid()).is_some() as u32;
+    hs.done = 0;
+    hs.syscall_ns = 0;
+    // SAFETY: no arguments.
+    hs.syn_ts_ns = unsafe { bpf_ktime_get_ns() };
     let _ = SYN_START.insert(sk, hs, 0);
 }
 
@@ -336,21 +350,23 @@ fn end_handshake(sk: u64, established: bool) {
         return;
     };
     // SAFETY: map value pointer for this socket; softirq and the connecting task serialize on
-    // the socket lock around state changes.
+    // the socket lock around state changes. The record is completed in place: it is either
+    // reported from here and removed, or left (done) for sys_exit_connect.
     let hs = unsafe { &mut *hs };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut ev = hs.ev;
+    let syn_ts_ns = hs.syn_ts_ns;
+    let ev = &mut hs.ev;
     // tcp_v4_connect()/tcp_v6_connect() set both addresses and the remote port before
     // SYN_SENT; only the local port is chosen after it (inet_hash_connect()). Except an IPv6
     // socket connecting to a v4-mapped address: tcp_v6_connect() maps the source address only
     // after tcp_v4_connect() returned.
     if ev.saddr == [0; 16] {
-        fill_from_sk(&mut ev, sk);
+        fill_from_sk(ev, sk);
     }
     ev.sport = local_port(sk);
     ev.handshake_ns = if ev.sport != 0 {
-        now.saturating_sub(hs.syn_ts_ns)
+        now.saturating_sub(syn_ts_ns)
     } else {
         0
     };
@@ -369,15 +385,14 @@ fn end_handshake(sk: u64, established: bool) {
         }
     };
     if hs.in_syscall != 0 {
-        hs.ev = ev;
         hs.done = 1; // sys_exit_connect reports it, with the syscall's own result
         return;
     }
-    ev.kind = c::HANDSHAKE;
-    ev.ts_ns = now;
-    ev.syscall_ns = hs.syscall_ns;
+    hs.ev.kind = c::HANDSHAKE;
+    hs.ev.ts_ns = now;
+    hs.ev.syscall_ns = hs.syscall_ns;
+    emit(&hs.ev);
     let _ = SYN_START.remove(sk);
-    emit(&ev);
 }
 
 /// `tcp:tcp_retransmit_skb(sk, skb, …)`: a retransmitted SYN while connecting.

@@ -83,6 +83,13 @@ fn count(slot: u32) {
     }
 }
 
+/// Where `skb_kfree` builds a drop record before it goes to the ring: off the stack, which
+/// kernels before 6.13 limit to 512 bytes per call chain (6.1 refused the family: "combined
+/// stack size of 2 calls is 544"). `skb_kfree` does not nest on a CPU (a raw tracepoint program
+/// firing inside itself is skipped), and nothing else writes the slot.
+#[map]
+static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
+
 /// `skb:kfree_skb(skb, location, reason, rx_sk)` (via `state::skb_kfree`).
 // A BPF-to-BPF call, not inlined: the listen part's frame stays its own.
 #[inline(never)]
@@ -104,7 +111,12 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     }
     let ip = head + nh as u64;
     let hdr: [u8; 40] = kread_bytes(ip, 0);
-    let mut ev = DropEvent {
+    let Some(scratch) = DROP_SCRATCH.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's scratch slot, used by `skb_kfree` alone (see DROP_SCRATCH).
+    let ev = unsafe { &mut *scratch };
+    *ev = DropEvent {
         kind: if is_nf { d::NETFILTER } else { d::TCP },
         reason,
         ..DropEvent::default()
@@ -171,7 +183,9 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     match DROP_EVENTS.reserve::<DropEvent>(0) {
         Some(mut entry) => {
-            entry.write(ev);
+            // SAFETY: the reservation holds one DropEvent; `ev` is a valid one (map to ring,
+            // no stack temporary).
+            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
             entry.submit(0);
         }
         None => count(d::COUNT_LOST),

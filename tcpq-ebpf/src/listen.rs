@@ -329,6 +329,10 @@ fn within_budget(now: u64) -> bool {
     true
 }
 
+/// One all-zero tally, never written: the initial value of a LISTEN_UNSENT entry.
+#[map]
+static ZERO_TALLY: Array<ListenerTally> = Array::with_max_entries(1, 0);
+
 /// Counts `ev` in LISTEN_UNSENT (its kind on its listener).
 #[inline(always)]
 fn tally_unsent(ev: &ListenEvent) {
@@ -348,7 +352,12 @@ fn tally_unsent(ev: &ListenEvent) {
         Some(t) => t,
         None => {
             // Another CPU may have created it meanwhile (each CPU has its own value anyway).
-            let _ = LISTEN_UNSENT.insert(&key, &ListenerTally::default(), BPF_NOEXIST);
+            // The zeroed value comes from a map, not the stack (128 bytes of it would count
+            // against the 512 per call chain of kernels before 6.13).
+            let Some(zero) = ZERO_TALLY.get(0) else {
+                return;
+            };
+            let _ = LISTEN_UNSENT.insert(&key, zero, BPF_NOEXIST);
             match LISTEN_UNSENT.get_ptr_mut(&key) {
                 Some(t) => t,
                 None => return,
@@ -374,7 +383,9 @@ fn emit(ev: &ListenEvent, hook_slot: u32) {
     }
     match LISTEN_EVENTS.reserve::<ListenEvent>(0) {
         Some(mut entry) => {
-            entry.write(*ev);
+            // SAFETY: the reservation holds one ListenEvent; `ev` is a valid one (often a map
+            // value: copied memory to memory, no stack temporary).
+            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
             entry.submit(0);
         }
         None => {
@@ -402,10 +413,15 @@ fn fill_queues(ev: &mut ListenEvent, sk: u64) {
 /// inet_csk_reqsk_queue_is_full(): `qlen > backlog` (6.12+), `>=` before.
 #[inline(always)]
 fn reqq_full(ev: &ListenEvent) -> bool {
+    reqq_full_at(ev.synq, ev.backlog)
+}
+
+#[inline(always)]
+fn reqq_full_at(synq: u32, backlog: u32) -> bool {
     if REQQ_FULL_GE.load() != 0 {
-        ev.synq >= ev.backlog
+        synq >= backlog
     } else {
-        ev.synq > ev.backlog
+        synq > backlog
     }
 }
 
@@ -1073,7 +1089,9 @@ const FREED_OTHER: u32 = 3;
 #[inline(always)]
 fn resolve(p: &mut Pending, freed: u32) {
     p.active = 0;
-    let mut ev = p.ev;
+    // The record is completed in place (it is no longer active): a copy on the stack would
+    // count against the 512 bytes per call chain of kernels before 6.13.
+    let ev = &p.ev;
     // Queue state now, after the kernel's decision (for the rare drop that was not predicted).
     let queue: u32 = kread(p.sk, OFF_SK_ACK_BACKLOG.load());
     let synq: u32 = kread(p.sk, OFF_ICSK_QLEN.load());
@@ -1095,9 +1113,7 @@ fn resolve(p: &mut Pending, freed: u32) {
                 // in between). A SYN "drop" that neither look explains is not counted as a
                 // listen drop (other reasons — no route, memory, LSM — or a record matched
                 // to the wrong packet): tcpq never reports a refusal the kernel did not make.
-                let mut now = ev;
-                now.synq = synq;
-                if p.syncookies == 0 && (p.reqq_full != 0 || reqq_full(&now)) {
+                if p.syncookies == 0 && (p.reqq_full != 0 || reqq_full_at(synq, ev.backlog)) {
                     kind::SYNQ_DROP
                 } else if p.acceptq_full != 0
                     || acceptq_full_now
@@ -1132,11 +1148,11 @@ fn resolve(p: &mut Pending, freed: u32) {
     } else {
         return;
     };
-    ev.kind = k;
+    p.ev.kind = k;
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    p.ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, k as u32);
-    emit(&ev, hook::OUTCOME);
+    emit(&p.ev, hook::OUTCOME);
 }
 
 /// `skb:consume_skb(skb, location)`: tcp_rcv_state_process() consumes every SYN a listener
@@ -1205,7 +1221,9 @@ fn resolve_freed(skb: u64, freed: impl Fn() -> u32) {
 /// `skb:kfree_skb(skb, location, reason, rx_sk)`: a dropped final ACK (tcp_check_req():
 /// SKB_DROP_REASON_TCP_LISTEN_OVERFLOW; cookie_v4_check() frees it itself). Via
 /// `state::skb_kfree`.
-#[inline(always)]
+// A BPF-to-BPF call, not inlined: the dispatcher's frame stays small and each family's frame
+// is its own (kernels before 6.13 allow 512 bytes of stack per call chain).
+#[inline(never)]
 pub fn on_kfree(skb: u64, reason: u32) {
     resolve_freed(skb, || {
         if reason != 0 && reason == RSN_LISTEN_OVERFLOW.load() {
