@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{is_root, on_path, output_of, root_dir, run, setup};
+use crate::{ensure_package, is_root, output_of, root_dir, run, setup};
 
 const BENCH_NS: &str = "tcpq-bench";
 /// nginx listens here; the storm lab's full listener on STORM_PORT.
@@ -583,27 +583,6 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
 tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }
 tracepoint:tcp:tcp_retransmit_synack { @synack_retrans = count(); }
 "#;
-
-fn ensure_package(tool: &str, package: &str, why: &str) -> Result<(), String> {
-    if on_path(tool) {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {package} for {why}…");
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{tool} could not be installed (apt-get install {package})"
-        ))
-    }
-}
 
 /// The bpftrace equivalent, attached until `stop`.
 struct Bpftrace {
@@ -1437,8 +1416,14 @@ mod tests {
             }),
         };
         let rows = armed_rows(&armed, 0.0);
-        assert!(rows.contains("1.00 µs + 0.20 µs, 10.0 runs (4 of 5)"), "{rows}");
-        assert!(rows.contains("| 1.20 µs / 2.00 µs = **0.60×** | ≤ 1× |"), "{rows}");
+        assert!(
+            rows.contains("1.00 µs + 0.20 µs, 10.0 runs (4 of 5)"),
+            "{rows}"
+        );
+        assert!(
+            rows.contains("| 1.20 µs / 2.00 µs = **0.60×** | ≤ 1× |"),
+            "{rows}"
+        );
         let rows = armed_rows(
             &Armed {
                 bpftrace: Err("not measured".into()),

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
@@ -38,9 +39,10 @@ fn main() {
             args.iter().any(|a| a == "--quick"),
             args.iter().any(|a| a == "--armed"),
         ),
+        Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|bench|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces)\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -70,6 +72,28 @@ fn output_of(cmd: &mut Command) -> Option<String> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Installs Debian `package` when `tool` is not on PATH (root only); Err says why not.
+pub(crate) fn ensure_package(tool: &str, package: &str, why: &str) -> Result<(), String> {
+    if on_path(tool) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} for {why}…");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tool} could not be installed (apt-get install {package})"
+        ))
+    }
 }
 
 fn on_path(bin: &str) -> bool {
