@@ -545,6 +545,18 @@ pub fn bpf_programs_of(pid: u32) -> std::collections::HashSet<u32> {
         .collect()
 }
 
+/// tcpq's programs the process `pid` has attached now, from the kernel's link list.
+pub fn attached_by(pid: u32) -> Vec<String> {
+    let mine = bpf_programs_of(pid);
+    let mut names: Vec<String> = attached_tcpq_programs()
+        .into_iter()
+        .filter(|a| mine.contains(&a.prog_id))
+        .map(|a| a.name)
+        .collect();
+    names.sort();
+    names
+}
+
 /// Runs `tmux ARGS`; its stdout.
 pub fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux")
@@ -598,4 +610,24 @@ pub fn scrape(addr: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.contains("200 OK").then_some(body)
+}
+
+/// 127.0.0.1:PORT with a port nothing listens on right now.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The series of a /metrics page: full name with labels → value.
+pub fn metric_series(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("tcpq_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }

@@ -8,18 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tcpq_tests::*;
 
-/// tcpq's programs the process `pid` has attached now, from the kernel's link list.
-fn attached_by(pid: u32) -> Vec<String> {
-    let mine = bpf_programs_of(pid);
-    let mut names: Vec<String> = attached_tcpq_programs()
-        .into_iter()
-        .filter(|a| mine.contains(&a.prog_id))
-        .map(|a| a.name)
-        .collect();
-    names.sort();
-    names
-}
-
 /// What stays attached while every family is quiet (kernel names are cut at 15 bytes).
 const TIER1: &[&str] = &["sock_state", "skb_kfree"];
 

@@ -291,17 +291,6 @@ fn top_in_tmux_shows_the_cause_within_3s_and_restores_the_terminal() {
     drop(lab);
 }
 
-/// Series value by its full name with labels.
-fn series(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| l.starts_with("tcpq_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[test]
 fn metrics_scraped_during_an_overflow_rise_consistently() {
     if skip_unless_root("export_metrics") {
@@ -332,13 +321,13 @@ fn metrics_scraped_during_an_overflow_rise_consistently() {
     let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "3"]);
     std::thread::sleep(Duration::from_millis(2000));
     let during_text = scrape(addr).expect("scrape during the incident");
-    let during = series(&during_text);
+    let during = metric_series(&during_text);
     lab.finish();
     std::thread::sleep(Duration::from_secs(2));
     let after_counters = ns.counters();
     std::thread::sleep(Duration::from_millis(900)); // one more interval folded in
     let text = scrape(addr).expect("scrape after the incident");
-    let after = series(&text);
+    let after = metric_series(&text);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -265,15 +265,6 @@ root_test!(
     )
 );
 
-/// 127.0.0.1:PORT with a port nothing listens on right now.
-fn free_loopback_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// Polls `check` every 100 ms for up to `limit`.
 fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let t = Instant::now();

@@ -5,7 +5,7 @@ use serde_json::json;
 use tcpq_common::names;
 
 use crate::kernel::{
-    env,
+    env, privilege,
     probe::{self, Environment, Family, HookState, LoadOptions, explain_program_error},
 };
 
@@ -141,6 +141,7 @@ pub fn run(json_out: bool) -> Result<i32> {
             env.btf_path.display()
         )
     };
+    let plan = privilege::current_plan();
     let problem = fatal.clone().or(core_failure.clone());
     let code = if problem.is_some() { 2 } else { 0 };
     if json_out {
@@ -153,6 +154,8 @@ pub fn run(json_out: bool) -> Result<i32> {
             "tracefs": env.tracefs.describe(),
             "kprobes": kprobes,
             "fentry": fentry,
+            "export_keeps": plan.as_ref().map(|p| p.keep.iter().map(|k| json!({"capability": k.cap.to_string(), "for": k.needs})).collect::<Vec<_>>()).unwrap_or_default(),
+            "export_cannot": plan.as_ref().map(|p| p.unmet.clone()).unwrap_or_default(),
             "hooks": rows.iter().map(|(s, p, a, d)| json!({"state": s, "program": p, "attach": a, "detail": d})).collect::<Vec<_>>(),
             "ok": problem.is_none(),
             "error": problem,
@@ -166,6 +169,22 @@ pub fn run(json_out: bool) -> Result<i32> {
         println!("  {:<11} {}", "tracefs", env.tracefs.describe());
         println!("  {:<11} {}", "kprobes", kprobes);
         println!("  {:<11} {}", "fentry", fentry);
+        match &plan {
+            Ok(p) => {
+                println!(
+                    "  {:<11} keeps {} after start (drops the rest, no_new_privs)",
+                    "export",
+                    p.names()
+                );
+                for k in &p.keep {
+                    println!("  {:<11}   {}: {}", "", k.cap, k.needs.join("; "));
+                }
+                for what in &p.unmet {
+                    println!("  {:<11}   cannot: {what}", "");
+                }
+            }
+            Err(e) => println!("  {:<11} {e}", "export"),
+        }
         println!("hooks:");
         for (s, p, a, d) in &rows {
             println!("  {s:<11} {p:<18} {a:<44} {d}");

@@ -24,7 +24,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{cmd::top::Producer, live::metrics::Metrics, stop};
+use crate::{cmd::top::Producer, kernel::privilege, live::metrics::Metrics, stop};
 
 #[derive(Debug, Clone)]
 pub struct ExportArgs {
@@ -100,6 +100,9 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         )
     })?;
     let mut producer = Producer::start(args.live)?;
+    // Programs loaded, stats fd and tracefs done, socket bound: from here on only what
+    // `privilege::RUNTIME_NEEDS` lists. Before any thread starts (the terminal watcher, HTTP).
+    let kept = privilege::drop_to_runtime();
     stop::install();
     stop::watch_terminal();
     let mut metrics = Metrics::new(args.top_k);
@@ -107,8 +110,9 @@ pub fn run(args: ExportArgs) -> Result<i32> {
     // Dropping it (when `run` returns) stops the server.
     let _http = start_http(listener, Arc::clone(&page), LIMITS)?;
     eprintln!(
-        "tcpq: serving Prometheus metrics on http://{}/metrics",
-        args.listen
+        "tcpq: serving Prometheus metrics on http://{}/metrics (capabilities kept: {})",
+        args.listen,
+        kept.names()
     );
     let started = Instant::now();
     loop {

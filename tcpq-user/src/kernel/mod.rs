@@ -1,4 +1,5 @@
 pub mod btf;
 pub mod env;
+pub mod privilege;
 pub mod probe;
 pub mod tracefs;

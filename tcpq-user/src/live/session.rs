@@ -391,9 +391,13 @@ impl Session {
                 Step::Arm => {
                     // The accept family's waits and idle acceptors explain a listener's trouble:
                     // armed with it.
-                    self.loaded.arm(family);
+                    let mut refused = self.loaded.arm(family);
                     if family == Family::Listen {
-                        self.loaded.arm(Family::Accept);
+                        refused.extend(self.loaded.arm(Family::Accept));
+                    }
+                    // E.g. a capability export dropped after start that this kernel wants.
+                    for why in refused {
+                        log::warn!("attach {why}");
                     }
                 }
                 Step::Disarm => {
