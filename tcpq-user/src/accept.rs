@@ -8,7 +8,7 @@ use tcpq_common::{AcceptEvent, accept as a};
 use crate::{
     connect::errno_name,
     decode::{DecodeError, addr, comm_str},
-    listen::diagnose::Finding,
+    listen::{diagnose::Finding, owner::App},
     snapshot::procs::Owner,
 };
 
@@ -118,6 +118,8 @@ pub struct AcceptEvidence {
     pub idle_acceptors: Option<u64>,
     /// (pid, soft limit) of the acceptor that failed with EMFILE.
     pub nofile: Option<(u32, u64)>,
+    /// The holders' program, for fixes in its own syntax (`owner::app_of_owners`).
+    pub app: App,
 }
 
 fn secs(ns: u64) -> String {
@@ -188,7 +190,10 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
             ));
             if idle == 0 && e.holders.len() > 1 {
                 text.push_str(": all workers busy");
-                fix.insert(0, "all workers are busy: raise the worker count (php-fpm `pm.max_children`, Apache `MaxRequestWorkers`, gunicorn `--workers`); php-fpm logs 'server reached max_children setting'".into());
+                fix.insert(
+                    0,
+                    format!("all workers are busy: {}", e.app.workers_setting()),
+                );
             }
         }
         out.push(Finding {
@@ -253,6 +258,7 @@ mod tests {
             holders: (1..=5).map(owner).collect(),
             idle_acceptors: Some(0),
             nofile: Some((9, 16)),
+            app: App::PhpFpm,
         };
         let f = diagnose_accept(&e);
         assert_eq!(f[0].cause, "accept_errors");

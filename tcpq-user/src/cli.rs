@@ -48,9 +48,28 @@ pub struct LabArgs {
     /// 0 = as fast as the machine goes, the default].
     #[arg(long)]
     pub rate: Option<u32>,
+    /// overflow, synflood, slow-accept, workers: net.core.somaxconn inside the lab's server
+    /// namespace, set before its server calls listen() (e.g. 10 under a --backlog of 511: the
+    /// sysctl caps both the accept and the SYN queue) [default: the namespace's own].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub somaxconn: Option<u32>,
+    /// The lab process's name (its comm), e.g. php-fpm or nginx: tcpq's fixes use the settings of
+    /// the program owning the listener.
+    #[arg(long, default_value = "tcpq-lab", value_parser = parse_process_name)]
+    pub process_name: String,
     /// Print the lab's facts as NDJSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A comm: at most 15 bytes (TASK_COMM_LEN - 1), no NUL, not empty.
+fn parse_process_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.contains('\0') {
+        return Err(format!(
+            "invalid process name '{s}': give 1 to 15 bytes without NUL (the kernel's comm length)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl LabArgs {

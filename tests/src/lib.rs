@@ -283,6 +283,16 @@ pub fn causes(listener: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A cause's `fix` lines (JSON of diagnose, top and trace summaries).
+pub fn fix_lines(cause: &Value) -> Vec<&str> {
+    cause["fix"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fix in {cause}"))
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
 /// A `tcpq lab` running in the background.
 pub struct BackgroundLab {
     child: Child,

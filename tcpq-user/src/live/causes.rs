@@ -18,6 +18,7 @@ use crate::{
     conntrack::{CtEvidence, diagnose_conntrack, top_consumers},
     listen::{
         diagnose::{Finding, ListenerEvidence, diagnose_listener},
+        owner::app_of_owners,
         resolve::ListenerDirectory,
     },
     live::session::{AcceptorSample, Aggregates},
@@ -114,6 +115,10 @@ pub fn find_causes(
             accepts: Some(acc),
             cookies_sent_recv,
             clients: a.clients.len(),
+            app: info
+                .as_ref()
+                .map(|i| app_of_owners(&i.owners))
+                .unwrap_or_default(),
         };
         let owner = owner_of(info.as_ref());
         for f in diagnose_listener(&ev) {
@@ -224,6 +229,7 @@ pub fn find_causes(
             holders: holders.clone(),
             idle_acceptors: idle,
             nofile: None,
+            app: app_of_owners(&holders),
         };
         let owner = holders.first().cloned().or_else(|| {
             s.acceptors.iter().next().map(|(p, c)| procs::Owner {
