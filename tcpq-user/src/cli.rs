@@ -95,6 +95,14 @@ impl LabArgs {
     }
 }
 
+/// The stale-ESTABLISHED threshold, shared by `sockets` and `diagnose` (same parsing, same help).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct IdleArgs {
+    /// ESTABLISHED connections with no data for this long count as idle.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle: Duration,
+}
+
 /// How the live commands (top, export, diagnose) attach their programs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TierArgs {
@@ -182,9 +190,8 @@ pub enum Command {
         /// A pid or a process name (default: every process, showing only problems).
         #[arg(long)]
         pid: Option<String>,
-        /// ESTABLISHED connections with no data for this long count as idle.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        idle: Duration,
+        #[command(flatten)]
+        idle: IdleArgs,
         /// NDJSON output.
         #[arg(long)]
         json: bool,
@@ -201,6 +208,8 @@ pub enum Command {
         /// Exit 1 when a cause fired (for CI of load tests).
         #[arg(long)]
         fail_on_cause: bool,
+        #[command(flatten)]
+        idle: IdleArgs,
         #[command(flatten)]
         tiers: TierArgs,
     },
@@ -391,6 +400,27 @@ pub fn validate(cli: &Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sockets` and `diagnose` take the same --idle, defaulting to what top and export use.
+    #[test]
+    fn idle_is_shared_and_defaults_to_the_live_threshold() {
+        use clap::Parser as _;
+        for sub in ["sockets", "diagnose"] {
+            let cli = Cli::try_parse_from(["tcpq", sub]).unwrap();
+            let idle = match cli.command {
+                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                _ => unreachable!(),
+            };
+            assert_eq!(idle, crate::sockets::DEFAULT_IDLE, "{sub}");
+            let cli = Cli::try_parse_from(["tcpq", sub, "--idle", "1500ms"]).unwrap();
+            let idle = match cli.command {
+                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                _ => unreachable!(),
+            };
+            assert_eq!(idle, Duration::from_millis(1500), "{sub}");
+            assert!(Cli::try_parse_from(["tcpq", sub, "--idle", "soon"]).is_err());
+        }
+    }
 
     #[test]
     fn durations() {

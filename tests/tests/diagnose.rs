@@ -259,3 +259,48 @@ fn busy_workers_are_named_with_no_idle_acceptor() {
         "{c}"
     );
 }
+
+/// `diagnose --idle` sets the stale threshold as in `tcpq sockets`: a client waiting 3 s on a
+/// silent upstream is stale at `--idle 2s` (the default, 60 s, would not name it).
+#[test]
+fn idle_threshold_names_a_stale_upstream() {
+    if skip_unless_root("diagnose_idle") {
+        return;
+    }
+    let ns = Netns::new("dgidle");
+    let (mut server, mut client, pid) = silent_upstream(&ns, 9402);
+    let pid: u64 = pid.parse().unwrap();
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "3", "--idle", "2s"])
+        .output()
+        .unwrap();
+    for c in [&mut client, &mut server] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "stale_established" && c["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no stale_established for pid {pid}: {r}"));
+    assert_eq!(c["process"], "python3", "{c}");
+    assert_eq!(c["evidence"]["idle_established"], 1, "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("idle for more than 2 s, most to 127.0.0.1:9402"),
+        "{text}"
+    );
+    assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
+    assert!(
+        r["checked"].to_string().contains("no data for 2 s"),
+        "{}",
+        r["checked"]
+    );
+}
