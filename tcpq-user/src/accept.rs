@@ -8,7 +8,7 @@ use tcpq_common::{AcceptEvent, accept as a};
 use crate::{
     connect::errno_name,
     decode::{DecodeError, addr, comm_str},
-    listen::diagnose::Finding,
+    listen::{diagnose::Finding, owner::App},
     snapshot::procs::Owner,
 };
 
@@ -118,6 +118,8 @@ pub struct AcceptEvidence {
     pub idle_acceptors: Option<u64>,
     /// (pid, soft limit) of the acceptor that failed with EMFILE.
     pub nofile: Option<(u32, u64)>,
+    /// The holders' program, for fixes in its own syntax (`owner::app_of_owners`).
+    pub app: App,
 }
 
 fn secs(ns: u64) -> String {
@@ -130,23 +132,39 @@ fn secs(ns: u64) -> String {
 
 pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
     let mut out = Vec::new();
-    let fd_errors: u64 = ["EMFILE", "ENFILE"]
-        .iter()
-        .filter_map(|k| e.errors.get(*k))
-        .sum();
+    let emfile = e.errors.get("EMFILE").copied().unwrap_or(0);
+    let enfile = e.errors.get("ENFILE").copied().unwrap_or(0);
+    let fd_errors = emfile + enfile;
     if fd_errors > 0 {
-        let limit = e
-            .nofile
-            .map(|(pid, l)| format!(" (pid {pid}'s open-file limit is {l})"))
-            .unwrap_or_default();
+        let mut why = Vec::new();
+        let mut fix = Vec::new();
+        if emfile > 0 {
+            let limit = e
+                .nofile
+                .map(|(pid, l)| format!(": pid {pid}'s open-file limit is {l}"))
+                .unwrap_or_default();
+            why.push(format!(
+                "{emfile} EMFILE (the process's own limit, RLIMIT_NOFILE{limit})"
+            ));
+            fix.push("raise the process's limit: systemd `LimitNOFILE=65536`, shell `ulimit -n 65536`, nginx `worker_rlimit_nofile 65536;`, php-fpm `rlimit_files = 65536`".to_string());
+        }
+        if enfile > 0 {
+            // ENFILE: alloc_empty_file() found the system-wide count at fs.file-max.
+            why.push(format!(
+                "{enfile} ENFILE (the whole system's open-file table is full: fs.file-max)"
+            ));
+            fix.push("raise the system-wide limit: compare `cat /proc/sys/fs/file-nr` (open, 0, max) with fs.file-max, then `sysctl -w fs.file-max=2097152`   # persist: echo 'fs.file-max = 2097152' > /etc/sysctl.d/90-tcpq-file-max.conf".to_string());
+        }
+        fix.push("if the count of open descriptors keeps growing, look for a leak: `tcpq sockets --pid PID` (CLOSE_WAIT)".into());
         out.push(Finding {
             cause: "accept_errors",
             impact: fd_errors,
-            text: format!("accept() on :{} failed {fd_errors} times with EMFILE/ENFILE: out of file descriptors{limit}; the connections stay queued and overflow", e.lport),
-            fix: vec![
-                "raise the limit: systemd `LimitNOFILE=65536`, shell `ulimit -n 65536`, nginx `worker_rlimit_nofile 65536;`, php-fpm `rlimit_files = 65536`".into(),
-                "if the count of open descriptors keeps growing, look for a leak: `tcpq sockets --pid PID` (CLOSE_WAIT)".into(),
-            ],
+            text: format!(
+                "accept() on :{} failed {fd_errors} times, out of file descriptors: {}; the connections stay queued and overflow",
+                e.lport,
+                why.join(", ")
+            ),
+            fix,
         });
     }
     let other: Vec<String> = e
@@ -188,7 +206,10 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
             ));
             if idle == 0 && e.holders.len() > 1 {
                 text.push_str(": all workers busy");
-                fix.insert(0, "all workers are busy: raise the worker count (php-fpm `pm.max_children`, Apache `MaxRequestWorkers`, gunicorn `--workers`); php-fpm logs 'server reached max_children setting'".into());
+                fix.insert(
+                    0,
+                    format!("all workers are busy: {}", e.app.workers_setting()),
+                );
             }
         }
         out.push(Finding {
@@ -210,6 +231,34 @@ mod tests {
             pid,
             comm: "php-fpm".into(),
         }
+    }
+
+    #[test]
+    fn enfile_names_the_system_wide_limit() {
+        let e = AcceptEvidence {
+            lport: 80,
+            errors: BTreeMap::from([("ENFILE".to_string(), 3), ("EMFILE".to_string(), 2)]),
+            nofile: Some((7, 1024)),
+            ..Default::default()
+        };
+        let f = diagnose_accept(&e);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].impact, 5);
+        assert!(
+            f[0].text.contains(
+                "2 EMFILE (the process's own limit, RLIMIT_NOFILE: pid 7's open-file limit is 1024)"
+            ) && f[0]
+                .text
+                .contains("3 ENFILE (the whole system's open-file table is full: fs.file-max)"),
+            "{}",
+            f[0].text
+        );
+        assert!(f[0].fix[0].contains("LimitNOFILE"), "{:?}", f[0].fix);
+        assert!(
+            f[0].fix[1].contains("sysctl -w fs.file-max=") && f[0].fix[1].contains("file-nr"),
+            "{:?}",
+            f[0].fix
+        );
     }
 
     #[test]
@@ -253,14 +302,18 @@ mod tests {
             holders: (1..=5).map(owner).collect(),
             idle_acceptors: Some(0),
             nofile: Some((9, 16)),
+            app: App::PhpFpm,
         };
         let f = diagnose_accept(&e);
         assert_eq!(f[0].cause, "accept_errors");
         assert!(
-            f[0].text.contains("EMFILE") && f[0].text.contains("limit is 16"),
+            f[0].text.contains("1 EMFILE") && f[0].text.contains("limit is 16"),
             "{}",
             f[0].text
         );
+        assert!(!f[0].text.contains("ENFILE"), "{}", f[0].text);
+        assert!(f[0].fix[0].contains("LimitNOFILE"), "{:?}", f[0].fix);
+        assert!(!f[0].fix.iter().any(|x| x.contains("fs.file-max")));
         assert_eq!(f[1].cause, "app_not_accepting");
         assert!(
             f[1].text

@@ -48,9 +48,28 @@ pub struct LabArgs {
     /// 0 = as fast as the machine goes, the default].
     #[arg(long)]
     pub rate: Option<u32>,
+    /// overflow, synflood, slow-accept, workers: net.core.somaxconn inside the lab's server
+    /// namespace, set before its server calls listen() (e.g. 10 under a --backlog of 511: the
+    /// sysctl caps both the accept and the SYN queue) [default: the namespace's own].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub somaxconn: Option<u32>,
+    /// The lab process's name (its comm), e.g. php-fpm or nginx: tcpq's fixes use the settings of
+    /// the program owning the listener.
+    #[arg(long, default_value = "tcpq-lab", value_parser = parse_process_name)]
+    pub process_name: String,
     /// Print the lab's facts as NDJSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A comm: at most 15 bytes (TASK_COMM_LEN - 1), no NUL, not empty.
+fn parse_process_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.contains('\0') {
+        return Err(format!(
+            "invalid process name '{s}': give 1 to 15 bytes without NUL (the kernel's comm length)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl LabArgs {
@@ -74,6 +93,14 @@ impl LabArgs {
             _ => 200,
         })
     }
+}
+
+/// The stale-ESTABLISHED threshold, shared by `sockets` and `diagnose` (same parsing, same help).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct IdleArgs {
+    /// ESTABLISHED connections with no data for this long count as idle.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle: Duration,
 }
 
 /// How the live commands (top, export, diagnose) attach their programs.
@@ -163,9 +190,8 @@ pub enum Command {
         /// A pid or a process name (default: every process, showing only problems).
         #[arg(long)]
         pid: Option<String>,
-        /// ESTABLISHED connections with no data for this long count as idle.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        idle: Duration,
+        #[command(flatten)]
+        idle: IdleArgs,
         /// NDJSON output.
         #[arg(long)]
         json: bool,
@@ -182,6 +208,8 @@ pub enum Command {
         /// Exit 1 when a cause fired (for CI of load tests).
         #[arg(long)]
         fail_on_cause: bool,
+        #[command(flatten)]
+        idle: IdleArgs,
         #[command(flatten)]
         tiers: TierArgs,
     },
@@ -372,6 +400,27 @@ pub fn validate(cli: &Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sockets` and `diagnose` take the same --idle, defaulting to what top and export use.
+    #[test]
+    fn idle_is_shared_and_defaults_to_the_live_threshold() {
+        use clap::Parser as _;
+        for sub in ["sockets", "diagnose"] {
+            let cli = Cli::try_parse_from(["tcpq", sub]).unwrap();
+            let idle = match cli.command {
+                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                _ => unreachable!(),
+            };
+            assert_eq!(idle, crate::sockets::DEFAULT_IDLE, "{sub}");
+            let cli = Cli::try_parse_from(["tcpq", sub, "--idle", "1500ms"]).unwrap();
+            let idle = match cli.command {
+                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                _ => unreachable!(),
+            };
+            assert_eq!(idle, Duration::from_millis(1500), "{sub}");
+            assert!(Cli::try_parse_from(["tcpq", sub, "--idle", "soon"]).is_err());
+        }
+    }
 
     #[test]
     fn durations() {

@@ -179,6 +179,15 @@ fn spawn_in<T: Send + 'static>(
     }))
 }
 
+/// --somaxconn inside the server's namespace, before the server calls listen(): listen() caps
+/// its backlog at the value it reads then (`__sys_listen_socket()`).
+fn set_somaxconn(ns: &NetnsGuard, args: &LabArgs) -> Result<()> {
+    match args.somaxconn {
+        Some(v) => write_sysctl_in(ns, "/proc/sys/net/core/somaxconn", &v.to_string()),
+        None => Ok(()),
+    }
+}
+
 fn write_sysctl_in(ns: &NetnsGuard, path: &'static str, value: &str) -> Result<()> {
     let v = value.to_string();
     let h = spawn_in(ns, move || std::fs::write(path, v))?;
@@ -279,6 +288,8 @@ fn facts(args: &LabArgs, extra: serde_json::Value) {
         "pid": std::process::id(),
         "lport": args.port,
         "backlog": args.backlog(),
+        "somaxconn": args.somaxconn,
+        "process": args.process_name,
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, val) in e {
@@ -300,8 +311,20 @@ pub fn run(args: LabArgs) -> Result<()> {
         bail!("tcpq lab needs a non-zero --port and --backlog");
     }
     crate::stop::install();
-    // Name the process so its listener is easy to tell from tcpq itself (/proc/PID/comm).
-    let _ = nix::sys::prctl::set_name(c"tcpq-lab");
+    // Name the process so its listener is easy to tell from tcpq itself (/proc/PID/comm), or
+    // as the program whose fixes the user wants to see.
+    let name = std::ffi::CString::new(args.process_name.as_str()).with_context(|| {
+        format!(
+            "invalid --process-name '{}': it must not contain NUL",
+            args.process_name
+        )
+    })?;
+    nix::sys::prctl::set_name(&name).with_context(|| {
+        format!(
+            "name the lab process '{}' (prctl PR_SET_NAME): give a name of at most 15 bytes",
+            args.process_name
+        )
+    })?;
     match args.name {
         LabName::Overflow => overflow(&args),
         LabName::Synflood => synflood(&args),
@@ -323,6 +346,7 @@ fn overflow(args: &LabArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("tcpq-lab-{}", std::process::id()));
     let ns = NetnsGuard::create_or_use(&name)?;
+    set_somaxconn(&ns, args)?;
     if args.abort_on_overflow {
         write_sysctl_in(&ns, "/proc/sys/net/ipv4/tcp_abort_on_overflow", "1")?;
     }
@@ -483,6 +507,7 @@ fn synflood(args: &LabArgs) -> Result<()> {
         "/proc/sys/net/ipv4/tcp_syncookies",
         &args.syncookies.to_string(),
     )?;
+    set_somaxconn(&srv, args)?;
     if let Some(max) = args.max_syn_backlog {
         write_sysctl_in(
             &srv,
@@ -763,6 +788,7 @@ fn burst(ns: &NetnsGuard, addr: SocketAddr, n: usize) -> Result<Vec<Socket>> {
 
 fn slow_accept(args: &LabArgs) -> Result<()> {
     let ns = lab_netns(args)?;
+    set_somaxconn(&ns, args)?;
     let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
     let server = Server::start(&ns, addr, args.backlog(), 10)?;
     facts(
@@ -796,6 +822,7 @@ fn worker_loop(fd: i32) -> ! {
 fn workers(args: &LabArgs) -> Result<()> {
     use std::os::fd::AsRawFd as _;
     let ns = lab_netns(args)?;
+    set_somaxconn(&ns, args)?;
     let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
     let listener = spawn_in(&ns, move || -> Result<Socket> {
         let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;

@@ -148,16 +148,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             duration,
             json,
             fail_on_cause,
+            idle,
             tiers,
         } => Ok(cmd::diagnose::run(cmd::diagnose::DiagnoseArgs {
             duration,
             json,
             fail_on_cause,
+            idle: idle.idle,
             live: tiers.live(cli::HooksMode::All),
         })? as u8),
-        Command::Sockets { pid, idle, json } => {
-            Ok(cmd::sockets::run(cmd::sockets::SocketsArgs { pid, idle, json })? as u8)
-        }
+        Command::Sockets { pid, idle, json } => Ok(cmd::sockets::run(cmd::sockets::SocketsArgs {
+            pid,
+            idle: idle.idle,
+            json,
+        })? as u8),
         Command::Conntrack {
             pid,
             duration,

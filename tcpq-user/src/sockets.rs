@@ -11,6 +11,9 @@ use crate::{
     connect::ports::state_name, listen::diagnose::Finding, snapshot::sockdiag::DiagSocket,
 };
 
+/// The stale threshold where no `--idle` is given (top, export; `--idle`'s default).
+pub const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct IdleGroup {
     pub raddr: String,

@@ -283,6 +283,36 @@ pub fn causes(listener: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A cause's `fix` lines (JSON of diagnose, top and trace summaries).
+pub fn fix_lines(cause: &Value) -> Vec<&str> {
+    cause["fix"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fix in {cause}"))
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
+/// A silent upstream on 127.0.0.1:`port` in `ns`: a server that accepts and never answers, and a
+/// client that sent a request and waits without a timeout. Returns (server, client, client pid).
+pub fn silent_upstream(ns: &Netns, port: u16) -> (Child, Child, String) {
+    let mut server = python_in(
+        ns,
+        &format!(
+            "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',{port})); l.listen(16)\nprint('up',flush=True)\nc,_=l.accept()\ntime.sleep(30)"
+        ),
+    );
+    assert_eq!(first_line(&mut server), "up");
+    let mut client = python_in(
+        ns,
+        &format!(
+            "import socket,os\ns=socket.socket(); s.connect(('127.0.0.1',{port})); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(os.getpid(),flush=True)\ns.recv(10)"
+        ),
+    );
+    let pid = first_line(&mut client);
+    (server, client, pid)
+}
+
 /// A `tcpq lab` running in the background.
 pub struct BackgroundLab {
     child: Child,

@@ -158,6 +158,57 @@ fn synflood_is_named_as_syn_queue_pressure() {
     assert!(!c["fix"].as_array().unwrap().is_empty());
 }
 
+/// Syncookies under somaxconn 10 with php-fpm's 511: the SYN queue has the accept queue's limit,
+/// so somaxconn's fix comes before php-fpm's own `listen.backlog` (diagnose infers the listen()
+/// argument: it has no syscall hook).
+#[test]
+fn syn_cookies_under_somaxconn_name_somaxconn_then_the_owner_setting() {
+    if skip_unless_root("diagnose_syn_cookies_somaxconn") {
+        return;
+    }
+    let ns = Netns::new("dgsmx");
+    let (r, pid, _, _) = diagnose_during(
+        &ns,
+        &[
+            "synflood",
+            "--backlog",
+            "511",
+            "--somaxconn",
+            "10",
+            "--process-name",
+            "php-fpm",
+            "--duration",
+            "2",
+        ],
+        "5",
+        &[],
+    );
+    let c = find(&r, "syn_cookies");
+    assert_eq!(c["pid"].as_u64(), Some(pid), "{r}");
+    assert_eq!(c["port"], 8080);
+    assert_eq!(c["process"], "php-fpm");
+    assert_eq!(c["evidence"]["backlog"], 10, "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("the SYN queue has the accept queue's limit: effective backlog 10 = min(listen() ≥ 10 [inferred], net.core.somaxconn 10): somaxconn is the limit"),
+        "{text}"
+    );
+    let fix = fix_lines(c);
+    // The lab's clients never complete the handshake: a flood verdict, then the sizing.
+    assert!(fix[0].contains("keep net.ipv4.tcp_syncookies=1"), "{fix:?}");
+    assert!(
+        fix[1].starts_with("if these are real clients, the SYN queue is too small: nsenter --net=")
+            && fix[1].contains("sysctl -w net.core.somaxconn=1024"),
+        "{fix:?}"
+    );
+    assert!(
+        fix[2].starts_with("raise php-fpm's backlog to 1024: php-fpm `listen.backlog = 1024`")
+            && fix[2].contains("calls listen() again"),
+        "{fix:?}"
+    );
+    assert!(!fix.iter().any(|f| f.contains("nginx")), "{fix:?}");
+}
+
 #[test]
 fn slow_accept_is_named_as_the_application() {
     if skip_unless_root("diagnose_slow_accept") {
@@ -181,9 +232,23 @@ fn busy_workers_are_named_with_no_idle_acceptor() {
     }
     let ns = Netns::new("dgwrk");
     // Workers hold each connection 3 s: the second batch is accepted ~3 s after the lab starts.
-    let (r, _, _, _) = diagnose_during(&ns, &["workers", "--duration", "4"], "9", &[]);
+    let (r, _, _, _) = diagnose_during(
+        &ns,
+        &["workers", "--duration", "4", "--process-name", "php-fpm"],
+        "9",
+        &[],
+    );
     let c = find(&r, "app_not_accepting");
     assert_eq!(c["port"], 8080, "{c}");
+    assert_eq!(c["process"], "php-fpm", "{c}");
+    // The owner's own worker setting, first.
+    assert!(
+        c["fix"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("all workers are busy: php-fpm: raise `pm.max_children`"),
+        "{c}"
+    );
     assert_eq!(c["evidence"]["idle_acceptors"], 0, "{c}");
     // The five workers and the parent that forked them hold the socket.
     assert!(
@@ -192,5 +257,50 @@ fn busy_workers_are_named_with_no_idle_acceptor() {
             .unwrap()
             .contains("processes share :8080, 0 idle in accept"),
         "{c}"
+    );
+}
+
+/// `diagnose --idle` sets the stale threshold as in `tcpq sockets`: a client waiting 3 s on a
+/// silent upstream is stale at `--idle 2s` (the default, 60 s, would not name it).
+#[test]
+fn idle_threshold_names_a_stale_upstream() {
+    if skip_unless_root("diagnose_idle") {
+        return;
+    }
+    let ns = Netns::new("dgidle");
+    let (mut server, mut client, pid) = silent_upstream(&ns, 9402);
+    let pid: u64 = pid.parse().unwrap();
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "3", "--idle", "2s"])
+        .output()
+        .unwrap();
+    for c in [&mut client, &mut server] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "stale_established" && c["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no stale_established for pid {pid}: {r}"));
+    assert_eq!(c["process"], "python3", "{c}");
+    assert_eq!(c["evidence"]["idle_established"], 1, "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("idle for more than 2 s, most to 127.0.0.1:9402"),
+        "{text}"
+    );
+    assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
+    assert!(
+        r["checked"].to_string().contains("no data for 2 s"),
+        "{}",
+        r["checked"]
     );
 }

@@ -52,13 +52,15 @@ fn accept_queue_overflow_syn_and_ack_match_listen_overflows() {
         text.contains("the application's backlog is the limit"),
         "{text}"
     );
+    // An owner tcpq has no table entry for (tcpq-lab): one generic line, no other program's syntax.
+    let fix = s["causes"][0]["fix"][0].as_str().unwrap();
     assert!(
-        s["causes"][0]["fix"][0]
-            .as_str()
-            .unwrap()
-            .contains("backlog="),
+        fix.starts_with(
+            "raise the application's backlog to 1024: the backlog argument it passes to listen()"
+        ) && fix.contains("restart it so it calls listen() again"),
         "{s}"
     );
+    assert!(!fix.contains("nginx") && !fix.contains("php-fpm"), "{fix}");
     assert!(
         s["accepts"].as_u64().unwrap() > 0,
         "accept rate measured: {s}"
@@ -141,11 +143,15 @@ fn syn_queue_full_without_cookies_matches_reqqfulldrop() {
     assert_eq!(e["pid"], run.facts["pid"]);
     let s = run.listener();
     assert_eq!(causes(s)[0], "syn_queue_full", "{s}");
+    // The listener's backlog (16, below somaxconn) sizes the SYN queue: its fix first, then cookies.
+    let fix = fix_lines(&s["causes"][0]);
     assert!(
-        s["causes"][0]["fix"][0]
-            .as_str()
-            .unwrap()
-            .contains("tcp_syncookies=1")
+        fix[0].starts_with("raise the application's backlog to 1024"),
+        "{fix:?}"
+    );
+    assert!(
+        fix.iter().any(|f| f.contains("tcp_syncookies=1")),
+        "{fix:?}"
     );
 }
 
@@ -197,6 +203,137 @@ fn max_syn_backlog_rule_matches_listen_drops() {
             .unwrap()
             .contains("net.ipv4.tcp_max_syn_backlog=512"),
         "{s}"
+    );
+}
+
+/// The SYN queue has the accept queue's limit (tcp_conn_request(): inet_csk_reqsk_queue_is_full(),
+/// requests > sk_max_ack_backlog = min(listen(), somaxconn)): somaxconn 10 under php-fpm's 511
+/// drops SYNs at 10 half-open requests. somaxconn is named first, then php-fpm's own setting,
+/// then the namespace's tcp_max_syn_backlog when its 3/4 rule would stop the queue below the new
+/// backlog (cookies are off; 10 half-open requests stay below that rule's 96, so every drop is
+/// the listener's queue).
+#[test]
+fn syn_queue_capped_by_somaxconn_raises_somaxconn_first() {
+    if skip_unless_root("syn_queue_capped_by_somaxconn") {
+        return;
+    }
+    let run = TracedLab::run(
+        "synsmx",
+        &[
+            "synflood",
+            "--syncookies",
+            "0",
+            "--backlog",
+            "511",
+            "--somaxconn",
+            "10",
+            "--max-syn-backlog",
+            "128",
+            "--process-name",
+            "php-fpm",
+            "--duration",
+            "2",
+        ],
+    );
+    let synq = run.count("synq");
+    assert!(synq > 0, "{:?}", run.counts);
+    run.assert_matches("synq vs TCPReqQFullDrop", synq, "TcpExt:TCPReqQFullDrop");
+    let s = run.listener();
+    assert_eq!(s["pid"], run.facts["pid"], "{s}");
+    assert_eq!(s["comm"], "php-fpm", "{s}");
+    assert_eq!(s["lport"], 8080, "{s}");
+    assert_eq!(s["backlog"], 10, "effective backlog min(511, 10): {s}");
+    assert_eq!(s["listen_arg"], 511, "{s}");
+    let c = &s["causes"][0];
+    assert_eq!(c["cause"], "syn_queue_full", "{s}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("the SYN queue has the accept queue's limit: effective backlog 10 = min(listen() 511 [seen by tcpq], net.core.somaxconn 10): somaxconn is the limit"),
+        "{text}"
+    );
+    let fix = fix_lines(c);
+    assert!(
+        fix[0].starts_with("nsenter --net=")
+            && fix[0].contains("sysctl -w net.core.somaxconn=1024"),
+        "somaxconn first, in the lab's namespace: {fix:?}"
+    );
+    assert!(
+        fix[1].starts_with("raise php-fpm's backlog to 1024: php-fpm `listen.backlog = 1024`"),
+        "{fix:?}"
+    );
+    assert!(!fix.iter().any(|f| f.contains("nginx")), "{fix:?}");
+    // 3/4 of the namespace's tcp_max_syn_backlog (128, set by the lab) is below 1024.
+    assert!(
+        fix[2].contains("sysctl -w net.ipv4.tcp_max_syn_backlog=2048"),
+        "{fix:?}"
+    );
+    assert!(
+        fix.iter().any(|f| f.contains("tcp_syncookies=1")),
+        "{fix:?}"
+    );
+}
+
+/// listen() 10 with somaxconn 10: both limits are 10, and raising only one leaves the backlog
+/// at 10; the fix says to raise both, in nginx's syntax for an nginx listener.
+#[test]
+fn equal_limits_name_both_fixes() {
+    if skip_unless_root("equal_limits") {
+        return;
+    }
+    let run = TracedLab::run(
+        "ovfeq",
+        &[
+            "overflow",
+            "--backlog",
+            "10",
+            "--somaxconn",
+            "10",
+            "--process-name",
+            "nginx",
+            "--duration",
+            "1",
+        ],
+    );
+    let refused = run.count("syn") + run.count("ack");
+    assert!(refused > 0, "{:?}", run.counts);
+    run.assert_matches("syn+ack vs ListenOverflows", refused, OVERFLOWS);
+    let s = run.listener();
+    assert_eq!(s["pid"], run.facts["pid"], "{s}");
+    assert_eq!(s["comm"], "nginx", "{s}");
+    assert_eq!(s["lport"], 8080, "{s}");
+    assert_eq!(s["listen_arg"], 10, "{s}");
+    assert_eq!(s["somaxconn"], 10, "{s}");
+    let c = &s["causes"][0];
+    assert_eq!(c["cause"], "accept_queue_full", "{s}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("both limits are 10, so raising only one leaves the backlog at 10")
+            && !text.contains("somaxconn is the limit"),
+        "{text}"
+    );
+    let fix = c["fix"].to_string();
+    assert_eq!(
+        c["fix"][0], "raise both: net.core.somaxconn and nginx's backlog are both 10",
+        "{fix}"
+    );
+    assert!(
+        c["fix"][1]
+            .as_str()
+            .unwrap()
+            .contains("sysctl -w net.core.somaxconn=1024"),
+        "{fix}"
+    );
+    assert!(
+        c["fix"][2]
+            .as_str()
+            .unwrap()
+            .contains("nginx `listen 8080 backlog=1024;`")
+            && fix.contains("nginx -s reload"),
+        "{fix}"
+    );
+    assert!(
+        !fix.contains("listen.backlog"),
+        "only nginx's syntax: {fix}"
     );
 }
 
@@ -365,14 +502,28 @@ fn application_not_accepting_is_named() {
     let ns = Netns::new("stuck");
     let inode = ns.inode();
     let tracer = Tracer::start(&[]);
-    run_lab(&ns, &["overflow", "--accept-rate", "0", "--duration", "1"]);
+    run_lab(
+        &ns,
+        &[
+            "overflow",
+            "--accept-rate",
+            "0",
+            "--duration",
+            "1",
+            "--process-name",
+            "php-fpm",
+        ],
+    );
     let lines = tracer.stop();
     let s = listener_summary(final_summary(&lines), inode);
     assert_eq!(s["accepts"], 0, "{s}");
+    assert_eq!(s["comm"], "php-fpm", "{s}");
+    assert_eq!(s["lport"], 8080, "{s}");
     assert_eq!(causes(s)[0], "app_not_accepting", "{s}");
+    // php-fpm's own worker setting, not another program's.
     let fix = s["causes"][0]["fix"][0].as_str().unwrap();
     assert!(
-        fix.contains("pm.max_children") && fix.contains("worker_connections"),
+        fix.contains("php-fpm: raise `pm.max_children`") && !fix.contains("worker_connections"),
         "{fix}"
     );
 }

@@ -67,17 +67,8 @@ fn stale_established_to_a_silent_upstream() {
         return;
     }
     let ns = Netns::new("stale");
-    let mut server = python_in(
-        &ns,
-        "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',9401)); l.listen(16)\nprint('up',flush=True)\nc,_=l.accept()\ntime.sleep(30)",
-    );
-    assert_eq!(first_line(&mut server), "up");
     // The client sends a request and waits for an answer that never comes (no timeout set).
-    let mut client = python_in(
-        &ns,
-        "import socket,os,time\ns=socket.socket(); s.connect(('127.0.0.1',9401)); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(os.getpid(),flush=True)\ns.recv(10)",
-    );
-    let pid = first_line(&mut client);
+    let (mut server, mut client, pid) = silent_upstream(&ns, 9401);
     std::thread::sleep(Duration::from_millis(2500));
     let rows = sockets_json(&pid, &["--idle", "2s"]);
     let _ = client.kill();

@@ -20,6 +20,8 @@ pub struct DiagnoseArgs {
     pub duration: Duration,
     pub json: bool,
     pub fail_on_cause: bool,
+    /// ESTABLISHED connections idle this long are stale (`--idle`, as in `tcpq sockets`).
+    pub idle: Duration,
     pub live: crate::live::session::LiveOptions,
 }
 
@@ -66,7 +68,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let lost = session.lost().total();
     let agg = session.take();
     let host = session.host;
-    let causes = find_causes(&agg, &mut session.dir, host, duration_s, true);
+    let causes = find_causes(&agg, &mut session.dir, host, duration_s, Some(args.idle));
     let (overflow, connects, drops, accepts) =
         (&agg.overflow, &agg.connects, &agg.drops, &agg.accepts);
     let checked = vec![
@@ -86,7 +88,10 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
             "accept-queue waits and accept() errors ({} listener(s))",
             accepts.len()
         ),
-        "stale ESTABLISHED and CLOSE_WAIT sockets of every process".to_string(),
+        format!(
+            "stale ESTABLISHED (no data for {} s) and CLOSE_WAIT sockets of every process",
+            args.idle.as_secs_f64()
+        ),
     ];
     // Tier 0: each listener's exact refusals over the run (sk_drops), traced or not.
     let refused_json: Vec<Value> = agg

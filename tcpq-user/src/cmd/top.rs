@@ -74,12 +74,12 @@ impl Producer {
         self.last_tick = Instant::now();
         let agg = self.session.take();
         let host = self.session.host;
-        let mut causes = find_causes(&agg, &mut self.session.dir, host, secs, false);
+        let mut causes = find_causes(&agg, &mut self.session.dir, host, secs, None);
         if self
             .last_socket_scan
             .is_none_or(|t| t.elapsed() >= SOCKET_SCAN_EVERY)
         {
-            self.socket_causes = socket_causes();
+            self.socket_causes = socket_causes(crate::sockets::DEFAULT_IDLE);
             self.last_socket_scan = Some(Instant::now());
         }
         // Socket leaks are states, not rates: their impact is the number of sockets.

@@ -19,6 +19,7 @@ use crate::{
     accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
     connect::model::LineBudget,
     kernel::probe::{self, Family, LoadOptions},
+    listen::owner::app_of_owners,
     listen::resolve::ListenerDirectory,
     output::{Clock, endpoint},
     snapshot::procs,
@@ -214,6 +215,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                 holders: holders.clone(),
                 idle_acceptors: idle,
                 nofile,
+                app: app_of_owners(&holders),
             };
             let findings = diagnose_accept(&ev);
             let q = s.wait_quantiles();

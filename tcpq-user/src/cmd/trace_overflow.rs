@@ -15,6 +15,7 @@ use crate::{
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     listen::{
         diagnose::{ListenerEvidence, diagnose_listener},
+        owner::app_of_owners,
         resolve::ListenerDirectory,
         unsent::UnsentReader,
     },
@@ -299,6 +300,10 @@ impl Tracer {
                 accepts,
                 cookies_sent_recv,
                 clients: a.clients.len(),
+                app: info
+                    .as_ref()
+                    .map(|i| app_of_owners(&i.owners))
+                    .unwrap_or_default(),
             };
             let findings = diagnose_listener(&evidence);
             summaries.push((a, evidence, findings));

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::owner::{App, relisten};
 use crate::{
     model::{KindCounts, OverflowKind},
     snapshot::{counters::ListenSysctls, procs::Owner},
@@ -32,6 +33,8 @@ pub struct ListenerEvidence {
     /// (SyncookiesSent, SyncookiesRecv) deltas of the namespace over the interval.
     pub cookies_sent_recv: Option<(u64, u64)>,
     pub clients: usize,
+    /// The owner's program, for fixes in its own syntax (`owner::app_of_owners`).
+    pub app: App,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,6 +54,10 @@ pub enum BacklogLimit {
     Application {
         arg: u32,
         seen: bool,
+    },
+    /// listen()'s argument (seen) equals somaxconn: raising either alone changes nothing.
+    Equal {
+        limit: u32,
     },
     /// somaxconn caps what the application asked for.
     Somaxconn {
@@ -74,6 +81,8 @@ pub fn backlog_limit(
                     arg: arg_u,
                     seen: true,
                 }
+            } else if arg_u == s {
+                BacklogLimit::Equal { limit: s }
             } else {
                 BacklogLimit::Somaxconn {
                     somaxconn: s,
@@ -136,9 +145,20 @@ fn rate(n: u64, secs: f64) -> String {
     format!("{n} ({:.1}/s)", n as f64 / secs)
 }
 
-fn app_backlog_fix(port: u16, n: u32) -> String {
+/// "php-fpm's", or "the application's".
+fn owners_of(app: App) -> String {
+    match app {
+        App::Other => "the application's".into(),
+        a => format!("{}'s", a.name()),
+    }
+}
+
+fn app_backlog_fix(app: App, port: u16, n: u32) -> String {
     format!(
-        "raise the application's backlog to {n}: nginx `listen {port} backlog={n};` · php-fpm `listen.backlog = {n}` · others: the backlog argument of listen(); then restart it (the backlog is fixed when listen() is called)"
+        "raise {} backlog to {n}: {}; {}",
+        owners_of(app),
+        app.backlog_setting(port, n),
+        relisten(app)
     )
 }
 
@@ -155,6 +175,88 @@ fn syncookies_fix(prefix: &str) -> String {
     )
 }
 
+/// Why the effective backlog is what it is, and the fixes that raise it to `n`, the binding limit
+/// first. The SYN queue has the same limit: tcp_conn_request() tests
+/// inet_csk_reqsk_queue_is_full(), request count > sk_max_ack_backlog, the value listen() set to
+/// min(backlog, somaxconn) — so this serves the accept queue, the SYN queue and syncookies.
+fn backlog_fixes(e: &ListenerEvidence, prefix: &str, n: u32) -> (String, Vec<String>) {
+    let somaxconn = e.sysctls.somaxconn;
+    let app_fix = app_backlog_fix(e.app, e.lport, n);
+    match backlog_limit(e.backlog, e.listen_arg, somaxconn) {
+        BacklogLimit::Application { arg, seen } => {
+            let src = if seen {
+                "seen by tcpq"
+            } else {
+                "inferred: below somaxconn, so it is what listen() asked for"
+            };
+            let mut fix = vec![app_fix];
+            if somaxconn.is_some_and(|s| s < n) {
+                fix.push(somaxconn_fix(prefix, n) + "  # somaxconn caps the backlog too");
+            }
+            (
+                format!(
+                    "effective backlog {} = min(listen() {arg} [{src}], net.core.somaxconn {}): {} backlog is the limit",
+                    e.backlog,
+                    somaxconn
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    owners_of(e.app)
+                ),
+                fix,
+            )
+        }
+        BacklogLimit::Equal { limit } => (
+            format!(
+                "effective backlog {} = min(listen() {limit} [seen by tcpq], net.core.somaxconn {limit}): both limits are {limit}, so raising only one leaves the backlog at {limit}",
+                e.backlog
+            ),
+            vec![
+                format!(
+                    "raise both: net.core.somaxconn and {} backlog are both {limit}",
+                    owners_of(e.app)
+                ),
+                somaxconn_fix(prefix, n),
+                app_fix,
+            ],
+        ),
+        BacklogLimit::Somaxconn { somaxconn: s, arg } => {
+            let asked = match arg {
+                Some(a) => format!("listen() {a} [seen by tcpq]"),
+                None => format!("listen() ≥ {s} [inferred]"),
+            };
+            let mut why = format!(
+                "effective backlog {} = min({asked}, net.core.somaxconn {s}): somaxconn is the limit",
+                e.backlog
+            );
+            if arg.is_none() {
+                why.push_str(&format!(
+                    " (or both are, if the application asked for exactly {s}: then raise both)"
+                ));
+            }
+            let mut fix = vec![somaxconn_fix(prefix, n)];
+            match arg {
+                // It already asks for enough: only the sysctl, and a new listen() to pick it up.
+                Some(a) if a >= n => fix.push(format!(
+                    "{} listen() asks for {}, enough: {}",
+                    owners_of(e.app),
+                    if a == u32::MAX {
+                        "the maximum".into()
+                    } else {
+                        a.to_string()
+                    },
+                    relisten(e.app)
+                )),
+                _ => fix.push(app_fix),
+            }
+            (why, fix)
+        }
+        BacklogLimit::Unknown => (
+            format!("effective backlog {}", e.backlog),
+            vec![somaxconn_fix(prefix, n), app_fix],
+        ),
+    }
+}
+
 const HALF_OPEN_HINT: &str = "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one";
 
 pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
@@ -168,7 +270,6 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     let resets = c.get(OverflowKind::Reset);
     let retrans = c.get(OverflowKind::SynackRetrans);
     let prefix = in_ns(e);
-    let somaxconn = e.sysctls.somaxconn;
     let overflow = syn + ack + resets;
 
     if overflow > 0 {
@@ -199,56 +300,13 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                     who(e), e.duration_s, e.lport, e.last_queue, e.backlog
                 ),
                 fix: vec![
-                    "the application is saturated or stuck, not the kernel: are all workers busy? php-fpm: raise pm.max_children (log: 'server reached max_children setting'); nginx: worker_connections / worker_processes".into(),
+                    format!("the application is saturated or stuck, not the kernel: are all workers busy? {}", e.app.workers_setting()),
                     format!("see what the workers are doing: `cat /proc/{}/stack`, `strace -f -p {}`", e.owners.first().map(|o| o.pid).unwrap_or(0), e.owners.first().map(|o| o.pid).unwrap_or(0)),
                     "a larger backlog only delays the failure while nothing accepts".into(),
                 ],
             });
         } else {
-            let limit = backlog_limit(e.backlog, e.listen_arg, somaxconn);
-            let n = suggested_backlog(e.backlog);
-            let (why, fix) = match &limit {
-                BacklogLimit::Application { arg, seen } => {
-                    let src = if *seen {
-                        "seen by tcpq"
-                    } else {
-                        "inferred: below somaxconn, so it is what listen() asked for"
-                    };
-                    let mut fix = vec![app_backlog_fix(e.lport, n)];
-                    if somaxconn.is_some_and(|s| s < n) {
-                        fix.push(somaxconn_fix(&prefix, n) + "  # somaxconn caps the backlog too");
-                    }
-                    (
-                        format!(
-                            "effective backlog {} = min(listen() {} [{}], net.core.somaxconn {}): the application's backlog is the limit",
-                            e.backlog,
-                            arg,
-                            src,
-                            somaxconn
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "?".into())
-                        ),
-                        fix,
-                    )
-                }
-                BacklogLimit::Somaxconn { somaxconn: s, arg } => {
-                    let asked = match arg {
-                        Some(a) => format!("listen() {a} [seen by tcpq]"),
-                        None => format!("listen() ≥ {s} [inferred]"),
-                    };
-                    (
-                        format!(
-                            "effective backlog {} = min({asked}, net.core.somaxconn {s}): somaxconn is the limit",
-                            e.backlog
-                        ),
-                        vec![somaxconn_fix(&prefix, n), app_backlog_fix(e.lport, n)],
-                    )
-                }
-                BacklogLimit::Unknown => (
-                    format!("effective backlog {}", e.backlog),
-                    vec![somaxconn_fix(&prefix, n), app_backlog_fix(e.lport, n)],
-                ),
-            };
+            let (why, fix) = backlog_fixes(e, &prefix, suggested_backlog(e.backlog));
             let accept_note = match e.accepts {
                 Some(a) if e.duration_s > 0.0 => format!(
                     "; the application accepted {:.1}/s — if that rate is its ceiling, it is too slow for the arrival rate and a bigger backlog only absorbs bursts",
@@ -273,18 +331,27 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
 
     if synq > 0 {
         let n = suggested_backlog(e.backlog);
+        let (why, mut fix) = backlog_fixes(e, &prefix, n);
+        // With cookies off, tcp_conn_request() also drops once the SYN queue holds 3/4 of
+        // tcp_max_syn_backlog: below the new backlog, that rule would be the next limit.
+        if let Some(m) = e.sysctls.tcp_max_syn_backlog
+            && m - m / 4 < n
+        {
+            fix.push(format!(
+                "{prefix}sysctl -w net.ipv4.tcp_max_syn_backlog={}   # with tcp_syncookies=0 the SYN queue also stops at 3/4 of it ({m} now)",
+                (n.saturating_mul(4) / 3 + 1).next_power_of_two()
+            ));
+        }
+        fix.push(syncookies_fix(&prefix));
+        fix.push(HALF_OPEN_HINT.into());
         out.push(Finding {
             cause: "syn_queue_full",
             impact: synq,
             text: format!(
-                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests for a backlog of {}) and tcp_syncookies=0",
+                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests for a backlog of {}) and tcp_syncookies=0; the SYN queue has the accept queue's limit: {why}",
                 rate(synq, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
-            fix: vec![
-                syncookies_fix(&prefix),
-                format!("{} (the backlog also sizes the SYN queue)", app_backlog_fix(e.lport, n)),
-                HALF_OPEN_HINT.into(),
-            ],
+            fix,
         });
     }
 
@@ -315,25 +382,37 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     }
 
     if cookie > 0 {
+        let (why, sizing) = backlog_fixes(e, &prefix, suggested_backlog(e.backlog));
         let (verdict, fix) = match e.cookies_sent_recv {
             Some((sent, recv)) if sent > 0 && recv * 2 >= sent => (
-                format!("{recv} valid cookie ACKs came back for {sent} cookies sent (SyncookiesRecv counts a retransmitted ACK again): real clients completing the handshake — legitimate load, the SYN queue is too small"),
-                vec![app_backlog_fix(e.lport, suggested_backlog(e.backlog))],
+                format!(
+                    "{recv} valid cookie ACKs came back for {sent} cookies sent (SyncookiesRecv counts a retransmitted ACK again): real clients completing the handshake — legitimate load, the SYN queue is too small"
+                ),
+                sizing,
             ),
-            Some((sent, recv)) if sent > 0 => (
-                format!("only {recv} valid cookie ACKs came back for {sent} cookies sent: most clients never complete the handshake — looks like a SYN flood (or their ACKs are lost); cookies are protecting the listener"),
-                vec!["keep net.ipv4.tcp_syncookies=1; find and filter the sources (tcpq trace overflow --json lists them)".into()],
-            ),
-            _ => (
-                "SYN queue full".into(),
-                vec![app_backlog_fix(e.lport, suggested_backlog(e.backlog))],
-            ),
+            Some((sent, recv)) if sent > 0 => {
+                let mut fix = vec!["keep net.ipv4.tcp_syncookies=1; find and filter the sources (tcpq trace overflow --json lists them)".to_string()];
+                // The verdict is a guess: real clients whose ACKs are lost look the same.
+                if let Some((first, rest)) = sizing.split_first() {
+                    fix.push(format!(
+                        "if these are real clients, the SYN queue is too small: {first}"
+                    ));
+                    fix.extend(rest.iter().cloned());
+                }
+                (
+                    format!(
+                        "only {recv} valid cookie ACKs came back for {sent} cookies sent: most clients never complete the handshake — looks like a SYN flood (or their ACKs are lost); cookies are protecting the listener"
+                    ),
+                    fix,
+                )
+            }
+            _ => ("SYN queue full".into(), sizing),
         };
         out.push(Finding {
             cause: "syn_cookies",
             impact: cookie,
             text: format!(
-                "{} SYNs to :{} answered with syncookies (SYN queue full: {} half-open requests for a backlog of {}, \"Possible SYN flooding\"): {verdict}",
+                "{} SYNs to :{} answered with syncookies (SYN queue full: {} half-open requests for a backlog of {}, \"Possible SYN flooding\"): {verdict}; the SYN queue has the accept queue's limit: {why}",
                 rate(cookie, e.duration_s), e.lport, e.max_synq, e.backlog
             ),
             fix,
@@ -361,6 +440,16 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
 mod tests {
     use super::*;
 
+    /// Fix line `i` contains `needle`; shows every fix when not.
+    #[track_caller]
+    fn assert_fix(f: &Finding, i: usize, needle: &str) {
+        assert!(
+            f.fix.get(i).is_some_and(|x| x.contains(needle)),
+            "fix[{i}] lacks {needle:?}: {:?}",
+            f.fix
+        );
+    }
+
     fn ev() -> ListenerEvidence {
         ListenerEvidence {
             netns: 1,
@@ -378,6 +467,7 @@ mod tests {
                 ..Default::default()
             },
             accepts: Some(100),
+            app: App::Nginx,
             ..Default::default()
         }
     }
@@ -442,14 +532,152 @@ mod tests {
             "{}",
             f[0].text
         );
-        assert!(f[0].text.contains("the application's backlog is the limit"));
+        assert!(f[0].text.contains("nginx's backlog is the limit"));
         assert!(f[0].text.contains("think they are connected"));
+        assert_eq!(f[0].fix.len(), 1, "{:?}", f[0].fix);
+        assert_fix(
+            &f[0],
+            0,
+            "raise nginx's backlog to 1024: nginx `listen 8080 backlog=1024;` (in the server block); then make it call listen() again: `nginx -s reload`",
+        );
+        // Only the owner's syntax.
+        assert!(!f[0].fix[0].contains("listen.backlog"), "{:?}", f[0].fix);
+    }
+
+    #[test]
+    fn unknown_owner_gets_one_generic_line() {
+        let mut e = ev();
+        e.app = App::Other;
+        e.listen_arg = Some(8);
+        e.counts.add(OverflowKind::Syn, 3);
+        let f = diagnose_listener(&e);
         assert!(
-            f[0].fix[0].contains("nginx `listen 8080 backlog=1024;`"),
+            f[0].fix[0].starts_with("raise the application's backlog to 1024: the backlog argument it passes to listen()")
+                && f[0].fix[0].contains("restart it so it calls listen() again"),
             "{:?}",
             f[0].fix
         );
-        assert!(f[0].fix[0].contains("listen.backlog = 1024"));
+        assert!(!f[0].fix[0].contains("nginx") && !f[0].fix[0].contains("php-fpm"));
+    }
+
+    /// listen() 10 with somaxconn 10: raising either alone leaves the backlog at 10.
+    #[test]
+    fn equal_limits_need_both_raised() {
+        let mut e = ev();
+        e.backlog = 10;
+        e.sysctls.somaxconn = Some(10);
+        e.listen_arg = Some(10);
+        e.counts.add(OverflowKind::Syn, 5);
+        assert_eq!(
+            backlog_limit(10, Some(10), Some(10)),
+            BacklogLimit::Equal { limit: 10 }
+        );
+        let f = diagnose_listener(&e);
+        assert!(
+            f[0].text.contains(
+                "min(listen() 10 [seen by tcpq], net.core.somaxconn 10): both limits are 10, so raising only one leaves the backlog at 10"
+            ),
+            "{}",
+            f[0].text
+        );
+        assert!(
+            !f[0].text.contains("somaxconn is the limit"),
+            "{}",
+            f[0].text
+        );
+        assert_eq!(
+            f[0].fix[0],
+            "raise both: net.core.somaxconn and nginx's backlog are both 10"
+        );
+        assert_fix(&f[0], 1, "sysctl -w net.core.somaxconn=1024");
+        assert_fix(&f[0], 2, "`listen 8080 backlog=1024;`");
+        // Not seen (diagnose, top): somaxconn first, the tie named, both fixes.
+        e.listen_arg = None;
+        let f = diagnose_listener(&e);
+        assert!(
+            f[0].text.contains("listen() ≥ 10 [inferred]")
+                && f[0].text.contains(
+                    "or both are, if the application asked for exactly 10: then raise both"
+                ),
+            "{}",
+            f[0].text
+        );
+        assert!(f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"));
+        assert!(f[0].fix[1].contains("backlog=1024"), "{:?}", f[0].fix);
+    }
+
+    /// The SYN queue's limit is the accept queue's: somaxconn 10 under php-fpm's 511 caps both.
+    #[test]
+    fn syn_queue_under_somaxconn_puts_somaxconn_first() {
+        let mut e = ev();
+        e.app = App::PhpFpm;
+        e.backlog = 10;
+        e.max_synq = 11;
+        e.listen_arg = Some(511);
+        e.sysctls.somaxconn = Some(10);
+        e.sysctls.tcp_max_syn_backlog = Some(128);
+        e.counts.add(OverflowKind::Synq, 40);
+        let f = diagnose_listener(&e);
+        assert_eq!(f[0].cause, "syn_queue_full");
+        assert!(
+            f[0].text.contains("the SYN queue has the accept queue's limit: effective backlog 10 = min(listen() 511 [seen by tcpq], net.core.somaxconn 10): somaxconn is the limit"),
+            "{}",
+            f[0].text
+        );
+        let fix = &f[0].fix;
+        assert!(
+            fix[0].starts_with("sysctl -w net.core.somaxconn=1024"),
+            "{fix:?}"
+        );
+        assert!(
+            fix[1].contains("php-fpm `listen.backlog = 1024`"),
+            "{fix:?}"
+        );
+        // Cookies off: 3/4 of 128 would stop the queue at 96, below the new backlog.
+        assert!(
+            fix[2].starts_with("sysctl -w net.ipv4.tcp_max_syn_backlog=2048"),
+            "{fix:?}"
+        );
+        assert!(fix[3].contains("tcp_syncookies=1"), "{fix:?}");
+        // A tcp_max_syn_backlog large enough is left alone.
+        e.sysctls.tcp_max_syn_backlog = Some(4096);
+        let f = diagnose_listener(&e);
+        assert!(
+            !f[0].fix.iter().any(|x| x.contains("tcp_max_syn_backlog")),
+            "{:?}",
+            f[0].fix
+        );
+
+        // Cookies (legitimate load): somaxconn first as well, no tcp_max_syn_backlog (its rule
+        // only applies with cookies off).
+        let mut e = ev();
+        e.app = App::Fluentd;
+        e.lport = 24224;
+        e.backlog = 128;
+        e.listen_arg = Some(511);
+        e.sysctls.somaxconn = Some(128);
+        e.sysctls.tcp_max_syn_backlog = Some(128);
+        e.counts.add(OverflowKind::Cookie, 50);
+        e.cookies_sent_recv = Some((50, 48));
+        let f = diagnose_listener(&e);
+        assert_eq!(f[0].cause, "syn_cookies");
+        assert!(
+            f[0].text.contains("legitimate load") && f[0].text.contains("somaxconn is the limit"),
+            "{}",
+            f[0].text
+        );
+        assert_fix(&f[0], 0, "sysctl -w net.core.somaxconn=1024");
+        assert_fix(&f[0], 1, "fluentd in_forward `backlog 1024`");
+        assert!(!f[0].fix.iter().any(|x| x.contains("tcp_max_syn_backlog")));
+        // A flood verdict still says how to size the queue if those were real clients.
+        e.cookies_sent_recv = Some((50, 1));
+        let f = diagnose_listener(&e);
+        assert_fix(&f[0], 0, "keep net.ipv4.tcp_syncookies=1");
+        assert_fix(
+            &f[0],
+            1,
+            "if these are real clients, the SYN queue is too small: sysctl -w net.core.somaxconn=1024",
+        );
     }
 
     #[test]
@@ -465,10 +693,17 @@ mod tests {
             "{}",
             f[0].text
         );
-        assert!(
-            f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"),
-            "{:?}",
-            f[0].fix
+        assert_fix(&f[0], 0, "sysctl -w net.core.somaxconn=1024");
+        assert!(f[0].fix[1].contains("backlog=1024"), "{:?}", f[0].fix);
+        // listen() already asks for enough: only the sysctl, then a new listen().
+        e.app = App::Redis;
+        e.listen_arg = Some(-1);
+        let f = diagnose_listener(&e);
+        assert_eq!(f[0].fix.len(), 2, "{:?}", f[0].fix);
+        assert_fix(
+            &f[0],
+            1,
+            "Redis's listen() asks for the maximum, enough: then restart it",
         );
     }
 
@@ -484,10 +719,10 @@ mod tests {
             "{}",
             f[0].text
         );
-        assert!(
-            f[0].fix[0].starts_with("nsenter -t 42 -n sysctl -w net.core.somaxconn=16384"),
-            "{:?}",
-            f[0].fix
+        assert_fix(
+            &f[0],
+            0,
+            "nsenter -t 42 -n sysctl -w net.core.somaxconn=16384",
         );
     }
 
@@ -499,7 +734,11 @@ mod tests {
         let f = diagnose_listener(&e);
         assert_eq!(f[0].cause, "app_not_accepting");
         assert!(f[0].text.contains("accepted 0 connections"));
-        assert!(f[0].fix[0].contains("pm.max_children"));
+        assert!(f[0].fix[0].contains("worker_connections"), "{:?}", f[0].fix);
+        e.app = App::PhpFpm;
+        let f = diagnose_listener(&e);
+        assert!(f[0].fix[0].contains("pm.max_children"), "{:?}", f[0].fix);
+        assert!(!f[0].fix[0].contains("worker_connections"));
     }
 
     #[test]
@@ -548,7 +787,9 @@ mod tests {
             ]
         );
         assert!(f[0].text.contains("looks like a SYN flood"));
-        assert!(f[1].fix[0].contains("tcp_syncookies=1"));
+        // The listener's own backlog is the limit: its fix first, then cookies.
+        assert!(f[1].fix[0].contains("backlog=1024"), "{:?}", f[1].fix);
+        assert!(f[1].fix.iter().any(|x| x.contains("tcp_syncookies=1")));
         assert!(f[3].fix[0].contains("tcp_abort_on_overflow=0"));
     }
 

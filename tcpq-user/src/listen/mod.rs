@@ -1,4 +1,5 @@
 pub mod diagnose;
+pub mod owner;
 pub mod resolve;
 pub mod unsent;
 

@@ -18,6 +18,7 @@ use crate::{
     conntrack::{CtEvidence, diagnose_conntrack, top_consumers},
     listen::{
         diagnose::{Finding, ListenerEvidence, diagnose_listener},
+        owner::app_of_owners,
         resolve::ListenerDirectory,
     },
     live::session::{AcceptorSample, Aggregates},
@@ -68,7 +69,8 @@ pub fn find_causes(
     dir: &mut ListenerDirectory,
     host: u32,
     duration_s: f64,
-    scan_sockets: bool,
+    // Some(idle): also every process's stale ESTABLISHED (idle that long) and CLOSE_WAIT sockets.
+    scan_sockets: Option<std::time::Duration>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
     let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
@@ -114,6 +116,10 @@ pub fn find_causes(
             accepts: Some(acc),
             cookies_sent_recv,
             clients: a.clients.len(),
+            app: info
+                .as_ref()
+                .map(|i| app_of_owners(&i.owners))
+                .unwrap_or_default(),
         };
         let owner = owner_of(info.as_ref());
         for f in diagnose_listener(&ev) {
@@ -224,6 +230,7 @@ pub fn find_causes(
             holders: holders.clone(),
             idle_acceptors: idle,
             nofile: None,
+            app: app_of_owners(&holders),
         };
         let owner = holders.first().cloned().or_else(|| {
             s.acceptors.iter().next().map(|(p, c)| procs::Owner {
@@ -244,8 +251,8 @@ pub fn find_causes(
         }
     }
 
-    if scan_sockets {
-        causes.extend(socket_causes());
+    if let Some(idle) = scan_sockets {
+        causes.extend(socket_causes(idle));
     }
     causes.sort_by_key(|c| std::cmp::Reverse(c.finding.impact));
     for c in &mut causes {
@@ -256,7 +263,8 @@ pub fn find_causes(
 
 /// Stale ESTABLISHED and CLOSE_WAIT sockets of every process, in every namespace their threads
 /// use: a walk of every process's descriptors, so callers choose how often.
-pub fn socket_causes() -> Vec<Cause> {
+pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
+    let idle_ms = idle.as_millis().min(u32::MAX as u128) as u32;
     let mut causes = Vec::new();
     let mut dumps: HashMap<u32, Option<Vec<sockdiag::DiagSocket>>> = HashMap::new();
     if let Ok(all) = procfs::process::all_processes() {
@@ -283,8 +291,8 @@ pub fn socket_causes() -> Vec<Cause> {
                         .flatten()
                 });
                 let Some(socks) = socks else { continue };
-                let ps = analyse(pid, &comm, ns, socks, &owned, 60_000);
-                for f in diagnose_sockets(&ps, 60.0, None) {
+                let ps = analyse(pid, &comm, ns, socks, &owned, idle_ms);
+                for f in diagnose_sockets(&ps, idle.as_secs_f64(), None) {
                     causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port: None, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
                 }
             }
