@@ -41,7 +41,30 @@ const VM_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const EXIT_MARK: &str = "TCPQ_VM_EXIT=";
 
 pub fn vm(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--matrix") {
+        return matrix();
+    }
     let (kernel, cmd) = parse_args(args)?;
+    prepare()?;
+    let guest = fetch_kernel(&kernel)?;
+    let script = match cmd {
+        Some(cmd) => cmd,
+        None => default_script(true)?,
+    };
+    let initrd = build_initramfs(&guest, &script)?;
+    let (status, _) = boot(&guest, &initrd)?;
+    if status != 0 {
+        bail!(
+            "the command failed on {} with exit status {status}",
+            guest.release
+        );
+    }
+    eprintln!("xtask: vm: the command passed on {}", guest.release);
+    Ok(())
+}
+
+/// Root, the Debian tools, and tcpq built (the guest runs this machine's build through 9p).
+fn prepare() -> Result<()> {
     if !is_root() {
         bail!("xtask vm needs root (apt-get download, qemu's 9p export of /): run it as root");
     }
@@ -58,22 +81,171 @@ pub fn vm(args: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root_dir())
         .args(["build", "--package", "tcpq-user"]))?;
-    let guest = fetch_kernel(&kernel)?;
-    let script = match cmd {
-        Some(cmd) => cmd,
-        None => default_script()?,
-    };
-    let initrd = build_initramfs(&guest, &script)?;
-    let status = boot(&guest, &initrd)?;
-    if status != 0 {
-        bail!(
-            "the command failed on {} with exit status {status}",
-            guest.release
-        );
-    }
-    eprintln!("xtask: vm: the command passed on {}", guest.release);
     Ok(())
 }
+
+/// `--matrix`: the default command on every kernel of KERNELS and on this machine's, then the
+/// compatibility table in README.md (between its matrix markers) rewritten.
+fn matrix() -> Result<()> {
+    prepare()?;
+    let script = default_script(false)?;
+    let mut rows = Vec::new();
+    for (kernel, _) in KERNELS {
+        let guest = fetch_kernel(kernel)?;
+        let initrd = build_initramfs(&guest, &script)?;
+        let (status, console) = boot(&guest, &initrd)?;
+        rows.push(MatrixRow::from_console(&guest.release, status, &console));
+    }
+    eprintln!("xtask: vm: the same on this machine's kernel…");
+    let path = format!(
+        "{}:{}",
+        root_dir().join("target/debug").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("sh")
+        .current_dir(root_dir())
+        .env("PATH", path)
+        .env("TCPQ_BIN", crate::tcpq_bin())
+        .args(["-c", &script])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the matrix script here")?;
+    let here: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let release = output_of(Command::new("uname").arg("-r")).unwrap_or_default();
+    rows.push(MatrixRow::from_console(
+        &format!("{} (this machine)", release.trim()),
+        out.status.code().unwrap_or(1),
+        &here,
+    ));
+    let table = matrix_table(&rows);
+    println!("{table}");
+    let readme = root_dir().join("README.md");
+    let text = std::fs::read_to_string(&readme)?;
+    let (start, end) = ("<!-- matrix:start -->", "<!-- matrix:end -->");
+    let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
+        bail!("README.md has no {start} … {end} markers for the table");
+    };
+    let new = format!("{}{start}\n{table}{}", &text[..a], &text[b..]);
+    std::fs::write(&readme, new)?;
+    eprintln!("xtask: vm: README.md's compatibility table rewritten");
+    if rows.iter().any(|r| r.status != 0) {
+        bail!("a kernel of the matrix failed (see the table)");
+    }
+    Ok(())
+}
+
+/// What one kernel of the matrix showed.
+#[derive(Debug, PartialEq)]
+struct MatrixRow {
+    kernel: String,
+    status: i32,
+    /// (hooks attached, hooks loaded) per `tcpq check --json`.
+    attached: (usize, usize),
+    /// Refused hooks: "program: reason".
+    refused: Vec<String>,
+    /// kprobes / fentry as `tcpq check` found them.
+    kprobes: String,
+    fentry: String,
+    /// (test file, passed, failed).
+    tests: Vec<(String, u64, u64)>,
+}
+
+impl MatrixRow {
+    /// Reads the markers the matrix script prints (see `default_script`).
+    fn from_console(kernel: &str, status: i32, console: &[String]) -> Self {
+        let mut row = MatrixRow {
+            kernel: kernel.to_string(),
+            status,
+            attached: (0, 0),
+            refused: Vec::new(),
+            kprobes: "?".into(),
+            fentry: "?".into(),
+            tests: Vec::new(),
+        };
+        let mut current = None;
+        for line in console {
+            let line = line.trim();
+            if let Some(json) = line.strip_prefix(CHECK_MARK) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                let hooks = v["hooks"].as_array().cloned().unwrap_or_default();
+                row.attached = (
+                    hooks.iter().filter(|h| h["state"] == "attached").count(),
+                    hooks.len(),
+                );
+                row.refused = hooks
+                    .iter()
+                    .filter(|h| h["state"] != "attached")
+                    .map(|h| {
+                        format!(
+                            "{}: {}",
+                            h["program"].as_str().unwrap_or("?"),
+                            h["detail"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                let short = |x: &serde_json::Value| {
+                    x.as_str()
+                        .map(|s| s.split([' ', '(']).next().unwrap_or(s).to_string())
+                        .or_else(|| x.as_bool().map(|b| if b { "yes" } else { "no" }.into()))
+                        .unwrap_or_else(|| "?".into())
+                };
+                row.kprobes = short(&v["kprobes"]);
+                row.fentry = short(&v["fentry"]);
+            } else if let Some(name) = line.strip_prefix(TEST_MARK) {
+                current = Some(name.trim().to_string());
+            } else if let (Some(name), Some(rest)) = (&current, line.strip_prefix("test result: "))
+            {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|p| p.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                row.tests
+                    .push((name.clone(), count("passed"), count("failed")));
+                current = None;
+            }
+        }
+        row
+    }
+}
+
+fn matrix_table(rows: &[MatrixRow]) -> String {
+    let mut t = String::from(
+        "| kernel | hooks attached | backend | kprobes / fentry | integration tests (passed/failed) | refused |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let tests = if r.tests.is_empty() {
+            format!("none ran (exit status {})", r.status)
+        } else {
+            r.tests
+                .iter()
+                .map(|(n, p, f)| format!("{n} {p}/{f}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let refused = if r.refused.is_empty() {
+            "none".to_string()
+        } else {
+            r.refused.join("; ")
+        };
+        t.push_str(&format!(
+            "| {} | {}/{} | tracepoints + cgroup_skb (every family) | {} / {} | {tests} | {refused} |\n",
+            r.kernel, r.attached.0, r.attached.1, r.kprobes, r.fentry,
+        ));
+    }
+    t
+}
+
+/// Marker lines of the matrix script.
+const CHECK_MARK: &str = "TCPQ_CHECK_JSON=";
+const TEST_MARK: &str = "TCPQ_TESTS=";
 
 /// `--kernel K [-- CMD…]` → (K, CMD as one shell line).
 fn parse_args(args: &[String]) -> Result<(String, Option<String>)> {
@@ -374,12 +546,27 @@ fn build_initramfs(guest: &Guest, script: &str) -> Result<PathBuf> {
 
 /// The default command: `tcpq check`, then the count-vs-kernel integration tests, built here
 /// first (the guest only runs binaries).
-fn default_script() -> Result<String> {
-    let mut lines = vec!["set -e".to_string(), "tcpq check".to_string()];
+/// `stop_at_failure`: the first failure ends it (a plain run); else every test file runs and
+/// the status is the last failure's (the matrix), with marker lines for `MatrixRow`.
+fn default_script(stop_at_failure: bool) -> Result<String> {
+    let mut lines = if stop_at_failure {
+        vec!["set -e".to_string(), "tcpq check".to_string()]
+    } else {
+        vec![
+            "status=0".to_string(),
+            format!("echo \"{CHECK_MARK}$(tcpq check --json | tr -d '\\n')\""),
+        ]
+    };
     for test in DEFAULT_TESTS {
         let exe = test_executable(test)?;
-        lines.push(format!("echo 'vm: integration tests {test}'"));
+        lines.push(format!("echo '{TEST_MARK}{test}'"));
         lines.push(format!("{} --test-threads=1", exe.display()));
+        if !stop_at_failure {
+            lines.push("rc=$?; [ $rc -eq 0 ] || status=$rc".to_string());
+        }
+    }
+    if !stop_at_failure {
+        lines.push("exit $status".to_string());
     }
     Ok(lines.join("\n"))
 }
@@ -408,8 +595,8 @@ fn test_executable(name: &str) -> Result<PathBuf> {
         .with_context(|| format!("no executable for integration test {name}"))
 }
 
-/// Boots the guest and echoes its console; CMD's exit status.
-fn boot(guest: &Guest, initrd: &Path) -> Result<i32> {
+/// Boots the guest and echoes its console; CMD's exit status and the console's lines.
+fn boot(guest: &Guest, initrd: &Path) -> Result<(i32, Vec<String>)> {
     eprintln!(
         "xtask: vm: booting {} under TCG (/dev/kvm here is kvm-pvm: stock kernels hang on it)…",
         guest.release
@@ -441,14 +628,17 @@ fn boot(guest: &Guest, initrd: &Path) -> Result<i32> {
         .context("start qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
+    let reader = thread::spawn(move || {
+        let mut console = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             eprintln!("vm| {}", line.trim_end());
             if let Some(code) = line.trim().strip_prefix(EXIT_MARK) {
                 let _ = tx.send(code.trim().parse::<i32>().unwrap_or(126));
             }
+            console.push(line);
         }
+        console
     });
     let started = Instant::now();
     let status = loop {
@@ -473,8 +663,11 @@ fn boot(guest: &Guest, initrd: &Path) -> Result<i32> {
     }
     let _ = child.kill();
     let _ = child.wait();
-    status
-        .context("the guest stopped before reporting the command's status (see its console above)")
+    let console = reader.join().unwrap_or_default();
+    let status = status.context(
+        "the guest stopped before reporting the command's status (see its console above)",
+    )?;
+    Ok((status, console))
 }
 
 #[cfg(test)]
@@ -509,6 +702,35 @@ mod tests {
             ]
         );
         assert!(load_order(dep, builtin, &["overlay"]).is_err());
+    }
+
+    #[test]
+    fn matrix_row_reads_the_markers() {
+        let console: Vec<String> = [
+            "vm| noise",
+            r#"TCPQ_CHECK_JSON={"kernel":"6.1.0-57-amd64","kprobes":"available (not needed)","fentry":"available","hooks":[{"program":"a","state":"attached","detail":"x"},{"program":"b","state":"unavailable","detail":"refused: why"}]}"#,
+            "TCPQ_TESTS=listen",
+            "running 13 tests",
+            "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 80.1s",
+            "TCPQ_TESTS=connect",
+            "test result: FAILED. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let row = MatrixRow::from_console("6.1.0-57-amd64", 101, &console);
+        assert_eq!(row.attached, (1, 2));
+        assert_eq!(row.refused, ["b: refused: why"]);
+        assert_eq!(row.kprobes, "available");
+        assert_eq!(
+            row.tests,
+            [("listen".to_string(), 13, 0), ("connect".to_string(), 7, 2)]
+        );
+        let t = matrix_table(&[row]);
+        assert!(t.contains("| 6.1.0-57-amd64 | 1/2 |"), "{t}");
+        assert!(t.contains("listen 13/0, connect 7/2"), "{t}");
+        let empty = matrix_table(&[MatrixRow::from_console("x", 125, &[])]);
+        assert!(empty.contains("none ran (exit status 125)"), "{empty}");
     }
 
     #[test]
