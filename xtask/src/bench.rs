@@ -474,6 +474,7 @@ fn storm(secs: u64) -> Result<Storm> {
 
 /// `tcpq top` against big tables: LISTENERS listening sockets and `time_wait` TIME_WAIT
 /// sockets in a namespace of their own.
+#[derive(Default)]
 struct BigTables {
     listeners: usize,
     time_wait: usize,
@@ -504,63 +505,213 @@ print('ready', flush=True)
 sys.stdin.read()
 "#;
 
-fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables> {
+/// The big namespace anew (a leftover of an interrupted run removed first), loopback up.
+fn fresh_big_ns() -> Result<()> {
     let _ = Command::new("ip")
         .args(["netns", "del", BIG_NS])
         .stderr(Stdio::null())
         .status();
     run(Command::new("ip").args(["netns", "add", BIG_NS]))?;
-    run(Command::new("ip").args(["-n", BIG_NS, "link", "set", "lo", "up"]))?;
+    run(Command::new("ip").args(["-n", BIG_NS, "link", "set", "lo", "up"]))
+}
+
+/// Runs `cmd args…` inside the big namespace.
+fn in_big_ns(cmd: &str, args: &[&str]) -> Result<()> {
+    run(Command::new("ip")
+        .args(["netns", "exec", BIG_NS, cmd])
+        .args(args))
+}
+
+fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables> {
+    fresh_big_ns()?;
     // Room for the TIME_WAITs (per namespace; the default is sized by memory).
-    run(Command::new("ip").args([
-        "netns",
-        "exec",
-        BIG_NS,
+    in_big_ns(
         "sysctl",
-        "-q",
-        &format!("net.ipv4.tcp_max_tw_buckets={}", time_wait * 2 + 1024),
-    ]))?;
+        &[
+            "-q",
+            &format!("net.ipv4.tcp_max_tw_buckets={}", time_wait * 2 + 1024),
+        ],
+    )?;
     let result = (|| -> Result<BigTables> {
-        let mut py = Command::new("ip")
-            .args(["netns", "exec", BIG_NS, "python3", "-c", BIG_TABLES_PY])
-            .args([listeners.to_string(), time_wait.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("start python3 for the big tables")?;
-        let mut out = BufReader::new(py.stdout.take().context("python stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line)
-            .context("wait for the big tables")?;
-        if line.trim() != "ready" {
-            let _ = py.kill();
-            bail!("the big tables were not built: {line}");
-        }
-        let running = start_tcpq(&["top", "--json", "-d", "1"], &[], true)?;
-        let pid = running.child.id();
-        thread::sleep(Duration::from_millis(1500));
-        let cpu0 = cpu_ns(pid).unwrap_or(0.0);
-        thread::sleep(Duration::from_secs(secs));
-        let cpu = cpu_ns(pid).unwrap_or(0.0) - cpu0;
-        let out = running.stop(true)?;
+        let mut py = build_in_big_ns(
+            BIG_TABLES_PY,
+            &[listeners.to_string(), time_wait.to_string()],
+            "the big tables",
+        )?;
+        let measured = top_on_time(secs);
         drop(py.stdin.take()); // the listeners close
         let _ = py.wait();
-        let frames = frames(&out.stdout);
-        // The first frame covers start-up and the last one is cut short by the stop.
-        let intervals: Vec<f64> = frames
+        let (_, mut big) = measured?;
+        (big.listeners, big.time_wait) = (listeners, time_wait);
+        Ok(big)
+    })();
+    let _ = Command::new("ip").args(["netns", "del", BIG_NS]).status();
+    result
+}
+
+/// Runs a Python `script` with `args` in the big namespace until it prints "ready" (what it
+/// builds stays until its stdin closes).
+fn build_in_big_ns(script: &str, args: &[String], what: &str) -> Result<Child> {
+    let mut py = Command::new("ip")
+        .args(["netns", "exec", BIG_NS, "python3", "-c", script])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start python3 for {what}"))?;
+    let mut out = BufReader::new(py.stdout.take().context("python stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .with_context(|| format!("wait for {what}"))?;
+    if line.trim() != "ready" {
+        let _ = py.kill();
+        bail!("{what} was not built: {line}");
+    }
+    Ok(py)
+}
+
+/// `tcpq top --json -d 1` for `secs`: its frames, and how on time and costly they were.
+fn top_on_time(secs: u64) -> Result<(Vec<Value>, BigTables)> {
+    let running = start_tcpq(&["top", "--json", "-d", "1"], &[], true)?;
+    let pid = running.child.id();
+    thread::sleep(Duration::from_millis(1500));
+    let cpu0 = cpu_ns(pid).unwrap_or(0.0);
+    thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_ns(pid).unwrap_or(0.0) - cpu0;
+    let out = running.stop(true)?;
+    let frames = frames(&out.stdout);
+    // The first frame covers start-up and the last one is cut short by the stop.
+    let intervals: Vec<f64> = frames
+        .iter()
+        .skip(1)
+        .take(frames.len().saturating_sub(2))
+        .filter_map(|f| f["interval_s"].as_f64())
+        .collect();
+    let big = BigTables {
+        frames: frames.len(),
+        interval_max_s: intervals.iter().copied().fold(0.0, f64::max),
+        interval_mean_s: intervals.iter().sum::<f64>() / intervals.len().max(1) as f64,
+        cpu_ms_per_frame: cpu / 1e6 / secs as f64,
+        rss_mib: out.rss_mib,
+        ..BigTables::default()
+    };
+    Ok((frames, big))
+}
+
+/// 10,000 listeners (+ 1,000,000 TIME_WAIT in the full run), then a big conntrack table
+/// (100,000 entries in --quick, 1,000,000 in the full run).
+fn big_tables_both(quick: bool) -> Result<(BigTables, BigConntrack)> {
+    let big = if quick {
+        big_tables(10_000, 0, 5)?
+    } else {
+        big_tables(10_000, 1_000_000, 10)?
+    };
+    eprintln!("xtask: bench: a big conntrack table…");
+    let (entries, secs) = if quick { (100_000, 5) } else { (1_000_000, 10) };
+    Ok((big, big_conntrack(entries, secs)?))
+}
+
+/// Global `net.netfilter.nf_conntrack_max` (read-only outside the initial namespace) raised for
+/// the big conntrack table; the previous value is put back on drop, also on a panic.
+struct ConntrackMax {
+    previous: String,
+}
+
+const CT_MAX_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl ConntrackMax {
+    fn raise_to(max: u64) -> Result<Self> {
+        // A module on most kernels, built in on some: either way its sysctl must exist.
+        let _ = Command::new("modprobe")
+            .arg("nf_conntrack")
+            .stderr(Stdio::null())
+            .status();
+        let previous = std::fs::read_to_string(CT_MAX_SYSCTL)
+            .with_context(|| format!("read {CT_MAX_SYSCTL} (is nf_conntrack loaded?)"))?;
+        std::fs::write(CT_MAX_SYSCTL, max.to_string())
+            .with_context(|| format!("raise {CT_MAX_SYSCTL} to {max}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(CT_MAX_SYSCTL, self.previous.trim());
+    }
+}
+
+/// `entries` UDP flows (one socket to 127.1.x.y:1024-61023, unanswered) in the big namespace's
+/// conntrack table, then a packet every 10 ms that a rule drops until stdin closes: with drops,
+/// the live modes read who fills the table (the expensive part).
+const BIG_CONNTRACK_PY: &str = r#"
+import select, socket, sys
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+for i in range(n):
+    k = i // 60000
+    try:
+        s.sendto(b'x', ('127.1.%d.%d' % (k >> 8, k & 255), 1024 + i % 60000))
+    except OSError:
+        pass
+print('ready', flush=True)
+while not select.select([sys.stdin], [], [], 0.01)[0]:
+    try:
+        s.sendto(b'x', ('127.0.0.1', 9))
+    except OSError:
+        pass
+"#;
+
+/// The big-tables namespace's conntrack table: what top's frames showed of it.
+struct BigConntrack {
+    entries: u64,
+    shown: u64,
+    big: BigTables,
+}
+
+fn big_conntrack(entries: u64, secs: u64) -> Result<BigConntrack> {
+    let _max = ConntrackMax::raise_to(entries + entries / 4 + 65536)?;
+    fresh_big_ns()?;
+    let result = (|| -> Result<BigConntrack> {
+        in_big_ns(
+            "nft",
+            &[
+                "add table inet tcpqbench; add chain inet tcpqbench out { type filter hook output priority 0; }; add rule inet tcpqbench out ct state new counter; add rule inet tcpqbench out udp dport 9 drop",
+            ],
+        )?;
+        // Unanswered UDP flows live 30 s by default (per namespace): long enough to measure.
+        in_big_ns(
+            "sysctl",
+            &["-q", "net.netfilter.nf_conntrack_udp_timeout=600"],
+        )?;
+        let mut py = build_in_big_ns(
+            BIG_CONNTRACK_PY,
+            &[entries.to_string()],
+            "the big conntrack table",
+        )?;
+        let count = output_of(Command::new("ip").args([
+            "netns",
+            "exec",
+            BIG_NS,
+            "cat",
+            "/proc/sys/net/netfilter/nf_conntrack_count",
+        ]))
+        .and_then(|c| c.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+        let measured = top_on_time(secs);
+        drop(py.stdin.take());
+        let _ = py.wait();
+        let (frames, big) = measured?;
+        let shown = frames
             .iter()
-            .skip(1)
-            .take(frames.len().saturating_sub(2))
-            .filter_map(|f| f["interval_s"].as_f64())
-            .collect();
-        Ok(BigTables {
-            listeners,
-            time_wait,
-            frames: frames.len(),
-            interval_max_s: intervals.iter().copied().fold(0.0, f64::max),
-            interval_mean_s: intervals.iter().sum::<f64>() / intervals.len().max(1) as f64,
-            cpu_ms_per_frame: cpu / 1e6 / secs as f64,
-            rss_mib: out.rss_mib,
+            .flat_map(|f| f["conntrack"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["count"].as_u64())
+            .max()
+            .unwrap_or(0);
+        Ok(BigConntrack {
+            entries: count,
+            shown,
+            big,
         })
     })();
     let _ = Command::new("ip").args(["netns", "del", BIG_NS]).status();
@@ -1090,9 +1241,47 @@ fn pct(r: f64) -> String {
     format!("{:.1} %", r * 100.0)
 }
 
+/// The big-table sections of the report.
+fn big_tables_text(big: &BigTables, big_ct: &BigConntrack) -> String {
+    let mut t = String::new();
+    t.push_str(&format!(
+        "\nBig tables: `tcpq top --json -d 1` with {} listeners and {} TIME_WAIT sockets in one namespace ({} frames):\n\n\
+         | measure | value | target |\n|---|---|---|\n\
+         | frame interval, mean / max | {:.2} s / {:.2} s | on time (1 s) |\n\
+         | tcpq's CPU per 1 s frame | {:.1} ms | bounded |\n\
+         | peak RSS | {:.1} MiB | < 40 MiB |\n",
+        big.listeners,
+        big.time_wait,
+        big.frames,
+        big.interval_mean_s,
+        big.interval_max_s,
+        big.cpu_ms_per_frame,
+        big.rss_mib
+    ));
+    t.push_str(&format!(
+        "\nBig conntrack table: `tcpq top --json -d 1` with {} entries in one namespace's table and a rule dropping a packet every 10 ms there (so the live modes read who fills it: at most {} entries per read — tcpq's LIVE_SAMPLE — again after 20× what a read cost; {} frames):\n\n\
+         | measure | value | target |\n|---|---|---|\n\
+         | table size top showed (max over frames) | {} | {} |\n\
+         | frame interval, mean / max | {:.2} s / {:.2} s | on time (1 s) |\n\
+         | tcpq's CPU per 1 s frame | {:.1} ms | bounded |\n\
+         | peak RSS | {:.1} MiB | < 40 MiB |\n",
+        big_ct.entries,
+        50_000,
+        big_ct.big.frames,
+        big_ct.shown,
+        big_ct.entries,
+        big_ct.big.interval_mean_s,
+        big_ct.big.interval_max_s,
+        big_ct.big.cpu_ms_per_frame,
+        big_ct.big.rss_mib
+    ));
+    t
+}
+
 /// `armed_only`: just the cost while every family traces, against bpftrace (a quicker loop
 /// while working on the tier-2 programs; prints, writes nothing).
-pub fn bench(quick: bool, armed_only: bool) -> Result<()> {
+/// `tables_only`: just the big tables (prints, writes nothing).
+pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
     setup()?;
     if !is_root() {
         bail!("the benchmark loads eBPF programs and creates a network namespace: run it as root");
@@ -1103,6 +1292,11 @@ pub fn bench(quick: bool, armed_only: bool) -> Result<()> {
         "--package",
         "tcpq-user",
     ]))?;
+    if tables_only {
+        let (big, big_ct) = big_tables_both(quick)?;
+        println!("{}", big_tables_text(&big, &big_ct));
+        return Ok(());
+    }
     let ns = BenchNs::start()?;
     let (pairs, secs) = if quick { (1, 2) } else { (10, 5) };
     if armed_only {
@@ -1185,11 +1379,7 @@ pub fn bench(quick: bool, armed_only: bool) -> Result<()> {
     eprintln!("xtask: bench: SYN storm at a full listener…");
     let storm = storm(if quick { 2 } else { 5 })?;
     eprintln!("xtask: bench: big tables…");
-    let big = if quick {
-        big_tables(10_000, 0, 5)?
-    } else {
-        big_tables(10_000, 100_000, 10)?
-    };
+    let (big, big_ct) = big_tables_both(quick)?;
     let bpftrace = if quick {
         Err("not measured in --quick".to_string())
     } else {
@@ -1282,20 +1472,7 @@ pub fn bench(quick: bool, armed_only: bool) -> Result<()> {
     for (name, ns, runs) in &programs {
         table.push_str(&format!("| {name} | {ns} | {runs} |\n"));
     }
-    table.push_str(&format!(
-        "\nBig tables: `tcpq top --json -d 1` with {} listeners and {} TIME_WAIT sockets in one namespace ({} frames):\n\n\
-         | measure | value | target |\n|---|---|---|\n\
-         | frame interval, mean / max | {:.2} s / {:.2} s | on time (1 s) |\n\
-         | tcpq's CPU per 1 s frame | {:.1} ms | bounded |\n\
-         | peak RSS | {:.1} MiB | < 40 MiB |\n",
-        big.listeners,
-        big.time_wait,
-        big.frames,
-        big.interval_mean_s,
-        big.interval_max_s,
-        big.cpu_ms_per_frame,
-        big.rss_mib
-    ));
+    table.push_str(&big_tables_text(&big, &big_ct));
     table.push_str(&profile_table(&profiled, &profiled_bt));
     println!("{table}");
     if !quick {

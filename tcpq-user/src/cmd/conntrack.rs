@@ -101,6 +101,92 @@ pub fn snapshot_in(ns: u32, with_entries: bool) -> CtSnapshot {
     netns::run_in(ns, move || snapshot_here(with_entries)).unwrap_or_default()
 }
 
+/// Entries the live modes read per dump of one namespace: a sample of a bigger table (see
+/// `ctnetlink::dump_first`). 50,000 entries cost ~50 ms and ~6 MB while they are counted; a
+/// whole 1,000,000-entry table would cost a second and 100+ MB every time.
+pub const LIVE_SAMPLE: usize = 50_000;
+
+/// A namespace's top consumers as the live modes see them.
+#[derive(Debug, Clone, Default)]
+pub struct LiveConsumers {
+    pub top: crate::conntrack::TopConsumers,
+    /// Entries counted, and whether the table had more (a sample).
+    pub read: usize,
+    pub sampled: bool,
+    /// How old the reading is.
+    pub age: Duration,
+}
+
+/// When each namespace's entries were last read, what that cost and found.
+struct CachedConsumers {
+    at: Instant,
+    reuse_for: Duration,
+    found: LiveConsumers,
+}
+
+/// Per namespace, shared by every live command in this process (the causes and the frame of
+/// one interval read the same dump). A bound on what the entries cost: a namespace is read
+/// again only after 20× what its last dump took (at least 1 s, at most 60 s): ≤ 5 % of one CPU
+/// however big the table.
+static LIVE_CONSUMERS: std::sync::Mutex<Option<HashMap<u32, CachedConsumers>>> =
+    std::sync::Mutex::new(None);
+
+/// The time before a namespace's entries are read again, from what the last read cost.
+fn reuse_for(cost: Duration) -> Duration {
+    (cost * 20).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Top consumers of `ns`'s table for the live modes (`snap`: its counters, read just now).
+pub fn live_consumers(ns: u32, snap: &CtSnapshot) -> LiveConsumers {
+    let now = Instant::now();
+    let mut guard = LIVE_CONSUMERS.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = guard.get_or_insert_with(HashMap::new);
+    // Namespaces gone or quiet for long are let go.
+    cache.retain(|_, c| now.saturating_duration_since(c.at) < Duration::from_secs(300));
+    if let Some(c) = cache.get(&ns)
+        && now.saturating_duration_since(c.at) < c.reuse_for
+    {
+        return LiveConsumers {
+            age: now.saturating_duration_since(c.at),
+            ..c.found.clone()
+        };
+    }
+    let timeout = snap.established_timeout;
+    let (entries, sampled) =
+        netns::run_in(ns, || sample_entries_here(LIVE_SAMPLE)).unwrap_or_default();
+    let found = LiveConsumers {
+        top: top_consumers(&entries, timeout, 5),
+        read: entries.len(),
+        sampled,
+        age: Duration::ZERO,
+    };
+    cache.insert(
+        ns,
+        CachedConsumers {
+            at: now,
+            reuse_for: reuse_for(now.elapsed()),
+            found: found.clone(),
+        },
+    );
+    found
+}
+
+/// At most `limit` entries of the calling thread's namespace: ctnetlink, else the first lines
+/// of /proc/net/nf_conntrack (read line by line: a big table's file is 100+ MB of text).
+fn sample_entries_here(limit: usize) -> (Vec<crate::conntrack::CtEntry>, bool) {
+    if let Ok(found) = crate::conntrack::ctnetlink::dump_first(limit) {
+        return found;
+    }
+    use std::io::BufRead as _;
+    let Ok(file) = std::fs::File::open("/proc/thread-self/net/nf_conntrack") else {
+        return (Vec::new(), false);
+    };
+    let mut lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
+    let text: Vec<String> = lines.by_ref().take(limit).collect();
+    let more = lines.next().is_some();
+    (parse_entries(&text.join("\n")), more)
+}
+
 fn evidence(
     snap: &CtSnapshot,
     table_full: u64,
@@ -698,4 +784,21 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     )?;
     drop(loaded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_read_again_after_twenty_times_their_cost() {
+        // A small table: every second (the frame); a 1,000,000-entry dump of 1.5 s: every 30 s;
+        // never rarer than a minute.
+        assert_eq!(reuse_for(Duration::from_millis(5)), Duration::from_secs(1));
+        assert_eq!(
+            reuse_for(Duration::from_millis(1500)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(reuse_for(Duration::from_secs(10)), Duration::from_secs(60));
+    }
 }

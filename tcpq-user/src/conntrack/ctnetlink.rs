@@ -108,6 +108,14 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
 
 /// Dumps the calling thread's namespace's conntrack table.
 pub fn dump() -> Result<Vec<CtEntry>> {
+    dump_first(usize::MAX).map(|(entries, _)| entries)
+}
+
+/// The first `limit` entries of the calling thread's namespace's table, and whether there were
+/// more (the dump is abandoned there: closing the socket ends it in the kernel). ctnetlink dumps
+/// in hash-bucket order, and the kernel seeds that hash at random (nf_conntrack_hash_rnd), so
+/// the first entries are a fair sample of a big table.
+pub fn dump_first(limit: usize) -> Result<(Vec<CtEntry>, bool)> {
     let mut socket = Socket::new(NETLINK_NETFILTER).context("open NETLINK_NETFILTER socket")?;
     socket.bind_auto().context("bind ctnetlink socket")?;
     socket
@@ -148,11 +156,14 @@ pub fn dump() -> Result<Vec<CtEntry>> {
                     inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
                     ..
                 }) => {
+                    if out.len() >= limit {
+                        return Ok((out, true));
+                    }
                     if let Some(e) = entry_from_attrs(&attrs) {
                         out.push(e);
                     }
                 }
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Done(_) => return Ok((out, false)),
                 NetlinkPayload::Error(e) => bail!("ctnetlink dump failed: {e:?}"),
                 _ => {}
             }

@@ -9,13 +9,13 @@ use serde_json::{Value, json};
 
 use crate::{
     accept::{AcceptEvidence, diagnose_accept},
-    cmd::conntrack::snapshot_in,
+    cmd::conntrack::{live_consumers, snapshot_in},
     connect::{
         ConnectResult,
         model::ConnectStats,
         ports::{PortRange, PortsEvidence, diagnose_ports, group_usage},
     },
-    conntrack::{CtEvidence, diagnose_conntrack, top_consumers},
+    conntrack::{CtEvidence, diagnose_conntrack},
     listen::{
         diagnose::{Finding, ListenerEvidence, diagnose_listener},
         owner::app_of_owners,
@@ -191,7 +191,8 @@ pub fn find_causes(
     // Conntrack.
     let ct_ns: BTreeSet<u32> = agg.drops.keys().map(|(n, _)| *n).collect();
     for ns in ct_ns {
-        let snap = snapshot_in(ns, true);
+        let snap = snapshot_in(ns, false);
+        let consumers = live_consumers(ns, &snap);
         let tf = agg.drops.get(&(ns, "table_full")).copied().unwrap_or(0);
         let rule = agg.drops.get(&(ns, "rule")).copied().unwrap_or(0);
         let ev = CtEvidence {
@@ -203,12 +204,12 @@ pub fn find_causes(
             rule_drops: rule,
             early_drops: 0,
             duration_s,
-            top: top_consumers(&snap.entries, snap.established_timeout, 5),
+            top: consumers.top,
             busiest_local_dport: None,
             ns_prefix: netns::enter_prefix(ns, host),
         };
         for f in diagnose_conntrack(&ev) {
-            causes.push(Cause { cgroup: None, place: format!("netns {ns}"), process: None, pid: None, port: None, evidence: json!({"netns": ns, "table_full": tf, "rule": rule, "count": snap.count, "max": snap.max}), finding: f });
+            causes.push(Cause { cgroup: None, place: format!("netns {ns}"), process: None, pid: None, port: None, evidence: json!({"netns": ns, "table_full": tf, "rule": rule, "count": snap.count, "max": snap.max, "entries_read": consumers.read, "entries_sampled": consumers.sampled, "entries_age_s": consumers.age.as_secs_f64()}), finding: f });
         }
     }
 

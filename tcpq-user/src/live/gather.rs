@@ -7,9 +7,8 @@ use std::{
 };
 
 use crate::{
-    cmd::conntrack::snapshot_in,
+    cmd::conntrack::{live_consumers, snapshot_in},
     connect::ports::group_usage,
-    conntrack::top_consumers,
     kernel::probe::HookState,
     live::{
         causes::{Cause, NsPorts, ports_snapshot, sample_acceptors},
@@ -148,7 +147,7 @@ pub fn snapshots(
             .map(|(_, v)| v)
             .sum();
         let table_full = agg.drops.get(&(ns, "table_full")).copied().unwrap_or(0);
-        let snap = snapshot_in(ns, drops > 0);
+        let snap = snapshot_in(ns, false);
         // The kernel's own drop rate since this namespace's last reading (none on its first).
         let kernel_drops_per_s = snap.stat.get("drop").copied().and_then(|now| {
             let at = std::time::Instant::now();
@@ -159,7 +158,12 @@ pub fn snapshots(
         if !snap.in_use && drops == 0 {
             continue;
         }
-        let top = top_consumers(&snap.entries, snap.established_timeout, 1);
+        // Who fills the table matters only while it drops (the live modes' sampled, paced read).
+        let top = if drops > 0 {
+            live_consumers(ns, &snap).top
+        } else {
+            Default::default()
+        };
         s.conntrack.push(ConntrackRow {
             netns: ns,
             count: snap.count,
