@@ -1136,6 +1136,16 @@ fn resolve(p: &mut Pending, freed: u32) {
         }
     } else if p.child != 0 {
         return;
+    } else if freed == FREED_OTHER
+        && RSN_LISTEN_OVERFLOW.load() == 0
+        && (p.acceptq_full != 0 || acceptq_full_now || ev.queue.max(queue) >= ev.backlog)
+    {
+        // Kernels without SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (6.1 has none in its BTF) free
+        // an overflowing final ACK unlabelled: tcp_check_req() returns NULL at listen_overflow
+        // and tcp_v4_rcv()/tcp_v6_rcv() discard it (NOT_SPECIFIED). A final ACK that made no
+        // child and was freed, not consumed, while the accept queue was full at either look, is
+        // that drop (sk_acceptq_is_full(), the same bracket as a SYN's above).
+        kind::ACK_DROP
     } else if freed == FREED_LISTEN_OVERFLOW || freed == FREED_NO_SOCKET {
         // NO_SOCKET on a listener's ACK comes from cookie_v4/v6_check() when
         // tcp_get_cookie_sock() gets no child: the accept queue was full at the kernel's test

@@ -342,6 +342,13 @@ impl BackgroundLab {
         }
     }
 
+    /// Ends the lab now (SIGINT: it stops its load and reports); returns its `lab_done` line.
+    pub fn interrupt(self) -> Value {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.finish()
+    }
+
     /// Waits for the lab to finish; returns its `lab_done` line.
     pub fn finish(mut self) -> Value {
         let mut line = String::new();

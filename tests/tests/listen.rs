@@ -404,10 +404,13 @@ fn pid_filter_selects_the_listener_owner() {
         .unwrap();
     let pid = sleeper.id().to_string();
     let filtered = Tracer::start(&["--pid", &pid]);
-    // A name must match a running process: start the lab first, then trace it by name.
-    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "4"]);
+    // A name must match a running process: start the lab first, then trace it by name. The
+    // lab overflows until interrupted, so the tracer sees seconds of it however long its own
+    // start takes (verifying the programs takes most of a minute under qemu's TCG).
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "120"]);
     let by_name = Tracer::start(&["--pid", "tcpq-lab"]);
-    lab.finish();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    lab.interrupt();
     let f = filtered.stop();
     let n = by_name.stop();
     let _ = sleeper.kill();
