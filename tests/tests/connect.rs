@@ -25,7 +25,9 @@ fn port_exhaustion_is_counted_and_explained() {
         &["trace", "connect", "--json", "--dst", "127.0.0.1:9000"],
         &[],
     );
-    let lab = BackgroundLab::start(&ns, &["ports", "--port", "9000", "--duration", "5"]);
+    // Until interrupted: `tcpq ports` below must find it running however long its own start
+    // takes (most of a minute to verify its programs under qemu's TCG).
+    let lab = BackgroundLab::start(&ns, &["ports", "--port", "9000", "--duration", "120"]);
     let pid = lab.facts["pid"].as_u64().unwrap();
     let inode = ns.inode();
     // `tcpq ports` by pid while the lab runs: traces 2 s, then snapshots the namespace.
@@ -45,7 +47,7 @@ fn port_exhaustion_is_counted_and_explained() {
         "{}",
         String::from_utf8_lossy(&ports.stderr)
     );
-    let done = lab.finish();
+    let done = lab.interrupt();
     let lines = tracer.stop();
 
     // Every failure the client saw, and every success, with the right process and destination.
@@ -139,12 +141,15 @@ fn syn_retransmits_and_latency_are_measured() {
     );
     let tracer = Tracer::start_cmd(&["trace", "connect", "--json", "--dst", "127.0.0.1"], &[]);
     let before = ns.counters();
-    let client = python_in(
+    let mut client = python_in(
         &ns,
         "import socket,os\nprint(os.getpid(),flush=True)\ns=socket.socket()\ns.settimeout(20)\ns.connect(('127.0.0.1',9100))\nprint('connected',flush=True)",
     );
     let client_pid = client.id();
-    // The first SYN and the retransmits within 1.8 s are dropped; a later one gets through.
+    // It prints its pid just before connecting: from then on, the first SYN and the
+    // retransmits within 1.8 s are dropped, a later one gets through (timed from that line, not
+    // from the spawn: a Python start takes over a second under qemu's TCG).
+    first_line(&mut client);
     std::thread::sleep(Duration::from_millis(1800));
     nft_in(&ns, "delete table inet tcpq_test\n");
     let out = client.wait_with_output().unwrap();

@@ -189,9 +189,22 @@ pub fn run(json_out: bool) -> Result<i32> {
         for (s, p, a, d) in &rows {
             println!("  {s:<11} {p:<18} {a:<44} {d}");
         }
-        match &problem {
-            None => println!("result: core hooks work"),
-            Some(p) => println!("result: core hooks cannot work: {p}"),
+        let refused: Vec<&str> = rows
+            .iter()
+            .filter(|(s, ..)| *s != "attached")
+            .map(|(_, p, ..)| p.as_ref())
+            .collect();
+        match (&problem, refused.is_empty()) {
+            (None, true) => println!("result: core hooks work; every hook attached"),
+            // Not fatal (each command that needs one says so), but not to be missed either: on
+            // 6.1 a whole family was once refused under a line that said only "work".
+            (None, false) => println!(
+                "result: core hooks work; {} of {} hooks unavailable ({}): the commands that need them report it",
+                refused.len(),
+                rows.len(),
+                refused.join(", ")
+            ),
+            (Some(p), _) => println!("result: core hooks cannot work: {p}"),
         }
     }
     if let Some(p) = problem {
