@@ -24,13 +24,25 @@ pub struct IdleGroup {
     pub bytes_received: u64,
 }
 
+/// Accepted (server-side) connections with no data for the idle threshold, per listening port:
+/// a client keeping its connection open, not an upstream of this process.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IdleAccepted {
+    pub lport: u16,
+    pub count: u64,
+    pub max_idle_s: f64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ProcessSockets {
     pub pid: u32,
     pub comm: String,
     pub netns: u32,
     pub states: BTreeMap<&'static str, u64>,
+    /// Outbound connections (this process is the client) idle for the threshold, by remote.
     pub idle_established: Vec<IdleGroup>,
+    /// Accepted connections idle for the threshold, by listening port.
+    pub idle_accepted: Vec<IdleAccepted>,
     pub close_wait: u64,
     /// Descriptors holding CLOSE_WAIT sockets.
     pub close_wait_fds: Vec<u32>,
@@ -56,6 +68,8 @@ pub fn analyse(
     let mut idle: BTreeMap<(IpAddr, u16), IdleGroup> = BTreeMap::new();
     let mut cw_remote: BTreeMap<String, u64> = BTreeMap::new();
     let mut cw_fds: BTreeSet<u32> = BTreeSet::new();
+    let mut accepted: BTreeMap<u16, IdleAccepted> = BTreeMap::new();
+    let listeners = listening(sockets);
     for s in sockets.iter().filter(|s| s.inode != 0) {
         let Some(fds) = owned.get(&s.inode) else {
             continue;
@@ -63,16 +77,25 @@ pub fn analyse(
         *p.states.entry(state_name(s.state)).or_insert(0) += 1;
         match s.state {
             1 => {
-                if let Some(info) = s.info
-                    && info.idle_ms() >= idle_ms
-                {
+                let Some(info) = s.info.filter(|i| i.idle_ms() >= idle_ms) else {
+                    continue;
+                };
+                let idle_s = info.idle_ms() as f64 / 1000.0;
+                if is_accepted(s, &listeners) {
+                    let g = accepted.entry(s.lport).or_insert_with(|| IdleAccepted {
+                        lport: s.lport,
+                        ..Default::default()
+                    });
+                    g.count += 1;
+                    g.max_idle_s = g.max_idle_s.max(idle_s);
+                } else {
                     let g = idle.entry((s.raddr, s.rport)).or_insert_with(|| IdleGroup {
                         raddr: s.raddr.to_string(),
                         rport: s.rport,
                         ..Default::default()
                     });
                     g.count += 1;
-                    g.max_idle_s = g.max_idle_s.max(info.idle_ms() as f64 / 1000.0);
+                    g.max_idle_s = g.max_idle_s.max(idle_s);
                     g.bytes_sent += info.bytes_acked;
                     g.bytes_received += info.bytes_received;
                 }
@@ -87,6 +110,7 @@ pub fn analyse(
             _ => {}
         }
     }
+    p.idle_accepted = accepted.into_values().collect();
     p.idle_established = idle.into_values().collect();
     p.idle_established.sort_by(|a, b| {
         b.count
@@ -99,6 +123,25 @@ pub fn analyse(
     r.truncate(10);
     p.close_wait_remotes = r;
     p
+}
+
+/// The namespace's listening (address, port)s.
+fn listening(sockets: &[DiagSocket]) -> Vec<(IpAddr, u16)> {
+    sockets
+        .iter()
+        .filter(|s| s.state == 10)
+        .map(|s| (s.laddr, s.lport))
+        .collect()
+}
+
+/// An ESTABLISHED socket whose local address:port is a listener of its namespace came from
+/// accept() (inet_csk_accept(): the child keeps the listener's port); an outbound one got an
+/// ephemeral port, which bind conflicts keep off a listening address:port. A wildcard listener
+/// (0.0.0.0 or ::, dual-stack) covers every local address of the port.
+fn is_accepted(s: &DiagSocket, listeners: &[(IpAddr, u16)]) -> bool {
+    listeners
+        .iter()
+        .any(|(a, p)| *p == s.lport && (a.is_unspecified() || *a == s.laddr))
 }
 
 /// TIME_WAIT sockets by remote endpoint (they have no owner).
@@ -212,18 +255,37 @@ mod tests {
             s(6, 0, 80, 0),
             s(1, 99, 80, 999_999),
         ];
+        // A listener on *:8080 and a connection accepted from it, idle as long as the stale
+        // upstream: the client side of someone else's connection, not this process's upstream.
+        let mut socks = socks;
+        let mut listener = s(10, 20, 0, 0);
+        listener.laddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        listener.lport = 8080;
+        let mut accepted = s(1, 21, 51000, 500_000);
+        accepted.lport = 8080;
+        socks.extend([listener, accepted]);
         let owned: HashMap<u64, Vec<u32>> = [
             (1, vec![7]),
             (2, vec![8]),
             (3, vec![9]),
             (4, vec![10]),
             (5, vec![11]),
+            (20, vec![3]),
+            (21, vec![12]),
         ]
         .into_iter()
         .collect();
         let p = analyse(42, "php-fpm", 1, &socks, &owned, 60_000);
-        assert_eq!(p.states["ESTABLISHED"], 3);
+        assert_eq!(p.states["ESTABLISHED"], 4);
         assert_eq!(p.idle_established.len(), 1);
+        assert_eq!(
+            p.idle_accepted,
+            vec![IdleAccepted {
+                lport: 8080,
+                count: 1,
+                max_idle_s: 500.0
+            }]
+        );
         assert_eq!(
             (
                 p.idle_established[0].rport,

@@ -304,3 +304,51 @@ fn idle_threshold_names_a_stale_upstream() {
         r["checked"]
     );
 }
+
+/// Direction: the silent upstream's own accepted sockets sit as idle as its clients', but only
+/// connections a process opened are stale upstreams — the server (the lab process, the lowest
+/// pid) is not named, its clients are.
+#[test]
+fn stale_established_names_clients_not_the_server() {
+    if skip_unless_root("diagnose_direction") {
+        return;
+    }
+    let ns = Netns::new("dgdir");
+    let lab = BackgroundLab::start(&ns, &["stale-upstream", "--port", "9412", "--duration", "8"]);
+    let server = lab.facts["pid"].as_u64().unwrap();
+    let clients: Vec<u64> = lab.facts["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "1", "--idle", "2s"])
+        .output()
+        .unwrap();
+    drop(lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stale: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "stale_established")
+        .collect();
+    assert!(
+        stale.iter().all(|c| c["pid"].as_u64() != Some(server)),
+        "the server's accepted sockets named as a stale upstream: {r}"
+    );
+    let c = stale
+        .iter()
+        .find(|c| c["port"] == 9412)
+        .unwrap_or_else(|| panic!("no stale_established to :9412: {r}"));
+    assert!(clients.contains(&c["pid"].as_u64().unwrap()), "{c}");
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
+}

@@ -92,3 +92,45 @@ fn stale_established_to_a_silent_upstream() {
             .contains("timeouts")
     );
 }
+
+/// An accepted connection that sits idle is the server's client keeping it open, not a stale
+/// upstream: the `stale-upstream` lab's server holds four idle accepted sockets (three clients
+/// waiting, one pooled) and is not named; its clients are.
+#[test]
+fn idle_accepted_sockets_are_not_stale_upstreams() {
+    if skip_unless_root("idle_accepted") {
+        return;
+    }
+    let ns = Netns::new("idleacc");
+    let lab = BackgroundLab::start(&ns, &["stale-upstream", "--port", "9411", "--duration", "8"]);
+    let server = lab.facts["pid"].as_u64().unwrap().to_string();
+    let client = lab.facts["clients"][0].as_u64().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    let server_rows = sockets_json(&server, &["--idle", "2s"]);
+    let client_rows = sockets_json(&client, &["--idle", "2s"]);
+    drop(lab);
+    let row = server_rows
+        .iter()
+        .find(|r| r["event"] == "sockets" && r["netns"].as_u64() == Some(ns.inode()))
+        .unwrap_or_else(|| panic!("{server_rows:?}"));
+    assert_eq!(row["comm"], "tcpq-lab", "{row}");
+    assert_eq!(row["idle_established"], serde_json::json!([]), "{row}");
+    assert_eq!(row["idle_accepted"][0]["lport"], 9411, "{row}");
+    assert_eq!(row["idle_accepted"][0]["count"], 4, "{row}");
+    assert!(
+        row["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["cause"] != "stale_established"),
+        "{row}"
+    );
+    let row = client_rows
+        .iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{client_rows:?}"));
+    assert_eq!(row["comm"], "tcpq-client", "{row}");
+    assert_eq!(row["idle_established"][0]["rport"], 9411, "{row}");
+    assert_eq!(row["idle_accepted"], serde_json::json!([]), "{row}");
+    assert_eq!(row["causes"][0]["cause"], "stale_established", "{row}");
+}

@@ -95,7 +95,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             if args.json {
                 println!(
                     "{}",
-                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established,
+                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established, "idle_accepted": p.idle_accepted,
                         "close_wait": {"count": p.close_wait, "fds": p.close_wait_fds, "remotes": p.close_wait_remotes}, "nofile_limit": limit, "causes": findings})
                 );
             } else {
@@ -106,6 +106,12 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                     println!(
                         "  idle ESTABLISHED → {}:{}: {} (max idle {:.0} s, sent {} B, received {} B)",
                         g.raddr, g.rport, g.count, g.max_idle_s, g.bytes_sent, g.bytes_received
+                    );
+                }
+                for g in &p.idle_accepted {
+                    println!(
+                        "  idle accepted on :{}: {} (max idle {:.0} s; clients keeping connections open, not stale upstreams)",
+                        g.lport, g.count, g.max_idle_s
                     );
                 }
                 if p.close_wait > 0 {

@@ -293,7 +293,11 @@ pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
                 let Some(socks) = socks else { continue };
                 let ps = analyse(pid, &comm, ns, socks, &owned, idle_ms);
                 for f in diagnose_sockets(&ps, idle.as_secs_f64(), None) {
-                    causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port: None, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
+                    // A stale upstream's port is the remote one (the most connections).
+                    let port = (f.cause == "stale_established")
+                        .then(|| ps.idle_established.first().map(|g| g.rport))
+                        .flatten();
+                    causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
                 }
             }
         }
