@@ -1027,7 +1027,11 @@ fn stale_upstream(args: &LabArgs) -> Result<()> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
-    done_line(args, "stale-upstream", json!({"clients": waiting_pids.len()}));
+    done_line(
+        args,
+        "stale-upstream",
+        json!({"clients": waiting_pids.len()}),
+    );
     Ok(())
 }
 

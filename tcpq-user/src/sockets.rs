@@ -22,6 +22,10 @@ pub struct IdleGroup {
     pub max_idle_s: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Of `count`: this side sent last and no answer came (a request waiting).
+    pub awaiting_reply: u64,
+    /// Of `awaiting_reply`: data still unacknowledged by the peer.
+    pub unacknowledged: u64,
 }
 
 /// Accepted (server-side) connections with no data for the idle threshold, per listening port:
@@ -98,6 +102,10 @@ pub fn analyse(
                     g.max_idle_s = g.max_idle_s.max(idle_s);
                     g.bytes_sent += info.bytes_acked;
                     g.bytes_received += info.bytes_received;
+                    if info.awaiting_reply() {
+                        g.awaiting_reply += 1;
+                        g.unacknowledged += u64::from(info.unacked > 0);
+                    }
                 }
             }
             8 => {
@@ -157,28 +165,156 @@ pub fn time_wait_by_remote(sockets: &[DiagSocket], k: usize) -> Vec<(String, u64
     v
 }
 
+/// One program's outbound connections to one remote, idle past the threshold, over every
+/// process running it (a prefork pool is one finding, not one per worker).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StaleUpstream {
+    pub netns: u32,
+    pub comm: String,
+    pub raddr: String,
+    pub rport: u16,
+    /// Processes holding a connection that waits for an answer.
+    pub pids: BTreeSet<u32>,
+    pub awaiting_reply: u64,
+    pub unacknowledged: u64,
+    /// Idle connections that got their answers (a pool's spare connections).
+    pub idle: u64,
+    pub max_idle_s: f64,
+}
+
+/// Groups the processes' idle outbound connections by (namespace, program, remote); only the
+/// groups with a connection waiting for an answer. Largest first.
+pub fn group_stale(procs: &[ProcessSockets]) -> Vec<StaleUpstream> {
+    let mut m: BTreeMap<(u32, &str, &str, u16), StaleUpstream> = BTreeMap::new();
+    for p in procs {
+        for g in &p.idle_established {
+            let e = m
+                .entry((p.netns, p.comm.as_str(), g.raddr.as_str(), g.rport))
+                .or_insert_with(|| StaleUpstream {
+                    netns: p.netns,
+                    comm: p.comm.clone(),
+                    raddr: g.raddr.clone(),
+                    rport: g.rport,
+                    ..Default::default()
+                });
+            if g.awaiting_reply > 0 {
+                e.pids.insert(p.pid);
+                e.max_idle_s = e.max_idle_s.max(g.max_idle_s);
+            }
+            e.awaiting_reply += g.awaiting_reply;
+            e.unacknowledged += g.unacknowledged;
+            e.idle += g.count - g.awaiting_reply;
+        }
+    }
+    let mut v: Vec<StaleUpstream> = m.into_values().filter(|g| g.awaiting_reply > 0).collect();
+    v.sort_by(|a, b| b.awaiting_reply.cmp(&a.awaiting_reply));
+    v
+}
+
+/// "pid 7" or "3 processes: pids 100-102": consecutive pids as ranges, at most `max` items.
+pub fn compact_pids(pids: &BTreeSet<u32>, max: usize) -> String {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &p in pids {
+        match ranges.last_mut() {
+            Some((_, hi)) if *hi + 1 == p => *hi = p,
+            _ => ranges.push((p, p)),
+        }
+    }
+    let mut items: Vec<String> = ranges
+        .iter()
+        .take(max)
+        .map(|(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    if ranges.len() > max {
+        items.push("…".into());
+    }
+    match pids.len() {
+        1 => format!("pid {}", items.join("")),
+        n => format!("{n} processes: pids {}", items.join(", ")),
+    }
+}
+
+/// A request sent, acknowledged by the peer's kernel and never answered: the upstream is alive
+/// (it ACKs, it would ACK keepalive probes too) but silent, and the client waits without a
+/// read timeout. `client_timeout` is the client program's setting (`App::client_timeout_setting`).
+pub fn diagnose_stale(g: &StaleUpstream, idle_s: f64, client_timeout: &str) -> Option<Finding> {
+    if g.awaiting_reply == 0 {
+        return None;
+    }
+    let n = g.awaiting_reply;
+    let remote = g
+        .raddr
+        .parse()
+        .map(|a| crate::output::endpoint(a, g.rport))
+        .unwrap_or_else(|_| format!("{}:{}", g.raddr, g.rport));
+    let acked = n - g.unacknowledged;
+    let mut text = format!(
+        "{} ({}) sent a request on {n} connection{} to {remote} and got no answer for more than {idle_s:.0} s (up to {:.0} s)",
+        g.comm,
+        compact_pids(&g.pids, 8),
+        if n == 1 { "" } else { "s" },
+        g.max_idle_s
+    );
+    if acked > 0 {
+        text.push_str(&format!(
+            "; the peer acknowledged {} but never answered: the upstream is alive and silent, and the client waits without a read timeout (TCP keepalive does not help: the peer's kernel answers its probes)",
+            if acked == n { "every request".to_string() } else { format!("{acked} of them") }
+        ));
+    }
+    if g.unacknowledged > 0 {
+        text.push_str(&format!(
+            "; {} not even acknowledged: the peer or the path is gone",
+            g.unacknowledged
+        ));
+    }
+    if g.idle > 0 {
+        text.push_str(&format!(
+            " ({} more connection{} to it idle after an answer: a pool's spares, not a fault)",
+            g.idle,
+            if g.idle == 1 { "" } else { "s" }
+        ));
+    }
+    let mut fix = vec![format!(
+        "set read timeouts on the client so a silent upstream fails the request instead of holding the process: {client_timeout}"
+    )];
+    if g.unacknowledged > 0 {
+        fix.push("unacknowledged data is retransmitted for ~15 min (net.ipv4.tcp_retries2=15) before the connection fails: set TCP_USER_TIMEOUT on the client socket to give up sooner".into());
+    }
+    fix.push(format!(
+        "see them and what the upstream is doing: `ss -tnpio state established dst {} dport = :{}`",
+        g.raddr, g.rport
+    ));
+    Some(Finding {
+        cause: "stale_established",
+        impact: n,
+        text,
+        fix,
+    })
+}
+
+/// Findings of one process: its stale upstreams (grouped as `group_stale` does) and CLOSE_WAIT.
 pub fn diagnose_sockets(
     p: &ProcessSockets,
     idle_s: f64,
     nofile_limit: Option<u64>,
+    client_timeout: &str,
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let stale: u64 = p.idle_established.iter().map(|g| g.count).sum();
-    if stale > 0 {
-        let top = &p.idle_established[0];
-        out.push(Finding {
-            cause: "stale_established",
-            impact: stale,
-            text: format!(
-                "pid {} ({}) holds {stale} ESTABLISHED connection{} idle for more than {idle_s:.0} s, most to {}:{} ({} idle up to {:.0} s): an upstream that stopped answering while the application waits without a timeout",
-                p.pid, p.comm, if stale == 1 { "" } else { "s" }, top.raddr, top.rport, top.count, top.max_idle_s
-            ),
-            fix: vec![
-                "set connect/read timeouts on the client (e.g. nginx `proxy_read_timeout`, PHP `default_socket_timeout`, libcurl CURLOPT_TIMEOUT, JDBC socketTimeout)".into(),
-                "enable TCP keepalive (SO_KEEPALIVE; net.ipv4.tcp_keepalive_time) so dead peers are detected".into(),
-            ],
-        });
-    }
+    let mut out: Vec<Finding> = group_stale(std::slice::from_ref(p))
+        .iter()
+        .filter_map(|g| diagnose_stale(g, idle_s, client_timeout))
+        .collect();
+    out.extend(diagnose_close_wait(p, nofile_limit));
+    out
+}
+
+/// CLOSE_WAIT sockets the process holds: the peer closed, the process never called close().
+pub fn diagnose_close_wait(p: &ProcessSockets, nofile_limit: Option<u64>) -> Option<Finding> {
     if p.close_wait > 0 {
         let fds: Vec<String> = p
             .close_wait_fds
@@ -202,7 +338,7 @@ pub fn diagnose_sockets(
         if let Some(limit) = nofile_limit {
             text.push_str(&format!("; each holds a descriptor (limit {limit})"));
         }
-        out.push(Finding {
+        return Some(Finding {
             cause: "close_wait_leak",
             impact: p.close_wait,
             text,
@@ -212,7 +348,7 @@ pub fn diagnose_sockets(
             ],
         });
     }
-    out
+    None
 }
 
 #[cfg(test)]
@@ -239,6 +375,7 @@ mod tests {
                 last_data_recv_ms: idle + 5,
                 bytes_acked: 10,
                 bytes_received: 20,
+                unacked: 0,
             }),
             drops: None,
         }
@@ -295,7 +432,7 @@ mod tests {
             (3306, 2, 120.0)
         );
         assert_eq!((p.close_wait, p.close_wait_fds.clone()), (2, vec![10, 11]));
-        let f = diagnose_sockets(&p, 60.0, Some(1024));
+        let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT");
         assert_eq!(f[0].cause, "stale_established");
         assert!(f[0].text.contains("10.0.0.1:3306"), "{}", f[0].text);
         assert_eq!(f[1].cause, "close_wait_leak");
@@ -309,7 +446,124 @@ mod tests {
             vec![("10.0.0.1:80".to_string(), 1)]
         );
         assert!(
-            diagnose_sockets(&analyse(1, "x", 1, &[], &HashMap::new(), 1), 1.0, None).is_empty()
+            diagnose_sockets(&analyse(1, "x", 1, &[], &HashMap::new(), 1), 1.0, None, "")
+                .is_empty()
+        );
+    }
+
+    fn activity(
+        sent_ms: u32,
+        recv_ms: u32,
+        acked: u64,
+        received: u64,
+        unacked: u32,
+    ) -> TcpActivity {
+        TcpActivity {
+            last_data_sent_ms: sent_ms,
+            last_data_recv_ms: recv_ms,
+            bytes_acked: acked,
+            bytes_received: received,
+            unacked,
+        }
+    }
+
+    #[test]
+    fn awaiting_reply_means_we_sent_last() {
+        // Request sent and acknowledged (bytes_acked counts the SYN as 1), nothing received.
+        assert!(activity(3000, 3000, 23, 0, 0).awaiting_reply());
+        // A pooled connection answered within the same tick: equal times, data both ways.
+        assert!(!activity(3000, 3000, 25, 40, 0).awaiting_reply());
+        // A second request on a kept-alive connection, sent 5 s after the last answer.
+        assert!(activity(1000, 6000, 50, 80, 0).awaiting_reply());
+        // Unacknowledged data: sent, not even acknowledged.
+        assert!(activity(1000, 9000, 1, 0, 1).awaiting_reply());
+        // Connected, nothing sent either way.
+        assert!(!activity(9000, 9000, 1, 0, 0).awaiting_reply());
+    }
+
+    fn process(pid: u32, comm: &str, rport: u16, count: u64, awaiting: u64) -> ProcessSockets {
+        ProcessSockets {
+            pid,
+            comm: comm.into(),
+            netns: 1,
+            idle_established: vec![IdleGroup {
+                raddr: "10.0.0.9".into(),
+                rport,
+                count,
+                max_idle_s: pid as f64,
+                awaiting_reply: awaiting,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_prefork_pool_is_one_stale_upstream() {
+        // 111 php-fpm children, each waiting on one request to :3306, plus pooled spares; a
+        // pool that only idles (:6379) is no finding.
+        let mut procs: Vec<ProcessSockets> = (100..211)
+            .map(|pid| process(pid, "php-fpm", 3306, 2, 1))
+            .collect();
+        procs.push(process(300, "php-fpm", 6379, 4, 0));
+        procs.push(process(301, "nginx", 3306, 1, 1));
+        let groups = group_stale(&procs);
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        let g = &groups[0];
+        assert_eq!((g.comm.as_str(), g.rport), ("php-fpm", 3306));
+        assert_eq!((g.pids.len(), g.awaiting_reply, g.idle), (111, 111, 111));
+        assert_eq!(g.max_idle_s, 210.0);
+        let f = diagnose_stale(g, 60.0, "PHP: `default_socket_timeout`").unwrap();
+        assert_eq!((f.cause, f.impact), ("stale_established", 111));
+        assert!(
+            f.text.starts_with("php-fpm (111 processes: pids 100-210) sent a request on 111 connections to 10.0.0.9:3306 and got no answer for more than 60 s (up to 210 s); the peer acknowledged every request but never answered"),
+            "{}",
+            f.text
+        );
+        assert!(f.text.contains("keepalive does not help"), "{}", f.text);
+        assert!(
+            f.text
+                .contains("111 more connections to it idle after an answer"),
+            "{}",
+            f.text
+        );
+        assert!(f.fix[0].contains("read timeouts") && f.fix[0].contains("default_socket_timeout"));
+        assert!(
+            f.fix.iter().all(|l| !l.contains("TCP_USER_TIMEOUT")),
+            "{:?}",
+            f.fix
+        );
+        assert_eq!(groups[1].comm, "nginx");
+        // Unacknowledged data: the peer is gone, TCP_USER_TIMEOUT bounds the retransmissions.
+        let mut gone = groups[1].clone();
+        gone.unacknowledged = 1;
+        let f = diagnose_stale(&gone, 60.0, "x").unwrap();
+        assert!(
+            f.text.contains("pid 301") && f.text.contains("1 not even acknowledged"),
+            "{}",
+            f.text
+        );
+        assert!(!f.text.contains("keepalive"), "{}", f.text);
+        assert!(
+            f.fix.iter().any(|l| l.contains("TCP_USER_TIMEOUT")),
+            "{:?}",
+            f.fix
+        );
+        // A pool that only idles is no finding, from the per-process view too.
+        assert!(diagnose_sockets(&procs[111], 60.0, None, "x").is_empty());
+    }
+
+    #[test]
+    fn pids_are_listed_compactly() {
+        let set = |v: &[u32]| v.iter().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(compact_pids(&set(&[7]), 8), "pid 7");
+        assert_eq!(
+            compact_pids(&set(&[1, 2, 3, 5, 9, 10]), 8),
+            "6 processes: pids 1-3, 5, 9-10"
+        );
+        assert_eq!(
+            compact_pids(&set(&[1, 3, 5, 7]), 2),
+            "4 processes: pids 1, 3, …"
         );
     }
 }

@@ -294,7 +294,7 @@ fn idle_threshold_names_a_stale_upstream() {
     assert_eq!(c["evidence"]["idle_established"], 1, "{c}");
     let text = c["text"].as_str().unwrap();
     assert!(
-        text.contains("idle for more than 2 s, most to 127.0.0.1:9402"),
+        text.contains("to 127.0.0.1:9402 and got no answer for more than 2 s"),
         "{text}"
     );
     assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
@@ -303,6 +303,42 @@ fn idle_threshold_names_a_stale_upstream() {
         "{}",
         r["checked"]
     );
+}
+
+/// `tcpq diagnose --idle 2s` 2.5 s into a `stale-upstream` lab on `port` (`extra`: more lab
+/// arguments); returns (report, the lab's facts, its client pids sorted).
+fn diagnose_stale_lab(
+    ns: &Netns,
+    port: &str,
+    extra: &[&str],
+) -> (serde_json::Value, serde_json::Value, Vec<u64>) {
+    let lab_args = [
+        &["stale-upstream", "--port", port, "--duration", "8"],
+        extra,
+    ]
+    .concat();
+    let lab = BackgroundLab::start(ns, &lab_args);
+    let mut clients: Vec<u64> = lab.facts["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    clients.sort();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "1", "--idle", "2s"])
+        .output()
+        .unwrap();
+    let facts = lab.facts.clone();
+    drop(lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::from_slice(&out.stdout).unwrap();
+    (r, facts, clients)
 }
 
 /// Direction: the silent upstream's own accepted sockets sit as idle as its clients', but only
@@ -314,26 +350,8 @@ fn stale_established_names_clients_not_the_server() {
         return;
     }
     let ns = Netns::new("dgdir");
-    let lab = BackgroundLab::start(&ns, &["stale-upstream", "--port", "9412", "--duration", "8"]);
-    let server = lab.facts["pid"].as_u64().unwrap();
-    let clients: Vec<u64> = lab.facts["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    let out = tcpq()
-        .args(["diagnose", "--json", "--duration", "1", "--idle", "2s"])
-        .output()
-        .unwrap();
-    drop(lab);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, facts, clients) = diagnose_stale_lab(&ns, "9412", &[]);
+    let server = facts["pid"].as_u64().unwrap();
     let stale: Vec<&serde_json::Value> = r["causes"]
         .as_array()
         .unwrap()
@@ -351,4 +369,60 @@ fn stale_established_names_clients_not_the_server() {
     assert!(clients.contains(&c["pid"].as_u64().unwrap()), "{c}");
     assert_eq!(c["process"], "tcpq-client", "{c}");
     assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
+}
+
+/// Stale upstreams are grouped by program and remote: five `tcpq-client` processes waiting on
+/// one silent upstream are one finding listing their pids, "request sent, no answer" (the
+/// peer acknowledged), fixed by the client's read timeouts; the pooled client whose connection
+/// idles after its answer is no finding.
+#[test]
+fn stale_upstream_is_one_finding_per_program_and_remote() {
+    if skip_unless_root("diagnose_stale_grouped") {
+        return;
+    }
+    let ns = Netns::new("dgstale");
+    let (r, facts, clients) = diagnose_stale_lab(&ns, "9413", &["--clients", "5"]);
+    let pooled = facts["pooled"].as_u64().unwrap();
+    let stale: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "stale_established" && c["port"] == 9413)
+        .collect();
+    assert_eq!(stale.len(), 1, "one finding for the pool: {r}");
+    let c = stale[0];
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert_eq!(c["pid"].as_u64(), Some(clients[0]), "{c}");
+    assert_eq!(c["where"], "tcpq-client → 127.0.0.1:9413", "{c}");
+    let pids: Vec<u64> = c["evidence"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, clients, "{c}");
+    assert_eq!(c["evidence"]["awaiting_reply"], 5, "{c}");
+    assert_eq!(c["evidence"]["unacknowledged"], 0, "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("sent a request on 5 connections to 127.0.0.1:9413 and got no answer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the peer acknowledged every request but never answered"),
+        "{text}"
+    );
+    assert!(text.contains("keepalive does not help"), "{text}");
+    assert!(
+        fix_lines(c)[0].starts_with("set read timeouts on the client"),
+        "{c}"
+    );
+    assert!(
+        r["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["pid"].as_u64() != Some(pooled)),
+        "the pooled client's idle connection is no finding: {r}"
+    );
 }

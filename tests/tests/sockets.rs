@@ -93,6 +93,21 @@ fn stale_established_to_a_silent_upstream() {
     );
 }
 
+/// `tcpq sockets --idle 2s --pid P` 2.5 s into a `stale-upstream` lab on `port`, for each pid
+/// `pick` takes from the lab's facts; returns the rows of each.
+fn sockets_in_stale_lab(
+    ns: &Netns,
+    port: &str,
+    pick: impl Fn(&serde_json::Value) -> Vec<u64>,
+) -> Vec<Vec<serde_json::Value>> {
+    let lab = BackgroundLab::start(ns, &["stale-upstream", "--port", port, "--duration", "8"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    pick(&lab.facts)
+        .iter()
+        .map(|pid| sockets_json(&pid.to_string(), &["--idle", "2s"]))
+        .collect()
+}
+
 /// An accepted connection that sits idle is the server's client keeping it open, not a stale
 /// upstream: the `stale-upstream` lab's server holds four idle accepted sockets (three clients
 /// waiting, one pooled) and is not named; its clients are.
@@ -102,13 +117,13 @@ fn idle_accepted_sockets_are_not_stale_upstreams() {
         return;
     }
     let ns = Netns::new("idleacc");
-    let lab = BackgroundLab::start(&ns, &["stale-upstream", "--port", "9411", "--duration", "8"]);
-    let server = lab.facts["pid"].as_u64().unwrap().to_string();
-    let client = lab.facts["clients"][0].as_u64().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(2500));
-    let server_rows = sockets_json(&server, &["--idle", "2s"]);
-    let client_rows = sockets_json(&client, &["--idle", "2s"]);
-    drop(lab);
+    let rows = sockets_in_stale_lab(&ns, "9411", |f| {
+        vec![
+            f["pid"].as_u64().unwrap(),
+            f["clients"][0].as_u64().unwrap(),
+        ]
+    });
+    let (server_rows, client_rows) = (&rows[0], &rows[1]);
     let row = server_rows
         .iter()
         .find(|r| r["event"] == "sockets" && r["netns"].as_u64() == Some(ns.inode()))
@@ -133,4 +148,47 @@ fn idle_accepted_sockets_are_not_stale_upstreams() {
     assert_eq!(row["idle_established"][0]["rport"], 9411, "{row}");
     assert_eq!(row["idle_accepted"], serde_json::json!([]), "{row}");
     assert_eq!(row["causes"][0]["cause"], "stale_established", "{row}");
+}
+
+/// An idle pooled connection (its answer came) is listed, not called stale; a waiting one is
+/// "awaiting an answer".
+#[test]
+fn idle_pooled_connection_is_not_stale() {
+    if skip_unless_root("idle_pooled") {
+        return;
+    }
+    let ns = Netns::new("pooled");
+    let rows = sockets_in_stale_lab(&ns, "9414", |f| {
+        vec![
+            f["pooled"].as_u64().unwrap(),
+            f["clients"][0].as_u64().unwrap(),
+        ]
+    });
+    let (pooled_rows, client_rows) = (&rows[0], &rows[1]);
+    let row = pooled_rows
+        .iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{pooled_rows:?}"));
+    assert_eq!(row["comm"], "tcpq-pooled", "{row}");
+    let idle = &row["idle_established"][0];
+    assert_eq!(
+        (idle["rport"].as_u64(), idle["count"].as_u64()),
+        (Some(9414), Some(1)),
+        "{row}"
+    );
+    assert_eq!(idle["awaiting_reply"], 0, "{row}");
+    assert_eq!(row["causes"], serde_json::json!([]), "{row}");
+    let row = client_rows
+        .iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{client_rows:?}"));
+    assert_eq!(row["idle_established"][0]["awaiting_reply"], 1, "{row}");
+    assert_eq!(row["causes"][0]["cause"], "stale_established", "{row}");
+    assert!(
+        row["causes"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("tcpq-client (pid "),
+        "{row}"
+    );
 }

@@ -12,6 +12,7 @@ use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
 use crate::{
+    listen::owner::app_of_owners,
     snapshot::{netns, procs, sockdiag},
     sockets::{analyse, diagnose_sockets, time_wait_by_remote},
 };
@@ -87,7 +88,13 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                 continue;
             }
             let limit = procs::nofile_limit(owner.pid);
-            let findings = diagnose_sockets(&p, args.idle.as_secs_f64(), limit);
+            let app = app_of_owners(std::slice::from_ref(owner));
+            let findings = diagnose_sockets(
+                &p,
+                args.idle.as_secs_f64(),
+                limit,
+                app.client_timeout_setting(),
+            );
             if args.pid.is_none() && findings.is_empty() {
                 continue; // all processes: only the ones with something to say
             }
@@ -104,8 +111,14 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                 println!("{}/{} netns {}: {}", p.pid, p.comm, ns, states.join(", "));
                 for g in &p.idle_established {
                     println!(
-                        "  idle ESTABLISHED → {}:{}: {} (max idle {:.0} s, sent {} B, received {} B)",
-                        g.raddr, g.rport, g.count, g.max_idle_s, g.bytes_sent, g.bytes_received
+                        "  idle ESTABLISHED → {}:{}: {} ({} awaiting an answer; max idle {:.0} s, sent {} B, received {} B)",
+                        g.raddr,
+                        g.rport,
+                        g.count,
+                        g.awaiting_reply,
+                        g.max_idle_s,
+                        g.bytes_sent,
+                        g.bytes_received
                     );
                 }
                 for g in &p.idle_accepted {

@@ -25,7 +25,7 @@ use crate::{
     model::ListenerKey,
     output::endpoint,
     snapshot::{counters, netns, procs, sockdiag},
-    sockets::{analyse, diagnose_sockets},
+    sockets::{ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale},
 };
 
 /// A namespace's sockets, usable port range and tcp_tw_reuse.
@@ -261,48 +261,81 @@ pub fn find_causes(
     causes
 }
 
-/// Stale ESTABLISHED and CLOSE_WAIT sockets of every process, in every namespace their threads
-/// use: a walk of every process's descriptors, so callers choose how often.
-pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
+/// Every process's sockets, in every namespace its threads use: a walk of every process's
+/// descriptors, so callers choose how often.
+pub fn scan_sockets(idle: std::time::Duration) -> Vec<ProcessSockets> {
     let idle_ms = idle.as_millis().min(u32::MAX as u128) as u32;
-    let mut causes = Vec::new();
+    let mut out = Vec::new();
     let mut dumps: HashMap<u32, Option<Vec<sockdiag::DiagSocket>>> = HashMap::new();
-    if let Ok(all) = procfs::process::all_processes() {
-        for p in all.flatten() {
-            let pid = p.pid as u32;
-            let Ok(fds) = p.fd() else { continue };
-            let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
-            for fd in fds.flatten() {
-                if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                    owned.entry(inode).or_default().push(fd.fd as u32);
-                }
-            }
-            if owned.is_empty() {
-                continue;
-            }
-            let comm = procs::comm(pid).unwrap_or_default();
-            for ns in netns::of_pid_threads(pid) {
-                let socks = dumps.entry(ns).or_insert_with(|| {
-                    // TIME_WAIT sockets belong to no process (inode 0), and a busy server has
-                    // hundreds of thousands: leave them out of the dump.
-                    let owned_states = StateFlags::all().difference(StateFlags::TIME_WAIT);
-                    netns::run_in(ns, || sockdiag::dump_tcp_with_info(owned_states).ok())
-                        .ok()
-                        .flatten()
-                });
-                let Some(socks) = socks else { continue };
-                let ps = analyse(pid, &comm, ns, socks, &owned, idle_ms);
-                for f in diagnose_sockets(&ps, idle.as_secs_f64(), None) {
-                    // A stale upstream's port is the remote one (the most connections).
-                    let port = (f.cause == "stale_established")
-                        .then(|| ps.idle_established.first().map(|g| g.rport))
-                        .flatten();
-                    causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
-                }
+    let Ok(all) = procfs::process::all_processes() else {
+        return out;
+    };
+    for p in all.flatten() {
+        let pid = p.pid as u32;
+        let Ok(fds) = p.fd() else { continue };
+        let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                owned.entry(inode).or_default().push(fd.fd as u32);
             }
         }
+        if owned.is_empty() {
+            continue;
+        }
+        let comm = procs::comm(pid).unwrap_or_default();
+        for ns in netns::of_pid_threads(pid) {
+            let socks = dumps.entry(ns).or_insert_with(|| {
+                // TIME_WAIT sockets belong to no process (inode 0), and a busy server has
+                // hundreds of thousands: leave them out of the dump.
+                let owned_states = StateFlags::all().difference(StateFlags::TIME_WAIT);
+                netns::run_in(ns, || sockdiag::dump_tcp_with_info(owned_states).ok())
+                    .ok()
+                    .flatten()
+            });
+            let Some(socks) = socks else { continue };
+            out.push(analyse(pid, &comm, ns, socks, &owned, idle_ms));
+        }
     }
+    out
+}
 
+/// Stale upstreams (one cause per program and remote, over all its processes) and CLOSE_WAIT
+/// sockets (per process) of every process.
+pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
+    let scan = scan_sockets(idle);
+    let mut causes = Vec::new();
+    for g in group_stale(&scan) {
+        let Some(&pid) = g.pids.first() else { continue };
+        let app = app_of_owners(&[procs::Owner {
+            pid,
+            comm: g.comm.clone(),
+        }]);
+        let Some(f) = diagnose_stale(&g, idle.as_secs_f64(), app.client_timeout_setting()) else {
+            continue;
+        };
+        let remote = g
+            .raddr
+            .parse()
+            .map(|a| endpoint(a, g.rport))
+            .unwrap_or_else(|_| g.raddr.clone());
+        causes.push(Cause {
+            cgroup: None,
+            place: format!("{} → {remote}", g.comm),
+            process: Some(g.comm.clone()),
+            pid: Some(pid),
+            port: Some(g.rport),
+            evidence: json!({"netns": g.netns, "pids": g.pids, "processes": g.pids.len(),
+                "awaiting_reply": g.awaiting_reply, "unacknowledged": g.unacknowledged,
+                "idle_pooled": g.idle, "max_idle_s": g.max_idle_s,
+                "idle_established": g.awaiting_reply + g.idle}),
+            finding: f,
+        });
+    }
+    for ps in &scan {
+        if let Some(f) = diagnose_close_wait(ps, None) {
+            causes.push(Cause { cgroup: None, place: format!("pid {}", ps.pid), process: Some(ps.comm.clone()), pid: Some(ps.pid), port: None, evidence: json!({"netns": ps.netns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds}), finding: f });
+        }
+    }
     for c in &mut causes {
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
