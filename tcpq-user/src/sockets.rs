@@ -1,7 +1,7 @@
 //! Per-process socket analysis: states, ESTABLISHED connections idle too long (stale upstream),
 //! CLOSE_WAIT the application never closed, TIME_WAIT by remote. Pure and unit-tested.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -52,6 +52,37 @@ pub struct ProcessSockets {
     pub close_wait_fds: Vec<u32>,
     /// CLOSE_WAIT by remote (who hung up).
     pub close_wait_remotes: Vec<(String, u64)>,
+    /// Each CLOSE_WAIT socket: its sock_diag cookie and the fds holding it.
+    #[serde(skip)]
+    pub close_wait_sockets: Vec<(u64, Vec<u32>)>,
+}
+
+/// The CLOSE_WAIT sockets (sock_diag cookies: unique per socket for the kernel's lifetime) an
+/// earlier look saw, and how long ago: those still in CLOSE_WAIT have lasted at least that.
+#[derive(Debug, Clone, Default)]
+pub struct CloseWaitSeen {
+    pub cookies: HashSet<u64>,
+    pub ago_s: f64,
+}
+
+impl CloseWaitSeen {
+    pub fn of(procs: &[ProcessSockets], ago_s: f64) -> Self {
+        Self {
+            cookies: procs
+                .iter()
+                .flat_map(|p| p.close_wait_sockets.iter().map(|(c, _)| *c))
+                .collect(),
+            ago_s,
+        }
+    }
+
+    /// The process's CLOSE_WAIT sockets seen then too.
+    pub fn lasting<'a>(&self, p: &'a ProcessSockets) -> Vec<&'a (u64, Vec<u32>)> {
+        p.close_wait_sockets
+            .iter()
+            .filter(|(c, _)| self.cookies.contains(c))
+            .collect()
+    }
 }
 
 /// `owned`: socket inode → fds of this process.
@@ -111,6 +142,7 @@ pub fn analyse(
             8 => {
                 p.close_wait += 1;
                 cw_fds.extend(fds.iter().copied());
+                p.close_wait_sockets.push((s.cookie, fds.clone()));
                 *cw_remote
                     .entry(crate::output::endpoint(s.raddr, s.rport))
                     .or_insert(0) += 1;
@@ -298,57 +330,68 @@ pub fn diagnose_stale(g: &StaleUpstream, idle_s: f64, client_timeout: &str) -> O
     })
 }
 
-/// Findings of one process: its stale upstreams (grouped as `group_stale` does) and CLOSE_WAIT.
+/// Findings of one process: its stale upstreams (grouped as `group_stale` does) and the
+/// CLOSE_WAIT sockets `earlier` saw too.
 pub fn diagnose_sockets(
     p: &ProcessSockets,
     idle_s: f64,
     nofile_limit: Option<u64>,
     client_timeout: &str,
+    earlier: &CloseWaitSeen,
 ) -> Vec<Finding> {
     let mut out: Vec<Finding> = group_stale(std::slice::from_ref(p))
         .iter()
         .filter_map(|g| diagnose_stale(g, idle_s, client_timeout))
         .collect();
-    out.extend(diagnose_close_wait(p, nofile_limit));
+    out.extend(diagnose_close_wait(p, nofile_limit, earlier));
     out
 }
 
-/// CLOSE_WAIT sockets the process holds: the peer closed, the process never called close().
-pub fn diagnose_close_wait(p: &ProcessSockets, nofile_limit: Option<u64>) -> Option<Finding> {
-    if p.close_wait > 0 {
-        let fds: Vec<String> = p
-            .close_wait_fds
-            .iter()
-            .take(20)
-            .map(|f| f.to_string())
-            .collect();
-        let mut text = format!(
-            "pid {} ({}) holds {} socket{} in CLOSE_WAIT (fds {}{}): the peer closed, the application never called close()",
-            p.pid,
-            p.comm,
-            p.close_wait,
-            if p.close_wait == 1 { "" } else { "s" },
-            fds.join(","),
-            if p.close_wait_fds.len() > 20 {
-                ",…"
-            } else {
-                ""
-            }
-        );
-        if let Some(limit) = nofile_limit {
-            text.push_str(&format!("; each holds a descriptor (limit {limit})"));
-        }
-        return Some(Finding {
-            cause: "close_wait_leak",
-            impact: p.close_wait,
-            text,
-            fix: vec![
-                format!("find the code path that returns without closing the connection: `ls -l /proc/{}/fd` shows them, `ss -tnp state close-wait` the peers", p.pid),
-                "close the socket on every error/EOF path (read() returning 0 means the peer closed)".into(),
-            ],
-        });
+/// CLOSE_WAIT sockets the process has held since `earlier` looked: the peer closed, the process
+/// never called close(). One seen once may be a busy worker about to close it: not a leak yet.
+pub fn diagnose_close_wait(
+    p: &ProcessSockets,
+    nofile_limit: Option<u64>,
+    earlier: &CloseWaitSeen,
+) -> Option<Finding> {
+    let lasting = earlier.lasting(p);
+    if lasting.is_empty() {
+        return None;
     }
-    None
+    let n = lasting.len() as u64;
+    let fds: BTreeSet<u32> = lasting
+        .iter()
+        .flat_map(|(_, f)| f.iter().copied())
+        .collect();
+    let shown: Vec<String> = fds.iter().take(20).map(|f| f.to_string()).collect();
+    let mut text = format!(
+        "pid {} ({}) has held {n} socket{} in CLOSE_WAIT for at least {:.0} s (fds {}{}): the peer closed, the application never called close()",
+        p.pid,
+        p.comm,
+        if n == 1 { "" } else { "s" },
+        earlier.ago_s,
+        shown.join(","),
+        if fds.len() > 20 { ",…" } else { "" }
+    );
+    if p.close_wait > n {
+        text.push_str(&format!("; {} newer", p.close_wait - n));
+    }
+    if let Some(limit) = nofile_limit {
+        text.push_str(&format!("; each holds a descriptor (limit {limit})"));
+    }
+    Some(Finding {
+        cause: "close_wait_leak",
+        impact: n,
+        text,
+        fix: vec![
+            format!(
+                "find the code path that returns without closing the connection: `ls -l /proc/{}/fd` shows them, `ss -tnp state close-wait` the peers",
+                p.pid
+            ),
+            "close the socket on every error/EOF path (read() returning 0 means the peer closed)"
+                .into(),
+        ],
+    })
 }
 
 #[cfg(test)]
@@ -369,7 +412,7 @@ mod tests {
             send_queue: 0,
             uid: 0,
             inode,
-            cookie: 0,
+            cookie: inode + 1000,
             info: Some(TcpActivity {
                 last_data_sent_ms: idle,
                 last_data_recv_ms: idle + 5,
@@ -432,22 +475,49 @@ mod tests {
             (3306, 2, 120.0)
         );
         assert_eq!((p.close_wait, p.close_wait_fds.clone()), (2, vec![10, 11]));
-        let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT");
+        // CLOSE_WAIT seen for the first time: not a leak yet.
+        let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT", &CloseWaitSeen::default());
+        assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].cause, "stale_established");
         assert!(f[0].text.contains("10.0.0.1:3306"), "{}", f[0].text);
+        // Both seen 10 s ago: a leak of two.
+        let earlier = CloseWaitSeen::of(std::slice::from_ref(&p), 10.0);
+        let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT", &earlier);
         assert_eq!(f[1].cause, "close_wait_leak");
         assert!(
-            f[1].text.contains("fds 10,11") && f[1].text.contains("limit 1024"),
+            f[1].text
+                .contains("2 sockets in CLOSE_WAIT for at least 10 s (fds 10,11)")
+                && f[1].text.contains("limit 1024"),
             "{}",
             f[1].text
+        );
+        // Only one of them (inode 4's socket, fd 10) was there then: one lasting, one newer.
+        let one = CloseWaitSeen {
+            cookies: [1004].into_iter().collect(),
+            ago_s: 3.0,
+        };
+        let f = diagnose_close_wait(&p, None, &one).unwrap();
+        assert_eq!(f.impact, 1);
+        assert!(
+            f.text
+                .contains("1 socket in CLOSE_WAIT for at least 3 s (fds 10)")
+                && f.text.contains("; 1 newer"),
+            "{}",
+            f.text
         );
         assert_eq!(
             time_wait_by_remote(&socks, 5),
             vec![("10.0.0.1:80".to_string(), 1)]
         );
         assert!(
-            diagnose_sockets(&analyse(1, "x", 1, &[], &HashMap::new(), 1), 1.0, None, "")
-                .is_empty()
+            diagnose_sockets(
+                &analyse(1, "x", 1, &[], &HashMap::new(), 1),
+                1.0,
+                None,
+                "",
+                &CloseWaitSeen::default()
+            )
+            .is_empty()
         );
     }
 
@@ -550,7 +620,9 @@ mod tests {
             f.fix
         );
         // A pool that only idles is no finding, from the per-process view too.
-        assert!(diagnose_sockets(&procs[111], 60.0, None, "x").is_empty());
+        assert!(
+            diagnose_sockets(&procs[111], 60.0, None, "x", &CloseWaitSeen::default()).is_empty()
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use crate::{
     model::ListenerKey,
     output::endpoint,
     snapshot::{counters, netns, procs, sockdiag},
-    sockets::{ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale},
+    sockets::{
+        CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale,
+    },
 };
 
 /// A namespace's sockets, usable port range and tcp_tw_reuse.
@@ -69,8 +71,9 @@ pub fn find_causes(
     dir: &mut ListenerDirectory,
     host: u32,
     duration_s: f64,
-    // Some(idle): also every process's stale ESTABLISHED (idle that long) and CLOSE_WAIT sockets.
-    scan_sockets: Option<std::time::Duration>,
+    // Some((idle, earlier)): also every process's stale ESTABLISHED (idle that long) and the
+    // CLOSE_WAIT sockets `earlier` saw too.
+    scan_sockets: Option<(std::time::Duration, &CloseWaitSeen)>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
     let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
@@ -251,8 +254,8 @@ pub fn find_causes(
         }
     }
 
-    if let Some(idle) = scan_sockets {
-        causes.extend(socket_causes(idle));
+    if let Some((idle, earlier)) = scan_sockets {
+        causes.extend(socket_causes(idle, earlier).0);
     }
     causes.sort_by_key(|c| std::cmp::Reverse(c.finding.impact));
     for c in &mut causes {
@@ -300,8 +303,12 @@ pub fn scan_sockets(idle: std::time::Duration) -> Vec<ProcessSockets> {
 }
 
 /// Stale upstreams (one cause per program and remote, over all its processes) and CLOSE_WAIT
-/// sockets (per process) of every process.
-pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
+/// sockets that `earlier` saw too (per process) of every process; and the CLOSE_WAIT sockets
+/// this scan saw, for the next.
+pub fn socket_causes(
+    idle: std::time::Duration,
+    earlier: &CloseWaitSeen,
+) -> (Vec<Cause>, HashSet<u64>) {
     let scan = scan_sockets(idle);
     let mut causes = Vec::new();
     for g in group_stale(&scan) {
@@ -332,14 +339,19 @@ pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
         });
     }
     for ps in &scan {
-        if let Some(f) = diagnose_close_wait(ps, None) {
-            causes.push(Cause { cgroup: None, place: format!("pid {}", ps.pid), process: Some(ps.comm.clone()), pid: Some(ps.pid), port: None, evidence: json!({"netns": ps.netns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds}), finding: f });
+        if let Some(f) = diagnose_close_wait(ps, None, earlier) {
+            let lasting = earlier.lasting(ps);
+            let fds: BTreeSet<u32> = lasting
+                .iter()
+                .flat_map(|(_, f)| f.iter().copied())
+                .collect();
+            causes.push(Cause { cgroup: None, place: format!("pid {}", ps.pid), process: Some(ps.comm.clone()), pid: Some(ps.pid), port: None, evidence: json!({"netns": ps.netns, "close_wait": lasting.len(), "close_wait_fds": fds, "close_wait_newer": ps.close_wait - lasting.len() as u64, "lasted_s": earlier.ago_s.round()}), finding: f });
         }
     }
     for c in &mut causes {
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
-    causes
+    (causes, CloseWaitSeen::of(&scan, 0.0).cookies)
 }
 
 /// Who holds a listener and how many of their threads sit in accept() right now.
