@@ -457,3 +457,44 @@ fn stale_upstream_is_one_finding_per_program_and_remote() {
         "the pooled client's idle connection is no finding: {r}"
     );
 }
+
+/// One failing destination is one finding: refused from 8 source addresses (each with its own
+/// TIME_WAIT, so 8 port-usage rows), it gives one `connect_failures`, named after the process
+/// that was refused — not the lab process, which connected there first without failing.
+#[test]
+fn connect_failures_are_one_per_destination_and_name_who_failed() {
+    if skip_unless_root("diagnose_connect_failures") {
+        return;
+    }
+    let ns = Netns::new("dgfail");
+    let (r, lab_pid, _, done) = diagnose_during(
+        &ns,
+        &["failing-upstream", "--port", "9421", "--duration", "3"],
+        "5",
+        &[],
+    );
+    let client = done["clients"][0].as_u64().unwrap();
+    let found: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "connect_failures")
+        .collect();
+    assert_eq!(found.len(), 1, "one finding per destination: {r}");
+    let c = found[0];
+    assert_ne!(c["pid"].as_u64(), Some(lab_pid), "{c}");
+    assert_eq!(c["pid"].as_u64(), Some(client), "{c}");
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert_eq!(c["port"], 9421, "{c}");
+    assert_eq!(c["where"], "tcpq-client → 127.0.0.1:9421", "{c}");
+    assert_eq!(c["evidence"]["pids"], serde_json::json!([client]), "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("connects to 127.0.0.1:9421 failed: refused"),
+        "{text}"
+    );
+    assert!(
+        fix_lines(c)[0].contains("tcpq trace connect --dst 127.0.0.1:9421 --failed"),
+        "{c}"
+    );
+}

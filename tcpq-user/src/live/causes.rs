@@ -1,7 +1,7 @@
 //! Causes from one interval's aggregates: each hook family's evidence handed to its
 //! diagnosis (listen, ports, conntrack, accept, sockets), ranked by impact. Shared by
 //! `diagnose`, `top` and `export`; snapshots are read in the namespace the events came from.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use netlink_packet_sock_diag::inet::StateFlags;
@@ -12,8 +12,11 @@ use crate::{
     cmd::conntrack::snapshot_in,
     connect::{
         ConnectResult,
-        model::ConnectStats,
-        ports::{PortRange, PortsEvidence, diagnose_ports, group_usage},
+        model::failed_by_destination,
+        ports::{
+            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
+            group_usage,
+        },
     },
     conntrack::{CtEvidence, diagnose_conntrack, top_consumers},
     listen::{
@@ -81,7 +84,7 @@ pub fn find_causes(
     };
 
     // Listen path.
-    for a in agg.overflow.ranked() {
+    for a in &agg.overflow.by_listener() {
         let ListenerKey {
             netns: ns,
             laddr,
@@ -138,21 +141,33 @@ pub fn find_causes(
         }
     }
 
-    // Outbound connects and ports: per namespace × destination with failures.
-    let mut by_dest: BTreeMap<(u32, IpAddr, u16), (ConnectStats, BTreeSet<u32>)> = BTreeMap::new();
-    for (k, s) in &agg.connects.by_key {
-        let e = by_dest
-            .entry((k.netns, k.daddr, k.dport))
-            .or_insert_with(|| (s.clone(), BTreeSet::new()));
-        if !e.1.is_empty() {
-            e.0.merge(s);
-        }
-        e.1.insert(k.tgid);
-    }
+    // Outbound connects and ports: per namespace × destination with failures, named after the
+    // processes whose connects failed (not whoever else connected there).
+    let by_dest = failed_by_destination(&agg.connects);
     let mut ns_sockets: HashMap<u32, Option<NsPorts>> = HashMap::new();
-    for ((ns, daddr, dport), (stats, pids)) in &by_dest {
-        if stats.failures() == 0 {
-            continue;
+    for ((ns, daddr, dport), d) in &by_dest {
+        let failed = &d.stats;
+        let dest = dest_label(Some(*daddr), *dport);
+        let place = format!("{} → {dest}", failed.comm);
+        let pid = d.pids.first().copied();
+        let evidence = |extra: Value| {
+            let mut v = json!({"netns": ns, "pids": d.pids, "connects": failed.attempts, "failures": failed.failures(), "EADDRNOTAVAIL": failed.count(ConnectResult::Errno(99))});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        let cause = |finding: Finding, evidence: Value| Cause {
+            cgroup: None,
+            place: place.clone(),
+            process: Some(failed.comm.clone()),
+            pid,
+            port: Some(*dport),
+            evidence,
+            finding,
+        };
+        if let Some(f) = diagnose_connect_failures(failed, &dest) {
+            causes.push(cause(f, evidence(json!({}))));
         }
         let snap = ns_sockets.entry(*ns).or_insert_with(|| ports_snapshot(*ns));
         let Some((socks, range, tw)) = snap else {
@@ -165,28 +180,22 @@ pub fn find_causes(
             &BTreeSet::from([(*daddr, *dport)]),
             false,
         );
-        for g in groups
+        // Port usage is per source address; the port-search failures go with the busiest
+        // source (groups come sorted by ports used), the others speak for themselves.
+        let dest_groups = groups
             .iter()
-            .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport)
-        {
+            .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport);
+        for (i, g) in dest_groups.enumerate() {
             let ev = PortsEvidence {
                 usage: g,
                 range,
                 tw_reuse: *tw,
-                traced: Some(stats),
+                traced: (i == 0).then_some(failed),
                 duration_s,
                 ns_prefix: netns::enter_prefix(*ns, host),
             };
             for f in diagnose_ports(&ev) {
-                causes.push(Cause {
-                cgroup: None,
-                    place: format!("{} → {}", stats.comm, endpoint(*daddr, *dport)),
-                    process: Some(stats.comm.clone()),
-                    pid: pids.iter().next().copied(),
-                    port: Some(*dport),
-                    evidence: json!({"netns": ns, "pids": pids, "connects": stats.attempts, "EADDRNOTAVAIL": stats.count(ConnectResult::Errno(99)), "used": g.used(), "usable": range.usable(), "states": g.states}),
-                    finding: f,
-                });
+                causes.push(cause(f, evidence(json!({"saddr": g.saddr.map(|a| a.to_string()), "used": g.used(), "usable": range.usable(), "states": g.states}))));
             }
         }
     }
