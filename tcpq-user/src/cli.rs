@@ -53,6 +53,10 @@ pub struct LabArgs {
     /// sysctl caps both the accept and the SYN queue) [default: the namespace's own].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub somaxconn: Option<u32>,
+    /// stale-upstream: client processes waiting on the silent upstream [default: 3];
+    /// failing-upstream: source addresses the refused client connects from [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub clients: Option<u32>,
     /// The lab process's name (its comm), e.g. php-fpm or nginx: tcpq's fixes use the settings of
     /// the program owning the listener.
     #[arg(long, default_value = "tcpq-lab", value_parser = parse_process_name)]
@@ -81,7 +85,10 @@ impl LabArgs {
             LabName::Ports => 1024,
             LabName::Conntrack => 4096,
             LabName::SlowAccept => 128,
-            LabName::Workers | LabName::CloseWait => 256,
+            LabName::Workers
+            | LabName::CloseWait
+            | LabName::StaleUpstream
+            | LabName::FailingUpstream => 256,
             LabName::Storm => 1,
         })
     }

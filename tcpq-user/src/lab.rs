@@ -57,6 +57,14 @@ pub enum LabName {
     Workers,
     /// A server that never closes connections its clients closed (CLOSE_WAIT).
     CloseWait,
+    /// A silent upstream: `--clients` processes (`tcpq-client`) sent a request it acknowledged
+    /// and never answered; one `tcpq-pooled` process got its answer and keeps the connection
+    /// idle; the server's own accepted sockets sit idle too.
+    StaleUpstream,
+    /// A destination refusing connects from several source addresses: the lab process first
+    /// connects from each while it listens (TIME_WAIT per source), then a `tcpq-client` process
+    /// is refused from the same `--clients` sources (127.0.0.2…) at `--rate` per second.
+    FailingUpstream,
     /// A SYN storm from a million distinct clients (raw packets, one sender per CPU) at a
     /// listener whose accept queue is full: every SYN is refused (collector throughput).
     Storm,
@@ -333,6 +341,8 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabName::SlowAccept => slow_accept(&args),
         LabName::Workers => workers(&args),
         LabName::CloseWait => close_wait(&args),
+        LabName::StaleUpstream => stale_upstream(&args),
+        LabName::FailingUpstream => failing_upstream(&args),
         LabName::Storm => storm(&args),
     }
 }
@@ -901,6 +911,236 @@ fn close_wait(args: &LabArgs) -> Result<()> {
     );
     let _ = holder.join();
     done_line(args, "close-wait", json!({}));
+    Ok(())
+}
+
+/// A client process of `stale-upstream`: names itself, keeps only its own connection, sends
+/// `req` and then reads until the peer closes (a silent peer: forever). Async-signal-safe calls
+/// only: it runs in a forked child of a multi-threaded process.
+fn client_child(fd: i32, name: &std::ffi::CStr, req: &[u8]) -> ! {
+    // SAFETY: plain syscalls on inherited descriptors and memory prepared before fork().
+    unsafe {
+        // Killed with the thread that forked it, even when the lab itself is SIGKILLed.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        for other in 3..1024 {
+            if other != fd {
+                libc::close(other);
+            }
+        }
+        libc::send(fd, req.as_ptr().cast(), req.len(), 0);
+        let mut buf = [0u8; 256];
+        while libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
+        libc::_exit(0)
+    }
+}
+
+/// Pids of the `stale-upstream` lab's clients: (waiting on the silent upstream, pooled).
+type StaleClients = (Vec<nix::unistd::Pid>, nix::unistd::Pid);
+
+fn stale_upstream(args: &LabArgs) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let ns = lab_netns(args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let waiting = args.clients.unwrap_or(3) as usize;
+    let backlog = args.backlog() as i32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<StaleClients>>();
+    let s = stop.clone();
+    // The server thread stays in the namespace (tools find the sockets there) and is the
+    // clients' parent thread: PR_SET_PDEATHSIG fires when it exits.
+    let server = spawn_in(&ns, move || {
+        let setup = (|| -> Result<(Socket, StaleClients)> {
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
+            l.set_reuse_address(true)?;
+            l.bind(&addr.into())
+                .with_context(|| format!("bind {addr}"))?;
+            l.listen(backlog).context("listen")?;
+            let conns = (0..=waiting)
+                .map(|_| -> Result<Socket> {
+                    let c = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                    c.connect(&addr.into())
+                        .with_context(|| format!("connect to {addr}"))?;
+                    Ok(c)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let names = [c"tcpq-client", c"tcpq-pooled"];
+            let mut pids = Vec::new();
+            for (i, c) in conns.iter().enumerate() {
+                let pooled = i == waiting;
+                let req: &[u8] = if pooled {
+                    b"GET /pooled HTTP/1.1\r\n\r\n"
+                } else {
+                    b"GET /slow HTTP/1.1\r\n\r\n"
+                };
+                let name = names[usize::from(pooled)];
+                // SAFETY: the child only calls async-signal-safe functions (client_child) and
+                // never returns.
+                match unsafe { nix::unistd::fork() }.context("fork a client")? {
+                    nix::unistd::ForkResult::Child => client_child(c.as_raw_fd(), name, req),
+                    nix::unistd::ForkResult::Parent { child } => pids.push(child),
+                }
+            }
+            drop(conns); // each connection is its client's alone
+            let pooled = pids.pop().context("no pooled client")?;
+            l.set_nonblocking(true)?;
+            Ok((l, (pids, pooled)))
+        })();
+        let l = match setup {
+            Ok((l, clients)) => {
+                let _ = tx.send(Ok(clients));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        // Reads each request; answers only the pooled client's, keeps every connection open.
+        let mut kept = Vec::new();
+        while !s.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((c, _)) => {
+                    let mut c = std::net::TcpStream::from(c);
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                    let mut req = [0u8; 256];
+                    let n = c.read(&mut req).unwrap_or(0);
+                    if req[..n].windows(7).any(|w| w == b"/pooled") {
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                    kept.push(c);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        drop(kept);
+    })?;
+    let (waiting_pids, pooled) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("stale-upstream setup did not finish")??;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1",
+               "clients": waiting_pids.iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "pooled": pooled.as_raw()}),
+    );
+    nap(args.duration);
+    for c in waiting_pids.iter().chain([&pooled]) {
+        let _ = nix::sys::signal::kill(*c, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(*c, None);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    done_line(
+        args,
+        "stale-upstream",
+        json!({"clients": waiting_pids.len()}),
+    );
+    Ok(())
+}
+
+/// 127.0.0.`2 + i`: the `i`th source address of `failing-upstream` (any 127/8 address is local).
+fn lab_source(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + i)
+}
+
+/// The refused client of `failing-upstream`: names itself, then connects to `dst` from each of
+/// `sources` in turn, `pause_us` apart, until killed. Async-signal-safe calls only: it runs in a
+/// forked child of a multi-threaded process.
+fn refused_child(dst: SocketAddrV4, sources: u32, pause_us: u32) -> ! {
+    let sin = |a: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let to = sin(*dst.ip(), dst.port());
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain syscalls on stack memory prepared here; the name is a NUL-terminated literal.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"tcpq-client".as_ptr());
+        loop {
+            for i in 0..sources {
+                let from = sin(lab_source(i), 0);
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                if fd < 0 {
+                    libc::_exit(1);
+                }
+                libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len);
+                libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len);
+                libc::close(fd);
+                libc::usleep(pause_us);
+            }
+        }
+    }
+}
+
+fn failing_upstream(args: &LabArgs) -> Result<()> {
+    let ns = lab_netns(args)?;
+    let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port);
+    let sources = args.clients.unwrap_or(8);
+    let pause_us = 1_000_000 / args.rate().max(1);
+    let backlog = args.backlog() as i32;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<nix::unistd::Pid>>();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    // The thread stays in the namespace while the client runs: it is the client's parent
+    // thread (PR_SET_PDEATHSIG fires when it exits).
+    let parent = spawn_in(&ns, move || {
+        let setup = (|| -> Result<nix::unistd::Pid> {
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None).context("create listener")?;
+            l.set_reuse_address(true)?;
+            l.bind(&SocketAddr::V4(dst).into())
+                .with_context(|| format!("bind {dst}"))?;
+            l.listen(backlog).context("listen")?;
+            // One good connect per source; this side closes first, so each leaves a TIME_WAIT.
+            for i in 0..sources {
+                let c = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                let from = SocketAddr::new(lab_source(i).into(), 0);
+                c.bind(&from.into())
+                    .with_context(|| format!("bind {from}"))?;
+                c.connect(&SocketAddr::V4(dst).into())
+                    .with_context(|| format!("connect to {dst} from {from}"))?;
+                let (server_side, _) = l.accept().context("accept")?;
+                drop(c);
+                thread::sleep(Duration::from_millis(5));
+                drop(server_side);
+            }
+            drop(l); // the upstream goes away: every later connect is refused
+            // SAFETY: the child only calls async-signal-safe functions (refused_child) and never
+            // returns.
+            match unsafe { nix::unistd::fork() }.context("fork the client")? {
+                nix::unistd::ForkResult::Child => refused_child(dst, sources, pause_us),
+                nix::unistd::ForkResult::Parent { child } => Ok(child),
+            }
+        })();
+        let ok = setup.is_ok();
+        let _ = tx.send(setup);
+        while ok && !d.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(20));
+        }
+    })?;
+    let client = rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("failing-upstream setup did not finish")??;
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "clients": [client.as_raw()], "sources": sources}),
+    );
+    nap(args.duration);
+    let _ = nix::sys::signal::kill(client, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(client, None);
+    done.store(true, Ordering::SeqCst);
+    let _ = parent.join();
+    done_line(
+        args,
+        "failing-upstream",
+        json!({"sources": sources, "clients": [client.as_raw()]}),
+    );
     Ok(())
 }
 

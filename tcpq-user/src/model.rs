@@ -195,6 +195,12 @@ impl ClientSet {
     pub fn len(&self) -> usize {
         self.set.len()
     }
+    pub fn merge(&mut self, other: &ClientSet) {
+        for a in &other.set {
+            self.insert(*a);
+        }
+        self.saturated |= other.saturated;
+    }
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
@@ -211,6 +217,15 @@ pub struct ListenerAgg {
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
     pub clients: ClientSet,
+}
+
+/// Most refused first, then most events, then by key.
+fn worst_first(a: &ListenerAgg, b: &ListenerAgg) -> std::cmp::Ordering {
+    b.total
+        .refused()
+        .cmp(&a.total.refused())
+        .then(b.total.total().cmp(&a.total.total()))
+        .then(a.key.cmp(&b.key))
 }
 
 /// Per-listener aggregates, bounded: beyond `max_listeners` new listeners are folded into
@@ -259,8 +274,12 @@ impl OverflowAggregator {
         });
         agg.total.add(ev.kind, n);
         agg.window.add(ev.kind, n);
-        agg.last_queue = ev.queue;
-        agg.backlog = ev.backlog;
+        // A record without a queue snapshot (backlog 0: sk_max_ack_backlog is never 0 on a
+        // listener that refuses) must not erase the one the listener has.
+        if ev.backlog > 0 || agg.backlog == 0 {
+            agg.last_queue = ev.queue;
+            agg.backlog = ev.backlog;
+        }
         agg.max_synq = agg.max_synq.max(ev.synq);
         agg.last_ts_ns = agg.last_ts_ns.max(ev.ts_ns);
         agg.first_ts_ns = agg.first_ts_ns.min(ev.ts_ns);
@@ -282,14 +301,42 @@ impl OverflowAggregator {
     /// Listeners ranked by refused connections, worst first.
     pub fn ranked(&self) -> Vec<&ListenerAgg> {
         let mut v: Vec<&ListenerAgg> = self.listeners.values().collect();
-        v.sort_by(|a, b| {
-            b.total
-                .refused()
-                .cmp(&a.total.refused())
-                .then(b.total.total().cmp(&a.total.total()))
-                .then(a.key.cmp(&b.key))
-        });
+        v.sort_by(|a, b| worst_first(a, b));
         v
+    }
+
+    /// One aggregate per listener, ranked as `ranked`: records of a listener that came without
+    /// a queue snapshot (backlog 0) under another cookie are folded into the aggregate of the
+    /// same namespace, address and port that has one (the busiest), so a listener gets one
+    /// finding. SO_REUSEPORT siblings (each with its own queue) stay apart.
+    pub fn by_listener(&self) -> Vec<ListenerAgg> {
+        let mut whole: Vec<ListenerAgg> = Vec::new();
+        let mut partial: Vec<&ListenerAgg> = Vec::new();
+        for a in self.ranked() {
+            if a.backlog > 0 {
+                whole.push(a.clone());
+            } else {
+                partial.push(a);
+            }
+        }
+        for p in partial {
+            let same = |w: &&mut ListenerAgg| {
+                (w.key.netns, w.key.laddr, w.key.lport) == (p.key.netns, p.key.laddr, p.key.lport)
+            };
+            match whole.iter_mut().find(same) {
+                Some(w) => {
+                    w.total.merge(&p.total);
+                    w.window.merge(&p.window);
+                    w.max_synq = w.max_synq.max(p.max_synq);
+                    w.first_ts_ns = w.first_ts_ns.min(p.first_ts_ns);
+                    w.last_ts_ns = w.last_ts_ns.max(p.last_ts_ns);
+                    w.clients.merge(&p.clients);
+                }
+                None => whole.push(p.clone()),
+            }
+        }
+        whole.sort_by(worst_first);
+        whole
     }
 
     pub fn reset_window(&mut self) {
@@ -438,6 +485,48 @@ mod tests {
             backlog: 8,
             synq: 2,
         }
+    }
+
+    #[test]
+    fn one_aggregate_per_listener() {
+        let mut a = OverflowAggregator::new(10);
+        // Cookies recorded with the listener's queues (cookie 5), and counted by the kernel
+        // without them under another cookie (0): one listener, one aggregate.
+        let mut with = ev(OverflowKind::Cookie, 24224, 1);
+        with.cookie = 5;
+        with.backlog = 16;
+        let mut without = ev(OverflowKind::Cookie, 24224, 0);
+        without.cookie = 0;
+        without.backlog = 0;
+        without.queue = 0;
+        without.synq = 0;
+        a.record_n(&with, 30, true);
+        a.record_n(&without, 12, false);
+        // A record without queues never erases the listener's own snapshot.
+        a.record_n(
+            &OverflowEvent {
+                backlog: 0,
+                queue: 0,
+                ..with.clone()
+            },
+            1,
+            false,
+        );
+        // An SO_REUSEPORT sibling with its own queue stays apart.
+        let mut sibling = with.clone();
+        sibling.cookie = 6;
+        a.record_n(&sibling, 2, true);
+        assert_eq!(a.listeners.len(), 3);
+        let v = a.by_listener();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!((v[0].key.cookie, v[0].backlog), (5, 16));
+        assert_eq!(v[0].total.get(OverflowKind::Cookie), 43);
+        assert!(v[0].clients.saturated);
+        assert_eq!((v[1].key.cookie, v[1].total.total()), (6, 2));
+        // Alone, a record without queues stays a listener of its own.
+        let mut b = OverflowAggregator::new(10);
+        b.record_n(&without, 4, false);
+        assert_eq!(b.by_listener().len(), 1);
     }
 
     #[test]

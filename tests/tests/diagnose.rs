@@ -125,10 +125,41 @@ fn close_wait_is_named_and_quiet_means_no_problem() {
         return;
     }
     let ns = Netns::new("dgcw");
-    let (r, pid, _, _) = diagnose_during(&ns, &["close-wait", "--duration", "4"], "3", &[]);
+    // CLOSE_WAITs that appear during the run may be a worker about to close them: no leak.
+    let (r, pid, _, _) = diagnose_during(&ns, &["close-wait", "--duration", "4"], "2", &[]);
+    assert!(
+        r["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["cause"] != "close_wait_leak" || c["pid"].as_u64() != Some(pid)),
+        "CLOSE_WAITs younger than the run called a leak: {r}"
+    );
+    // Held from before the run to its end: a leak, with the time it lasted.
+    let lab = BackgroundLab::start(&ns, &["close-wait", "--duration", "6"]);
+    let pid = lab.facts["pid"].as_u64().unwrap();
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "2"])
+        .output()
+        .unwrap();
+    drop(lab);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = find(&r, "close_wait_leak");
     assert_eq!(c["pid"].as_u64(), Some(pid), "{r}");
+    assert_eq!(c["process"], "tcpq-lab", "{c}");
     assert_eq!(c["evidence"]["close_wait"], 10);
+    assert!(c["evidence"]["lasted_s"].as_f64().unwrap() >= 2.0, "{c}");
+    assert!(
+        c["text"]
+            .as_str()
+            .unwrap()
+            .contains("has held 10 sockets in CLOSE_WAIT for at least 2 s"),
+        "{c}"
+    );
+    assert!(
+        fix_lines(c)[1].contains("close the socket on every error/EOF path"),
+        "{c}"
+    );
     // Nothing going on: exit 0 even with --fail-on-cause when no cause fires… unless the host
     // itself has a problem; then the report must still be well formed.
     let out = Command::new(tcpq_bin())
@@ -294,7 +325,7 @@ fn idle_threshold_names_a_stale_upstream() {
     assert_eq!(c["evidence"]["idle_established"], 1, "{c}");
     let text = c["text"].as_str().unwrap();
     assert!(
-        text.contains("idle for more than 2 s, most to 127.0.0.1:9402"),
+        text.contains("to 127.0.0.1:9402 and got no answer for more than 2 s"),
         "{text}"
     );
     assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
@@ -302,5 +333,168 @@ fn idle_threshold_names_a_stale_upstream() {
         r["checked"].to_string().contains("no data for 2 s"),
         "{}",
         r["checked"]
+    );
+}
+
+/// `tcpq diagnose --idle 2s` 2.5 s into a `stale-upstream` lab on `port` (`extra`: more lab
+/// arguments); returns (report, the lab's facts, its client pids sorted).
+fn diagnose_stale_lab(
+    ns: &Netns,
+    port: &str,
+    extra: &[&str],
+) -> (serde_json::Value, serde_json::Value, Vec<u64>) {
+    let lab_args = [
+        &["stale-upstream", "--port", port, "--duration", "8"],
+        extra,
+    ]
+    .concat();
+    let lab = BackgroundLab::start(ns, &lab_args);
+    let mut clients: Vec<u64> = lab.facts["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    clients.sort();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "1", "--idle", "2s"])
+        .output()
+        .unwrap();
+    let facts = lab.facts.clone();
+    drop(lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::from_slice(&out.stdout).unwrap();
+    (r, facts, clients)
+}
+
+/// Direction: the silent upstream's own accepted sockets sit as idle as its clients', but only
+/// connections a process opened are stale upstreams — the server (the lab process, the lowest
+/// pid) is not named, its clients are.
+#[test]
+fn stale_established_names_clients_not_the_server() {
+    if skip_unless_root("diagnose_direction") {
+        return;
+    }
+    let ns = Netns::new("dgdir");
+    let (r, facts, clients) = diagnose_stale_lab(&ns, "9412", &[]);
+    let server = facts["pid"].as_u64().unwrap();
+    let stale: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "stale_established")
+        .collect();
+    assert!(
+        stale.iter().all(|c| c["pid"].as_u64() != Some(server)),
+        "the server's accepted sockets named as a stale upstream: {r}"
+    );
+    let c = stale
+        .iter()
+        .find(|c| c["port"] == 9412)
+        .unwrap_or_else(|| panic!("no stale_established to :9412: {r}"));
+    assert!(clients.contains(&c["pid"].as_u64().unwrap()), "{c}");
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert!(fix_lines(c).iter().any(|f| f.contains("timeouts")), "{c}");
+}
+
+/// Stale upstreams are grouped by program and remote: five `tcpq-client` processes waiting on
+/// one silent upstream are one finding listing their pids, "request sent, no answer" (the
+/// peer acknowledged), fixed by the client's read timeouts; the pooled client whose connection
+/// idles after its answer is no finding.
+#[test]
+fn stale_upstream_is_one_finding_per_program_and_remote() {
+    if skip_unless_root("diagnose_stale_grouped") {
+        return;
+    }
+    let ns = Netns::new("dgstale");
+    let (r, facts, clients) = diagnose_stale_lab(&ns, "9413", &["--clients", "5"]);
+    let pooled = facts["pooled"].as_u64().unwrap();
+    let stale: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "stale_established" && c["port"] == 9413)
+        .collect();
+    assert_eq!(stale.len(), 1, "one finding for the pool: {r}");
+    let c = stale[0];
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert_eq!(c["pid"].as_u64(), Some(clients[0]), "{c}");
+    assert_eq!(c["where"], "tcpq-client → 127.0.0.1:9413", "{c}");
+    let pids: Vec<u64> = c["evidence"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, clients, "{c}");
+    assert_eq!(c["evidence"]["awaiting_reply"], 5, "{c}");
+    assert_eq!(c["evidence"]["unacknowledged"], 0, "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("sent a request on 5 connections to 127.0.0.1:9413 and got no answer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the peer acknowledged every request but never answered"),
+        "{text}"
+    );
+    assert!(text.contains("keepalive does not help"), "{text}");
+    assert!(
+        fix_lines(c)[0].starts_with("set read timeouts on the client"),
+        "{c}"
+    );
+    assert!(
+        r["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["pid"].as_u64() != Some(pooled)),
+        "the pooled client's idle connection is no finding: {r}"
+    );
+}
+
+/// One failing destination is one finding: refused from 8 source addresses (each with its own
+/// TIME_WAIT, so 8 port-usage rows), it gives one `connect_failures`, named after the process
+/// that was refused — not the lab process, which connected there first without failing.
+#[test]
+fn connect_failures_are_one_per_destination_and_name_who_failed() {
+    if skip_unless_root("diagnose_connect_failures") {
+        return;
+    }
+    let ns = Netns::new("dgfail");
+    let (r, lab_pid, _, done) = diagnose_during(
+        &ns,
+        &["failing-upstream", "--port", "9421", "--duration", "3"],
+        "5",
+        &[],
+    );
+    let client = done["clients"][0].as_u64().unwrap();
+    let found: Vec<&serde_json::Value> = r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cause"] == "connect_failures")
+        .collect();
+    assert_eq!(found.len(), 1, "one finding per destination: {r}");
+    let c = found[0];
+    assert_ne!(c["pid"].as_u64(), Some(lab_pid), "{c}");
+    assert_eq!(c["pid"].as_u64(), Some(client), "{c}");
+    assert_eq!(c["process"], "tcpq-client", "{c}");
+    assert_eq!(c["port"], 9421, "{c}");
+    assert_eq!(c["where"], "tcpq-client → 127.0.0.1:9421", "{c}");
+    assert_eq!(c["evidence"]["pids"], serde_json::json!([client]), "{c}");
+    let text = c["text"].as_str().unwrap();
+    assert!(
+        text.contains("connects to 127.0.0.1:9421 failed: refused"),
+        "{text}"
+    );
+    assert!(
+        fix_lines(c)[0].contains("tcpq trace connect --dst 127.0.0.1:9421 --failed"),
+        "{c}"
     );
 }

@@ -11,7 +11,11 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    live::{causes::find_causes, session::Session},
+    live::{
+        causes::{find_causes, scan_sockets},
+        session::Session,
+    },
+    sockets::CloseWaitSeen,
     stop,
 };
 
@@ -37,6 +41,9 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         // effort: the report simply lacks the row if the kernel refuses it.
         let _ = crate::kernel::probe::attach_floor_probe(&mut session.loaded.ebpf);
     }
+    // CLOSE_WAIT sockets before the banner (the run starts there): those still there at the end have lasted the whole run (a leak);
+    // newer ones may be a busy worker about to close them.
+    let close_wait_start = CloseWaitSeen::of(&scan_sockets(args.idle), 0.0).cookies;
     let tty = std::io::stderr().is_terminal();
     eprintln!(
         "tcpq: diagnosing for {:.0} s ({})…",
@@ -68,7 +75,17 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let lost = session.lost().total();
     let agg = session.take();
     let host = session.host;
-    let causes = find_causes(&agg, &mut session.dir, host, duration_s, Some(args.idle));
+    let earlier = CloseWaitSeen {
+        cookies: close_wait_start,
+        ago_s: duration_s,
+    };
+    let causes = find_causes(
+        &agg,
+        &mut session.dir,
+        host,
+        duration_s,
+        Some((args.idle, &earlier)),
+    );
     let (overflow, connects, drops, accepts) =
         (&agg.overflow, &agg.connects, &agg.drops, &agg.accepts);
     let checked = vec![
@@ -89,7 +106,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
             accepts.len()
         ),
         format!(
-            "stale ESTABLISHED (no data for {} s) and CLOSE_WAIT sockets of every process",
+            "stale ESTABLISHED (no data for {} s) and CLOSE_WAIT sockets (held the whole run) of every process",
             args.idle.as_secs_f64()
         ),
     ];

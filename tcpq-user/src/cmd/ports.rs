@@ -15,7 +15,10 @@ use super::trace_connect::{ConnectSession, DstFilter, PidFilter};
 use crate::{
     connect::{
         model::{ConnectAggregator, ConnectStats},
-        ports::{PortRange, PortsEvidence, diagnose_ports, group_usage, utilisation},
+        ports::{
+            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
+            group_usage, utilisation,
+        },
     },
     kernel::env::Privileges,
     output::endpoint,
@@ -171,6 +174,8 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             pid_filter.is_none(),
         );
         let ns_prefix = netns::enter_prefix(ns, host_ns);
+        // Connect failures are the destination's, whatever the source: on its first row only.
+        let mut failures_said: BTreeSet<(Option<IpAddr>, u16)> = BTreeSet::new();
         for g in groups {
             if let (Some(d), Some(daddr)) = (&dst, g.daddr)
                 && !d.matches(daddr, g.dport)
@@ -210,7 +215,12 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 duration_s,
                 ns_prefix: ns_prefix.clone(),
             };
-            let findings = diagnose_ports(&ev);
+            let mut findings = diagnose_ports(&ev);
+            if let Some(st) = &stats
+                && failures_said.insert((g.daddr, g.dport))
+            {
+                findings.extend(diagnose_connect_failures(st, &dest_label(g.daddr, g.dport)));
+            }
             rows.push((ns, g, sysctls.clone(), stats, pid_list, comm, findings));
         }
     }

@@ -12,9 +12,13 @@ use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
 use crate::{
+    listen::owner::app_of_owners,
     snapshot::{netns, procs, sockdiag},
-    sockets::{analyse, diagnose_sockets, time_wait_by_remote},
+    sockets::{CloseWaitSeen, analyse, diagnose_sockets, time_wait_by_remote},
 };
+
+/// How long `sockets` waits before looking again at the CLOSE_WAIT sockets it found.
+const CLOSE_WAIT_RECHECK: Duration = Duration::from_secs(2);
 
 /// A process and its socket inodes → descriptor numbers.
 type ProcessFds = (procs::Owner, HashMap<u64, Vec<u32>>);
@@ -75,11 +79,38 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             "tcpq: {skipped} process(es) could not be inspected (not yours): run with sudo to see them"
         );
     }
+    let dump_all = || -> BTreeMap<u32, Vec<sockdiag::DiagSocket>> {
+        by_ns
+            .keys()
+            .filter_map(|&ns| {
+                match netns::run_in(ns, || sockdiag::dump_tcp_with_info(StateFlags::all())) {
+                    Ok(Ok(s)) => Some((ns, s)),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    // A CLOSE_WAIT seen once may be a worker about to close it: look again after a while, and
+    // only those still there are leaks.
+    let mut dumps = dump_all();
+    let first_cw: std::collections::HashSet<u64> = dumps
+        .values()
+        .flatten()
+        .filter(|s| s.state == 8)
+        .map(|s| s.cookie)
+        .collect();
+    let earlier = CloseWaitSeen {
+        cookies: first_cw,
+        ago_s: CLOSE_WAIT_RECHECK.as_secs_f64(),
+    };
+    if !earlier.cookies.is_empty() {
+        std::thread::sleep(CLOSE_WAIT_RECHECK);
+        dumps = dump_all();
+    }
     let mut printed = 0;
     for (ns, procs_in_ns) in by_ns {
-        let sockets = match netns::run_in(ns, || sockdiag::dump_tcp_with_info(StateFlags::all())) {
-            Ok(Ok(s)) => s,
-            _ => continue,
+        let Some(sockets) = dumps.remove(&ns) else {
+            continue;
         };
         for (owner, owned) in &procs_in_ns {
             let p = analyse(owner.pid, &owner.comm, ns, &sockets, owned, idle_ms);
@@ -87,7 +118,14 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                 continue;
             }
             let limit = procs::nofile_limit(owner.pid);
-            let findings = diagnose_sockets(&p, args.idle.as_secs_f64(), limit);
+            let app = app_of_owners(std::slice::from_ref(owner));
+            let findings = diagnose_sockets(
+                &p,
+                args.idle.as_secs_f64(),
+                limit,
+                app.client_timeout_setting(),
+                &earlier,
+            );
             if args.pid.is_none() && findings.is_empty() {
                 continue; // all processes: only the ones with something to say
             }
@@ -95,8 +133,8 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             if args.json {
                 println!(
                     "{}",
-                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established,
-                        "close_wait": {"count": p.close_wait, "fds": p.close_wait_fds, "remotes": p.close_wait_remotes}, "nofile_limit": limit, "causes": findings})
+                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established, "idle_accepted": p.idle_accepted,
+                        "close_wait": {"count": p.close_wait, "fds": p.close_wait_fds, "remotes": p.close_wait_remotes, "lasting": earlier.lasting(&p).len(), "lasted_s": earlier.ago_s}, "nofile_limit": limit, "causes": findings})
                 );
             } else {
                 let states: Vec<String> =
@@ -104,14 +142,30 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                 println!("{}/{} netns {}: {}", p.pid, p.comm, ns, states.join(", "));
                 for g in &p.idle_established {
                     println!(
-                        "  idle ESTABLISHED → {}:{}: {} (max idle {:.0} s, sent {} B, received {} B)",
-                        g.raddr, g.rport, g.count, g.max_idle_s, g.bytes_sent, g.bytes_received
+                        "  idle ESTABLISHED → {}:{}: {} ({} awaiting an answer; max idle {:.0} s, sent {} B, received {} B)",
+                        g.raddr,
+                        g.rport,
+                        g.count,
+                        g.awaiting_reply,
+                        g.max_idle_s,
+                        g.bytes_sent,
+                        g.bytes_received
+                    );
+                }
+                for g in &p.idle_accepted {
+                    println!(
+                        "  idle accepted on :{}: {} (max idle {:.0} s; clients keeping connections open, not stale upstreams)",
+                        g.lport, g.count, g.max_idle_s
                     );
                 }
                 if p.close_wait > 0 {
                     println!(
-                        "  CLOSE_WAIT: {} (fds {:?}) from {:?}",
-                        p.close_wait, p.close_wait_fds, p.close_wait_remotes
+                        "  CLOSE_WAIT: {} ({} held for {:.0} s; fds {:?}) from {:?}",
+                        p.close_wait,
+                        earlier.lasting(&p).len(),
+                        earlier.ago_s,
+                        p.close_wait_fds,
+                        p.close_wait_remotes
                     );
                 }
                 for f in findings {

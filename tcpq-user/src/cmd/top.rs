@@ -47,6 +47,8 @@ pub struct Producer {
     last_lost: u64,
     socket_causes: Vec<Cause>,
     last_socket_scan: Option<Instant>,
+    /// The CLOSE_WAIT sockets the last scan saw: a leak is one still there at the next.
+    close_wait_seen: std::collections::HashSet<u64>,
     pub history: History,
 }
 
@@ -60,6 +62,7 @@ impl Producer {
             last_lost: 0,
             socket_causes: Vec::new(),
             last_socket_scan: None,
+            close_wait_seen: Default::default(),
             history: History::default(),
         })
     }
@@ -79,7 +82,14 @@ impl Producer {
             .last_socket_scan
             .is_none_or(|t| t.elapsed() >= SOCKET_SCAN_EVERY)
         {
-            self.socket_causes = socket_causes(crate::sockets::DEFAULT_IDLE);
+            let earlier = crate::sockets::CloseWaitSeen {
+                cookies: std::mem::take(&mut self.close_wait_seen),
+                ago_s: self
+                    .last_socket_scan
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            };
+            (self.socket_causes, self.close_wait_seen) =
+                socket_causes(crate::sockets::DEFAULT_IDLE, &earlier);
             self.last_socket_scan = Some(Instant::now());
         }
         // Socket leaks are states, not rates: their impact is the number of sockets.

@@ -2,7 +2,7 @@
 //! generic per-key line budget (one line per event up to N per key per second, then exact
 //! aggregated counts). Pure and unit-tested.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::Hash,
     net::IpAddr,
 };
@@ -212,6 +212,38 @@ impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> LineBudget<K, C> {
     }
 }
 
+/// The connects of one namespace to one destination that failed: the merged stats of the
+/// processes whose connects failed, and their pids.
+#[derive(Debug, Clone)]
+pub struct FailedConnects {
+    pub stats: ConnectStats,
+    pub pids: BTreeSet<u32>,
+}
+
+/// Per (namespace, destination) with a failure, whatever source addresses the connects used:
+/// one failing destination is one thing, named after the processes that failed there.
+pub fn failed_by_destination(
+    agg: &ConnectAggregator,
+) -> BTreeMap<(u32, IpAddr, u16), FailedConnects> {
+    let mut out: BTreeMap<(u32, IpAddr, u16), FailedConnects> = BTreeMap::new();
+    for (k, s) in agg.by_key.iter().filter(|(_, s)| s.failures() > 0) {
+        match out.entry((k.netns, k.daddr, k.dport)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(FailedConnects {
+                    stats: s.clone(),
+                    pids: BTreeSet::from([k.tgid]),
+                });
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let f = e.get_mut();
+                f.stats.merge(s);
+                f.pids.insert(k.tgid);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -233,6 +265,26 @@ mod tests {
             handshake_ns: (result == ConnectResult::Ok).then_some(50_000),
             syn_retrans: 0,
         }
+    }
+
+    #[test]
+    fn failures_grouped_by_destination_name_who_failed() {
+        let mut a = ConnectAggregator::new(100);
+        // pid 1 connects fine; pid 7 is refused (from 39 source addresses: they fold into its
+        // key, and the causes no longer multiply by source either, see live::causes).
+        a.record(&o(ConnectResult::Ok, 1, 10_000));
+        for i in 0..39u8 {
+            let mut f = o(ConnectResult::Refused, 7, 10_000);
+            f.saddr = IpAddr::V4(Ipv4Addr::new(127, 0, 1, i + 2));
+            f.comm = "curl".into();
+            a.record(&f);
+        }
+        let by = failed_by_destination(&a);
+        assert_eq!(by.len(), 1);
+        let f = &by[&(1, IpAddr::V4(Ipv4Addr::LOCALHOST), 9000)];
+        assert_eq!(f.pids, BTreeSet::from([7]));
+        assert_eq!((f.stats.comm.as_str(), f.stats.attempts), ("curl", 39));
+        assert_eq!(f.stats.count(ConnectResult::Refused), 39);
     }
 
     #[test]

@@ -182,6 +182,43 @@ pub fn utilisation(used: u64, usable: u32) -> f64 {
     }
 }
 
+/// "10.0.0.1:80", "[::1]:80", "*:80".
+pub fn dest_label(daddr: Option<IpAddr>, dport: u16) -> String {
+    match daddr {
+        Some(IpAddr::V6(a)) => format!("[{a}]:{dport}"),
+        Some(a) => format!("{a}:{dport}"),
+        None => format!("*:{dport}"),
+    }
+}
+
+/// Connects to one destination that failed other than on a port search (refused, timeout, …):
+/// one finding per destination whatever source addresses the connects used. `failed` holds
+/// the stats of the processes whose connects failed, not of everyone who connected there.
+pub fn diagnose_connect_failures(failed: &ConnectStats, dest: &str) -> Option<Finding> {
+    let results: Vec<(&ConnectResult, &u64)> = failed
+        .results
+        .iter()
+        .filter(|(r, _)| r.is_failure() && **r != ConnectResult::Errno(99))
+        .collect();
+    let n: u64 = results.iter().map(|(_, n)| **n).sum();
+    if n == 0 {
+        return None;
+    }
+    let parts: Vec<String> = results
+        .iter()
+        .map(|(r, n)| format!("{} {n}", r.id()))
+        .collect();
+    Some(Finding {
+        cause: "connect_failures",
+        impact: n,
+        text: format!("{n} connects to {dest} failed: {}", parts.join(", ")),
+        fix: vec![format!(
+            "check that {dest} is listening and reachable (`tcpq trace connect --dst {dest} --failed`)"
+        )],
+    })
+}
+
+/// Port usage from one source to one destination: exhausted ports or a TIME_WAIT pile-up.
 pub fn diagnose_ports(e: &PortsEvidence) -> Vec<Finding> {
     let u = e.usage;
     let usable = e.range.usable();
@@ -192,11 +229,7 @@ pub fn diagnose_ports(e: &PortsEvidence) -> Vec<Finding> {
         .traced
         .map(|t| t.count(ConnectResult::Errno(99)))
         .unwrap_or(0);
-    let dest = match u.daddr {
-        Some(IpAddr::V6(a)) => format!("[{a}]:{}", u.dport),
-        Some(a) => format!("{a}:{}", u.dport),
-        None => format!("*:{}", u.dport),
-    };
+    let dest = dest_label(u.daddr, u.dport);
     let loopback = u.daddr.is_some_and(|a| a.is_loopback());
     let mut out = Vec::new();
     if eaddr > 0 || util >= 0.9 {
@@ -272,28 +305,6 @@ pub fn diagnose_ports(e: &PortsEvidence) -> Vec<Finding> {
             fix: vec!["reuse connections (keepalive / connection pooling) before the range runs out".into()],
         });
     }
-    if let Some(t) = e.traced {
-        let failed: u64 = t
-            .results
-            .iter()
-            .filter(|(r, _)| r.is_failure() && **r != ConnectResult::Errno(99))
-            .map(|(_, n)| n)
-            .sum();
-        if failed > 0 {
-            let parts: Vec<String> = t
-                .results
-                .iter()
-                .filter(|(r, _)| r.is_failure() && **r != ConnectResult::Errno(99))
-                .map(|(r, n)| format!("{} {n}", r.id()))
-                .collect();
-            out.push(Finding {
-                cause: "connect_failures",
-                impact: failed,
-                text: format!("{failed} connects to {dest} failed: {}", parts.join(", ")),
-                fix: vec![format!("check that {dest} is listening and reachable (`tcpq trace connect --dst {dest} --failed`)")],
-            });
-        }
-    }
     out
 }
 
@@ -318,6 +329,41 @@ mod tests {
             info: None,
             drops: None,
         }
+    }
+
+    #[test]
+    fn connect_failures_leave_port_searches_to_ports_exhausted() {
+        let mut agg = crate::connect::model::ConnectAggregator::new(10);
+        for (result, n) in [
+            (ConnectResult::Refused, 5),
+            (ConnectResult::Errno(99), 3),
+            (ConnectResult::Ok, 2),
+        ] {
+            for _ in 0..n {
+                agg.record(&crate::connect::ConnectOutcome {
+                    ts_ns: 0,
+                    netns: 1,
+                    tgid: 4,
+                    comm: "curl".into(),
+                    saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    sport: 0,
+                    daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    dport: 9000,
+                    result,
+                    syscall_ns: None,
+                    handshake_ns: None,
+                    syn_retrans: 0,
+                });
+            }
+        }
+        let stats = agg.by_key.values().next().unwrap();
+        let dest = dest_label(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), 9000);
+        let f = diagnose_connect_failures(stats, &dest).unwrap();
+        assert_eq!((f.cause, f.impact), ("connect_failures", 5));
+        assert_eq!(f.text, "5 connects to 127.0.0.1:9000 failed: refused 5");
+        assert!(f.fix[0].contains("--dst 127.0.0.1:9000"), "{:?}", f.fix);
+        assert_eq!(dest_label(Some("::1".parse().unwrap()), 80), "[::1]:80");
+        assert_eq!(dest_label(None, 80), "*:80");
     }
 
     #[test]

@@ -259,6 +259,18 @@ fn backlog_fixes(e: &ListenerEvidence, prefix: &str, n: u32) -> (String, Vec<Str
 
 const HALF_OPEN_HINT: &str = "if the half-open requests never complete (a flood or lost ACKs), look at the clients: tcpq trace overflow --json shows each one";
 
+/// "{open}N half-open requests for a backlog of B{close}", or nothing when no record carried
+/// the queues (backlog 0): never a 0/0 reading.
+fn synq_sizes(e: &ListenerEvidence, open: &str, close: &str) -> String {
+    if e.backlog == 0 {
+        return String::new();
+    }
+    format!(
+        "{open}{} half-open requests for a backlog of {}{close}",
+        e.max_synq, e.backlog
+    )
+}
+
 pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
     let mut out = Vec::new();
     let c = &e.counts;
@@ -348,8 +360,8 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             cause: "syn_queue_full",
             impact: synq,
             text: format!(
-                "{} SYNs to :{} dropped: SYN queue full ({} half-open requests for a backlog of {}) and tcp_syncookies=0; the SYN queue has the accept queue's limit: {why}",
-                rate(synq, e.duration_s), e.lport, e.max_synq, e.backlog
+                "{} SYNs to :{} dropped: SYN queue full{} and tcp_syncookies=0; the SYN queue has the accept queue's limit: {why}",
+                rate(synq, e.duration_s), e.lport, synq_sizes(e, " (", ")")
             ),
             fix,
         });
@@ -412,8 +424,8 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             cause: "syn_cookies",
             impact: cookie,
             text: format!(
-                "{} SYNs to :{} answered with syncookies (SYN queue full: {} half-open requests for a backlog of {}, \"Possible SYN flooding\"): {verdict}; the SYN queue has the accept queue's limit: {why}",
-                rate(cookie, e.duration_s), e.lport, e.max_synq, e.backlog
+                "{} SYNs to :{} answered with syncookies (SYN queue full{}, \"Possible SYN flooding\"): {verdict}; the SYN queue has the accept queue's limit: {why}",
+                rate(cookie, e.duration_s), e.lport, synq_sizes(e, ": ", "")
             ),
             fix,
         });
@@ -791,6 +803,27 @@ mod tests {
         assert!(f[1].fix[0].contains("backlog=1024"), "{:?}", f[1].fix);
         assert!(f[1].fix.iter().any(|x| x.contains("tcp_syncookies=1")));
         assert!(f[3].fix[0].contains("tcp_abort_on_overflow=0"));
+    }
+
+    #[test]
+    fn no_queue_snapshot_no_zero_backlog_text() {
+        let mut e = ev();
+        e.backlog = 0;
+        e.max_synq = 0;
+        e.counts.add(OverflowKind::Cookie, 20);
+        e.counts.add(OverflowKind::Synq, 3);
+        for f in diagnose_listener(&e) {
+            assert!(!f.text.contains("backlog of 0"), "{}", f.text);
+        }
+        e.backlog = 16;
+        e.max_synq = 17;
+        let f = diagnose_listener(&e);
+        assert!(
+            f[0].text
+                .contains("(SYN queue full: 17 half-open requests for a backlog of 16, "),
+            "{}",
+            f[0].text
+        );
     }
 
     #[test]

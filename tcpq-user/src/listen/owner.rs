@@ -148,6 +148,35 @@ impl App {
     }
 }
 
+impl App {
+    /// Where this program, as a client, bounds the wait for an upstream's answer.
+    pub fn client_timeout_setting(self) -> &'static str {
+        match self {
+            App::Nginx => {
+                "nginx: `proxy_read_timeout` / `fastcgi_read_timeout` / `uwsgi_read_timeout` (default 60s) for the upstream, with `proxy_next_upstream` to try another"
+            }
+            App::PhpFpm => {
+                "PHP: `default_socket_timeout`, cURL `CURLOPT_TIMEOUT`, PDO `PDO::ATTR_TIMEOUT`, mysqlnd `mysqlnd.net_read_timeout`"
+            }
+            App::Apache => "Apache: `ProxyTimeout` (or `timeout=` on the `ProxyPass`)",
+            App::Fluentd => "fluentd out_forward: `send_timeout` and `ack_response_timeout`",
+            App::Haproxy => "HAProxy: `timeout server`",
+            App::Node => {
+                "Node: `socket.setTimeout()`, the `timeout` of http.request, `AbortSignal.timeout()` for fetch"
+            }
+            App::Java => {
+                "Java: JDBC `socketTimeout`, HttpClient read/response timeouts, `Socket.setSoTimeout()`"
+            }
+            App::Gunicorn | App::Uwsgi => {
+                "Python: `requests` `timeout=(connect, read)`, urllib3 `Timeout(read=…)`, `socket.settimeout()`"
+            }
+            App::Redis | App::Postgres | App::Mysql | App::Other => {
+                "the client's read timeout on this upstream (e.g. libcurl `CURLOPT_TIMEOUT`, Python requests `timeout=`, Go `http.Client.Timeout`, JDBC `socketTimeout`, `SO_RCVTIMEO`)"
+            }
+        }
+    }
+}
+
 /// A listening socket keeps the backlog it got from listen() (`sk_max_ack_backlog`, set by
 /// `__inet_listen_sk()`); neither a new setting nor a new somaxconn reaches it until then.
 pub fn relisten(app: App) -> &'static str {
@@ -264,5 +293,26 @@ mod tests {
             app_of_owners(&[o(1, "sh"), o(2, "php-fpm8.2")]),
             App::PhpFpm
         );
+    }
+
+    #[test]
+    fn client_timeouts_in_the_clients_syntax() {
+        assert!(
+            App::Nginx
+                .client_timeout_setting()
+                .contains("proxy_read_timeout")
+        );
+        assert!(
+            App::PhpFpm
+                .client_timeout_setting()
+                .contains("default_socket_timeout")
+        );
+        assert!(
+            App::Haproxy
+                .client_timeout_setting()
+                .contains("timeout server")
+        );
+        assert!(App::Java.client_timeout_setting().contains("socketTimeout"));
+        assert!(App::Other.client_timeout_setting().contains("read timeout"));
     }
 }

@@ -1,7 +1,7 @@
 //! Causes from one interval's aggregates: each hook family's evidence handed to its
 //! diagnosis (listen, ports, conntrack, accept, sockets), ranked by impact. Shared by
 //! `diagnose`, `top` and `export`; snapshots are read in the namespace the events came from.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use netlink_packet_sock_diag::inet::StateFlags;
@@ -12,8 +12,11 @@ use crate::{
     cmd::conntrack::{live_consumers, snapshot_in},
     connect::{
         ConnectResult,
-        model::ConnectStats,
-        ports::{PortRange, PortsEvidence, diagnose_ports, group_usage},
+        model::failed_by_destination,
+        ports::{
+            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
+            group_usage,
+        },
     },
     conntrack::{CtEvidence, diagnose_conntrack},
     listen::{
@@ -25,7 +28,9 @@ use crate::{
     model::ListenerKey,
     output::endpoint,
     snapshot::{counters, netns, procs, sockdiag},
-    sockets::{analyse, diagnose_sockets},
+    sockets::{
+        CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale,
+    },
 };
 
 /// A namespace's sockets, usable port range and tcp_tw_reuse.
@@ -69,8 +74,9 @@ pub fn find_causes(
     dir: &mut ListenerDirectory,
     host: u32,
     duration_s: f64,
-    // Some(idle): also every process's stale ESTABLISHED (idle that long) and CLOSE_WAIT sockets.
-    scan_sockets: Option<std::time::Duration>,
+    // Some((idle, earlier)): also every process's stale ESTABLISHED (idle that long) and the
+    // CLOSE_WAIT sockets `earlier` saw too.
+    scan_sockets: Option<(std::time::Duration, &CloseWaitSeen)>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
     let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
@@ -78,7 +84,7 @@ pub fn find_causes(
     };
 
     // Listen path.
-    for a in agg.overflow.ranked() {
+    for a in &agg.overflow.by_listener() {
         let ListenerKey {
             netns: ns,
             laddr,
@@ -135,21 +141,33 @@ pub fn find_causes(
         }
     }
 
-    // Outbound connects and ports: per namespace × destination with failures.
-    let mut by_dest: BTreeMap<(u32, IpAddr, u16), (ConnectStats, BTreeSet<u32>)> = BTreeMap::new();
-    for (k, s) in &agg.connects.by_key {
-        let e = by_dest
-            .entry((k.netns, k.daddr, k.dport))
-            .or_insert_with(|| (s.clone(), BTreeSet::new()));
-        if !e.1.is_empty() {
-            e.0.merge(s);
-        }
-        e.1.insert(k.tgid);
-    }
+    // Outbound connects and ports: per namespace × destination with failures, named after the
+    // processes whose connects failed (not whoever else connected there).
+    let by_dest = failed_by_destination(&agg.connects);
     let mut ns_sockets: HashMap<u32, Option<NsPorts>> = HashMap::new();
-    for ((ns, daddr, dport), (stats, pids)) in &by_dest {
-        if stats.failures() == 0 {
-            continue;
+    for ((ns, daddr, dport), d) in &by_dest {
+        let failed = &d.stats;
+        let dest = dest_label(Some(*daddr), *dport);
+        let place = format!("{} → {dest}", failed.comm);
+        let pid = d.pids.first().copied();
+        let evidence = |extra: Value| {
+            let mut v = json!({"netns": ns, "pids": d.pids, "connects": failed.attempts, "failures": failed.failures(), "EADDRNOTAVAIL": failed.count(ConnectResult::Errno(99))});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        let cause = |finding: Finding, evidence: Value| Cause {
+            cgroup: None,
+            place: place.clone(),
+            process: Some(failed.comm.clone()),
+            pid,
+            port: Some(*dport),
+            evidence,
+            finding,
+        };
+        if let Some(f) = diagnose_connect_failures(failed, &dest) {
+            causes.push(cause(f, evidence(json!({}))));
         }
         let snap = ns_sockets.entry(*ns).or_insert_with(|| ports_snapshot(*ns));
         let Some((socks, range, tw)) = snap else {
@@ -162,28 +180,22 @@ pub fn find_causes(
             &BTreeSet::from([(*daddr, *dport)]),
             false,
         );
-        for g in groups
+        // Port usage is per source address; the port-search failures go with the busiest
+        // source (groups come sorted by ports used), the others speak for themselves.
+        let dest_groups = groups
             .iter()
-            .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport)
-        {
+            .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport);
+        for (i, g) in dest_groups.enumerate() {
             let ev = PortsEvidence {
                 usage: g,
                 range,
                 tw_reuse: *tw,
-                traced: Some(stats),
+                traced: (i == 0).then_some(failed),
                 duration_s,
                 ns_prefix: netns::enter_prefix(*ns, host),
             };
             for f in diagnose_ports(&ev) {
-                causes.push(Cause {
-                cgroup: None,
-                    place: format!("{} → {}", stats.comm, endpoint(*daddr, *dport)),
-                    process: Some(stats.comm.clone()),
-                    pid: pids.iter().next().copied(),
-                    port: Some(*dport),
-                    evidence: json!({"netns": ns, "pids": pids, "connects": stats.attempts, "EADDRNOTAVAIL": stats.count(ConnectResult::Errno(99)), "used": g.used(), "usable": range.usable(), "states": g.states}),
-                    finding: f,
-                });
+                causes.push(cause(f, evidence(json!({"saddr": g.saddr.map(|a| a.to_string()), "used": g.used(), "usable": range.usable(), "states": g.states}))));
             }
         }
     }
@@ -252,8 +264,8 @@ pub fn find_causes(
         }
     }
 
-    if let Some(idle) = scan_sockets {
-        causes.extend(socket_causes(idle));
+    if let Some((idle, earlier)) = scan_sockets {
+        causes.extend(socket_causes(idle, earlier).0);
     }
     causes.sort_by_key(|c| std::cmp::Reverse(c.finding.impact));
     for c in &mut causes {
@@ -262,48 +274,94 @@ pub fn find_causes(
     causes
 }
 
-/// Stale ESTABLISHED and CLOSE_WAIT sockets of every process, in every namespace their threads
-/// use: a walk of every process's descriptors, so callers choose how often.
-pub fn socket_causes(idle: std::time::Duration) -> Vec<Cause> {
+/// Every process's sockets, in every namespace its threads use: a walk of every process's
+/// descriptors, so callers choose how often.
+pub fn scan_sockets(idle: std::time::Duration) -> Vec<ProcessSockets> {
     let idle_ms = idle.as_millis().min(u32::MAX as u128) as u32;
-    let mut causes = Vec::new();
+    let mut out = Vec::new();
     let mut dumps: HashMap<u32, Option<Vec<sockdiag::DiagSocket>>> = HashMap::new();
-    if let Ok(all) = procfs::process::all_processes() {
-        for p in all.flatten() {
-            let pid = p.pid as u32;
-            let Ok(fds) = p.fd() else { continue };
-            let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
-            for fd in fds.flatten() {
-                if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                    owned.entry(inode).or_default().push(fd.fd as u32);
-                }
-            }
-            if owned.is_empty() {
-                continue;
-            }
-            let comm = procs::comm(pid).unwrap_or_default();
-            for ns in netns::of_pid_threads(pid) {
-                let socks = dumps.entry(ns).or_insert_with(|| {
-                    // TIME_WAIT sockets belong to no process (inode 0), and a busy server has
-                    // hundreds of thousands: leave them out of the dump.
-                    let owned_states = StateFlags::all().difference(StateFlags::TIME_WAIT);
-                    netns::run_in(ns, || sockdiag::dump_tcp_with_info(owned_states).ok())
-                        .ok()
-                        .flatten()
-                });
-                let Some(socks) = socks else { continue };
-                let ps = analyse(pid, &comm, ns, socks, &owned, idle_ms);
-                for f in diagnose_sockets(&ps, idle.as_secs_f64(), None) {
-                    causes.push(Cause { cgroup: None, place: format!("pid {pid}"), process: Some(comm.clone()), pid: Some(pid), port: None, evidence: json!({"netns": ns, "close_wait": ps.close_wait, "close_wait_fds": ps.close_wait_fds, "idle_established": ps.idle_established.iter().map(|g| g.count).sum::<u64>()}), finding: f });
-                }
+    let Ok(all) = procfs::process::all_processes() else {
+        return out;
+    };
+    for p in all.flatten() {
+        let pid = p.pid as u32;
+        let Ok(fds) = p.fd() else { continue };
+        let mut owned: HashMap<u64, Vec<u32>> = HashMap::new();
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                owned.entry(inode).or_default().push(fd.fd as u32);
             }
         }
+        if owned.is_empty() {
+            continue;
+        }
+        let comm = procs::comm(pid).unwrap_or_default();
+        for ns in netns::of_pid_threads(pid) {
+            let socks = dumps.entry(ns).or_insert_with(|| {
+                // TIME_WAIT sockets belong to no process (inode 0), and a busy server has
+                // hundreds of thousands: leave them out of the dump.
+                let owned_states = StateFlags::all().difference(StateFlags::TIME_WAIT);
+                netns::run_in(ns, || sockdiag::dump_tcp_with_info(owned_states).ok())
+                    .ok()
+                    .flatten()
+            });
+            let Some(socks) = socks else { continue };
+            out.push(analyse(pid, &comm, ns, socks, &owned, idle_ms));
+        }
     }
+    out
+}
 
+/// Stale upstreams (one cause per program and remote, over all its processes) and CLOSE_WAIT
+/// sockets that `earlier` saw too (per process) of every process; and the CLOSE_WAIT sockets
+/// this scan saw, for the next.
+pub fn socket_causes(
+    idle: std::time::Duration,
+    earlier: &CloseWaitSeen,
+) -> (Vec<Cause>, HashSet<u64>) {
+    let scan = scan_sockets(idle);
+    let mut causes = Vec::new();
+    for g in group_stale(&scan) {
+        let Some(&pid) = g.pids.first() else { continue };
+        let app = app_of_owners(&[procs::Owner {
+            pid,
+            comm: g.comm.clone(),
+        }]);
+        let Some(f) = diagnose_stale(&g, idle.as_secs_f64(), app.client_timeout_setting()) else {
+            continue;
+        };
+        let remote = g
+            .raddr
+            .parse()
+            .map(|a| endpoint(a, g.rport))
+            .unwrap_or_else(|_| g.raddr.clone());
+        causes.push(Cause {
+            cgroup: None,
+            place: format!("{} → {remote}", g.comm),
+            process: Some(g.comm.clone()),
+            pid: Some(pid),
+            port: Some(g.rport),
+            evidence: json!({"netns": g.netns, "pids": g.pids, "processes": g.pids.len(),
+                "awaiting_reply": g.awaiting_reply, "unacknowledged": g.unacknowledged,
+                "idle_pooled": g.idle, "max_idle_s": g.max_idle_s,
+                "idle_established": g.awaiting_reply + g.idle}),
+            finding: f,
+        });
+    }
+    for ps in &scan {
+        if let Some(f) = diagnose_close_wait(ps, None, earlier) {
+            let lasting = earlier.lasting(ps);
+            let fds: BTreeSet<u32> = lasting
+                .iter()
+                .flat_map(|(_, f)| f.iter().copied())
+                .collect();
+            causes.push(Cause { cgroup: None, place: format!("pid {}", ps.pid), process: Some(ps.comm.clone()), pid: Some(ps.pid), port: None, evidence: json!({"netns": ps.netns, "close_wait": lasting.len(), "close_wait_fds": fds, "close_wait_newer": ps.close_wait - lasting.len() as u64, "lasted_s": earlier.ago_s.round()}), finding: f });
+        }
+    }
     for c in &mut causes {
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
-    causes
+    (causes, CloseWaitSeen::of(&scan, 0.0).cookies)
 }
 
 /// Who holds a listener and how many of their threads sit in accept() right now.

@@ -43,12 +43,23 @@ pub struct TcpActivity {
     pub last_data_recv_ms: u32,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
+    pub unacked: u32,
 }
 
 impl TcpActivity {
     /// Time since data last moved in either direction.
     pub fn idle_ms(&self) -> u32 {
         self.last_data_sent_ms.min(self.last_data_recv_ms)
+    }
+
+    /// This side sent last and nothing came back since: a request waiting for its answer.
+    /// `bytes_acked` counts the SYN as 1 (tcp_ack() → tcp_snd_una_update() on the SYN-ACK), so
+    /// more than 1 means data went out. The last times are jiffies apart at best: a pooled
+    /// connection answered within a tick shows equal times and reads as answered.
+    pub fn awaiting_reply(&self) -> bool {
+        let sent = self.bytes_acked > 1 || self.unacked > 0;
+        sent && (self.bytes_received == 0 || self.last_data_recv_ms > self.last_data_sent_ms)
     }
 }
 
@@ -179,6 +190,7 @@ fn dump_family_on(
                                 last_data_recv_ms: t.last_data_recv,
                                 bytes_acked: t.bytes_acked,
                                 bytes_received: t.bytes_received,
+                                unacked: t.unacked,
                             })
                         }
                         _ => None,
