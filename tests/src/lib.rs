@@ -435,7 +435,14 @@ pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value)
 const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 /// The global nf_conntrack_max, as the kernel prints it (trimmed).
+/// The global nf_conntrack_max. nf_conntrack is loaded first where it is a module (Debian's
+/// kernels: no sysctl until something needs conntrack), so the value read is the one a lab
+/// will find and restore.
 pub fn ct_max() -> String {
+    let _ = Command::new("modprobe")
+        .args(["-q", "nf_conntrack"])
+        .stderr(Stdio::null())
+        .status();
     std::fs::read_to_string(CT_MAX)
         .unwrap_or_default()
         .trim()
