@@ -153,7 +153,10 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
             why.push(format!(
                 "{enfile} ENFILE (the whole system's open-file table is full: fs.file-max)"
             ));
-            fix.push("raise the system-wide limit: compare `cat /proc/sys/fs/file-nr` (open, 0, max) with fs.file-max, then `sysctl -w fs.file-max=2097152`   # persist: echo 'fs.file-max = 2097152' > /etc/sysctl.d/90-tcpq-file-max.conf".to_string());
+            fix.push(format!(
+                "raise the system-wide limit: compare `cat /proc/sys/fs/file-nr` (open, 0, max) with fs.file-max, then {}",
+                crate::fixes::global_sysctl_fix("fs.file-max", "2097152", "", false)
+            ));
         }
         fix.push("if the count of open descriptors keeps growing, look for a leak: `tcpq sockets --pid PID` (CLOSE_WAIT)".into());
         out.push(Finding {

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod connect;
 pub mod conntrack;
 pub mod decode;
+pub mod fixes;
 #[cfg(test)]
 mod fuzz;
 pub mod kernel;

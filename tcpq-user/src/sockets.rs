@@ -239,7 +239,7 @@ pub fn group_stale(procs: &[ProcessSockets]) -> Vec<StaleUpstream> {
         }
     }
     let mut v: Vec<StaleUpstream> = m.into_values().filter(|g| g.awaiting_reply > 0).collect();
-    v.sort_by(|a, b| b.awaiting_reply.cmp(&a.awaiting_reply));
+    v.sort_by_key(|s| std::cmp::Reverse(s.awaiting_reply));
     v
 }
 

@@ -337,3 +337,71 @@ fn export_binds_loopback_by_default() {
         "{ss}"
     );
 }
+
+/// Started inside `ip netns exec` (a fresh sysfs in a mount namespace of its own, no cgroup2
+/// there), tcpq mounts cgroup2 itself — only in that mount namespace — and counts an overflow
+/// exactly, instead of exiting with "no cgroup2 filesystem is mounted".
+#[test]
+fn runs_inside_ip_netns_exec_without_a_cgroup2_mount() {
+    if skip_unless_root("ip_netns_exec") {
+        return;
+    }
+    let ns = Netns::new("nsexec");
+    let inode = ns.inode();
+    let bin = std::env::var("TCPQ_BIN").unwrap_or_else(|_| "tcpq".into());
+    let check = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, &bin, "check", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json ({e}): {}",
+            String::from_utf8_lossy(&check.stderr)
+        )
+    });
+    assert!(check.status.success(), "{v}");
+    assert!(
+        v["cgroup2"]
+            .as_str()
+            .unwrap()
+            .contains("tcpq mounted it at /run/tcpq/cgroup2"),
+        "{v}"
+    );
+    let ingress = v["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "listen_ingress")
+        .unwrap();
+    assert_eq!(ingress["state"], "attached", "{v}");
+    // The mount stayed in `ip netns exec`'s mount namespace.
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains("/run/tcpq/cgroup2"), "{host_mounts}");
+
+    // And the cgroup_skb hook attached through it sees the overflow: tcpq's count is the kernel's.
+    let tracer = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, &bin])
+        .args(["trace", "overflow", "--json", "--duration", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = ns.counters();
+    run_lab(&ns, &["overflow", "--duration", "2"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = ns.counters();
+    let out = tracer.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let counts = counts_by_kind(&lines, inode);
+    let overflows = delta(&before, &after, "TcpExt:ListenOverflows");
+    assert!(overflows > 0, "the lab overflowed");
+    assert_eq!(
+        counts.get("syn").copied().unwrap_or(0) + counts.get("ack").copied().unwrap_or(0),
+        overflows,
+        "tcpq {counts:?} vs ListenOverflows"
+    );
+}

@@ -112,6 +112,13 @@ fn table_full_drops_match_the_kernel_drop_stat() {
     );
     assert!(rule >= 5, "the 5 connects to the drop rule's port: {rule}");
     assert_eq!(summary["causes"][0]["cause"], "conntrack_full", "{summary}");
+    // nf_conntrack_max is global and read-only in the lab's namespace: the host's command.
+    let fix = summary["causes"][0]["fix"][0].as_str().unwrap();
+    assert!(
+        fix.starts_with("sysctl -w net.netfilter.nf_conntrack_max=")
+            && fix.contains("read-only inside a container's namespace"),
+        "{fix}"
+    );
     assert_eq!(summary["stat_drop"].as_u64(), Some(kernel), "{summary}");
 }
 

@@ -257,6 +257,13 @@ fn syn_queue_capped_by_somaxconn_raises_somaxconn_first() {
             && fix[0].contains("sysctl -w net.core.somaxconn=1024"),
         "somaxconn first, in the lab's namespace: {fix:?}"
     );
+    // /etc/sysctl.d does not reach a namespace: persisted where it is created.
+    assert!(
+        fix[0].contains("docker run --sysctl net.core.somaxconn=1024")
+            && fix[0].contains("--allowed-unsafe-sysctls=net.core.somaxconn")
+            && !fix[0].contains("/etc/sysctl.d"),
+        "{fix:?}"
+    );
     assert!(
         fix[1].starts_with("raise php-fpm's backlog to 1024: php-fpm `listen.backlog = 1024`"),
         "{fix:?}"

@@ -130,6 +130,13 @@ pub fn run(json_out: bool) -> Result<i32> {
         None => "unknown (tracefs unavailable) — not needed".to_string(),
     };
     let cgroup2 = match &env.cgroup2 {
+        Ok(p) if p.as_path() == std::path::Path::new(crate::kernel::env::CGROUP2_PRIVATE) => {
+            format!(
+                "none was mounted: tcpq mounted it at {} (cgroup_skb hooks attach to its root; in this mount namespace only when under `ip netns exec`, else `umount {}` to undo)",
+                p.display(),
+                p.display()
+            )
+        }
         Ok(p) => format!("{} (cgroup_skb hooks attach to its root)", p.display()),
         Err(e) => e.clone(),
     };

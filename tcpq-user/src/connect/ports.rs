@@ -272,19 +272,25 @@ pub fn diagnose_ports(e: &PortsEvidence) -> Vec<Finding> {
         }
         match e.tw_reuse {
             Some(1) => {}
-            Some(2) if loopback => fix.push(format!(
-                "{}sysctl -w net.ipv4.tcp_tw_reuse=1   # 2 (the default) already reuses TIME_WAIT ports to loopback after 1 s: the connect rate is above {usable} per second",
-                e.ns_prefix
+            Some(2) if loopback => fix.push(crate::fixes::sysctl_fix(
+                &e.ns_prefix,
+                "net.ipv4.tcp_tw_reuse",
+                "1",
+                &format!("2 (the default) already reuses TIME_WAIT ports to loopback after 1 s: the connect rate is above {usable} per second"),
             )),
-            _ => fix.push(format!(
-                "{}sysctl -w net.ipv4.tcp_tw_reuse=1   # connect() may reuse a TIME_WAIT port after 1 s (needs TCP timestamps, on by default)",
-                e.ns_prefix
+            _ => fix.push(crate::fixes::sysctl_fix(
+                &e.ns_prefix,
+                "net.ipv4.tcp_tw_reuse",
+                "1",
+                "connect() may reuse a TIME_WAIT port after 1 s (needs TCP timestamps, on by default)",
             )),
         }
         if usable < 60_000 {
-            fix.push(format!(
-                "{}sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"   # {usable} → 64512 ports per destination (keep service ports in ip_local_reserved_ports)",
-                e.ns_prefix
+            fix.push(crate::fixes::sysctl_fix(
+                &e.ns_prefix,
+                "net.ipv4.ip_local_port_range",
+                "1024 65535",
+                &format!("{usable} → 64512 ports per destination (keep service ports in ip_local_reserved_ports)"),
             ));
         }
         if loopback {

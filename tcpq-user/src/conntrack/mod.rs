@@ -223,17 +223,25 @@ pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
         let new_max = (e.max.max(e.count) * 4).max(262_144).next_power_of_two();
         // ~320 bytes per entry (struct nf_conn + hash) is the usual estimate.
         let mem_mb = new_max * 320 / (1024 * 1024);
-        let mut fix = vec![format!(
-            "{}sysctl -w net.netfilter.nf_conntrack_max={new_max}   # ~{mem_mb} MiB of kernel memory at full use; also raise the hash: echo {} > /sys/module/nf_conntrack/parameters/hashsize",
-            e.ns_prefix,
-            new_max / 4
+        let mut fix = vec![crate::fixes::global_sysctl_fix(
+            "net.netfilter.nf_conntrack_max",
+            &new_max.to_string(),
+            &format!(
+                "~{mem_mb} MiB of kernel memory at full use; also raise the hash: echo {} > /sys/module/nf_conntrack/parameters/hashsize",
+                new_max / 4
+            ),
+            !e.ns_prefix.is_empty(),
         )];
         if e.established_timeout >= 86_400 {
-            fix.push(format!(
-                "{}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=3600   # now {} s ({:.1} days): idle flows hold entries that long",
-                e.ns_prefix,
-                e.established_timeout,
-                e.established_timeout as f64 / 86_400.0
+            fix.push(crate::fixes::sysctl_fix(
+                &e.ns_prefix,
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                "3600",
+                &format!(
+                    "now {} s ({:.1} days): idle flows hold entries that long",
+                    e.established_timeout,
+                    e.established_timeout as f64 / 86_400.0
+                ),
             ));
         }
         if let Some((addr, port)) = &e.busiest_local_dport {
@@ -270,7 +278,12 @@ pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
                 e.established_timeout as f64 / 86_400.0,
                 e.established_timeout
             ),
-            fix: vec![format!("{}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=3600", e.ns_prefix)],
+            fix: vec![crate::fixes::sysctl_fix(
+                &e.ns_prefix,
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                "3600",
+                "",
+            )],
         });
     }
     out

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use procfs::FromRead as _;
 
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -89,13 +89,37 @@ pub fn mounts_of_type(fs_type: &str) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The cgroup v2 mount (hybrid hosts mount it at /sys/fs/cgroup/unified, others at /sys/fs/cgroup).
+/// Where tcpq mounts cgroup2 when nothing has (outside /sys/fs/cgroup, which may hold a v1
+/// hierarchy).
+pub const CGROUP2_PRIVATE: &str = "/run/tcpq/cgroup2";
+
+/// The cgroup v2 mount (hybrid hosts mount it at /sys/fs/cgroup/unified, others at
+/// /sys/fs/cgroup). With none, tcpq mounts one itself at CGROUP2_PRIVATE: `ip netns exec`
+/// remounts /sys for the namespace in a mount namespace of its own, and cgroup2 is not part of
+/// that — a mount made there stays there. Not when the mount table is redirected
+/// (TCPQ_MOUNTINFO: a test of the missing case).
 pub fn find_cgroup2() -> Result<PathBuf> {
-    mounts_of_type("cgroup2")?.into_iter().next().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no cgroup2 filesystem is mounted (needed to attach the cgroup_skb hook): run `mount -t cgroup2 none /sys/fs/cgroup/unified` or boot with systemd.unified_cgroup_hierarchy"
-        )
-    })
+    if let Some(p) = mounts_of_type("cgroup2")?.into_iter().next() {
+        return Ok(p);
+    }
+    let missing = "no cgroup2 filesystem is mounted (needed to attach the cgroup_skb hook): run `mount -t cgroup2 none /sys/fs/cgroup/unified` or boot with systemd.unified_cgroup_hierarchy";
+    if std::env::var_os("TCPQ_MOUNTINFO").is_some() {
+        bail!(missing);
+    }
+    let target = Path::new(CGROUP2_PRIVATE);
+    fs::create_dir_all(target)
+        .map_err(|e| anyhow::anyhow!("{missing} (creating {CGROUP2_PRIVATE} failed: {e})"))?;
+    nix::mount::mount(
+        Some("cgroup2"),
+        target,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("{missing} (mounting it at {CGROUP2_PRIVATE} failed: {e})"))?;
+    Ok(target.to_path_buf())
 }
 
 pub fn btf_path() -> PathBuf {

@@ -163,15 +163,16 @@ fn app_backlog_fix(app: App, port: u16, n: u32) -> String {
 }
 
 fn somaxconn_fix(prefix: &str, n: u32) -> String {
-    format!(
-        "{prefix}sysctl -w net.core.somaxconn={n}   # persist: echo 'net.core.somaxconn = {n}' > /etc/sysctl.d/90-tcpq-somaxconn.conf"
-    )
+    crate::fixes::sysctl_fix(prefix, "net.core.somaxconn", &n.to_string(), "")
 }
 
 /// Both SYN-queue drops (the listener's queue full, or tcp_max_syn_backlog's rule) stop with cookies on.
 fn syncookies_fix(prefix: &str) -> String {
-    format!(
-        "{prefix}sysctl -w net.ipv4.tcp_syncookies=1   # answer with cookies instead of dropping"
+    crate::fixes::sysctl_fix(
+        prefix,
+        "net.ipv4.tcp_syncookies",
+        "1",
+        "answer with cookies instead of dropping",
     )
 }
 
@@ -349,9 +350,13 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
         if let Some(m) = e.sysctls.tcp_max_syn_backlog
             && m - m / 4 < n
         {
-            fix.push(format!(
-                "{prefix}sysctl -w net.ipv4.tcp_max_syn_backlog={}   # with tcp_syncookies=0 the SYN queue also stops at 3/4 of it ({m} now)",
-                (n.saturating_mul(4) / 3 + 1).next_power_of_two()
+            fix.push(crate::fixes::sysctl_fix(
+                &prefix,
+                "net.ipv4.tcp_max_syn_backlog",
+                &(n.saturating_mul(4) / 3 + 1)
+                    .next_power_of_two()
+                    .to_string(),
+                &format!("with tcp_syncookies=0 the SYN queue also stops at 3/4 of it ({m} now)"),
             ));
         }
         fix.push(syncookies_fix(&prefix));
@@ -387,7 +392,12 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             ),
             fix: vec![
                 syncookies_fix(&prefix),
-                format!("{prefix}sysctl -w net.ipv4.tcp_max_syn_backlog={raise}"),
+                crate::fixes::sysctl_fix(
+                    &prefix,
+                    "net.ipv4.tcp_max_syn_backlog",
+                    &raise.to_string(),
+                    "",
+                ),
                 HALF_OPEN_HINT.into(),
             ],
         });
@@ -439,8 +449,11 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                 "{resets} clients of :{} got a RST instead of a retry: tcp_abort_on_overflow=1 turns every accept-queue overflow into a connection error",
                 e.lport
             ),
-            fix: vec![format!(
-                "{prefix}sysctl -w net.ipv4.tcp_abort_on_overflow=0   # clients retry instead of failing (keep 1 only if fast failure is wanted)"
+            fix: vec![crate::fixes::sysctl_fix(
+                &prefix,
+                "net.ipv4.tcp_abort_on_overflow",
+                "0",
+                "clients retry instead of failing (keep 1 only if fast failure is wanted)",
             )],
         });
     }
@@ -773,7 +786,7 @@ mod tests {
         );
         assert!(f[0].fix[0].contains("tcp_syncookies=1"));
         assert!(
-            f[0].fix[1].ends_with("tcp_max_syn_backlog=2048"),
+            f[0].fix[1].starts_with("sysctl -w net.ipv4.tcp_max_syn_backlog=2048   #"),
             "{:?}",
             f[0].fix
         );
