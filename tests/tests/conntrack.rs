@@ -243,3 +243,79 @@ fn tcp_drops_are_named_by_the_kernels_reasons() {
         "{summary}"
     );
 }
+
+/// A table at 95 % with no drop yet is a cause for `diagnose` (tier 0 reads every namespace's
+/// table), and the source network that fills it gets a per-source limit.
+#[test]
+fn a_nearly_full_table_is_named_before_it_drops() {
+    if skip_unless_root("conntrack_nearly_full") {
+        return;
+    }
+    let _restore = CtMaxRestore::save();
+    let ns = Netns::new("ctnear");
+    let inode = ns.inode();
+    nft_in(
+        &ns,
+        "table inet tcpq_near {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
+    );
+    // 190 flows from 127.0.1.1-190 (one /24) to a closed UDP port, held 30 s (unreplied).
+    let mut py = python_in(
+        &ns,
+        "import socket,sys\nfor i in range(1,191):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n s.bind(('127.0.1.%d'%i,40000))\n s.sendto(b'x',('127.0.0.1',9))\n s.close()\nprint('sent',flush=True)\nsys.stdin.read()",
+    );
+    first_line(&mut py);
+    let read = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "cat",
+            "/proc/sys/net/netfilter/nf_conntrack_count",
+        ])
+        .output()
+        .unwrap();
+    let count: u64 = String::from_utf8_lossy(&read.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        count >= 190,
+        "the namespace's table holds the flows: {count}"
+    );
+    // The global limit just above them: 95 % full, nothing dropped.
+    let max = count * 100 / 95 + 1;
+    std::fs::write("/proc/sys/net/netfilter/nf_conntrack_max", max.to_string()).unwrap();
+    let out = tcpq()
+        .args(["diagnose", "--json", "--duration", "3"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let _ = py.kill();
+    let _ = py.wait();
+    let cause = report["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "conntrack_full" && c["evidence"]["netns"].as_u64() == Some(inode))
+        .unwrap_or_else(|| panic!("no conntrack_full for netns {inode}: {report}"));
+    let text = cause["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!("conntrack table nearly full: {count} of {max}"))
+            && text.contains("no drop yet")
+            && text.contains("127.0.1.0/24 holds 190"),
+        "{text}"
+    );
+    let fixes = cause["fix"].to_string();
+    assert!(
+        fixes.contains("127.0.1.0/24 holds 190")
+            && fixes.contains("ip saddr & 255.255.255.0 ct count over")
+            && fixes.contains("--connlimit-mask 24"),
+        "{fixes}"
+    );
+    let first = cause["fix"][0].as_str().unwrap();
+    assert!(
+        first.starts_with("sysctl -w net.netfilter.nf_conntrack_max="),
+        "the global limit is the host's command: {first}"
+    );
+}

@@ -200,8 +200,15 @@ pub fn find_causes(
         }
     }
 
-    // Conntrack.
-    let ct_ns: BTreeSet<u32> = agg.drops.keys().map(|(n, _)| *n).collect();
+    // Conntrack: where it dropped, and where tier 0 saw a table at least half full — near full
+    // is a cause before the first drop, and a long ESTABLISHED timeout holding idle flows is one
+    // while the table fills (its entries are read at a bounded pace: `live_consumers`).
+    let ct_ns: BTreeSet<u32> = agg
+        .drops
+        .keys()
+        .map(|(n, _)| *n)
+        .chain(agg.tier0_conntrack.iter().map(|(n, _)| *n))
+        .collect();
     for ns in ct_ns {
         let snap = snapshot_in(ns, false);
         let consumers = live_consumers(ns, &snap);

@@ -352,6 +352,19 @@ impl Tier0 {
     pub fn counters(&self) -> &HashMap<u32, HashMap<String, u64>> {
         &self.counters
     }
+
+    /// Namespaces whose conntrack table is at least half full at the last reading, with it:
+    /// where a table fills before it drops (its entries worth a look, see `live::causes`).
+    pub fn conntrack_filling(&self) -> Vec<(u32, CtReading)> {
+        let mut v: Vec<(u32, CtReading)> = self
+            .conntrack
+            .iter()
+            .filter(|(_, c)| c.max > 0 && c.count * 2 >= c.max)
+            .map(|(ns, c)| (*ns, c.clone()))
+            .collect();
+        v.sort_by_key(|(ns, _)| *ns);
+        v
+    }
 }
 
 /// Watching (tier 0/1 only) or tracing (tier 2 attached) one family.

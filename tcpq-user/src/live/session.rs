@@ -55,6 +55,8 @@ pub struct Aggregates {
     pub counters_last: HashMap<u32, HashMap<String, u64>>,
     /// Tier 0: listeners that refused (exact, from `sk_drops`) or queued in the interval.
     pub tier0_listeners: Vec<(ListenerId, ListenerTotals)>,
+    /// Tier 0: namespaces whose conntrack table is at least half full (count, max) at the end.
+    pub tier0_conntrack: Vec<(u32, crate::snapshot::nswatch::CtReading)>,
     /// Each family: watching or tracing, since when and why (at the end of the interval).
     pub families: Vec<FamilyView>,
 }
@@ -73,6 +75,7 @@ impl Default for Aggregates {
             counters_first: HashMap::new(),
             counters_last: HashMap::new(),
             tier0_listeners: Vec::new(),
+            tier0_conntrack: Vec::new(),
             families: Vec::new(),
         }
     }
@@ -560,6 +563,7 @@ impl Session {
         let mut agg = std::mem::replace(&mut self.agg, next);
         agg.counters_last = self.engine.tier0.counters().clone();
         agg.tier0_listeners = self.engine.tier0.take_interval();
+        agg.tier0_conntrack = self.engine.tier0.conntrack_filling();
         agg.families = self.families();
         agg
     }
