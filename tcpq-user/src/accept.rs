@@ -93,6 +93,14 @@ impl AcceptStats {
         }
     }
 
+    /// Accepts that waited at least `ns`.
+    pub fn waited_at_least(&self, ns: u64) -> u64 {
+        if self.wait_ns.is_empty() {
+            return 0;
+        }
+        self.wait_ns.count_between(ns, self.wait_ns.max().max(ns))
+    }
+
     pub fn wait_quantiles(&self) -> Option<(u64, u64, u64)> {
         (!self.wait_ns.is_empty()).then(|| {
             (
@@ -120,6 +128,30 @@ pub struct AcceptEvidence {
     pub nofile: Option<(u32, u64)>,
     /// The holders' program, for fixes in its own syntax (`owner::app_of_owners`).
     pub app: App,
+    /// Accepted connections that waited at least SLOW_WAIT_NS in the queue.
+    pub slow: u64,
+    /// What tier 0 saw of the listener over the interval (None: not watched, e.g. `trace
+    /// accept`).
+    pub pressure: Option<QueuePressure>,
+}
+
+/// A wait that users feel: 100 ms in the accept queue.
+pub const SLOW_WAIT_NS: u64 = 100_000_000;
+
+/// A listener's accept queue over an interval, from tier 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuePressure {
+    pub refused: u64,
+    pub queue_peak: u32,
+    pub backlog: u32,
+}
+
+impl QueuePressure {
+    /// Refusals, or a queue at least half its limit (tier 0's own trigger): the wait is the
+    /// application's, not a burst a big backlog absorbed.
+    pub fn under_pressure(&self) -> bool {
+        self.refused > 0 || (self.backlog > 0 && self.queue_peak * 2 >= self.backlog)
+    }
 }
 
 fn secs(ns: u64) -> String {
@@ -185,7 +217,8 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
         });
     }
     if let Some((p50, p99, max)) = e.wait
-        && p99 >= 100_000_000
+        && p99 >= SLOW_WAIT_NS
+        && e.pressure.is_none_or(|p| p.under_pressure())
     {
         let rate = if e.duration_s > 0.0 {
             e.accepts as f64 / e.duration_s
@@ -215,9 +248,23 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
                 );
             }
         }
+        if let Some(p) = e.pressure {
+            text.push_str(&format!(
+                "; its queue reached {} of {}{}",
+                p.queue_peak,
+                p.backlog,
+                if p.refused > 0 {
+                    format!(" and {} connections were refused", p.refused)
+                } else {
+                    String::new()
+                }
+            ));
+        }
         out.push(Finding {
             cause: "app_not_accepting",
-            impact: e.accepts.max(1),
+            // The connections that suffered: those that waited 100 ms or more, and those
+            // refused outright.
+            impact: (e.slow + e.pressure.map_or(0, |p| p.refused)).max(1),
             text,
             fix,
         });
@@ -306,6 +353,8 @@ mod tests {
             idle_acceptors: Some(0),
             nofile: Some((9, 16)),
             app: App::PhpFpm,
+            slow: s.waited_at_least(SLOW_WAIT_NS),
+            pressure: None,
         };
         let f = diagnose_accept(&e);
         assert_eq!(f[0].cause, "accept_errors");
@@ -332,5 +381,70 @@ mod tests {
             })
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_long_wait_needs_pressure_and_counts_who_suffered() {
+        let slow_burst = AcceptEvidence {
+            lport: 8080,
+            duration_s: 5.0,
+            accepts: 1000,
+            wait: Some((50_000_000, 400_000_000, 900_000_000)),
+            slow: 30,
+            ..Default::default()
+        };
+        // A burst a 65535 backlog absorbed: queue far from its limit, nothing refused.
+        let absorbed = AcceptEvidence {
+            pressure: Some(QueuePressure {
+                refused: 0,
+                queue_peak: 900,
+                backlog: 65535,
+            }),
+            ..slow_burst.clone()
+        };
+        assert!(diagnose_accept(&absorbed).is_empty());
+        // Half full: the application is the limit; the impact is the 30 that waited ≥ 100 ms.
+        let pressed = AcceptEvidence {
+            pressure: Some(QueuePressure {
+                refused: 0,
+                queue_peak: 40,
+                backlog: 64,
+            }),
+            ..slow_burst.clone()
+        };
+        let f = diagnose_accept(&pressed);
+        assert_eq!(f[0].cause, "app_not_accepting");
+        assert_eq!(f[0].impact, 30);
+        assert!(
+            f[0].text.ends_with("its queue reached 40 of 64"),
+            "{}",
+            f[0].text
+        );
+        // Refusals count too.
+        let refused = AcceptEvidence {
+            pressure: Some(QueuePressure {
+                refused: 12,
+                queue_peak: 5,
+                backlog: 64,
+            }),
+            ..slow_burst
+        };
+        let f = diagnose_accept(&refused);
+        assert_eq!(f[0].impact, 42);
+        assert!(
+            f[0].text.contains("and 12 connections were refused"),
+            "{}",
+            f[0].text
+        );
+    }
+
+    #[test]
+    fn waited_at_least_counts_the_tail() {
+        let mut s = AcceptStats::default();
+        for ms in [1u64, 50, 120, 300] {
+            s.wait_ns.record(ms * 1_000_000).unwrap();
+        }
+        assert_eq!(s.waited_at_least(SLOW_WAIT_NS), 2);
+        assert_eq!(AcceptStats::default().waited_at_least(SLOW_WAIT_NS), 0);
     }
 }

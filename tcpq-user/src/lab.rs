@@ -834,12 +834,13 @@ fn workers(args: &LabArgs) -> Result<()> {
     let ns = lab_netns(args)?;
     set_somaxconn(&ns, args)?;
     let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let backlog = args.backlog() as i32;
     let listener = spawn_in(&ns, move || -> Result<Socket> {
         let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         sock.set_reuse_address(true)?;
         sock.bind(&addr.into())
             .with_context(|| format!("bind {addr}"))?;
-        sock.listen(256)?;
+        sock.listen(backlog)?;
         Ok(sock)
     })?
     .join()

@@ -254,6 +254,33 @@ fn slow_accept_is_named_as_the_application() {
         c["evidence"]["wait_p99_us"].as_u64().unwrap() > 100_000,
         "{c}"
     );
+    // Its 50-client burst fills the lab's 64-entry queue past half: pressure, stated.
+    assert!(
+        c["text"].as_str().unwrap().contains("its queue reached"),
+        "{c}"
+    );
+}
+
+/// The same slow acceptor behind a big backlog: the burst waits, but the queue stays far from
+/// its limit and nothing is refused — a burst the backlog absorbed, not an application that
+/// cannot keep up.
+#[test]
+fn a_burst_a_big_backlog_absorbs_is_not_called_not_accepting() {
+    if skip_unless_root("diagnose_absorbed_burst") {
+        return;
+    }
+    let ns = Netns::new("dgbig");
+    let (r, _, _, _) = diagnose_during(
+        &ns,
+        &["slow-accept", "--duration", "3", "--backlog", "65535"],
+        "5",
+        &[],
+    );
+    let causes = r["causes"].as_array().unwrap();
+    assert!(
+        !causes.iter().any(|c| c["cause"] == "app_not_accepting"),
+        "{r}"
+    );
 }
 
 #[test]

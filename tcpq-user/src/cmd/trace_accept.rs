@@ -216,6 +216,9 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                 idle_acceptors: idle,
                 nofile,
                 app: app_of_owners(&holders),
+                slow: s.waited_at_least(crate::accept::SLOW_WAIT_NS),
+                // Not watched by tier 0 here: the wait alone decides, as before.
+                pressure: None,
             };
             let findings = diagnose_accept(&ev);
             let q = s.wait_quantiles();

@@ -251,6 +251,24 @@ pub fn find_causes(
             idle_acceptors: idle,
             nofile: None,
             app: app_of_owners(&holders),
+            slow: s.waited_at_least(crate::accept::SLOW_WAIT_NS),
+            pressure: agg
+                .tier0_listeners
+                .iter()
+                .filter(|(id, _)| {
+                    id.netns == *ns
+                        && id.lport == *lport
+                        && (id.laddr == *laddr || id.laddr.is_unspecified())
+                })
+                .map(|(_, t)| crate::accept::QueuePressure {
+                    refused: t.refused_interval,
+                    queue_peak: t.queue_peak,
+                    backlog: t.backlog,
+                })
+                .next()
+                // Tier 0 watches every listener: one it did not list never queued a
+                // connection at a reading, under no pressure.
+                .or(Some(crate::accept::QueuePressure::default())),
         };
         let owner = holders.first().cloned().or_else(|| {
             s.acceptors.iter().next().map(|(p, c)| procs::Owner {
