@@ -360,7 +360,7 @@ impl Tier0 {
             .conntrack
             .iter()
             .filter(|(_, c)| c.max > 0 && c.count * 2 >= c.max)
-            .map(|(ns, c)| (*ns, c.clone()))
+            .map(|(ns, c)| (*ns, *c))
             .collect();
         v.sort_by_key(|(ns, _)| *ns);
         v
