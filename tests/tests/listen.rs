@@ -261,7 +261,7 @@ fn syn_queue_capped_by_somaxconn_raises_somaxconn_first() {
     assert!(
         fix[0].contains("docker run --sysctl net.core.somaxconn=1024")
             && fix[0].contains("--allowed-unsafe-sysctls=net.core.somaxconn")
-            && !fix[0].contains("/etc/sysctl.d"),
+            && !fix[0].contains("> /etc/sysctl.d"),
         "{fix:?}"
     );
     assert!(
