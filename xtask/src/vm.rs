@@ -167,8 +167,10 @@ impl MatrixRow {
         };
         let mut current = None;
         for line in console {
+            // The console's first line after boot carries the firmware's escape sequences.
+            let marked = |mark: &str| line.find(mark).map(|i| line[i + mark.len()..].trim());
             let line = line.trim();
-            if let Some(json) = line.strip_prefix(CHECK_MARK) {
+            if let Some(json) = marked(CHECK_MARK) {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
                     continue;
                 };
@@ -188,15 +190,16 @@ impl MatrixRow {
                         )
                     })
                     .collect();
+                // "available (not needed)", "unavailable: CONFIG_KPROBES unset …" → one word.
                 let short = |x: &serde_json::Value| {
                     x.as_str()
-                        .map(|s| s.split([' ', '(']).next().unwrap_or(s).to_string())
+                        .map(|s| s.split([' ', '(', ':']).next().unwrap_or(s).to_string())
                         .or_else(|| x.as_bool().map(|b| if b { "yes" } else { "no" }.into()))
                         .unwrap_or_else(|| "?".into())
                 };
                 row.kprobes = short(&v["kprobes"]);
                 row.fentry = short(&v["fentry"]);
-            } else if let Some(name) = line.strip_prefix(TEST_MARK) {
+            } else if let Some(name) = marked(TEST_MARK) {
                 current = Some(name.trim().to_string());
             } else if let (Some(name), Some(rest)) = (&current, line.strip_prefix("test result: "))
             {
@@ -708,7 +711,7 @@ mod tests {
     fn matrix_row_reads_the_markers() {
         let console: Vec<String> = [
             "vm| noise",
-            r#"TCPQ_CHECK_JSON={"kernel":"6.1.0-57-amd64","kprobes":"available (not needed)","fentry":"available","hooks":[{"program":"a","state":"attached","detail":"x"},{"program":"b","state":"unavailable","detail":"refused: why"}]}"#,
+            r#"Booting from ROM..\x1b[2JTCPQ_CHECK_JSON={"kernel":"6.1.0-57-amd64","kprobes":"available (not needed)","fentry":"available","hooks":[{"program":"a","state":"attached","detail":"x"},{"program":"b","state":"unavailable","detail":"refused: why"}]}"#,
             "TCPQ_TESTS=listen",
             "running 13 tests",
             "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 80.1s",
@@ -722,6 +725,15 @@ mod tests {
         assert_eq!(row.attached, (1, 2));
         assert_eq!(row.refused, ["b: refused: why"]);
         assert_eq!(row.kprobes, "available");
+        let host = MatrixRow::from_console(
+            "6.18",
+            0,
+            &[r#"TCPQ_CHECK_JSON={"kprobes":"unavailable: CONFIG_KPROBES unset","fentry":"refused: EPERM","hooks":[]}"#.to_string()],
+        );
+        assert_eq!(
+            (host.kprobes.as_str(), host.fentry.as_str()),
+            ("unavailable", "refused")
+        );
         assert_eq!(
             row.tests,
             [("listen".to_string(), 13, 0), ("connect".to_string(), 7, 2)]
