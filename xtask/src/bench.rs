@@ -271,11 +271,8 @@ struct Pair {
     tcpq: Stopped,
     /// Busy CPU of the machine per request without tcpq, ns.
     base_busy_per_req_ns: f64,
-    /// tcpq's programs' run time per request, ns, and their runs per request.
-    programs_per_req_ns: f64,
-    runs_per_req: f64,
-    /// tcpq's own process CPU per request, ns.
-    process_per_req_ns: f64,
+    /// tcpq's programs and process per request.
+    cost: Accounted,
 }
 
 /// wrk alone: (requests/s, busy CPU ns per request).
@@ -294,25 +291,19 @@ fn pair(args: &[&str], secs: u64, tcpq_first: bool) -> Result<Pair> {
     };
     let running = start_tcpq(args, &[("TCPQ_BPF_STATS", "1")], true)?;
     thread::sleep(Duration::from_millis(500));
-    let pid = running.child.id();
-    let (prog0, cpu0) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
-    let with = wrk_rps(secs);
-    let (prog1, cpu1) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
+    let measured = account(running.child.id(), NGINX_PORT, secs);
     let tcpq = running.stop(true)?;
-    let with = with?;
+    let (with, cost) = measured.map_err(anyhow::Error::msg)?;
     let (base, base_busy_per_req_ns) = match base_first {
         Some(b) => b,
         None => base_run(secs)?,
     };
-    let requests = (with * secs as f64).max(1.0);
     Ok(Pair {
         base,
         with,
         tcpq,
         base_busy_per_req_ns,
-        programs_per_req_ns: (prog1.0 - prog0.0) / requests,
-        runs_per_req: (prog1.1 - prog0.1) / requests,
-        process_per_req_ns: (cpu1 - cpu0) / requests,
+        cost,
     })
 }
 
@@ -611,32 +602,29 @@ fn big_tables_both(quick: bool) -> Result<(BigTables, BigConntrack)> {
     Ok((big, big_conntrack(entries, secs)?))
 }
 
-/// Global `net.netfilter.nf_conntrack_max` (read-only outside the initial namespace) raised for
-/// the big conntrack table; the previous value is put back on drop, also on a panic.
-struct ConntrackMax {
+/// A global sysctl set for as long as this lives (the bench's own runs: tcpq never sets one);
+/// the previous value is put back on drop, also on a panic.
+struct GlobalSysctl {
+    path: &'static str,
     previous: String,
 }
 
+/// bpftrace has no BPF_ENABLE_STATS fd of its own: its programs are counted with this on.
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Global (read-only outside the initial namespace): raised for the big conntrack table.
 const CT_MAX_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
-impl ConntrackMax {
-    fn raise_to(max: u64) -> Result<Self> {
-        // A module on most kernels, built in on some: either way its sysctl must exist.
-        let _ = Command::new("modprobe")
-            .arg("nf_conntrack")
-            .stderr(Stdio::null())
-            .status();
-        let previous = std::fs::read_to_string(CT_MAX_SYSCTL)
-            .with_context(|| format!("read {CT_MAX_SYSCTL} (is nf_conntrack loaded?)"))?;
-        std::fs::write(CT_MAX_SYSCTL, max.to_string())
-            .with_context(|| format!("raise {CT_MAX_SYSCTL} to {max}"))?;
-        Ok(Self { previous })
+impl GlobalSysctl {
+    fn set(path: &'static str, value: &str) -> Result<Self, String> {
+        let previous = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+        std::fs::write(path, value).map_err(|e| format!("set {path} to {value}: {e}"))?;
+        Ok(Self { path, previous })
     }
 }
 
-impl Drop for ConntrackMax {
+impl Drop for GlobalSysctl {
     fn drop(&mut self) {
-        let _ = std::fs::write(CT_MAX_SYSCTL, self.previous.trim());
+        let _ = std::fs::write(self.path, self.previous.trim());
     }
 }
 
@@ -670,7 +658,13 @@ struct BigConntrack {
 }
 
 fn big_conntrack(entries: u64, secs: u64) -> Result<BigConntrack> {
-    let _max = ConntrackMax::raise_to(entries + entries / 4 + 65536)?;
+    // A module on most kernels, built in on some: either way its sysctl must exist.
+    let _ = Command::new("modprobe")
+        .arg("nf_conntrack")
+        .stderr(Stdio::null())
+        .status();
+    let _max = GlobalSysctl::set(CT_MAX_SYSCTL, &(entries + entries / 4 + 65536).to_string())
+        .map_err(anyhow::Error::msg)?;
     fresh_big_ns()?;
     let result = (|| -> Result<BigConntrack> {
         in_big_ns(
@@ -775,30 +769,6 @@ impl Bpftrace {
     }
 }
 
-/// `kernel.bpf_stats_enabled` on for as long as this lives (bpftrace has no BPF_ENABLE_STATS fd
-/// of its own); the previous value is put back on drop, also on a panic.
-struct GlobalBpfStats {
-    previous: String,
-}
-
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl GlobalBpfStats {
-    fn enable() -> Result<Self, String> {
-        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
-            .map_err(|e| format!("read {BPF_STATS_SYSCTL}: {e}"))?;
-        std::fs::write(BPF_STATS_SYSCTL, "1")
-            .map_err(|e| format!("enable {BPF_STATS_SYSCTL}: {e}"))?;
-        Ok(Self { previous })
-    }
-}
-
-impl Drop for GlobalBpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
-    }
-}
-
 /// One tool's accounted cost over a wrk run, per request: its programs' run time
 /// (BPF_ENABLE_STATS, from the fds the process holds), their runs, and its process CPU.
 #[derive(Clone, Copy, Default)]
@@ -817,16 +787,20 @@ impl Accounted {
 }
 
 /// Samples `pid`'s programs and CPU around a wrk run at `port`.
-fn account(pid: u32, port: u16, secs: u64) -> Result<Accounted, String> {
+/// Requests/s, and what the tool cost per request.
+fn account(pid: u32, port: u16, secs: u64) -> Result<(f64, Accounted), String> {
     let (prog0, cpu0) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
     let rps = wrk_rps_at(port, secs).map_err(|e| e.to_string())?;
     let (prog1, cpu1) = (programs_run_ns(pid), cpu_ns(pid).unwrap_or(0.0));
     let requests = (rps * secs as f64).max(1.0);
-    Ok(Accounted {
-        programs_ns: (prog1.0 - prog0.0) / requests,
-        runs: (prog1.1 - prog0.1) / requests,
-        process_ns: (cpu1 - cpu0) / requests,
-    })
+    Ok((
+        rps,
+        Accounted {
+            programs_ns: (prog1.0 - prog0.0) / requests,
+            runs: (prog1.1 - prog0.1) / requests,
+            process_ns: (cpu1 - cpu0) / requests,
+        },
+    ))
 }
 
 /// A load under which tier 2 traces, and how tcpq is run for it.
@@ -877,7 +851,7 @@ fn armed_comparison(scenario: Scenario, secs: u64, pairs: usize) -> Result<Armed
         // One second of the load first: the incident arms tier 2 within it, and the
         // measured run is the armed steady state.
         wrk_rps_at(scenario.port, 1)?;
-        let measured = account(running.child.id(), scenario.port, secs);
+        let measured = account(running.child.id(), scenario.port, secs).map(|(_, a)| a);
         let out = running.stop(true)?;
         let fs = frames(&out.stdout);
         frames_seen += fs.len();
@@ -893,10 +867,10 @@ fn armed_comparison(scenario: Scenario, secs: u64, pairs: usize) -> Result<Armed
         if bt_err.is_some() {
             continue;
         }
-        let measured = GlobalBpfStats::enable().and_then(|_stats| {
+        let measured = GlobalSysctl::set(BPF_STATS_SYSCTL, "1").and_then(|_stats| {
             let tool = Bpftrace::start()?;
             let _ = wrk_rps_at(scenario.port, 1);
-            let measured = account(tool.child.id(), scenario.port, secs);
+            let measured = account(tool.child.id(), scenario.port, secs).map(|(_, a)| a);
             tool.stop();
             measured
         });
@@ -1341,9 +1315,9 @@ pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
             .collect(),
     );
     let busy_per_req = median(all.iter().map(|p| p.base_busy_per_req_ns).collect());
-    let prog_per_req = median(all.iter().map(|p| p.programs_per_req_ns).collect());
-    let proc_per_req = median(all.iter().map(|p| p.process_per_req_ns).collect());
-    let runs_per_req = median(all.iter().map(|p| p.runs_per_req).collect());
+    let prog_per_req = median(all.iter().map(|p| p.cost.programs_ns).collect());
+    let proc_per_req = median(all.iter().map(|p| p.cost.process_ns).collect());
+    let runs_per_req = median(all.iter().map(|p| p.cost.runs).collect());
     let accounted = prog_per_req + proc_per_req;
     let accounted_share = if busy_per_req > 0.0 {
         accounted / busy_per_req

@@ -500,22 +500,28 @@ fn build_initramfs(guest: &Guest, script: &str) -> Result<PathBuf> {
             .trim_end_matches(".zst")
             .to_string();
         let dst = tree.join("modules").join(&plain);
-        if file.ends_with(".xz") {
-            let out = Command::new("xz")
-                .args(["-dc"])
-                .arg(&src)
-                .output()
-                .context("xz -dc")?;
-            std::fs::write(&dst, out.stdout)?;
+        let decompress = if file.ends_with(".xz") {
+            Some("xz")
         } else if file.ends_with(".zst") {
-            let out = Command::new("zstd")
-                .args(["-dc"])
-                .arg(&src)
-                .output()
-                .context("zstd -dc")?;
-            std::fs::write(&dst, out.stdout)?;
+            Some("zstd")
         } else {
-            std::fs::copy(&src, &dst)?;
+            None
+        };
+        match decompress {
+            Some(tool) => {
+                let out = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&src)
+                    .output()
+                    .with_context(|| format!("{tool} -dc {}", src.display()))?;
+                if !out.status.success() {
+                    bail!("{tool} -dc {} failed: install {tool}", src.display());
+                }
+                std::fs::write(&dst, out.stdout)?;
+            }
+            None => {
+                std::fs::copy(&src, &dst)?;
+            }
         }
         names.push(plain);
     }

@@ -128,8 +128,8 @@ struct CachedConsumers {
 /// one interval read the same dump). A bound on what the entries cost: a namespace is read
 /// again only after 20× what its last dump took (at least 1 s, at most 60 s): ≤ 5 % of one CPU
 /// however big the table.
-static LIVE_CONSUMERS: std::sync::Mutex<Option<HashMap<u32, CachedConsumers>>> =
-    std::sync::Mutex::new(None);
+static LIVE_CONSUMERS: std::sync::LazyLock<std::sync::Mutex<HashMap<u32, CachedConsumers>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The time before a namespace's entries are read again, from what the last read cost.
 fn reuse_for(cost: Duration) -> Duration {
@@ -139,8 +139,7 @@ fn reuse_for(cost: Duration) -> Duration {
 /// Top consumers of `ns`'s table for the live modes (`snap`: its counters, read just now).
 pub fn live_consumers(ns: u32, snap: &CtSnapshot) -> LiveConsumers {
     let now = Instant::now();
-    let mut guard = LIVE_CONSUMERS.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = guard.get_or_insert_with(HashMap::new);
+    let mut cache = LIVE_CONSUMERS.lock().unwrap_or_else(|e| e.into_inner());
     // Namespaces gone or quiet for long are let go.
     cache.retain(|_, c| now.saturating_duration_since(c.at) < Duration::from_secs(300));
     if let Some(c) = cache.get(&ns)
@@ -182,9 +181,12 @@ fn sample_entries_here(limit: usize) -> (Vec<crate::conntrack::CtEntry>, bool) {
         return (Vec::new(), false);
     };
     let mut lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
-    let text: Vec<String> = lines.by_ref().take(limit).collect();
-    let more = lines.next().is_some();
-    (parse_entries(&text.join("\n")), more)
+    let entries = lines
+        .by_ref()
+        .take(limit)
+        .filter_map(|l| crate::conntrack::parse_entry(&l))
+        .collect();
+    (entries, lines.next().is_some())
 }
 
 fn evidence(

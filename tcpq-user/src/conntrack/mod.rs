@@ -126,7 +126,7 @@ pub fn parse_entries(text: &str) -> Vec<CtEntry> {
     text.lines().filter_map(parse_entry).collect()
 }
 
-fn parse_entry(line: &str) -> Option<CtEntry> {
+pub fn parse_entry(line: &str) -> Option<CtEntry> {
     let f: Vec<&str> = line.split_whitespace().collect();
     // ipv4 2 tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… …
     let proto = f.get(2)?.to_string();
