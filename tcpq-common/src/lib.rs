@@ -47,6 +47,8 @@ pub mod names {
     pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
     pub const IN_ACCEPT: &str = "IN_ACCEPT";
     pub const ACCEPT_LOST: &str = "ACCEPT_LOST";
+    pub const ACCEPT_TOTALS: &str = "ACCEPT_TOTALS";
+    pub const ENQUEUE_SINCE: &str = "ENQUEUE_SINCE";
     pub const PROG_ACCEPT_ENQUEUE: &str = "accept_enqueue";
     pub const PROG_ACCEPT_ENTER4: &str = "accept_enter4";
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
@@ -242,15 +244,136 @@ pub struct AcceptEvent {
 
 const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 88);
 
-/// A thread inside accept()/accept4() (`IN_ACCEPT`, keyed by pid_tgid): blocked there long
-/// means an idle acceptor.
+/// A thread inside accept()/accept4(): `IN_ACCEPT` is an array with one slot per thread id
+/// modulo `IN_ACCEPT_SLOTS` (`thread_slot`), not a hash map: entering writes a slot, leaving
+/// clears its `pid_tgid` — no allocation, bucket lock or delete per call. A slot whose
+/// `pid_tgid` is not the caller's belongs to another thread (ids that collide): the listening fd
+/// is then unknown for that call, nothing else. Blocked there long means an idle acceptor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InAccept {
+    /// The thread inside accept() now (0: none).
+    pub pid_tgid: u64,
     pub ts_ns: u64,
     pub fd: u32,
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<InAccept>() == 24);
+
+/// Slots of `IN_ACCEPT` (a power of two: thread ids are handed out in sequence, so threads
+/// alive together rarely share a slot).
+pub const IN_ACCEPT_SLOTS: u32 = 1 << 16;
+
+/// The `IN_ACCEPT` slot of thread `tid`.
+#[inline(always)]
+pub const fn thread_slot(tid: u32) -> u32 {
+    tid & (IN_ACCEPT_SLOTS - 1)
+}
+
+/// When a child socket entered its listener's accept queue: `ENQUEUED` is an array indexed by
+/// `socket_slot(sk)`, written when the child becomes ESTABLISHED and read when accept()
+/// returns it (a store and a load: no hash insert per connection, no lookup at every close). A
+/// slot holding another socket (two queued children that collide, or a slot taken over) leaves
+/// that accept's wait unknown; a slot written before the family was armed last is ignored
+/// (`ENQUEUE_SINCE`), so a reused socket address cannot find a stale time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    pub sk: u64,
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Enqueued>() == 16);
+
+/// log2 of the `ENQUEUED` slots (4 MiB: what the LRU hash it replaces held for 64k sockets).
+pub const ENQUEUED_SLOT_BITS: u32 = 18;
+
+/// The `ENQUEUED` slot of socket address `sk` (Fibonacci hashing: socket addresses are
+/// slab-aligned, their low bits are all alike).
+#[inline(always)]
+pub const fn socket_slot(sk: u64) -> u32 {
+    (sk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ENQUEUED_SLOT_BITS)) as u32
+}
+
+/// Buckets of an accept-wait histogram (`AcceptTotals::buckets`): `wait_bucket`.
+pub const WAIT_BUCKETS: usize = 104;
+
+/// The histogram bucket of a wait of `us` microseconds: exact below 4 µs, then four buckets
+/// per power of two (each at most 25 % wide), the last one open-ended (from ~58 s).
+#[inline(always)]
+pub const fn wait_bucket(us: u64) -> usize {
+    if us < 4 {
+        return us as usize;
+    }
+    let log2 = 63 - us.leading_zeros();
+    let idx = 4 * (log2 as usize - 1) + ((us >> (log2 - 2)) & 3) as usize;
+    if idx < WAIT_BUCKETS {
+        idx
+    } else {
+        WAIT_BUCKETS - 1
+    }
+}
+
+/// The least wait (µs) that falls in bucket `idx`.
+pub const fn wait_bucket_floor(idx: usize) -> u64 {
+    if idx < 4 {
+        return idx as u64;
+    }
+    let log2 = idx / 4 + 1;
+    ((4 + (idx % 4)) as u64) << (log2 - 2)
+}
+
+/// Accepts of the live commands, counted in the kernel per (listener, accepting process)
+/// instead of one ring record each (`ACCEPT_TOTALS`; the ACCEPT_AGGREGATE knob): `top`,
+/// `export` and `diagnose` show rates and wait quantiles, not each connection. Failures
+/// still come as records (`AcceptEvent`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AcceptKey {
+    pub netns: u32,
+    pub tgid: u32,
+    pub family: u16,
+    pub lport: u16,
+    /// The CPU that counted: each CPU adds to its own entry (the eBPF target has no atomic
+    /// add in Rust), userspace sums them.
+    pub cpu: u32,
+    pub laddr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<AcceptKey>() == 32);
+
+/// Running totals of one `AcceptKey` (they only grow: userspace takes differences).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptTotals {
+    pub accepts: u64,
+    /// Accepts whose queue wait is unknown (queued before tcpq looked, or a slot collision).
+    pub unknown_wait: u64,
+    /// Accepts that waited at least `SLOW_WAIT_US` (exact; the buckets are coarser).
+    pub slow: u64,
+    pub _pad: u64,
+    /// Waits by `wait_bucket` (µs).
+    pub buckets: [u64; WAIT_BUCKETS],
+}
+
+const _: () = assert!(core::mem::size_of::<AcceptTotals>() == 32 + 8 * WAIT_BUCKETS);
+
+impl Default for AcceptTotals {
+    fn default() -> Self {
+        Self {
+            accepts: 0,
+            unknown_wait: 0,
+            slow: 0,
+            _pad: 0,
+            buckets: [0; WAIT_BUCKETS],
+        }
+    }
+}
+
+/// A wait this long (100 ms) is one the application made a client suffer (`app_not_accepting`'s
+/// impact).
+pub const SLOW_WAIT_US: u64 = 100_000;
 
 /// Bits of the STATE_HOOKS knob: the families `sock_state` (the one program on
 /// `sock:inet_sock_set_state`) serves.
@@ -407,4 +530,10 @@ mod pod {
     unsafe impl aya::Pod for super::AcceptEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InAccept {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Enqueued {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AcceptKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AcceptTotals {}
 }

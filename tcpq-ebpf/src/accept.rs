@@ -1,12 +1,17 @@
 //! Accept side: how long each connection waited in the accept queue (child ESTABLISHED →
 //! accept() returning it), accept() failures by errno, and which threads sit in accept().
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use tcpq_common::{AcceptEvent, InAccept, accept as a};
+use tcpq_common::{
+    AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued, IN_ACCEPT_SLOTS,
+    InAccept, SLOW_WAIT_US, accept as a, socket_slot, thread_slot, wait_bucket,
+};
 
 use crate::{
     listen::fd_to_sk,
@@ -16,7 +21,6 @@ use crate::{
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
 const EAGAIN: i64 = 11;
 const EINTR: i64 = 4;
 const ERESTARTSYS: i64 = 512;
@@ -24,32 +28,70 @@ const ERESTARTSYS: i64 = 512;
 #[map]
 static ACCEPT_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
-/// Slot 0: accept records that did not fit in the ring buffer.
+/// Slot 0: accept records that did not fit in the ring buffer; slot 1: accepts not counted
+/// because ACCEPT_TOTALS was full.
 #[map]
-static ACCEPT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static ACCEPT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
-/// When each child socket was queued (by socket pointer); removed when accepted or closed.
+/// When each child socket was queued, by `socket_slot` (see `tcpq_common::Enqueued`).
 #[map]
-static ENQUEUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+static ENQUEUED: Array<Enqueued> = Array::with_max_entries(1 << ENQUEUED_SLOT_BITS, 0);
 
-/// Threads inside accept(); userspace reads it for idle acceptors.
+/// Slot 0: when userspace last armed the accept family (bpf_ktime_get_ns clock); queue times
+/// older than that were written before a gap in which children went unrecorded.
 #[map]
-static IN_ACCEPT: HashMap<u64, InAccept> = HashMap::with_max_entries(16384, 0);
+static ENQUEUE_SINCE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Threads inside accept(), by `thread_slot`; userspace reads it for idle acceptors.
+#[map]
+static IN_ACCEPT: Array<InAccept> = Array::with_max_entries(IN_ACCEPT_SLOTS, 0);
+
+/// Accepts per (listener, process) while ACCEPT_AGGREGATE is set.
+#[map]
+static ACCEPT_TOTALS: HashMap<AcceptKey, AcceptTotals> = HashMap::with_max_entries(4096, 0);
+
+/// Never written: the zeroes a new ACCEPT_TOTALS entry starts from (the value is too big for
+/// the stack).
+#[map]
+static ZERO_TOTALS: Array<AcceptTotals> = Array::with_max_entries(1, 0);
 
 /// `sock:inet_sock_set_state` (via `state::sock_state`): a child going SYN_RECV → ESTABLISHED
 /// is now in the accept queue (tcp_child_process() right after inet_csk_reqsk_queue_add()).
+/// Nothing happens at close: a slot left behind is overwritten by the next child that maps to
+/// it, and is only ever matched by its own socket address.
 // A BPF-to-BPF call, not inlined: each family's frame stays its own (the stack limit is
 // 512 bytes per call chain, and the four inlined together exceed it).
 #[inline(never)]
 pub fn on_state(sk: u64, old: i32, new: i32) {
-    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+    if old == TCP_SYN_RECV
+        && new == TCP_ESTABLISHED
+        && let Some(slot) = ENQUEUED.get_ptr_mut(socket_slot(sk))
+    {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let _ = ENQUEUED.insert(sk, now, 0);
-    } else if new == TCP_CLOSE && ENQUEUED.get_ptr(sk).is_some() {
-        // Closed before accept() took it. Look before removing: most closing sockets were never
-        // queued (clients, accepted children) and a lookup takes no bucket lock.
-        let _ = ENQUEUED.remove(sk);
+        // SAFETY: an array slot; a racing writer of the same slot is another socket's, which
+        // this socket's accept then does not match (its wait is unknown).
+        unsafe {
+            (*slot).sk = sk;
+            (*slot).ts_ns = now;
+        }
+    }
+}
+
+/// How long `child` waited in the accept queue (0: unknown); its slot is released.
+#[inline(always)]
+fn queue_wait(child: u64, now: u64) -> u64 {
+    let since = ENQUEUE_SINCE.get(0).copied().unwrap_or(0);
+    let Some(slot) = ENQUEUED.get_ptr_mut(socket_slot(child)) else {
+        return 0;
+    };
+    // SAFETY: an array slot, read and released at once.
+    unsafe {
+        if (*slot).sk != child || (*slot).ts_ns < since {
+            return 0;
+        }
+        (*slot).sk = 0;
+        now.saturating_sub((*slot).ts_ns).max(1)
     }
 }
 
@@ -59,13 +101,17 @@ fn enter(ctx: &TracePointContext) {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(TP_ACCEPT_FD.load() as usize) }) else {
         return;
     };
-    let v = InAccept {
-        // SAFETY: no arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        fd: fd as u32,
-        _pad: 0,
-    };
-    let _ = IN_ACCEPT.insert(bpf_get_current_pid_tgid(), v, 0);
+    let id = bpf_get_current_pid_tgid();
+    if let Some(slot) = IN_ACCEPT.get_ptr_mut(thread_slot(id as u32)) {
+        // SAFETY: an array slot; another thread sharing it (ids that collide) overwrites it
+        // and this one's exit then finds someone else's id (its listening fd unknown).
+        unsafe {
+            (*slot).pid_tgid = id;
+            // SAFETY: no arguments.
+            (*slot).ts_ns = bpf_ktime_get_ns();
+            (*slot).fd = fd as u32;
+        }
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
@@ -81,16 +127,81 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
+fn count_lost(slot: u32) {
+    if let Some(p) = ACCEPT_LOST.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// One accept of `child` by process `tgid`, added to its (listener, process) totals.
+#[inline(always)]
+fn tally(child: u64, tgid: u32) {
+    let mut key = AcceptKey {
+        netns: sk_netns(child),
+        tgid,
+        family: kread(child, OFF_SK_FAMILY.load()),
+        lport: kread(child, OFF_SK_NUM.load()),
+        // SAFETY: no arguments.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ..AcceptKey::default()
+    };
+    if key.family == 10 {
+        key.laddr = kread_addr16(child, OFF_SK_V6_RCV_SADDR.load());
+    } else {
+        let l: [u8; 4] = kread(child, OFF_SK_RCV_SADDR.load());
+        key.laddr[..4].copy_from_slice(&l);
+    }
+    // SAFETY: no arguments.
+    let wait_ns = queue_wait(child, unsafe { bpf_ktime_get_ns() });
+    let totals = match ACCEPT_TOTALS.get_ptr_mut(&key) {
+        Some(t) => t,
+        None => {
+            let Some(zero) = ZERO_TOTALS.get(0) else {
+                return;
+            };
+            // BPF_NOEXIST: another CPU may have added it meanwhile; the lookup below finds it.
+            let _ = ACCEPT_TOTALS.insert(&key, zero, 1);
+            match ACCEPT_TOTALS.get_ptr_mut(&key) {
+                Some(t) => t,
+                None => return count_lost(1), // the table is full
+            }
+        }
+    };
+    // SAFETY: `totals` points at the map value of this CPU's key: no other CPU writes it.
+    unsafe {
+        (*totals).accepts += 1;
+        if wait_ns == 0 {
+            (*totals).unknown_wait += 1;
+            return;
+        }
+        let us = wait_ns / 1000;
+        if us >= SLOW_WAIT_US {
+            (*totals).slow += 1;
+        }
+        // The compiler knows the bucket is in range and drops the check; the verifier cannot
+        // follow leading_zeros(): hide the value so that the bound is tested where it can see it.
+        let bucket = core::hint::black_box(wait_bucket(us));
+        if let Some(b) = (*totals).buckets.get_mut(bucket) {
+            *b += 1;
+        }
+    }
+}
+
+#[inline(always)]
 fn exit(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    // A thread already blocked in accept() when tcpq started has no entry: its connection is
+    // A thread already blocked in accept() when tcpq started has no slot: its connection is
     // still reported (listener from the child), only failures need the listening fd.
-    let start = IN_ACCEPT.get_ptr(id).map(|p| {
-        // SAFETY: map value pointer, copied before removal.
-        unsafe { *p }
-    });
-    if start.is_some() {
-        let _ = IN_ACCEPT.remove(id);
+    let mut listen_fd = u32::MAX;
+    if let Some(slot) = IN_ACCEPT.get_ptr_mut(thread_slot(id as u32)) {
+        // SAFETY: an array slot, read and released at once.
+        unsafe {
+            if (*slot).pid_tgid == id {
+                listen_fd = (*slot).fd;
+                (*slot).pid_tgid = 0;
+            }
+        }
     }
     // SAFETY: offset from the tracepoint's format file; `ret` is a long.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(TP_ACCEPT_RET.load() as usize) }) else {
@@ -99,6 +210,13 @@ fn exit(ctx: &TracePointContext) {
     if ret == -EAGAIN || ret == -EINTR || ret == -ERESTARTSYS {
         return; // nothing to accept (non-blocking) or interrupted: not a failure
     }
+    if ret >= 0 && ACCEPT_AGGREGATE.load() != 0 {
+        let child = fd_to_sk(ret as u64);
+        if child != 0 {
+            tally(child, (id >> 32) as u32);
+        }
+        return;
+    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut ev = AcceptEvent {
@@ -106,15 +224,17 @@ fn exit(ctx: &TracePointContext) {
         ts_ns: now,
         tgid: (id >> 32) as u32,
         result: ret as i32,
-        listen_fd: start.map(|s| s.fd).unwrap_or(u32::MAX),
+        listen_fd,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         ..AcceptEvent::default()
     };
     // The local side: the listener's (failures) or the child's, which shares its address/port.
     let local = if ret >= 0 {
         fd_to_sk(ret as u64)
+    } else if listen_fd != u32::MAX {
+        fd_to_sk(listen_fd as u64)
     } else {
-        start.map(|s| fd_to_sk(s.fd as u64)).unwrap_or(0)
+        0
     };
     if local == 0 {
         return;
@@ -130,11 +250,7 @@ fn exit(ctx: &TracePointContext) {
     }
     if ret >= 0 {
         let child = local;
-        if let Some(t) = ENQUEUED.get_ptr(child) {
-            // SAFETY: map value pointer, read at once.
-            ev.wait_ns = now.saturating_sub(unsafe { *t });
-            let _ = ENQUEUED.remove(child);
-        }
+        ev.wait_ns = queue_wait(child, now);
         let dport: u16 = kread(child, OFF_SK_DPORT.load());
         ev.rport = u16::from_be(dport);
         if ev.family == 10 {
@@ -149,12 +265,7 @@ fn exit(ctx: &TracePointContext) {
             entry.write(ev);
             entry.submit(0);
         }
-        None => {
-            if let Some(p) = ACCEPT_LOST.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot.
-                unsafe { *p += 1 };
-            }
-        }
+        None => count_lost(0),
     }
 }
 

@@ -99,4 +99,7 @@ offsets!(
     STATE_HOOKS,
     // Which families `state::skb_kfree` serves (tcpq_common::kfree_hooks bits).
     KFREE_HOOKS,
+    // 1: accepts are counted per listener and process in ACCEPT_TOTALS (the live commands);
+    // 0: one ACCEPT_EVENTS record each (`trace accept`). Failures are records either way.
+    ACCEPT_AGGREGATE,
 );

@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use hdrhistogram::Histogram;
-use tcpq_common::{AcceptEvent, accept as a};
+use tcpq_common::{
+    AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, accept as a, wait_bucket_floor,
+};
 
 use crate::{
     connect::errno_name,
@@ -59,6 +61,9 @@ pub fn decode_accept(bytes: &[u8]) -> Result<Accepted, DecodeError> {
 #[derive(Debug, Clone)]
 pub struct AcceptStats {
     pub accepts: u64,
+    /// Accepts that waited at least `SLOW_WAIT_NS` (exact, also when the waits come as the
+    /// kernel's histogram buckets).
+    pub slow: u64,
     pub wait_ns: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
     pub acceptors: BTreeMap<u32, String>,
@@ -68,6 +73,7 @@ impl Default for AcceptStats {
     fn default() -> Self {
         Self {
             accepts: 0,
+            slow: 0,
             wait_ns: crate::connect::model::histogram(),
             errors: BTreeMap::new(),
             acceptors: BTreeMap::new(),
@@ -86,6 +92,7 @@ impl AcceptStats {
             Ok(wait) => {
                 self.accepts += 1;
                 if let Some(w) = wait {
+                    self.slow += (w >= SLOW_WAIT_NS) as u64;
                     let _ = self.wait_ns.record(w.clamp(1_000, 3_600_000_000_000));
                 }
             }
@@ -93,12 +100,34 @@ impl AcceptStats {
         }
     }
 
-    /// Accepts that waited at least `ns`.
-    pub fn waited_at_least(&self, ns: u64) -> u64 {
-        if self.wait_ns.is_empty() {
+    /// What the kernel counted for process `tgid` (`comm`) on this listener between two
+    /// readings of its running totals (`ACCEPT_TOTALS`); each wait bucket is recorded at its
+    /// middle. Returns the accepts added.
+    pub fn add_totals(
+        &mut self,
+        tgid: u32,
+        comm: impl FnOnce() -> String,
+        before: &AcceptTotals,
+        now: &AcceptTotals,
+    ) -> u64 {
+        let accepts = now.accepts.wrapping_sub(before.accepts);
+        if accepts == 0 {
             return 0;
         }
-        self.wait_ns.count_between(ns, self.wait_ns.max().max(ns))
+        if self.acceptors.len() < 1024 {
+            self.acceptors.entry(tgid).or_insert_with(comm);
+        }
+        self.accepts += accepts;
+        self.slow += now.slow.wrapping_sub(before.slow);
+        for (i, (n, b)) in now.buckets.iter().zip(before.buckets.iter()).enumerate() {
+            let d = n.wrapping_sub(*b);
+            if d > 0 {
+                let _ = self
+                    .wait_ns
+                    .record_n(bucket_middle_ns(i).clamp(1_000, 3_600_000_000_000), d);
+            }
+        }
+        accepts
     }
 
     pub fn wait_quantiles(&self) -> Option<(u64, u64, u64)> {
@@ -136,7 +165,18 @@ pub struct AcceptEvidence {
 }
 
 /// A wait that users feel: 100 ms in the accept queue.
-pub const SLOW_WAIT_NS: u64 = 100_000_000;
+pub const SLOW_WAIT_NS: u64 = SLOW_WAIT_US * 1000;
+
+/// The middle of wait bucket `idx` (`tcpq_common::wait_bucket`), in ns; the last, open-ended
+/// bucket is taken at its floor.
+pub fn bucket_middle_ns(idx: usize) -> u64 {
+    let low = wait_bucket_floor(idx);
+    if idx + 1 >= WAIT_BUCKETS {
+        return low * 1000;
+    }
+    let high = wait_bucket_floor(idx + 1);
+    (low + high) * 500
+}
 
 /// A listener's accept queue over an interval, from tier 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -283,6 +323,21 @@ mod tests {
         }
     }
 
+    fn accepted() -> Accepted {
+        Accepted {
+            ts_ns: 0,
+            netns: 1,
+            tgid: 42,
+            comm: "nginx".into(),
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 80,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 40000,
+            listen_fd: 6,
+            result: Ok(None),
+        }
+    }
+
     #[test]
     fn enfile_names_the_system_wide_limit() {
         let e = AcceptEvidence {
@@ -353,7 +408,7 @@ mod tests {
             idle_acceptors: Some(0),
             nofile: Some((9, 16)),
             app: App::PhpFpm,
-            slow: s.waited_at_least(SLOW_WAIT_NS),
+            slow: s.slow,
             pressure: None,
         };
         let f = diagnose_accept(&e);
@@ -439,12 +494,63 @@ mod tests {
     }
 
     #[test]
-    fn waited_at_least_counts_the_tail() {
+    fn slow_accepts_are_counted_exactly() {
         let mut s = AcceptStats::default();
-        for ms in [1u64, 50, 120, 300] {
-            s.wait_ns.record(ms * 1_000_000).unwrap();
+        for ms in [1u64, 50, 100, 120, 300] {
+            s.record(&Accepted {
+                result: Ok(Some(ms * 1_000_000)),
+                ..accepted()
+            });
         }
-        assert_eq!(s.waited_at_least(SLOW_WAIT_NS), 2);
-        assert_eq!(AcceptStats::default().waited_at_least(SLOW_WAIT_NS), 0);
+        s.record(&Accepted {
+            result: Ok(None),
+            ..accepted()
+        });
+        assert_eq!((s.accepts, s.slow), (6, 3));
+    }
+
+    #[test]
+    fn wait_buckets_are_ordered_and_at_most_a_quarter_wide() {
+        use tcpq_common::{WAIT_BUCKETS, wait_bucket, wait_bucket_floor};
+        for us in [0u64, 1, 3, 4, 5, 7, 8, 9, 15, 16, 99_999, 100_000, 1 << 20] {
+            let b = wait_bucket(us);
+            assert!(wait_bucket_floor(b) <= us, "{us} in {b}");
+            assert!(us < wait_bucket_floor(b + 1), "{us} in {b}");
+        }
+        for b in 0..WAIT_BUCKETS {
+            let low = wait_bucket_floor(b);
+            assert_eq!(wait_bucket(low), b, "floor of {b}");
+            if b >= 4 && b + 1 < WAIT_BUCKETS {
+                let width = wait_bucket_floor(b + 1) - low;
+                assert!(width * 4 <= low, "bucket {b}: {low} +{width}");
+            }
+        }
+        // The last bucket is open-ended.
+        assert_eq!(wait_bucket(u64::MAX), WAIT_BUCKETS - 1);
+        assert!(wait_bucket_floor(WAIT_BUCKETS - 1) > 50_000_000);
+    }
+
+    #[test]
+    fn kernel_totals_add_their_differences() {
+        let mut before = AcceptTotals {
+            accepts: u64::MAX, // differences do not care where the counters start
+            ..AcceptTotals::default()
+        };
+        before.buckets[tcpq_common::wait_bucket(250)] = 7;
+        let mut now = before;
+        now.accepts = 2; // 3 more
+        now.slow = 1;
+        now.unknown_wait = 1;
+        now.buckets[tcpq_common::wait_bucket(250)] += 1; // ~250 µs
+        now.buckets[tcpq_common::wait_bucket(150_000)] += 1; // ~150 ms
+        let mut s = AcceptStats::default();
+        assert_eq!(s.add_totals(42, || "nginx".into(), &before, &now), 3);
+        assert_eq!((s.accepts, s.slow), (3, 1));
+        assert_eq!(s.acceptors.get(&42).map(String::as_str), Some("nginx"));
+        let (p50, _, max) = s.wait_quantiles().unwrap();
+        assert!((218_000..=282_000).contains(&p50), "{p50}");
+        assert!((131_000_000..=164_000_000).contains(&max), "{max}");
+        // Nothing new: nothing added, the comm is not even looked up.
+        assert_eq!(s.add_totals(43, || unreachable!(), &now, &now), 0);
     }
 }

@@ -94,6 +94,26 @@ pub fn run(json_out: bool) -> Result<i32> {
                     if family == Family::Listen {
                         fentry = fentry_status(&mut loaded);
                     }
+                    // The live commands count accepts in the kernel (another verified program
+                    // than `trace accept`'s one record per accept): verify that one too.
+                    if family == Family::Accept {
+                        drop(loaded);
+                        let live = LoadOptions {
+                            aggregate_accepts: true,
+                            ..LoadOptions::default()
+                        };
+                        if let Err(e) = probe::load(&[family], &live) {
+                            rows.push((
+                                "unavailable".into(),
+                                format!("{} (in-kernel totals)", names::PROG_ACCEPT_EXIT4),
+                                "tracepoint syscalls:sys_exit_accept4".into(),
+                                format!(
+                                    "top, export and diagnose show no accepts: {}",
+                                    crate::one_line(&e)
+                                ),
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     let why = crate::one_line(&e);

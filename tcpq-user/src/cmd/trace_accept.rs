@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array as BpfArray, MapData};
 use serde_json::json;
 use tcpq_common::{InAccept, names};
 
@@ -37,13 +37,14 @@ pub struct TraceAcceptArgs {
 
 type ListenerId = (u32, IpAddr, u16);
 
-/// Threads blocked in accept() for more than 50 ms, per (tgid, listening fd).
-fn idle_acceptors(map: &BpfHashMap<MapData, u64, InAccept>) -> HashMap<(u32, u32), u64> {
+/// Threads blocked in accept() for more than 50 ms, per (tgid, listening fd). The map is an
+/// array of one slot per thread id (a walk of its 65,536 slots, once per summary).
+fn idle_acceptors(map: &BpfArray<MapData, InAccept>) -> HashMap<(u32, u32), u64> {
     let now = Clock::now_mono_ns();
     let mut out: HashMap<(u32, u32), u64> = HashMap::new();
-    for (k, v) in map.iter().flatten() {
-        if now.saturating_sub(v.ts_ns) > 50_000_000 {
-            *out.entry(((k >> 32) as u32, v.fd)).or_insert(0) += 1;
+    for v in map.iter().flatten() {
+        if v.pid_tgid != 0 && now.saturating_sub(v.ts_ns) > 50_000_000 {
+            *out.entry(((v.pid_tgid >> 32) as u32, v.fd)).or_insert(0) += 1;
         }
     }
     out
@@ -54,7 +55,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Accept], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
     let lost_map = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
-    let in_accept: BpfHashMap<MapData, u64, InAccept> = BpfHashMap::try_from(
+    let in_accept: BpfArray<MapData, InAccept> = BpfArray::try_from(
         loaded
             .ebpf
             .take_map(names::IN_ACCEPT)
@@ -216,7 +217,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                 idle_acceptors: idle,
                 nofile,
                 app: app_of_owners(&holders),
-                slow: s.waited_at_least(crate::accept::SLOW_WAIT_NS),
+                slow: s.slow,
                 // Not watched by tier 0 here: the wait alone decides, as before.
                 pressure: None,
             };

@@ -353,6 +353,9 @@ pub struct LoadOptions {
     /// Programs loaded and verified now but attached only by `Loaded::arm` (tier 2 of the live
     /// commands). A part of a shared program listed here is off in ARMED_PARTS until armed.
     pub standby: &'static [&'static str],
+    /// Count accepts per (listener, process) in the kernel (ACCEPT_TOTALS) instead of one ring
+    /// record each: the live commands, which show rates and quantiles, not connections.
+    pub aggregate_accepts: bool,
 }
 
 /// How to detach a program tcpq attached after load.
@@ -433,6 +436,11 @@ impl Loaded {
             .collect();
         order.sort_by_key(|&i| matches!(self.hooks[i].spec.attach, Attach::CgroupSkbIngress));
         let mut problems = Vec::new();
+        if family == Family::Accept
+            && let Err(why) = self.mark_enqueue_since()
+        {
+            problems.push(why);
+        }
         for i in order {
             let spec = self.hooks[i].spec;
             let linked = match spec.attach {
@@ -504,6 +512,20 @@ impl Loaded {
         for k in keys {
             let _ = m.remove(&k);
         }
+    }
+
+    /// Queue times recorded before now are stale from here on (children queued while the
+    /// accept family was disarmed were not recorded; their socket addresses may be reused).
+    fn mark_enqueue_since(&mut self) -> Result<(), String> {
+        let map = self
+            .ebpf
+            .map_mut(names::ENQUEUE_SINCE)
+            .ok_or_else(|| format!("kernel object has no map {}", names::ENQUEUE_SINCE))?;
+        let mut since: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(|e| format!("open {}: {e}", names::ENQUEUE_SINCE))?;
+        since
+            .set(0, crate::output::Clock::now_mono_ns(), 0)
+            .map_err(|e| format!("write {}: {e}", names::ENQUEUE_SINCE))
     }
 
     fn armed(&self, slot: u32) -> u32 {
@@ -801,6 +823,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         reqq_full_uses_ge(env::kernel_version()) as u32,
     ));
     globals.push(("FILTER_LPORT", opts.filter_lport as u32));
+    globals.push(("ACCEPT_AGGREGATE", opts.aggregate_accepts as u32));
     // Optional: older kernels free overflowing ACKs without this reason.
     let overflow_reason = kbtf
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")

@@ -251,7 +251,7 @@ pub fn find_causes(
             idle_acceptors: idle,
             nofile: None,
             app: app_of_owners(&holders),
-            slow: s.waited_at_least(crate::accept::SLOW_WAIT_NS),
+            slow: s.slow,
             pressure: agg
                 .tier0_listeners
                 .iter()

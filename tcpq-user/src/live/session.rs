@@ -9,14 +9,14 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tcpq_common::{hook, names};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use tcpq_common::{AcceptKey, AcceptTotals, hook, names};
 
 use crate::{
     accept::{AcceptStats, decode_accept},
     connect::{decode_connect, model::ConnectAggregator},
     conntrack::{decode_drop, drop_kind},
-    decode::{ListenRecord, decode_listen},
+    decode::{ListenRecord, addr, decode_listen},
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
     listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     live::{
@@ -24,7 +24,7 @@ use crate::{
         frame::PortSnap,
     },
     model::OverflowAggregator,
-    snapshot::{netns, nswatch::NsWatcher},
+    snapshot::{netns, nswatch::NsWatcher, procs},
 };
 
 /// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
@@ -137,6 +137,7 @@ pub struct Session {
     connect_counts: PerCpuArray<MapData, u64>,
     drop_counts: PerCpuArray<MapData, u64>,
     accept_lost: PerCpuArray<MapData, u64>,
+    accept_totals: AcceptTotalsReader,
     listen_unsent: UnsentReader,
     pub dir: ListenerDirectory,
     ct_active: RefCell<HashSet<u32>>,
@@ -258,6 +259,7 @@ impl Session {
         let opts = LoadOptions {
             unused: LIVE_UNUSED,
             standby: if live.hooks_all { &[] } else { LIVE_STANDBY },
+            aggregate_accepts: true,
             ..LoadOptions::default()
         };
         let mut missing = Vec::new();
@@ -291,6 +293,7 @@ impl Session {
         let connect_counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
         let drop_counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
         let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
+        let accept_totals = AcceptTotalsReader::open(&mut loaded)?;
         let listen_unsent = UnsentReader::open(&mut loaded)?;
         let host = netns::current().unwrap_or(0);
         let agg = Aggregates::default();
@@ -305,6 +308,7 @@ impl Session {
             connect_counts,
             drop_counts,
             accept_lost,
+            accept_totals,
             listen_unsent,
             dir: ListenerDirectory::new(),
             ct_active: RefCell::new(HashSet::new()),
@@ -531,8 +535,18 @@ impl Session {
         agg.events - before
     }
 
+    /// Adds what the kernel counted per (listener, process) since the last look
+    /// (`ACCEPT_TOTALS`): while the accept family is attached, and once more after.
+    fn fold_accept_totals(&mut self) {
+        let attached = self.loaded.attached(names::PROG_ACCEPT_EXIT4)
+            || self.loaded.attached(names::PROG_ACCEPT_EXIT);
+        self.accept_totals
+            .fold(attached, &mut self.agg.accepts, &mut self.agg.accepts_evicted);
+    }
+
     /// Samples the holders and idle acceptors of every listener that accepted this interval.
     pub fn sample_acceptors(&mut self) {
+        self.fold_accept_totals();
         let keys: Vec<(u32, IpAddr, u16)> = self.agg.accepts.keys().copied().collect();
         for (ns, laddr, lport) in keys {
             let Some(now) = crate::live::causes::sample_acceptors(&mut self.dir, ns, laddr, lport)
@@ -555,6 +569,7 @@ impl Session {
 
     /// Ends the interval: returns its aggregates and starts a fresh set.
     pub fn take(&mut self) -> Aggregates {
+        self.fold_accept_totals();
         // Counters at the interval's boundary: tier 0's last reading (`poll(true)` just before).
         let next = Aggregates {
             counters_first: self.engine.tier0.counters().clone(),
@@ -575,9 +590,88 @@ impl Session {
                 .sum(),
             connect: sum_per_cpu(&self.connect_counts, tcpq_common::connect::COUNT_LOST),
             drop: sum_per_cpu(&self.drop_counts, tcpq_common::drop::COUNT_LOST),
-            accept: sum_per_cpu(&self.accept_lost, 0),
+            // Ring full (slot 0) or ACCEPT_TOTALS full (slot 1).
+            accept: sum_per_cpu(&self.accept_lost, 0) + sum_per_cpu(&self.accept_lost, 1),
             missed_runs: self.loaded.missed_runs(),
             unresolved: crate::listen::unresolved_records(&self.listen_counts),
+        }
+    }
+}
+
+/// The kernel's accept totals per (listener, process) (`ACCEPT_TOTALS`) and what was last read
+/// of each: the live commands count accepts without a ring record each.
+struct AcceptTotalsReader {
+    map: BpfHashMap<MapData, AcceptKey, AcceptTotals>,
+    last: HashMap<AcceptKey, AcceptTotals>,
+    comms: HashMap<u32, String>,
+    /// The last fold found something new (the table may still move once after a disarm).
+    moved: bool,
+}
+
+impl AcceptTotalsReader {
+    fn open(loaded: &mut Loaded) -> Result<Self> {
+        let map = loaded
+            .ebpf
+            .take_map(names::ACCEPT_TOTALS)
+            .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::ACCEPT_TOTALS))?;
+        Ok(Self {
+            map: BpfHashMap::try_from(map)
+                .map_err(|e| anyhow::anyhow!("open {}: {e}", names::ACCEPT_TOTALS))?,
+            last: HashMap::new(),
+            comms: HashMap::new(),
+            moved: false,
+        })
+    }
+
+    /// Adds each key's growth since the last fold to `accepts` (a map walk: two syscalls per
+    /// key, so only while the accept programs run or the table moved last time). Keys of
+    /// processes that exited leave the kernel's table once read to the end.
+    fn fold(
+        &mut self,
+        attached: bool,
+        accepts: &mut BTreeMap<(u32, IpAddr, u16), AcceptStats>,
+        evicted: &mut u64,
+    ) {
+        if !attached && !self.moved {
+            return;
+        }
+        self.moved = false;
+        if self.comms.len() > 4096 {
+            self.comms.clear();
+        }
+        let keys: Vec<AcceptKey> = self.map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let Ok(now) = self.map.get(&key, 0) else {
+                continue;
+            };
+            let before = self.last.get(&key).copied().unwrap_or_default();
+            if now.accepts == before.accepts {
+                if !std::path::Path::new(&format!("/proc/{}", key.tgid)).exists() {
+                    let _ = self.map.remove(&key);
+                    self.last.remove(&key);
+                }
+                continue;
+            }
+            self.moved = true;
+            let id = (key.netns, addr(key.family, &key.laddr), key.lport);
+            let comms = &mut self.comms;
+            let comm = || {
+                comms
+                    .entry(key.tgid)
+                    .or_insert_with(|| procs::comm(key.tgid).unwrap_or_else(|| "?".into()))
+                    .clone()
+            };
+            if let Some(stats) = accepts.get_mut(&id) {
+                stats.add_totals(key.tgid, comm, &before, &now);
+            } else if accepts.len() < MAX_ACCEPT_KEYS {
+                accepts
+                    .entry(id)
+                    .or_default()
+                    .add_totals(key.tgid, comm, &before, &now);
+            } else {
+                *evicted += 1;
+            }
+            self.last.insert(key, now);
         }
     }
 }
