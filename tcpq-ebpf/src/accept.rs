@@ -3,10 +3,10 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use tcpq_common::{AcceptEvent, InAccept, accept as a};
+use tcpq_common::{AbortKey, AbortTally, AcceptEvent, InAccept, accept as a};
 
 use crate::{
     listen::fd_to_sk,
@@ -35,6 +35,42 @@ static ENQUEUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 /// Threads inside accept(); userspace reads it for idle acceptors.
 #[map]
 static IN_ACCEPT: HashMap<u64, InAccept> = HashMap::with_max_entries(16384, 0);
+
+/// Connections closed with data unread, per (namespace, local port, closing process): exact
+/// counts, no ring (a server at its connection limit resets thousands a second). Per CPU, so
+/// the closing CPUs never share a counter; LRU bounds it (an evicted key loses its count, and
+/// 4096 keys is far more than processes × ports that do this at once).
+#[map]
+static ABORTS_ON_CLOSE: LruPerCpuHashMap<AbortKey, AbortTally> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// `tcp:tcp_send_reset` (via `state::send_reset`) with SK_RST_REASON_TCP_ABORT_ON_CLOSE:
+/// `__tcp_close()` found unread data in the receive queue, counted LINUX_MIB_TCPABORTONCLOSE,
+/// set TCP_CLOSE and called tcp_send_active_reset(). It runs in the closing task (close(2) or
+/// its exit), so the current tgid is the process that dropped the connection — for a server at
+/// its connection limit, the worker that accepted it and closed it unread ("worker_connections
+/// are not enough"). `inet_num` of an accepted socket is its listener's port.
+#[inline(never)]
+pub fn on_abort_close(sk: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = AbortKey {
+        netns: sk_netns(sk),
+        tgid,
+        lport: kread(sk, OFF_SK_NUM.load()),
+        family: kread(sk, OFF_SK_FAMILY.load()),
+        _pad: 0,
+    };
+    if let Some(t) = ABORTS_ON_CLOSE.get_ptr_mut(&key) {
+        // SAFETY: a valid per-CPU map value of this CPU; no other CPU writes it.
+        unsafe { (*t).count += 1 };
+        return;
+    }
+    let tally = AbortTally {
+        count: 1,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    let _ = ABORTS_ON_CLOSE.insert(&key, &tally, 0);
+}
 
 /// `sock:inet_sock_set_state` (via `state::sock_state`): a child going SYN_RECV → ESTABLISHED
 /// is now in the accept queue (tcp_child_process() right after inet_csk_reqsk_queue_add()).
