@@ -300,7 +300,7 @@ pub mod reset_hooks {
 pub struct AbortKey {
     pub netns: u32,
     pub tgid: u32,
-    /// `inet_num`, host byte order.
+    /// `inet_sport` in host byte order (`inet_num` is already 0 then: inet_put_port()).
     pub lport: u16,
     /// AF_INET / AF_INET6.
     pub family: u16,

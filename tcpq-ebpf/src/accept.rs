@@ -49,14 +49,17 @@ static ABORTS_ON_CLOSE: LruPerCpuHashMap<AbortKey, AbortTally> =
 /// set TCP_CLOSE and called tcp_send_active_reset(). It runs in the closing task (close(2) or
 /// its exit), so the current tgid is the process that dropped the connection — for a server at
 /// its connection limit, the worker that accepted it and closed it unread ("worker_connections
-/// are not enough"). `inet_num` of an accepted socket is its listener's port.
+/// are not enough"). The local port of an accepted socket is its listener's: read from
+/// `inet_sport` (network order), since tcp_set_state(TCP_CLOSE) → inet_put_port() has already
+/// zeroed `inet_num`.
 #[inline(never)]
 pub fn on_abort_close(sk: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let sport: u16 = kread(sk, OFF_INET_SPORT.load());
     let key = AbortKey {
         netns: sk_netns(sk),
         tgid,
-        lport: kread(sk, OFF_SK_NUM.load()),
+        lport: u16::from_be(sport),
         family: kread(sk, OFF_SK_FAMILY.load()),
         _pad: 0,
     };

@@ -343,6 +343,7 @@ fn limit_causes(agg: &Aggregates, duration_s: f64) -> Vec<Cause> {
             app: app_of_owners(&owners),
         };
         let Some(f) = crate::limit::diagnose_connection_limit(&ev) else {
+            log::debug!("resets on close, not a connection limit: {ev:?}");
             continue;
         };
         out.push(Cause {
