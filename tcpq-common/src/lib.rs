@@ -13,7 +13,14 @@ pub mod names {
 
     pub const PROG_LISTEN_INGRESS: &str = "listen_ingress";
     pub const PROG_SYNACK_RETRANS: &str = "synack_retransmit";
+    /// The one program on `tcp:tcp_send_reset`; `reset_hooks` bits are its parts.
     pub const PROG_SEND_RESET: &str = "send_reset";
+    /// Its listen part: resets sent on overflow (`tcp_abort_on_overflow=1`).
+    pub const PROG_OVERFLOW_RESET: &str = "overflow_reset";
+    /// Its accept part: connections a process closed with data unread (TCPAbortOnClose).
+    pub const PROG_ABORT_CLOSE: &str = "abort_close";
+    /// Per-CPU LRU hash: `AbortKey` → `AbortTally`.
+    pub const ABORTS_ON_CLOSE: &str = "ABORTS_ON_CLOSE";
     pub const PROG_SYS_ENTER_LISTEN: &str = "sys_enter_listen";
     pub const PROG_SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
     pub const PROG_SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
@@ -343,21 +350,22 @@ pub struct AcceptKey {
 
 const _: () = assert!(core::mem::size_of::<AcceptKey>() == 32);
 
-/// Running totals of one `AcceptKey` (they only grow: userspace takes differences).
+/// Running totals of one `AcceptKey` (they only grow: userspace takes differences; u32s that
+/// wrap, which differences read every interval absorb).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptTotals {
-    pub accepts: u64,
+    pub accepts: u32,
     /// Accepts whose queue wait is unknown (queued before tcpq looked, or a slot collision).
-    pub unknown_wait: u64,
+    pub unknown_wait: u32,
     /// Accepts that waited at least `SLOW_WAIT_US` (exact; the buckets are coarser).
-    pub slow: u64,
-    pub _pad: u64,
+    pub slow: u32,
+    pub _pad: u32,
     /// Waits by `wait_bucket` (µs).
-    pub buckets: [u64; WAIT_BUCKETS],
+    pub buckets: [u32; WAIT_BUCKETS],
 }
 
-const _: () = assert!(core::mem::size_of::<AcceptTotals>() == 32 + 8 * WAIT_BUCKETS);
+const _: () = assert!(core::mem::size_of::<AcceptTotals>() == 16 + 4 * WAIT_BUCKETS);
 
 impl Default for AcceptTotals {
     fn default() -> Self {
@@ -395,8 +403,45 @@ pub mod dispatcher {
     pub const SOCK_STATE: u32 = 0;
     /// `skb_kfree` on `skb:kfree_skb` (`kfree_hooks` bits).
     pub const SKB_KFREE: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// `send_reset` on `tcp:tcp_send_reset` (`reset_hooks` bits).
+    pub const SEND_RESET: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
+
+/// Bits of the RESET_HOOKS knob: the families `send_reset` serves.
+pub mod reset_hooks {
+    /// listen: resets sent for a listener whose accept queue is full (tcp_abort_on_overflow=1).
+    pub const OVERFLOW: u32 = 1;
+    /// accept: a process closed a connection with data unread (tcp_close() →
+    /// tcp_send_active_reset(SK_RST_REASON_TCP_ABORT_ON_CLOSE), LINUX_MIB_TCPABORTONCLOSE).
+    pub const ABORT_CLOSE: u32 = 2;
+}
+
+/// Who reset connections on close (`ABORTS_ON_CLOSE` key): the namespace, the socket's local
+/// port (for an accepted connection: the listener's) and the closing process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AbortKey {
+    pub netns: u32,
+    pub tgid: u32,
+    /// `inet_sport` in host byte order (`inet_num` is already 0 then: inet_put_port()).
+    pub lport: u16,
+    /// AF_INET / AF_INET6.
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// Resets on close counted for one `AbortKey` on one CPU (userspace sums the CPUs), with the
+/// closing task's comm when the entry was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbortTally {
+    pub count: u64,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<AbortKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AbortTally>() == 24);
 
 /// Bits of the KFREE_HOOKS knob: the families `skb_kfree` serves.
 pub mod kfree_hooks {
@@ -536,4 +581,7 @@ mod pod {
     unsafe impl aya::Pod for super::AcceptKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AcceptTotals {}
+    unsafe impl aya::Pod for super::AbortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AbortTally {}
 }

@@ -5,12 +5,12 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tcpq_common::{
-    AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued, IN_ACCEPT_SLOTS,
-    InAccept, SLOW_WAIT_US, accept as a, socket_slot, thread_slot, wait_bucket,
+    AbortKey, AbortTally, AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued,
+    IN_ACCEPT_SLOTS, InAccept, SLOW_WAIT_US, accept as a, socket_slot, thread_slot, wait_bucket,
 };
 
 use crate::{
@@ -46,14 +46,57 @@ static ENQUEUE_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static IN_ACCEPT: Array<InAccept> = Array::with_max_entries(IN_ACCEPT_SLOTS, 0);
 
-/// Accepts per (listener, process) while ACCEPT_AGGREGATE is set.
+/// Accepts per (listener, process, CPU) while ACCEPT_AGGREGATE is set. Allocated as keys
+/// appear (BPF_F_NO_PREALLOC): sized for thousands of listeners, paid for only when used.
 #[map]
-static ACCEPT_TOTALS: HashMap<AcceptKey, AcceptTotals> = HashMap::with_max_entries(4096, 0);
+static ACCEPT_TOTALS: HashMap<AcceptKey, AcceptTotals> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Never written: the zeroes a new ACCEPT_TOTALS entry starts from (the value is too big for
 /// the stack).
 #[map]
 static ZERO_TOTALS: Array<AcceptTotals> = Array::with_max_entries(1, 0);
+
+/// Connections closed with data unread, per (namespace, local port, closing process): exact
+/// counts, no ring (a server at its connection limit resets thousands a second). Per CPU, so
+/// the closing CPUs never share a counter; LRU bounds it (an evicted key loses its count, and
+/// 4096 keys is far more than processes × ports that do this at once).
+#[map]
+static ABORTS_ON_CLOSE: LruPerCpuHashMap<AbortKey, AbortTally> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// `tcp:tcp_send_reset` (via `state::send_reset`) with SK_RST_REASON_TCP_ABORT_ON_CLOSE:
+/// `__tcp_close()` found unread data in the receive queue, counted LINUX_MIB_TCPABORTONCLOSE,
+/// set TCP_CLOSE and called tcp_send_active_reset(). It runs in the closing task (close(2) or
+/// its exit), so the current tgid is the process that dropped the connection — for a server at
+/// its connection limit, the worker that accepted it and closed it unread ("worker_connections
+/// are not enough"). The local port of an accepted socket is its listener's: read from
+/// `inet_sport` (network order), since tcp_set_state(TCP_CLOSE) → inet_put_port() has already
+/// zeroed `inet_num`.
+#[inline(never)]
+pub fn on_abort_close(sk: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let sport: u16 = kread(sk, OFF_INET_SPORT.load());
+    let key = AbortKey {
+        netns: sk_netns(sk),
+        tgid,
+        lport: u16::from_be(sport),
+        family: kread(sk, OFF_SK_FAMILY.load()),
+        _pad: 0,
+    };
+    if let Some(t) = ABORTS_ON_CLOSE.get_ptr_mut(&key) {
+        // SAFETY: a valid per-CPU map value of this CPU; no other CPU writes it.
+        unsafe { (*t).count += 1 };
+        return;
+    }
+    let tally = AbortTally {
+        count: 1,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    let _ = ABORTS_ON_CLOSE.insert(&key, &tally, 0);
+}
 
 /// `sock:inet_sock_set_state` (via `state::sock_state`): a child going SYN_RECV → ESTABLISHED
 /// is now in the accept queue (tcp_child_process() right after inet_csk_reqsk_queue_add()).

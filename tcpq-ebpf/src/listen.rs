@@ -665,18 +665,15 @@ fn try_synack_retransmit(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`:
-/// a reset sent on behalf of a listener whose accept queue is full while
-/// `tcp_abort_on_overflow=1` (tcp_check_req() → embryonic_reset).
-#[raw_tracepoint(tracepoint = "tcp_send_reset")]
-pub fn send_reset(ctx: RawTracePointContext) -> i32 {
-    let _ = try_send_reset(&ctx);
-    0
+/// `tcp:tcp_send_reset` (via `state::send_reset`): a reset sent on behalf of a listener whose
+/// accept queue is full while `tcp_abort_on_overflow=1` (tcp_check_req() → embryonic_reset).
+// A BPF-to-BPF call, not inlined: its frame stays its own (see state.rs).
+#[inline(never)]
+pub fn on_send_reset(sk: u64, skb: u64) {
+    let _ = try_send_reset(sk, skb);
 }
 
-fn try_send_reset(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let sk: u64 = ctx.arg(0);
-    let skb: u64 = ctx.arg(1);
+fn try_send_reset(sk: u64, skb: u64) -> Result<(), i64> {
     if sk == 0 || skb == 0 {
         return Ok(());
     }

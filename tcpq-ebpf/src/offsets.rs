@@ -89,6 +89,9 @@ offsets!(
     RSN_NO_SOCKET,
     // ... of SKB_DROP_REASON_NETFILTER_DROP.
     RSN_NETFILTER_DROP,
+    // `enum sk_rst_reason` value of SK_RST_REASON_TCP_ABORT_ON_CLOSE (kernel >= 6.10; without
+    // it userspace leaves the abort part out of RESET_HOOKS).
+    RSN_ABORT_ON_CLOSE,
     // Confirm mode skips a packet whose listener's queues are all at least max(this, backlog/2)
     // below their limit (listen::far_from_limits); 0 follows every packet.
     NEAR_MARGIN,
@@ -102,4 +105,6 @@ offsets!(
     // 1: accepts are counted per listener and process in ACCEPT_TOTALS (the live commands);
     // 0: one ACCEPT_EVENTS record each (`trace accept`). Failures are records either way.
     ACCEPT_AGGREGATE,
+    // Which families `state::send_reset` serves (tcpq_common::reset_hooks bits).
+    RESET_HOOKS,
 );

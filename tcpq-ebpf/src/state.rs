@@ -9,9 +9,9 @@
 //! `skb_kfree` is the same for `skb:kfree_skb`: the drop family's netfilter drops (tier 1) and
 //! the listen family's final-ACK outcomes (tier 2).
 use aya_ebpf::{macros::map, macros::raw_tracepoint, maps::Array, programs::RawTracePointContext};
-use tcpq_common::{dispatcher, kfree_hooks, state_hooks};
+use tcpq_common::{dispatcher, kfree_hooks, reset_hooks, state_hooks};
 
-use crate::offsets::{KFREE_HOOKS, STATE_HOOKS};
+use crate::offsets::{KFREE_HOOKS, RESET_HOOKS, RSN_ABORT_ON_CLOSE, STATE_HOOKS};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -65,6 +65,33 @@ pub fn skb_kfree(ctx: RawTracePointContext) -> i32 {
     }
     if on & kfree_hooks::OUTCOME != 0 {
         crate::listen::on_kfree(skb, reason);
+    }
+    0
+}
+
+/// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
+/// The accept family's part is tier 1: it leaves on the tracepoint's arguments unless the
+/// reset is tcp_close()'s for unread data (see accept::on_abort_close); the listen family's
+/// overflow part is armed with its family.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn send_reset(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let on = RESET_HOOKS.load() & armed(dispatcher::SEND_RESET);
+    // Only loaded when the kernel's BTF has SK_RST_REASON_TCP_ABORT_ON_CLOSE (6.10+, when the
+    // tracepoint got its third argument): the verifier drops this code, and its read of
+    // argument 2, otherwise.
+    if on & reset_hooks::ABORT_CLOSE != 0 {
+        let reason = ctx.arg::<u64>(2) as u32;
+        // tcp_send_active_reset() passes skb NULL (it builds its own); tcp_close() is the only
+        // caller with this reason, in the closing task's context.
+        if reason == RSN_ABORT_ON_CLOSE.load() && skb == 0 && sk != 0 {
+            crate::accept::on_abort_close(sk);
+            return 0;
+        }
+    }
+    if on & reset_hooks::OVERFLOW != 0 {
+        crate::listen::on_send_reset(sk, skb);
     }
     0
 }

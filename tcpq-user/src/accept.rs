@@ -110,7 +110,7 @@ impl AcceptStats {
         before: &AcceptTotals,
         now: &AcceptTotals,
     ) -> u64 {
-        let accepts = now.accepts.wrapping_sub(before.accepts);
+        let accepts = now.accepts.wrapping_sub(before.accepts) as u64;
         if accepts == 0 {
             return 0;
         }
@@ -118,9 +118,9 @@ impl AcceptStats {
             self.acceptors.entry(tgid).or_insert_with(comm);
         }
         self.accepts += accepts;
-        self.slow += now.slow.wrapping_sub(before.slow);
+        self.slow += now.slow.wrapping_sub(before.slow) as u64;
         for (i, (n, b)) in now.buckets.iter().zip(before.buckets.iter()).enumerate() {
-            let d = n.wrapping_sub(*b);
+            let d = n.wrapping_sub(*b) as u64;
             if d > 0 {
                 let _ = self
                     .wait_ns
@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn kernel_totals_add_their_differences() {
         let mut before = AcceptTotals {
-            accepts: u64::MAX, // differences do not care where the counters start
+            accepts: u32::MAX, // the counters wrap: differences do not care
             ..AcceptTotals::default()
         };
         before.buckets[tcpq_common::wait_bucket(250)] = 7;

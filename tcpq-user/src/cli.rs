@@ -90,6 +90,8 @@ impl LabArgs {
             LabName::Workers => 128,
             LabName::CloseWait | LabName::StaleUpstream | LabName::FailingUpstream => 256,
             LabName::Storm => 1,
+            // nginx's own default (NGX_LISTEN_BACKLOG): the queue is not the limit here.
+            LabName::ConnectionLimit => 511,
         })
     }
 

@@ -65,6 +65,12 @@ pub enum LabName {
     /// connects from each while it listens (TIME_WAIT per source), then a `tcpq-client` process
     /// is refused from the same `--clients` sources (127.0.0.2…) at `--rate` per second.
     FailingUpstream,
+    /// Debian's nginx (/usr/sbin/nginx) with `worker_processes 1; worker_connections 32;` under
+    /// `--clients` (default 200) connections that send the start of a request at once and hold
+    /// on: nginx accepts past its cap and closes them unread ("worker_connections are not
+    /// enough"), the kernel resets them (TCPAbortOnClose). Dropped clients reconnect every
+    /// 200 ms.
+    ConnectionLimit,
     /// A SYN storm from a million distinct clients (raw packets, one sender per CPU) at a
     /// listener whose accept queue is full: every SYN is refused (collector throughput).
     Storm,
@@ -344,6 +350,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabName::StaleUpstream => stale_upstream(&args),
         LabName::FailingUpstream => failing_upstream(&args),
         LabName::Storm => storm(&args),
+        LabName::ConnectionLimit => connection_limit(&args),
     }
 }
 
@@ -869,6 +876,180 @@ fn workers(args: &LabArgs) -> Result<()> {
     Ok(())
 }
 
+/// nginx in a lab namespace, stopped (and its files removed) on drop.
+struct LabNginx {
+    dir: PathBuf,
+}
+
+/// Where Debian installs nginx (`cargo xtask setup` does).
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// The lab's nginx.conf: one worker of `worker_connections`, everything it writes under `dir`,
+/// warnings logged (ngx_drain_connections() reports "worker_connections are not enough,
+/// reusing connections" at warn, ngx_get_connection() its refusals at alert).
+fn nginx_conf(dir: &std::path::Path, port: u16, backlog: u32, worker_connections: u32) -> String {
+    let d = dir.display();
+    let temp = ["body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .map(|t| {
+            format!(
+                " {t}_temp_path {d}/{t};",
+                t = t.replace("body", "client_body")
+            )
+        })
+        .concat();
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections {worker_connections}; }}\nhttp {{\n access_log off;\n{temp}\n server {{ listen 127.0.0.1:{port} backlog={backlog}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+    )
+}
+
+impl LabNginx {
+    /// Starts nginx in `ns` on 127.0.0.1:`port` with one worker of `worker_connections`.
+    fn start(ns: &NetnsGuard, port: u16, backlog: u32, worker_connections: u32) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("tcpq-lab-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create the lab's nginx directory {}", dir.display()))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&dir, port, backlog, worker_connections))
+            .with_context(|| format!("write {}", conf.display()))?;
+        let lab = Self { dir };
+        run_cmd(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, NGINX, "-c"])
+                .arg(&conf),
+            "start nginx in the lab namespace (apt-get install nginx-light, or cargo xtask setup)",
+        )?;
+        Ok(lab)
+    }
+
+    /// Lines of its error log that say it ran out of connections.
+    fn not_enough_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("error.log"))
+            .map(|log| {
+                log.lines()
+                    .filter(|l| l.contains("worker_connections are not enough"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The master's pid, from its pid file (written once it has daemonized).
+    fn master(&self) -> Option<nix::unistd::Pid> {
+        let text = std::fs::read_to_string(self.dir.join("nginx.pid")).ok()?;
+        text.trim().parse().ok().map(nix::unistd::Pid::from_raw)
+    }
+}
+
+impl Drop for LabNginx {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown (what `nginx -s stop` sends); the master removes its
+        // pid file when it is done, then its files can go.
+        if let Some(master) = self.master() {
+            let _ = nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        while self.dir.join("nginx.pid").exists() && Instant::now() < end {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One client of `connection-limit`: reads what arrived without blocking; false when the
+/// server closed or reset the connection.
+fn client_alive(s: &Socket) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    loop {
+        match s.recv(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn connection_limit(args: &LabArgs) -> Result<()> {
+    const WORKER_CONNECTIONS: u32 = 32;
+    let ns = lab_netns(args)?;
+    set_somaxconn(&ns, args)?;
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
+    let nginx = LabNginx::start(&ns, args.port, args.backlog(), WORKER_CONNECTIONS)?;
+    let clients = args.clients.unwrap_or(200) as usize;
+    // Listening once nginx's worker is up (the master binds, the worker accepts).
+    let up = spawn_in(&ns, move || {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+    if !up {
+        bail!(
+            "nginx in namespace {} does not accept on {addr} after 5 s: see its error log",
+            ns.name
+        );
+    }
+    facts(
+        args,
+        json!({"netns": ns.name, "netns_inode": ns.inode(), "laddr": "127.0.0.1", "nginx": nginx.master().map(|p| p.as_raw()), "worker_processes": 1, "worker_connections": WORKER_CONNECTIONS, "clients": clients}),
+    );
+    let duration = args.duration;
+    let (connects, dropped) = spawn_in(&ns, move || {
+        // The request head never ends (a slow client, an upload starting): nginx holds each
+        // connection it has read from (not reusable), so past its cap it has to drop the ones
+        // it accepts — unread: ngx_drain_connections() closes the newest idle ones, or
+        // ngx_event_accept() closes the new one ("worker_connections are not enough").
+        let req = b"GET / HTTP/1.1\r\nHost: lab\r\n";
+        let mut held: Vec<Option<Socket>> = (0..clients).map(|_| None).collect();
+        let (mut connects, mut dropped) = (0u64, 0u64);
+        let end = Instant::now() + duration;
+        while Instant::now() < end && !stopped() {
+            for slot in held.iter_mut() {
+                if slot.as_ref().is_some_and(|s| !client_alive(s)) {
+                    *slot = None;
+                    dropped += 1;
+                }
+                if slot.is_none() {
+                    // Connect and send at once, as a load generator does: the request is in
+                    // nginx's receive queue by the time it accepts.
+                    let Ok(s) = Socket::new(Domain::IPV4, Type::STREAM, None) else {
+                        continue;
+                    };
+                    if s.connect(&addr.into()).is_err() {
+                        continue;
+                    }
+                    connects += 1;
+                    let _ = s.send(req);
+                    let _ = s.set_nonblocking(true);
+                    *slot = Some(s);
+                }
+            }
+            nap(Duration::from_millis(200));
+        }
+        // Read what is left before closing: a client closing with an answer unread would be
+        // reset by its own kernel (TCPAbortOnClose on the client side).
+        for s in held.iter().flatten() {
+            client_alive(s);
+        }
+        (connects, dropped)
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let not_enough = nginx.not_enough_lines();
+    drop(nginx);
+    done_line(
+        args,
+        "connection-limit",
+        json!({"connects": connects, "dropped": dropped, "worker_connections_not_enough": not_enough}),
+    );
+    Ok(())
+}
+
 fn close_wait(args: &LabArgs) -> Result<()> {
     let ns = lab_netns(args)?;
     let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port);
@@ -1337,6 +1518,20 @@ mod tests {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         sum
+    }
+
+    #[test]
+    fn the_nginx_lab_has_one_small_worker_and_its_own_files() {
+        let c = nginx_conf(std::path::Path::new("/tmp/x"), 8080, 511, 32);
+        assert!(c.starts_with("worker_processes 1;"), "{c}");
+        assert!(c.contains("events { worker_connections 32; }"), "{c}");
+        assert!(c.contains("error_log /tmp/x/error.log warn;"), "{c}");
+        assert!(
+            c.contains(" client_body_temp_path /tmp/x/client_body;"),
+            "{c}"
+        );
+        assert!(c.contains(" fastcgi_temp_path /tmp/x/fastcgi;"), "{c}");
+        assert!(c.contains("listen 127.0.0.1:8080 backlog=511;"), "{c}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod fixes;
 mod fuzz;
 pub mod kernel;
 pub mod lab;
+pub mod limit;
 pub mod listen;
 pub mod live;
 pub mod model;

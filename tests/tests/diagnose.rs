@@ -525,3 +525,68 @@ fn connect_failures_are_one_per_destination_and_name_who_failed() {
         "{c}"
     );
 }
+
+/// Issue 15: nginx at `worker_connections` accepts connections and closes them unread (the
+/// kernel resets them: TCPAbortOnClose), which no queue shows. `diagnose` names it
+/// `connection_limit`, for nginx on the lab's port with nginx's own settings, and counts
+/// exactly what the namespace's TCPAbortOnClose counted over the run: the lab starts after
+/// tcpq's banner and ends before tcpq does, and its clients read everything before closing
+/// (a client closing on an unread answer would be counted too: tcpq counts every process).
+#[test]
+fn nginx_at_worker_connections_is_a_connection_limit_counted_exactly() {
+    if skip_unless_root("diagnose_connection_limit") {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/nginx").exists() {
+        eprintln!(
+            "skipping diagnose_connection_limit: /usr/sbin/nginx missing (cargo xtask setup installs it)"
+        );
+        return;
+    }
+    let ns = Netns::new("dglim");
+    let before = ns.counters();
+    let (r, _, code, done) = diagnose_during(
+        &ns,
+        &["connection-limit", "--duration", "3", "--port", "8093"],
+        "7",
+        &[],
+    );
+    let after = ns.counters();
+    assert_eq!(code, 0, "{r}");
+    assert!(
+        done["worker_connections_not_enough"].as_u64().unwrap_or(0) > 0,
+        "nginx ran out of connections: {done}"
+    );
+    let c = find(&r, "connection_limit");
+    assert_eq!(c["process"], "nginx", "{c}");
+    assert_eq!(c["port"], 8093, "{c}");
+    assert_eq!(c["evidence"]["netns"].as_u64(), Some(ns.inode()), "{c}");
+    let fix = fix_lines(c).join("\n");
+    assert!(fix.contains("worker_connections"), "{fix}");
+    assert!(fix.contains("worker_rlimit_nofile"), "{fix}");
+    // The plateau: one worker of 32 connections holds (nearly) all of them as clients.
+    let peak = c["evidence"]["established_peak"].as_u64().unwrap_or(0);
+    assert!((16..=32).contains(&peak), "ESTABLISHED plateau {peak}: {c}");
+    let kernel = delta(&before, &after, "TcpExt:TCPAbortOnClose");
+    assert!(kernel > 0, "the kernel counted resets on close");
+    let resets = c["evidence"]["resets_on_close"].as_u64().unwrap_or(0);
+    let in_ns = c["evidence"]["namespace_resets_on_close"]
+        .as_u64()
+        .unwrap_or(0);
+    // tcp_send_active_reset() skips the tracepoint only when it cannot allocate the reset
+    // (TCPAbortFailed); a program run the kernel skipped is in lost_events.
+    let failed = delta(&before, &after, "TcpExt:TCPAbortFailed");
+    eprintln!(
+        "resets on close: tcpq {resets} (nginx) / {in_ns} (namespace), TCPAbortOnClose {kernel}, TCPAbortFailed {failed}, nginx's 'not enough' lines {}, lost {}",
+        done["worker_connections_not_enough"], r["lost_events"]
+    );
+    let unseen =
+        serde_json::json!({"missed_runs": r["lost_events"].as_u64().unwrap_or(0) + failed});
+    assert_count_matches("resets on close in the namespace", in_ns, kernel, &unseen);
+    assert_count_matches("resets on close by nginx", resets, kernel, &unseen);
+    assert_eq!(
+        c["evidence"]["TcpExt:TCPAbortOnClose"].as_u64(),
+        Some(kernel),
+        "tcpq's own reading of the counter over its run: {c}"
+    );
+}

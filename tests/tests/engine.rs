@@ -9,7 +9,7 @@ use serde_json::Value;
 use tcpq_tests::*;
 
 /// What stays attached while every family is quiet (kernel names are cut at 15 bytes).
-const TIER1: &[&str] = &["sock_state", "skb_kfree"];
+const TIER1: &[&str] = &["sock_state", "skb_kfree", "send_reset"];
 
 fn family_state<'a>(frame: &'a Value, family: &str) -> &'a str {
     frame["families"]
@@ -80,7 +80,6 @@ fn a_healthy_load_attaches_no_tier2_program_and_no_syscall_tracepoint() {
             "outcome_xmit",
             "outcome_consume",
             "synack_retransm",
-            "send_reset",
             "accept_enter4",
             "accept_exit4",
             "accept_enter",

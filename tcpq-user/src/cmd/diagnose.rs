@@ -59,6 +59,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         if secs != last_progress {
             last_progress = secs;
             session.sample_acceptors();
+            session.sample_limits();
             if tty {
                 eprint!("\r  collecting… {secs}/{} s", args.duration.as_secs());
             }
@@ -104,6 +105,10 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         format!(
             "accept-queue waits and accept() errors ({} listener(s))",
             accepts.len()
+        ),
+        format!(
+            "connections a process accepted and closed unread, resetting them (TCPAbortOnClose; {} process/port pair(s))",
+            agg.aborts.len()
         ),
         format!(
             "stale ESTABLISHED (no data for {} s) and CLOSE_WAIT sockets (held the whole run) of every process",

@@ -73,6 +73,7 @@ impl Producer {
         // Tier 0 read at the interval's end: its per-listener refusals are exact per interval.
         self.session.poll(true);
         self.session.sample_acceptors();
+        self.session.sample_limits();
         let secs = self.last_tick.elapsed().as_secs_f64().max(0.001);
         self.last_tick = Instant::now();
         let agg = self.session.take();

@@ -52,7 +52,12 @@ fn idle_acceptors(map: &BpfArray<MapData, InAccept>) -> HashMap<(u32, u32), u64>
 
 pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
-    let mut loaded = probe::load(&[Family::Accept], &LoadOptions::default())?;
+    // Resets on close are read by the live commands (connection_limit), not here.
+    let opts = LoadOptions {
+        unused: &[tcpq_common::names::PROG_ABORT_CLOSE],
+        ..LoadOptions::default()
+    };
+    let mut loaded = probe::load(&[Family::Accept], &opts)?;
     let ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
     let lost_map = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
     let in_accept: BpfArray<MapData, InAccept> = BpfArray::try_from(

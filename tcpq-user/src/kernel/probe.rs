@@ -19,7 +19,7 @@ use aya::{
         trace_point::TracePointLinkId,
     },
 };
-use tcpq_common::{config, dispatcher, kfree_hooks, names, state_hooks};
+use tcpq_common::{config, dispatcher, kfree_hooks, names, reset_hooks, state_hooks};
 
 use super::{btf, env, tracefs};
 
@@ -67,7 +67,15 @@ pub const SKB_KFREE: Dispatcher = Dispatcher {
     slot: dispatcher::SKB_KFREE,
 };
 
-const DISPATCHERS: [Dispatcher; 2] = [SOCK_STATE, SKB_KFREE];
+/// `tcp:tcp_send_reset` (`tcpq_common::reset_hooks` bits).
+pub const SEND_RESET: Dispatcher = Dispatcher {
+    program: names::PROG_SEND_RESET,
+    tracepoint: "tcp_send_reset",
+    knob: "RESET_HOOKS",
+    slot: dispatcher::SEND_RESET,
+};
+
+const DISPATCHERS: [Dispatcher; 3] = [SOCK_STATE, SKB_KFREE, SEND_RESET];
 
 impl Attach {
     pub fn describe(&self) -> String {
@@ -140,6 +148,14 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "accept(2) results",
         without: "accept(2) results not seen",
+    },
+    HookSpec {
+        program: names::PROG_ABORT_CLOSE,
+        attach: Attach::Part(SEND_RESET, reset_hooks::ABORT_CLOSE),
+        family: Family::Accept,
+        core: false,
+        gives: "connections a process closed with the request unread (reset: TCPAbortOnClose), per process and port — a server at its connection limit",
+        without: "a server that accepts and drops connections at its limit (nginx worker_connections) is not named",
     },
     HookSpec {
         program: names::PROG_DROP_KFREE,
@@ -238,8 +254,8 @@ pub const HOOKS: &[HookSpec] = &[
         without: "SYN-ACK retransmits not shown",
     },
     HookSpec {
-        program: names::PROG_SEND_RESET,
-        attach: Attach::RawTracepoint("tcp_send_reset"),
+        program: names::PROG_OVERFLOW_RESET,
+        attach: Attach::Part(SEND_RESET, reset_hooks::OVERFLOW),
         family: Family::Listen,
         core: false,
         gives: "resets sent on overflow (tcp_abort_on_overflow=1)",
@@ -837,6 +853,13 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
         .unwrap_or(0) as u32;
     globals.push(("RSN_NETFILTER_DROP", nf_reason));
+    // tcp_close() → tcp_send_active_reset(SK_RST_REASON_TCP_ABORT_ON_CLOSE): the reason (and the
+    // tracepoint's third argument) exist from 6.10; before that the abort part is not loaded.
+    let abort_reason = kbtf
+        .enum_value("sk_rst_reason", "SK_RST_REASON_TCP_ABORT_ON_CLOSE")
+        .ok()
+        .map(|v| v as u32);
+    globals.push(("RSN_ABORT_ON_CLOSE", abort_reason.unwrap_or(0)));
     // A SYN/ACK is followed to its outcome unless every queue of its listener is at least
     // max(margin, backlog / 2) below its limit: then no refusal is possible unless that many
     // connections reach the queues from other CPUs between tcpq's look and the kernel's test.
@@ -861,6 +884,21 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                 .collect()
         })
         .unwrap_or_default();
+    // Hooks this kernel cannot serve, with the reason (`tcpq check` shows it).
+    let refused: Vec<(&str, &str)> = if abort_reason.is_none() {
+        vec![(
+            names::PROG_ABORT_CLOSE,
+            "this kernel's tcp_send_reset has no reason argument (SK_RST_REASON_TCP_ABORT_ON_CLOSE, 6.10+)",
+        )]
+    } else {
+        Vec::new()
+    };
+    let is_refused = |program: &str| {
+        refused
+            .iter()
+            .find(|(p, _)| *p == program)
+            .map(|(_, why)| *why)
+    };
     // The hooks this command uses.
     let selected =
         |h: &&HookSpec| families.contains(&h.family) && !opts.unused.contains(&h.program);
@@ -871,6 +909,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             .iter()
             .filter(selected)
             .filter(|h| !disabled.iter().any(|x| x == h.program))
+            .filter(|h| is_refused(h.program).is_none())
             .filter_map(|h| match h.attach {
                 Attach::Part(hd, bit) if hd == d => Some(bit),
                 _ => None,
@@ -921,6 +960,13 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
             hooks.push(HookStatus {
                 spec: *spec,
                 state: HookState::Unavailable("disabled by TCPQ_DISABLE_HOOKS".into()),
+            });
+            continue;
+        }
+        if let Some(why) = is_refused(spec.program) {
+            hooks.push(HookStatus {
+                spec: *spec,
+                state: HookState::Unavailable(why.into()),
             });
             continue;
         }

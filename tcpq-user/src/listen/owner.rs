@@ -149,6 +149,34 @@ impl App {
 }
 
 impl App {
+    /// How this program raises the cap it hit when it accepts connections and drops them at
+    /// once (`connection_limit`): its own connection limit, and the descriptor limit behind it.
+    /// `held`: the ESTABLISHED connections it held then; `nofile`: its soft RLIMIT_NOFILE.
+    pub fn connection_limit_fixes(self, held: u64, nofile: Option<u64>) -> Vec<String> {
+        let limit_now = nofile
+            .map(|n| format!(" (the process's limit now: {n})"))
+            .unwrap_or_default();
+        match self {
+            App::Nginx => vec![
+                format!(
+                    "nginx: raise `worker_connections` in the events block (a worker's cap on every connection it holds — clients, upstreams and its listening sockets; it held {held} clients here; at most worker_processes × worker_connections in all); its error log says 'worker_connections are not enough'"
+                ),
+                format!(
+                    "nginx: set `worker_rlimit_nofile` (main context) to at least 2 × worker_connections — a proxied request holds two descriptors{limit_now}"
+                ),
+            ],
+            _ => vec![
+                format!(
+                    "{}: raise its connection cap (max connections / max clients) — it accepts and closes at once when full (it held {held} here)",
+                    self.name()
+                ),
+                format!(
+                    "raise its descriptor limit with it: `ulimit -n` in its start script, or `LimitNOFILE=` in its systemd unit{limit_now}"
+                ),
+            ],
+        }
+    }
+
     /// Where this program, as a client, bounds the wait for an upstream's answer.
     pub fn client_timeout_setting(self) -> &'static str {
         match self {

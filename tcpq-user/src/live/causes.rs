@@ -289,6 +289,8 @@ pub fn find_causes(
         }
     }
 
+    causes.extend(limit_causes(agg, duration_s));
+
     if let Some((idle, earlier)) = scan_sockets {
         causes.extend(socket_causes(idle, earlier).0);
     }
@@ -297,6 +299,67 @@ pub fn find_causes(
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
     causes
+}
+
+/// `connection_limit`: one cause per (namespace, port, program) whose processes accepted and
+/// reset connections unread, with the plateau they held and the namespace's TCPAbortOnClose.
+fn limit_causes(agg: &Aggregates, duration_s: f64) -> Vec<Cause> {
+    let ns_resets = crate::limit::per_namespace(&agg.aborts);
+    let mut out = Vec::new();
+    for ((ns, lport, comm), keys) in crate::limit::group(&agg.aborts) {
+        let mut seen = crate::limit::Seen::default();
+        for (k, _) in &keys {
+            // Sampled while the interval ran; else now (export and top frames sample too).
+            match agg.limit_seen.get(k).copied() {
+                Some(s) => seen.merge(s),
+                None => {
+                    if let Some(s) = crate::limit::sample(k) {
+                        seen.merge(s);
+                    }
+                }
+            }
+        }
+        let pids: Vec<u32> = keys.iter().map(|(k, _)| k.tgid).collect();
+        let resets: u64 = keys.iter().map(|(_, n)| n).sum();
+        let kernel = match (agg.counters_first.get(&ns), agg.counters_last.get(&ns)) {
+            (Some(a), Some(b)) => Some(counters::delta(a, b, "TcpExt:TCPAbortOnClose")),
+            _ => None,
+        };
+        let owners: Vec<procs::Owner> = pids
+            .iter()
+            .map(|&pid| procs::Owner {
+                pid,
+                comm: comm.clone(),
+            })
+            .collect();
+        let ev = crate::limit::LimitEvidence {
+            lport,
+            comm: &comm,
+            pids: pids.clone(),
+            resets,
+            duration_s,
+            seen,
+            kernel_abort_on_close: kernel,
+            app: app_of_owners(&owners),
+        };
+        let Some(f) = crate::limit::diagnose_connection_limit(&ev) else {
+            log::debug!("resets on close, not a connection limit: {ev:?}");
+            continue;
+        };
+        out.push(Cause {
+            cgroup: None,
+            place: format!(":{lport} ({comm})"),
+            process: Some(comm.clone()),
+            pid: pids.first().copied(),
+            port: Some(lport),
+            evidence: json!({"netns": ns, "pids": pids, "resets_on_close": resets,
+                "namespace_resets_on_close": ns_resets.get(&ns).copied().unwrap_or(0),
+                "TcpExt:TCPAbortOnClose": kernel, "established_peak": seen.established_peak,
+                "nofile_limit": seen.nofile}),
+            finding: f,
+        });
+    }
+    out
 }
 
 /// Every process's sockets, in every namespace its threads use: a walk of every process's

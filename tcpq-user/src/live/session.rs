@@ -59,6 +59,12 @@ pub struct Aggregates {
     pub tier0_conntrack: Vec<(u32, crate::snapshot::nswatch::CtReading)>,
     /// Each family: watching or tracing, since when and why (at the end of the interval).
     pub families: Vec<FamilyView>,
+    /// Connections closed with data unread (reset: TCPAbortOnClose) per (namespace, local
+    /// port, process) in the interval, exact from the kernel (`limit`).
+    pub aborts: BTreeMap<tcpq_common::AbortKey, crate::limit::Tally>,
+    /// What each of those processes held on its port at the looks taken while the interval
+    /// ran (`Session::sample_limits`).
+    pub limit_seen: BTreeMap<tcpq_common::AbortKey, crate::limit::Seen>,
 }
 
 impl Default for Aggregates {
@@ -77,6 +83,8 @@ impl Default for Aggregates {
             tier0_listeners: Vec::new(),
             tier0_conntrack: Vec::new(),
             families: Vec::new(),
+            aborts: BTreeMap::new(),
+            limit_seen: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +147,10 @@ pub struct Session {
     accept_lost: PerCpuArray<MapData, u64>,
     accept_totals: AcceptTotalsReader,
     listen_unsent: UnsentReader,
+    /// Resets on close per process and port (tier 1), and the running totals at the start of
+    /// the interval.
+    aborts: crate::limit::AbortReader,
+    abort_base: BTreeMap<tcpq_common::AbortKey, crate::limit::Tally>,
     pub dir: ListenerDirectory,
     ct_active: RefCell<HashSet<u32>>,
     pub host: u32,
@@ -235,7 +247,7 @@ pub const LIVE_STANDBY: &[&str] = &[
     names::PROG_OUTCOME_CONSUME,
     names::PROG_OUTCOME_KFREE,
     names::PROG_SYNACK_RETRANS,
-    names::PROG_SEND_RESET,
+    names::PROG_OVERFLOW_RESET,
     names::PROG_ACCEPT_ENQUEUE,
     names::PROG_ACCEPT_ENTER4,
     names::PROG_ACCEPT_EXIT4,
@@ -295,6 +307,7 @@ impl Session {
         let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
         let accept_totals = AcceptTotalsReader::open(&mut loaded)?;
         let listen_unsent = UnsentReader::open(&mut loaded)?;
+        let aborts = crate::limit::AbortReader::open(&mut loaded);
         let host = netns::current().unwrap_or(0);
         let agg = Aggregates::default();
         let mut session = Self {
@@ -310,6 +323,8 @@ impl Session {
             accept_lost,
             accept_totals,
             listen_unsent,
+            aborts,
+            abort_base: BTreeMap::new(),
             dir: ListenerDirectory::new(),
             ct_active: RefCell::new(HashSet::new()),
             host,
@@ -339,6 +354,7 @@ impl Session {
         // starting counters.
         session.poll(true);
         session.agg.counters_first = session.engine.tier0.counters().clone();
+        session.abort_base = session.aborts.read();
         Ok(session)
     }
 
@@ -567,6 +583,18 @@ impl Session {
         }
     }
 
+    /// Looks at every process that reset connections on close this interval: does it hold the
+    /// port's listener, how many ESTABLISHED does it hold there (the plateau), its nofile limit.
+    /// Sampled while the interval runs: the server may be gone (or idle) by its end.
+    pub fn sample_limits(&mut self) {
+        let now = crate::limit::interval(&self.abort_base, &self.aborts.read());
+        for key in now.keys() {
+            if let Some(seen) = crate::limit::sample(key) {
+                self.agg.limit_seen.entry(*key).or_default().merge(seen);
+            }
+        }
+    }
+
     /// Ends the interval: returns its aggregates and starts a fresh set.
     pub fn take(&mut self) -> Aggregates {
         self.fold_accept_totals();
@@ -576,6 +604,10 @@ impl Session {
             ..Aggregates::default()
         };
         let mut agg = std::mem::replace(&mut self.agg, next);
+        // Read right after the interval's last counters (`poll(true)`), as its start was.
+        let aborts = self.aborts.read();
+        agg.aborts = crate::limit::interval(&self.abort_base, &aborts);
+        self.abort_base = aborts;
         agg.counters_last = self.engine.tier0.counters().clone();
         agg.tier0_listeners = self.engine.tier0.take_interval();
         agg.tier0_conntrack = self.engine.tier0.conntrack_filling();
