@@ -153,6 +153,30 @@ impl KindCounts {
     pub fn is_empty(&self) -> bool {
         self.total() == 0
     }
+
+    /// Scales the refusal kinds down so that they add up to at most `exact` (tier 0's count
+    /// for the same listener and interval): kinds predicted from the queues at arrival may
+    /// take a packet the kernel then accepted for a refusal. Each kind keeps its share,
+    /// rounded down, the remainder going to the largest.
+    pub fn cap_refusals(&mut self, exact: u64) {
+        let predicted = self.refused();
+        if predicted <= exact {
+            return;
+        }
+        let refusals: Vec<OverflowKind> = OverflowKind::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.is_refusal())
+            .collect();
+        for k in &refusals {
+            let n = self.get(*k);
+            self.0[k.index()] = (n as u128 * exact as u128 / predicted as u128) as u64;
+        }
+        let short = exact - self.refused();
+        if let Some(largest) = refusals.iter().max_by_key(|k| self.get(**k)) {
+            self.0[largest.index()] += short;
+        }
+    }
 }
 
 /// Identity of a listening socket: its netns and sock_diag cookie (distinguishes SO_REUSEPORT
@@ -467,6 +491,28 @@ impl LineLimiter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn predicted_kinds_are_capped_at_the_exact_total_keeping_their_shares() {
+        let mut c = KindCounts::default();
+        c.add(OverflowKind::Syn, 90);
+        c.add(OverflowKind::Ack, 30);
+        c.add(OverflowKind::Cookie, 5); // not a refusal: left alone
+        c.cap_refusals(100);
+        assert_eq!(c.refused(), 100);
+        assert_eq!((c.get(OverflowKind::Syn), c.get(OverflowKind::Ack)), (75, 25));
+        assert_eq!(c.get(OverflowKind::Cookie), 5);
+        let mut odd = KindCounts::default();
+        odd.add(OverflowKind::Syn, 2);
+        odd.add(OverflowKind::Ack, 1);
+        odd.cap_refusals(2);
+        assert_eq!(odd.refused(), 2);
+        // Under the total: untouched.
+        let before = c;
+        c.cap_refusals(1000);
+        assert_eq!(c, before);
+    }
+
     use std::net::Ipv4Addr;
 
     use super::*;

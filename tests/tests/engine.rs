@@ -173,6 +173,12 @@ fn an_overflow_is_traced_within_a_second_counted_exactly_and_untraced_after_quie
         traced > 0 && traced <= refused,
         "tier 2 detailed part of them: {traced}"
     );
+    // Counters first leaves the outcome hooks out: kinds are predicted (and capped at the
+    // exact count, which the assertion above holds by construction for each frame).
+    assert!(
+        frames.iter().all(|f| f["listen_kinds"] == "predicted"),
+        "kinds predicted under counters first"
+    );
 
     // Client-level detail within 1 s of the first refusal (frames are 250 ms apart).
     let first_refused = frames

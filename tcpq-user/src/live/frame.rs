@@ -195,6 +195,10 @@ pub struct Frame {
     pub conntrack: Vec<ConntrackRow>,
     /// Table entries not recorded because a userspace table was full (bounded memory).
     pub evicted: u64,
+    /// How the listeners' `counts` by kind were told: "confirmed" from what the kernel did with
+    /// each packet (`--hooks all`), or "predicted" from the queues when it arrived and capped at
+    /// the exact `refused` (counters first: the outcome hooks cost more than the rest together).
+    pub listen_kinds: &'static str,
 }
 
 /// What was read from the system for one frame (sock_diag, /proc, conntrack), keyed the way
@@ -331,7 +335,12 @@ pub fn build(
     let mut listener_rows: Vec<ListenerRow> = listeners
         .into_iter()
         .map(|((ns, laddr, lport), m)| {
-            let (counts, qb) = (m.counts, m.queue_backlog);
+            let (mut counts, qb) = (m.counts, m.queue_backlog);
+            if !agg.listen_confirmed
+                && let Some(exact) = m.refused
+            {
+                counts.cap_refusals(exact);
+            }
             let snap = snaps.listeners.get(&(ns, lport));
             let acc = agg.accepts.get(&(ns, laddr, lport));
             let per_s = OverflowKind::ALL
@@ -432,6 +441,11 @@ pub fn build(
         outbound,
         conntrack: snaps.conntrack.clone(),
         evicted: agg.overflow.evicted + agg.connects.evicted + agg.accepts_evicted,
+        listen_kinds: if agg.listen_confirmed {
+            "confirmed"
+        } else {
+            "predicted"
+        },
     }
 }
 
@@ -550,7 +564,15 @@ pub fn render_text(f: &Frame) -> String {
             c.fix.first().map(String::as_str).unwrap_or("")
         );
     }
-    let _ = writeln!(s, "LISTENERS");
+    let _ = writeln!(
+        s,
+        "LISTENERS{}",
+        if f.listen_kinds == "predicted" {
+            " (kinds predicted at arrival, capped at the exact REFUSED)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         s,
         "  {:<10} {:<24} {:<20} {:>11} {:>9} {:<28} {:>9} {:>9} {:>9}",

@@ -282,7 +282,19 @@ impl Metrics {
         owners: &HashMap<(u32, u16), String>,
     ) {
         self.events.inc_by(agg.events);
+        // Predicted kinds (counters first) are capped at tier 0's exact count, as in `top`.
+        let exact: HashMap<(u32, std::net::IpAddr, u16), u64> = agg
+            .tier0_listeners
+            .iter()
+            .map(|(id, t)| ((id.netns, id.laddr, id.lport), t.refused_interval))
+            .collect();
         for a in agg.overflow.listeners.values() {
+            let mut total = a.total;
+            if !agg.listen_confirmed
+                && let Some(n) = exact.get(&(a.key.netns, a.key.laddr, a.key.lport))
+            {
+                total.cap_refusals(*n);
+            }
             let listener = self
                 .listeners_budget
                 .label(endpoint(a.key.laddr, a.key.lport));
@@ -293,7 +305,7 @@ impl Metrics {
                 .unwrap_or_default();
             let process = self.process_budget.label(process);
             for k in OverflowKind::ALL {
-                let n = a.total.get(k);
+                let n = total.get(k);
                 if n > 0 {
                     self.listen
                         .get_or_create(&ListenerLabels {

@@ -45,6 +45,8 @@ pub struct Aggregates {
     pub acceptors: BTreeMap<(u32, IpAddr, u16), AcceptorSample>,
     /// Accept keys not recorded because the table was full.
     pub accepts_evicted: u64,
+    /// The listen kinds were confirmed by the outcome hooks (else predicted at arrival).
+    pub listen_confirmed: bool,
     /// Events decoded (all families).
     pub events: u64,
     /// Listen events the kernel counted per listener without a ring record (line budget).
@@ -76,6 +78,7 @@ impl Default for Aggregates {
             accepts: BTreeMap::new(),
             acceptors: BTreeMap::new(),
             accepts_evicted: 0,
+            listen_confirmed: false,
             events: 0,
             tallied: 0,
             counters_first: HashMap::new(),
@@ -237,6 +240,25 @@ pub const LIVE_UNUSED: &[&str] = &[
     names::PROG_SYS_ENTER_LISTEN,
 ];
 
+/// What the live commands leave out under counters first (not `--hooks all`): LIVE_UNUSED and
+/// the listen family's outcome hooks. Those confirm each SYN/ACK's fate from what the kernel
+/// then did with it, at four more program runs per packet on a listener's port while tracing
+/// (net_dev_queue and consume_skb fire for every packet of every socket); without them the
+/// ingress hook predicts each verdict from the queues at arrival. The exact refusal totals come
+/// from tier 0 either way; predicted kinds are capped at them (`KindCounts::cap_refusals`).
+/// `trace overflow` and `--hooks all` confirm.
+pub const LIVE_UNUSED_COUNTERS_FIRST: &[&str] = &[
+    names::PROG_SYS_ENTER_CONNECT,
+    names::PROG_SYS_EXIT_CONNECT,
+    names::PROG_SYS_EXIT_ACCEPT4,
+    names::PROG_SYS_EXIT_ACCEPT,
+    names::PROG_SYS_ENTER_LISTEN,
+    names::PROG_OUTCOME_XMIT,
+    names::PROG_OUTCOME_CHILD,
+    names::PROG_OUTCOME_CONSUME,
+    names::PROG_OUTCOME_KFREE,
+];
+
 /// Tier 2: loaded and verified at start, attached only while their family's tier-0 signal
 /// moves (`Engine`). What stays attached (tier 1): `sock_state` with only the connect
 /// family's failure path (EADDRNOTAVAIL) and `skb_kfree` with only the drop part (leaves on the drop reason).
@@ -269,7 +291,11 @@ impl Session {
             Family::Accept,
         ];
         let opts = LoadOptions {
-            unused: LIVE_UNUSED,
+            unused: if live.hooks_all {
+                LIVE_UNUSED
+            } else {
+                LIVE_UNUSED_COUNTERS_FIRST
+            },
             standby: if live.hooks_all { &[] } else { LIVE_STANDBY },
             aggregate_accepts: true,
             ..LoadOptions::default()
@@ -612,6 +638,7 @@ impl Session {
         agg.tier0_listeners = self.engine.tier0.take_interval();
         agg.tier0_conntrack = self.engine.tier0.conntrack_filling();
         agg.families = self.families();
+        agg.listen_confirmed = self.loaded.confirm;
         agg
     }
 
