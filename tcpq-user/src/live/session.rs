@@ -264,10 +264,6 @@ pub const LIVE_UNUSED_COUNTERS_FIRST: &[&str] = &[
 /// family's failure path (EADDRNOTAVAIL) and `skb_kfree` with only the drop part (leaves on the drop reason).
 pub const LIVE_STANDBY: &[&str] = &[
     names::PROG_LISTEN_INGRESS,
-    names::PROG_OUTCOME_XMIT,
-    names::PROG_OUTCOME_CHILD,
-    names::PROG_OUTCOME_CONSUME,
-    names::PROG_OUTCOME_KFREE,
     names::PROG_SYNACK_RETRANS,
     names::PROG_OVERFLOW_RESET,
     names::PROG_ACCEPT_ENQUEUE,
