@@ -30,6 +30,40 @@ use crate::{
 /// The label value for "every other value" once a family is at its bound.
 pub const OTHER: &str = "other";
 
+/// Every series name `/metrics` can carry, with its labels, as it appears in PromQL (counters
+/// with `_total`, histograms as `_bucket`/`_sum`/`_count`). The alert rules and the dashboard
+/// under deploy/ are checked against it (tests/tests/deploy.rs), and a unit test below checks
+/// it against the registry's own encoding.
+pub const EXPORTED: &[(&str, &[&str])] = &[
+    (
+        "tcpq_listen_refusals_total",
+        &["netns", "listener", "process", "kind"],
+    ),
+    ("tcpq_listen_refused_total", &["netns", "listener", "process"]),
+    ("tcpq_family_armed", &["family"]),
+    ("tcpq_accepts_total", &["netns", "listener"]),
+    ("tcpq_accept_wait_seconds_bucket", &["netns", "listener", "le"]),
+    ("tcpq_accept_wait_seconds_sum", &["netns", "listener"]),
+    ("tcpq_accept_wait_seconds_count", &["netns", "listener"]),
+    (
+        "tcpq_connects_total",
+        &["netns", "process", "destination", "result"],
+    ),
+    ("tcpq_connect_latency_seconds_bucket", &["destination", "le"]),
+    ("tcpq_connect_latency_seconds_sum", &["destination"]),
+    ("tcpq_connect_latency_seconds_count", &["destination"]),
+    ("tcpq_conntrack_drops_total", &["netns", "kind"]),
+    ("tcpq_conntrack_entries", &["netns"]),
+    ("tcpq_conntrack_max", &["netns"]),
+    ("tcpq_lost_events_total", &["family"]),
+    ("tcpq_cause_active", &["cause", "where"]),
+    ("tcpq_events_total", &[]),
+    ("tcpq_labels_folded", &[]),
+    ("tcpq_last_update_seconds", &[]),
+    ("tcpq_process_cpu_seconds_total", &[]),
+    ("tcpq_process_resident_memory_bytes", &[]),
+];
+
 /// Admits at most `cap` distinct label values; the rest map to `other`.
 #[derive(Debug, Clone)]
 pub struct LabelBudget {
@@ -104,6 +138,11 @@ struct CtLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetnsOnly {
+    netns: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FamilyLabel {
     family: String,
 }
@@ -130,16 +169,38 @@ pub struct Metrics {
     connects: Family<ConnectLabels, Counter>,
     connect_latency: Family<DestinationOnly, Histogram>,
     conntrack: Family<CtLabels, Counter>,
+    ct_entries: Family<NetnsOnly, Gauge>,
+    ct_max: Family<NetnsOnly, Gauge>,
     lost: Family<FamilyLabel, Counter>,
     causes: Family<CauseLabels, Gauge>,
     events: Counter,
     folded_labels: Gauge,
     last_update: Gauge<f64, AtomicU64>,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    rss_bytes: Gauge,
+    /// This process's CPU seconds at the last update.
+    last_cpu: f64,
     listeners_budget: LabelBudget,
     dest_budget: LabelBudget,
     process_budget: LabelBudget,
     netns_budget: LabelBudget,
     last_lost: Lost,
+}
+
+/// This process's CPU seconds (user + system) and resident bytes, from /proc/self.
+fn own_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some((ticks as f64 / hz, pages * page))
 }
 
 /// Adds an interval's nanosecond histogram to a Prometheus histogram in seconds.
@@ -211,6 +272,18 @@ impl Metrics {
             "Packets dropped by netfilter (kind: table_full or rule)",
             conntrack.clone(),
         );
+        let ct_entries = Family::<NetnsOnly, Gauge>::default();
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries in use in a network namespace (nf_conntrack_count), at the last reading",
+            ct_entries.clone(),
+        );
+        let ct_max = Family::<NetnsOnly, Gauge>::default();
+        registry.register(
+            "conntrack_max",
+            "The conntrack table's limit seen from a network namespace (nf_conntrack_max)",
+            ct_max.clone(),
+        );
         let lost = Family::<FamilyLabel, Counter>::default();
         registry.register(
             "lost_events",
@@ -237,6 +310,18 @@ impl Metrics {
             "Unix time at which the last interval was folded in (moves every --interval while collection runs)",
             last_update.clone(),
         );
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time (user + system) tcpq's own process used",
+            cpu_seconds.clone(),
+        );
+        let rss_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "tcpq's own resident memory",
+            rss_bytes.clone(),
+        );
         // Loss is always shown, zero included.
         for family in [
             "listen",
@@ -260,11 +345,16 @@ impl Metrics {
             connects,
             connect_latency,
             conntrack,
+            ct_entries,
+            ct_max,
             lost,
             causes,
             events,
             folded_labels,
             last_update,
+            cpu_seconds,
+            rss_bytes,
+            last_cpu: 0.0,
             listeners_budget: LabelBudget::new(top_k),
             dest_budget: LabelBudget::new(top_k),
             process_budget: LabelBudget::new(top_k),
@@ -364,6 +454,24 @@ impl Metrics {
                     kind: kind.to_string(),
                 })
                 .inc_by(*n);
+        }
+        // Gauges of the tables seen now: a namespace gone is dropped with its series.
+        self.ct_entries.clear();
+        self.ct_max.clear();
+        for (ns, c) in &agg.tier0_conntrack_tables {
+            let l = NetnsOnly {
+                netns: self.netns_budget.label(ns.to_string()),
+            };
+            // Namespaces folded into `other` add up (their counts; the limit is one value).
+            self.ct_entries.get_or_create(&l).inc_by(c.count as i64);
+            self.ct_max.get_or_create(&l).set(c.max as i64);
+        }
+        if let Some((cpu, rss)) = own_usage() {
+            if cpu > self.last_cpu {
+                self.cpu_seconds.inc_by(cpu - self.last_cpu);
+                self.last_cpu = cpu;
+            }
+            self.rss_bytes.set(rss as i64);
         }
         for (family, now, before) in [
             ("listen", lost.listen, self.last_lost.listen),
@@ -472,5 +580,96 @@ mod tests {
         assert!(second.ends_with("# EOF\n"));
         let updated = series_value(&second, "tcpq_last_update_seconds");
         assert!(updated > 1.7e9, "{second}");
+    }
+
+    /// EXPORTED lists exactly the series names and labels the registry encodes once every
+    /// family holds a series.
+    #[test]
+    fn exported_matches_the_registry() {
+        let m = Metrics::new(3);
+        let ll = ListenerLabels {
+            netns: "1".into(),
+            listener: "127.0.0.1:80".into(),
+            process: "p".into(),
+            kind: "syn".into(),
+        };
+        m.listen.get_or_create(&ll).inc();
+        m.refused
+            .get_or_create(&ListenerProcess {
+                netns: "1".into(),
+                listener: "l".into(),
+                process: "p".into(),
+            })
+            .inc();
+        let lo = ListenerOnly {
+            netns: "1".into(),
+            listener: "l".into(),
+        };
+        m.accepts.get_or_create(&lo).inc();
+        m.accept_wait.get_or_create(&lo).observe(0.1);
+        m.connects
+            .get_or_create(&ConnectLabels {
+                netns: "1".into(),
+                process: "p".into(),
+                destination: "d".into(),
+                result: "ok".into(),
+            })
+            .inc();
+        m.connect_latency
+            .get_or_create(&DestinationOnly {
+                destination: "d".into(),
+            })
+            .observe(0.1);
+        m.conntrack
+            .get_or_create(&CtLabels {
+                netns: "1".into(),
+                kind: "rule".into(),
+            })
+            .inc();
+        let mut agg = Aggregates::default();
+        agg.tier0_conntrack_tables = vec![(
+            1,
+            crate::snapshot::nswatch::CtReading {
+                count: 10,
+                max: 100,
+                drop: 0,
+            },
+        )];
+        let mut m = m;
+        m.update(&agg, &[], Lost::default(), &HashMap::new());
+        // Set after update(): it replaces the causes with the interval's.
+        m.causes
+            .get_or_create(&CauseLabels {
+                cause: "c".into(),
+                place: WhereLabel {
+                    r#where: "w".into(),
+                },
+            })
+            .set(1);
+        m.family_armed
+            .get_or_create(&FamilyLabel {
+                family: "listen".into(),
+            })
+            .set(1);
+        let text = m.encode();
+        let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for l in text.lines().filter(|l| l.starts_with("tcpq_")) {
+            let name_end = l.find(['{', ' ']).unwrap();
+            let labels = seen.entry(l[..name_end].to_string()).or_default();
+            if let Some(inner) = l[name_end..].strip_prefix('{') {
+                for pair in inner[..inner.find('}').unwrap()].split(',') {
+                    labels.insert(pair.split('=').next().unwrap().to_string());
+                }
+            }
+        }
+        let want: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            EXPORTED
+                .iter()
+                .map(|(n, ls)| (n.to_string(), ls.iter().map(|l| l.to_string()).collect()))
+                .collect();
+        assert_eq!(seen, want, "{text}");
+        assert!(series_value(&text, "tcpq_conntrack_entries{netns=\"1\"}") == 10.0);
+        assert!(series_value(&text, "tcpq_process_resident_memory_bytes") > 0.0);
     }
 }
