@@ -2,7 +2,7 @@
 //!
 //! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
 //! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs), nginx and
-//! wrk (the real-server test).
+//! wrk (the real-server test), prometheus (promtool and the server: the deploy/ tests).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -18,7 +18,7 @@ mod vm;
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
 /// real-server integration test, capsh for the minimum-capabilities test, tmux for the
-/// end-to-end test of `tcpq top`.
+/// end-to-end test of `tcpq top`, prometheus (promtool and the server) for the deploy/ tests.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("capsh", "libcap2-bin"),
     ("tmux", "tmux"),
+    ("promtool", "prometheus"),
 ];
 
 fn main() {
@@ -43,7 +44,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -155,6 +156,15 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null()))?;
+        // The tests run their own Prometheus on a free loopback port: the package's service,
+        // started by the install where systemd runs, is stopped and disabled.
+        if missing.contains(&"prometheus") {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", "prometheus"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     eprintln!(
         "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables)"
@@ -194,7 +204,9 @@ fn test() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root_dir())
         .args(["test", "--package", "tcpq-tests", "--", "--test-threads=1"])
-        .env("TCPQ_BIN", tcpq_bin()))?;
+        .env("TCPQ_BIN", tcpq_bin())
+        // setup installed every tool the tests use: a missing one is a failure, not a skip.
+        .env("TCPQ_TOOLS_REQUIRED", "1"))?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }
@@ -240,6 +252,9 @@ mod tests {
     #[test]
     fn packages_cover_the_lab_tools() {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh", "tmux"]);
+        assert_eq!(
+            bins,
+            ["ip", "nft", "nginx", "wrk", "capsh", "tmux", "promtool"]
+        );
     }
 }

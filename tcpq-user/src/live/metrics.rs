@@ -39,17 +39,26 @@ pub const EXPORTED: &[(&str, &[&str])] = &[
         "tcpq_listen_refusals_total",
         &["netns", "listener", "process", "kind"],
     ),
-    ("tcpq_listen_refused_total", &["netns", "listener", "process"]),
+    (
+        "tcpq_listen_refused_total",
+        &["netns", "listener", "process"],
+    ),
     ("tcpq_family_armed", &["family"]),
     ("tcpq_accepts_total", &["netns", "listener"]),
-    ("tcpq_accept_wait_seconds_bucket", &["netns", "listener", "le"]),
+    (
+        "tcpq_accept_wait_seconds_bucket",
+        &["netns", "listener", "le"],
+    ),
     ("tcpq_accept_wait_seconds_sum", &["netns", "listener"]),
     ("tcpq_accept_wait_seconds_count", &["netns", "listener"]),
     (
         "tcpq_connects_total",
         &["netns", "process", "destination", "result"],
     ),
-    ("tcpq_connect_latency_seconds_bucket", &["destination", "le"]),
+    (
+        "tcpq_connect_latency_seconds_bucket",
+        &["destination", "le"],
+    ),
     ("tcpq_connect_latency_seconds_sum", &["destination"]),
     ("tcpq_connect_latency_seconds_count", &["destination"]),
     ("tcpq_conntrack_drops_total", &["netns", "kind"]),
@@ -663,11 +672,10 @@ mod tests {
                 }
             }
         }
-        let want: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-            EXPORTED
-                .iter()
-                .map(|(n, ls)| (n.to_string(), ls.iter().map(|l| l.to_string()).collect()))
-                .collect();
+        let want: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = EXPORTED
+            .iter()
+            .map(|(n, ls)| (n.to_string(), ls.iter().map(|l| l.to_string()).collect()))
+            .collect();
         assert_eq!(seen, want, "{text}");
         assert!(series_value(&text, "tcpq_conntrack_entries{netns=\"1\"}") == 10.0);
         assert!(series_value(&text, "tcpq_process_resident_memory_bytes") > 0.0);
