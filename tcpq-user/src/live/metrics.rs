@@ -27,6 +27,10 @@ use crate::{
     output::endpoint,
 };
 
+/// Listener owners remembered (beyond it, a listener whose owner is not found this interval is
+/// labelled with no process).
+const MAX_KNOWN_OWNERS: usize = 10_000;
+
 /// The label value for "every other value" once a family is at its bound.
 pub const OTHER: &str = "other";
 
@@ -194,6 +198,10 @@ pub struct Metrics {
     process_budget: LabelBudget,
     netns_budget: LabelBudget,
     last_lost: Lost,
+    /// The last known owner of each listener ((netns, port) → comm): an interval whose owner
+    /// lookup came back empty (the process was gone, or not found yet) keeps the listener's
+    /// series instead of starting one with `process=""`.
+    known_owners: HashMap<(u32, u16), String>,
 }
 
 /// This process's CPU seconds (user + system) and resident bytes, from /proc/self.
@@ -369,6 +377,7 @@ impl Metrics {
             process_budget: LabelBudget::new(top_k),
             netns_budget: LabelBudget::new(top_k),
             last_lost: Lost::default(),
+            known_owners: HashMap::new(),
         }
     }
 
@@ -381,6 +390,12 @@ impl Metrics {
         owners: &HashMap<(u32, u16), String>,
     ) {
         self.events.inc_by(agg.events);
+        for (k, comm) in owners {
+            if self.known_owners.len() < MAX_KNOWN_OWNERS || self.known_owners.contains_key(k) {
+                self.known_owners.insert(*k, comm.clone());
+            }
+        }
+        let owners = &self.known_owners;
         for a in agg.overflow.listeners.values() {
             let listener = self
                 .listeners_budget
@@ -679,5 +694,40 @@ mod tests {
         assert_eq!(seen, want, "{text}");
         assert!(series_value(&text, "tcpq_conntrack_entries{netns=\"1\"}") == 10.0);
         assert!(series_value(&text, "tcpq_process_resident_memory_bytes") > 0.0);
+    }
+
+    /// A listener keeps its one series when an interval's owner lookup comes back empty.
+    #[test]
+    fn a_listener_keeps_its_process_label() {
+        use crate::live::engine::{ListenerId, ListenerTotals};
+        let id = ListenerId {
+            netns: 7,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 8080,
+            cookie: 1,
+        };
+        let agg = |n| {
+            let mut t = ListenerTotals::default();
+            t.refused_interval = n;
+            Aggregates {
+                tier0_listeners: vec![(id, t)],
+                ..Aggregates::default()
+            }
+        };
+        let mut m = Metrics::new(5);
+        let owners = HashMap::from([((7, 8080), "nginx".to_string())]);
+        m.update(&agg(3), &[], Lost::default(), &owners);
+        m.update(&agg(4), &[], Lost::default(), &HashMap::new());
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tcpq_listen_refused_total"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "tcpq_listen_refused_total{netns=\"7\",listener=\"127.0.0.1:8080\",process=\"nginx\"} 7"
+            ]
+        );
     }
 }
