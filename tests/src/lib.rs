@@ -676,22 +676,32 @@ pub fn metric_series(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// A tool the test needs (promtool, prometheus, dpkg-deb…): its path, or None after printing
-/// why the test is skipped. `cargo xtask test` installs every one of them first (setup) and sets
-/// TCPQ_TOOLS_REQUIRED=1, so there a missing tool fails the test instead of skipping it.
+/// A tool the test needs (promtool, prometheus, setpriv…): its path, or None after printing why
+/// the test is skipped (see `present_or_skip`).
 pub fn tool_or_skip(test: &str, tool: &str, package: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(tool))
             .find(|p| p.is_file())
     });
+    present_or_skip(
+        test,
+        found,
+        &format!("{tool} is not on PATH (Debian package {package})"),
+    )
+}
+
+/// Something the test needs that `cargo xtask test` provides (a tool setup installs, the .deb
+/// dist builds, setup's venv): `found`, or None after printing `SKIPPED test: missing; …`. Under
+/// `cargo xtask test` (TCPQ_TOOLS_REQUIRED=1) a missing one fails the test instead.
+pub fn present_or_skip(test: &str, found: Option<PathBuf>, missing: &str) -> Option<PathBuf> {
     if found.is_none() {
         assert!(
             std::env::var_os("TCPQ_TOOLS_REQUIRED").is_none(),
-            "{test}: {tool} is not on PATH although `cargo xtask setup` ran (Debian package {package})"
+            "{test}: {missing}, although `cargo xtask test` provides it"
         );
         eprintln!(
-            "SKIPPED {test}: {tool} is not installed (Debian package {package}; `cargo xtask setup` installs it as root)"
+            "SKIPPED {test}: {missing}: `cargo xtask setup` installs the tools (as root), `cargo xtask dist` builds the package"
         );
     }
     found

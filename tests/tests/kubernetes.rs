@@ -45,18 +45,10 @@ fn builtin_objects_pass_kubernetes_validate_strict() {
     let test = "kubernetes_validate";
     let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/deploy-venv/bin/kubernetes-validate");
-    if !tool.exists() {
-        assert!(
-            std::env::var_os("TCPQ_TOOLS_REQUIRED").is_none(),
-            "{test}: {} missing although `cargo xtask setup` ran",
-            tool.display()
-        );
-        eprintln!(
-            "SKIPPED {test}: {} missing: `cargo xtask setup` creates it (PyPI kubernetes-validate)",
-            tool.display()
-        );
+    let missing = format!("{} missing (PyPI kubernetes-validate)", tool.display());
+    let Some(tool) = present_or_skip(test, tool.exists().then_some(tool), &missing) else {
         return;
-    }
+    };
     let out = Command::new(&tool)
         .arg("--strict")
         .arg(deploy_dir().join("kubernetes/tcpq.yaml"))

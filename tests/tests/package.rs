@@ -27,18 +27,7 @@ fn package(test: &str) -> Option<PathBuf> {
             .filter(|p| p.extension().is_some_and(|x| x == "deb"))
             .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
     });
-    if deb.is_none() {
-        assert!(
-            std::env::var_os("TCPQ_TOOLS_REQUIRED").is_none(),
-            "{test}: no .deb in {} although `cargo xtask test` builds it (cargo xtask dist)",
-            dist.display()
-        );
-        eprintln!(
-            "SKIPPED {test}: no package in {}: run `cargo xtask dist` first",
-            dist.display()
-        );
-    }
-    deb
+    present_or_skip(test, deb, &format!("no package in {}", dist.display()))
 }
 
 fn dpkg(args: &[&str]) -> (bool, String) {
