@@ -187,6 +187,16 @@ pub fn identify(cgroup: Option<&str>) -> (Option<String>, Option<String>) {
     (pod, Some(container))
 }
 
+/// How text outputs name a process's cgroup: `pod NS/NAME, container NAME` for a container,
+/// else `cgroup PATH`.
+pub fn describe(cgroup: &str) -> String {
+    match identify(Some(cgroup)) {
+        (Some(pod), Some(c)) => format!("pod {}, container {c}", pod.trim_start_matches("pod ")),
+        (None, Some(c)) => format!("container {c}"),
+        _ => format!("cgroup {cgroup}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
