@@ -31,6 +31,15 @@ use crate::{
 /// labelled with no process).
 const MAX_KNOWN_OWNERS: usize = 10_000;
 
+/// Who owns a listener, as labels: its process (comm) and, in a container, its pod and container
+/// (snapshot::container; empty on the host, which Prometheus reads as no label).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub process: String,
+    pub pod: String,
+    pub container: String,
+}
+
 /// The label value for "every other value" once a family is at its bound.
 pub const OTHER: &str = "other";
 
@@ -41,11 +50,11 @@ pub const OTHER: &str = "other";
 pub const EXPORTED: &[(&str, &[&str])] = &[
     (
         "tcpq_listen_refusals_total",
-        &["netns", "listener", "process", "kind"],
+        &["netns", "listener", "process", "pod", "container", "kind"],
     ),
     (
         "tcpq_listen_refused_total",
-        &["netns", "listener", "process"],
+        &["netns", "listener", "process", "pod", "container"],
     ),
     ("tcpq_family_armed", &["family"]),
     ("tcpq_accepts_total", &["netns", "listener"]),
@@ -57,7 +66,14 @@ pub const EXPORTED: &[(&str, &[&str])] = &[
     ("tcpq_accept_wait_seconds_count", &["netns", "listener"]),
     (
         "tcpq_connects_total",
-        &["netns", "process", "destination", "result"],
+        &[
+            "netns",
+            "process",
+            "pod",
+            "container",
+            "destination",
+            "result",
+        ],
     ),
     (
         "tcpq_connect_latency_seconds_bucket",
@@ -115,6 +131,8 @@ struct ListenerLabels {
     netns: String,
     listener: String,
     process: String,
+    pod: String,
+    container: String,
     kind: String,
 }
 
@@ -123,6 +141,8 @@ struct ListenerProcess {
     netns: String,
     listener: String,
     process: String,
+    pod: String,
+    container: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,6 +155,8 @@ struct ListenerOnly {
 struct ConnectLabels {
     netns: String,
     process: String,
+    pod: String,
+    container: String,
     destination: String,
     result: String,
 }
@@ -197,11 +219,12 @@ pub struct Metrics {
     dest_budget: LabelBudget,
     process_budget: LabelBudget,
     netns_budget: LabelBudget,
+    pod_budget: LabelBudget,
     last_lost: Lost,
     /// The last known owner of each listener ((netns, port) → comm): an interval whose owner
     /// lookup came back empty (the process was gone, or not found yet) keeps the listener's
     /// series instead of starting one with `process=""`.
-    known_owners: HashMap<(u32, u16), String>,
+    known_owners: HashMap<(u32, u16), Owner>,
 }
 
 /// This process's CPU seconds (user + system) and resident bytes, from /proc/self.
@@ -376,36 +399,34 @@ impl Metrics {
             dest_budget: LabelBudget::new(top_k),
             process_budget: LabelBudget::new(top_k),
             netns_budget: LabelBudget::new(top_k),
+            pod_budget: LabelBudget::new(top_k),
             last_lost: Lost::default(),
             known_owners: HashMap::new(),
         }
     }
 
-    /// Adds one interval. `owners` names a listener's process ((netns, port) → comm).
+    /// Adds one interval. `owners` names a listener's owner ((netns, port) → process, pod,
+    /// container); `pods` the pod and container of a connecting process (pid → (pod, container)).
     pub fn update(
         &mut self,
         agg: &Aggregates,
         causes: &[Cause],
         lost: Lost,
-        owners: &HashMap<(u32, u16), String>,
+        owners: &HashMap<(u32, u16), Owner>,
+        pods: &HashMap<u32, (String, String)>,
     ) {
         self.events.inc_by(agg.events);
-        for (k, comm) in owners {
+        for (k, o) in owners {
             if self.known_owners.len() < MAX_KNOWN_OWNERS || self.known_owners.contains_key(k) {
-                self.known_owners.insert(*k, comm.clone());
+                self.known_owners.insert(*k, o.clone());
             }
         }
-        let owners = &self.known_owners;
         for a in agg.overflow.listeners.values() {
             let listener = self
                 .listeners_budget
                 .label(endpoint(a.key.laddr, a.key.lport));
             let netns = self.netns_budget.label(a.key.netns.to_string());
-            let process = owners
-                .get(&(a.key.netns, a.key.lport))
-                .cloned()
-                .unwrap_or_default();
-            let process = self.process_budget.label(process);
+            let owner = self.owner_labels(a.key.netns, a.key.lport);
             for k in OverflowKind::ALL {
                 let n = a.total.get(k);
                 if n > 0 {
@@ -413,7 +434,9 @@ impl Metrics {
                         .get_or_create(&ListenerLabels {
                             netns: netns.clone(),
                             listener: listener.clone(),
-                            process: process.clone(),
+                            process: owner.process.clone(),
+                            pod: owner.pod.clone(),
+                            container: owner.container.clone(),
                             kind: k.id().to_string(),
                         })
                         .inc_by(n);
@@ -424,14 +447,13 @@ impl Metrics {
             if t.refused_interval == 0 {
                 continue;
             }
-            let process = owners
-                .get(&(id.netns, id.lport))
-                .cloned()
-                .unwrap_or_default();
+            let owner = self.owner_labels(id.netns, id.lport);
             let l = ListenerProcess {
                 netns: self.netns_budget.label(id.netns.to_string()),
                 listener: self.listeners_budget.label(endpoint(id.laddr, id.lport)),
-                process: self.process_budget.label(process),
+                process: owner.process,
+                pod: owner.pod,
+                container: owner.container,
             };
             self.refused.get_or_create(&l).inc_by(t.refused_interval);
         }
@@ -455,11 +477,15 @@ impl Metrics {
             let destination = self.dest_budget.label(endpoint(k.daddr, k.dport));
             let process = self.process_budget.label(s.comm.clone());
             let netns = self.netns_budget.label(k.netns.to_string());
+            let (pod, container) = pods.get(&k.tgid).cloned().unwrap_or_default();
+            let (pod, container) = self.pod_labels(pod, container);
             for (r, n) in &s.results {
                 self.connects
                     .get_or_create(&ConnectLabels {
                         netns: netns.clone(),
                         process: process.clone(),
+                        pod: pod.clone(),
+                        container: container.clone(),
                         destination: destination.clone(),
                         result: r.id(),
                     })
@@ -527,10 +553,41 @@ impl Metrics {
         let folded = self.listeners_budget.folded.len()
             + self.dest_budget.folded.len()
             + self.process_budget.folded.len()
-            + self.netns_budget.folded.len();
+            + self.netns_budget.folded.len()
+            + self.pod_budget.folded.len();
         self.folded_labels.set(folded as i64);
         if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
             self.last_update.set(now.as_secs_f64());
+        }
+    }
+
+    /// A listener's owner as bounded labels (the last one known: an interval whose lookup came
+    /// back empty keeps the listener's series).
+    fn owner_labels(&mut self, netns: u32, port: u16) -> Owner {
+        let o = self
+            .known_owners
+            .get(&(netns, port))
+            .cloned()
+            .unwrap_or_default();
+        let (pod, container) = self.pod_labels(o.pod, o.container);
+        Owner {
+            process: self.process_budget.label(o.process),
+            pod,
+            container,
+        }
+    }
+
+    /// Pod and container as bounded labels: empty stays empty (the host); past the bound both
+    /// become `other`.
+    fn pod_labels(&mut self, pod: String, container: String) -> (String, String) {
+        if pod.is_empty() && container.is_empty() {
+            return (pod, container);
+        }
+        let key = format!("{pod}\u{0}{container}");
+        if self.pod_budget.label(key) == OTHER {
+            (OTHER.to_string(), OTHER.to_string())
+        } else {
+            (pod, container)
         }
     }
 
@@ -575,6 +632,7 @@ mod tests {
                 ..Lost::default()
             },
             &HashMap::new(),
+            &HashMap::new(),
         );
         let first = m.encode();
         assert!(
@@ -589,6 +647,7 @@ mod tests {
                 missed_runs: 2,
                 ..Lost::default()
             },
+            &HashMap::new(),
             &HashMap::new(),
         );
         let second = m.encode();
@@ -615,6 +674,8 @@ mod tests {
             netns: "1".into(),
             listener: "127.0.0.1:80".into(),
             process: "p".into(),
+            pod: "ns/pod".into(),
+            container: "c".into(),
             kind: "syn".into(),
         };
         m.listen.get_or_create(&ll).inc();
@@ -623,6 +684,8 @@ mod tests {
                 netns: "1".into(),
                 listener: "l".into(),
                 process: "p".into(),
+                pod: "ns/pod".into(),
+                container: "c".into(),
             })
             .inc();
         let lo = ListenerOnly {
@@ -635,6 +698,8 @@ mod tests {
             .get_or_create(&ConnectLabels {
                 netns: "1".into(),
                 process: "p".into(),
+                pod: "ns/pod".into(),
+                container: "c".into(),
                 destination: "d".into(),
                 result: "ok".into(),
             })
@@ -660,7 +725,7 @@ mod tests {
             },
         )];
         let mut m = m;
-        m.update(&agg, &[], Lost::default(), &HashMap::new());
+        m.update(&agg, &[], Lost::default(), &HashMap::new(), &HashMap::new());
         // Set after update(): it replaces the causes with the interval's.
         m.causes
             .get_or_create(&CauseLabels {
@@ -715,9 +780,22 @@ mod tests {
             }
         };
         let mut m = Metrics::new(5);
-        let owners = HashMap::from([((7, 8080), "nginx".to_string())]);
-        m.update(&agg(3), &[], Lost::default(), &owners);
-        m.update(&agg(4), &[], Lost::default(), &HashMap::new());
+        let owners = HashMap::from([(
+            (7, 8080),
+            Owner {
+                process: "nginx".into(),
+                pod: "shop/web-1".into(),
+                container: "nginx".into(),
+            },
+        )]);
+        m.update(&agg(3), &[], Lost::default(), &owners, &HashMap::new());
+        m.update(
+            &agg(4),
+            &[],
+            Lost::default(),
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         let text = m.encode();
         let series: Vec<&str> = text
             .lines()
@@ -726,7 +804,7 @@ mod tests {
         assert_eq!(
             series,
             [
-                "tcpq_listen_refused_total{netns=\"7\",listener=\"127.0.0.1:8080\",process=\"nginx\"} 7"
+                "tcpq_listen_refused_total{netns=\"7\",listener=\"127.0.0.1:8080\",process=\"nginx\",pod=\"shop/web-1\",container=\"nginx\"} 7"
             ]
         );
     }
