@@ -2,9 +2,10 @@
 //! export` on loopback every second, with deploy/prometheus/tcpq-rules.yml loaded, while `tcpq lab
 //! overflow` overflows a listener in a namespace of the test's own next to a healthy one. Over
 //! Prometheus's HTTP API (loopback): the listener's `tcpq_listen_refused_total` at the last scrape
-//! equals the namespace's ListenOverflows and ListenDrops over the run, exactly; the alert rule's
-//! expression gives that value; `TcpqListenRefusals` fires for that listener, with its labels and
-//! summary, and for no other listener of the namespace. Root (the exporter loads its programs).
+//! equals what tcpq counted and the namespace's ListenOverflows and ListenDrops over the run,
+//! exactly; the alert rule's expression gives that value; increase() agrees within the window's
+//! edges; `TcpqListenRefusals` fires for that listener, with its labels and summary, and for no
+//! other listener of the namespace. Root (the exporter loads its programs).
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -267,10 +268,10 @@ fn prometheus_sees_exact_refusals_and_the_alert_fires_for_that_listener_only() {
         "tcpq_listen_refused_total at the last scrape"
     );
     assert!(seen.iter().all(|v| *v <= tcpq_count), "{seen:?}");
-    // And what tcpq counted is what the kernel counted. tests/tests/engine.rs holds tier 0 to
-    // exactness; here, with Prometheus, the lab and tcpq sharing two CPUs, 2 runs of 8 came out a
-    // few short (4 of 857, 6 of 871; never over): cause not found yet, so this allows 1 % short
-    // and prints every series of the namespace when it is not exact.
+    // And what tcpq counted is what the kernel counted, exactly. (Seen short only while other
+    // work loaded this machine: 4 and 6 of ~860 during another session's SYN storms, 635 of 940
+    // during a bench with 10,000 listeners and 1,000,000 TIME_WAIT sockets — tier 0 then reads
+    // every namespace less often; never short alone. The namespace's series are printed.)
     assert_eq!(
         overflows, drops,
         "the lab's only listen drops are overflows"
@@ -280,13 +281,15 @@ fn prometheus_sees_exact_refusals_and_the_alert_fires_for_that_listener_only() {
         let page = scrape(&exporter.addr).unwrap_or_default();
         let ns_series: Vec<&str> = page
             .lines()
-            .filter(|l| l.contains(&format!("netns=\"{inode}\"")))
+            .filter(|l| {
+                l.contains(&format!("netns=\"{inode}\"")) || l.starts_with("tcpq_labels_folded")
+            })
             .collect();
         eprintln!("tcpq {tcpq_count} != kernel {kernel}; the namespace's series: {ns_series:#?}");
     }
-    assert!(
-        tcpq_count <= kernel && tcpq_count >= kernel - (kernel / 100.0).max(2.0),
-        "tcpq {tcpq_count} vs the namespace's ListenOverflows {kernel}"
+    assert_eq!(
+        tcpq_count, kernel,
+        "tcpq_listen_refused_total vs the namespace's ListenOverflows"
     );
     // Every sample Prometheus stored over the run, in order: a counter that only grew, up to it.
     let range = prom.query(&format!("{selector}[2m]"));
