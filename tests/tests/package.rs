@@ -1,6 +1,7 @@
 //! The Debian package of `cargo xtask dist` (target/dist/tcpq_*.deb), installed with dpkg on this
 //! machine: it puts tcpq, its man pages, completions, the tcpq-export unit and its
-//! /etc/default file in place; the unit passes `systemd-analyze verify` and grants exactly the
+//! /etc/default file in place; the unit passes `systemd-analyze verify` (where systemd is
+//! installed) and grants exactly the
 //! capabilities `tcpq check --json` names (export_keeps, plus CAP_BPF and CAP_PERFMON to load);
 //! the unit's ExecStart, run with those capabilities only (setpriv: bounding set, no_new_privs) and
 //! its EnvironmentFile's arguments (the port swapped for a free one), serves /metrics; `dpkg -r`
@@ -119,16 +120,18 @@ fn the_deb_installs_runs_its_unit_command_and_purges_cleanly() {
     );
 
     // The unit: valid for systemd, and the capabilities it grants are the ones tcpq says it needs.
-    if let Some(analyze) = tool_or_skip(test, "systemd-analyze", "systemd") {
-        let out = Command::new(analyze)
-            .args(["verify", UNIT])
-            .output()
-            .unwrap();
-        assert!(
+    // systemd-analyze verify where systemd is installed (a CI container may have none: then
+    // only the unit's settings below are checked).
+    match Command::new("systemd-analyze")
+        .args(["verify", UNIT])
+        .output()
+    {
+        Ok(out) => assert!(
             out.status.success(),
             "systemd-analyze verify: {}",
             String::from_utf8_lossy(&out.stderr)
-        );
+        ),
+        Err(_) => eprintln!("{test}: no systemd-analyze here: the unit is not verified by systemd"),
     }
     let unit = std::fs::read_to_string(UNIT).unwrap();
     let caps: BTreeSet<String> = setting(&unit, "CapabilityBoundingSet")
@@ -184,6 +187,7 @@ fn the_deb_installs_runs_its_unit_command_and_purges_cleanly() {
         .iter()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
+    // util-linux is Essential in Debian: setpriv is always there.
     let setpriv = tool_or_skip(test, "setpriv", "util-linux").expect("setpriv (util-linux)");
     let log = std::env::temp_dir().join(format!("tcpq-deb-{}.log", std::process::id()));
     let mut child = Command::new(setpriv)
