@@ -307,13 +307,12 @@ fn daemonset_runs_tcpq_with_what_it_needs_and_no_more() {
         {
             cpu_share = cpu_share.max(v / 100.0);
         }
-        if what.contains("CPU per 1 s frame") {
-            if let Some(ms) = value
+        if what.contains("CPU per 1 s frame")
+            && let Some(ms) = value
                 .strip_suffix(" ms")
                 .and_then(|v| v.parse::<f64>().ok())
-            {
-                cpu_share = cpu_share.max(ms / 1000.0);
-            }
+        {
+            cpu_share = cpu_share.max(ms / 1000.0);
         }
     }
     assert!(

@@ -417,7 +417,7 @@ fn top_json_names_the_pod_and_container_of_a_listener() {
     }
     let me = std::process::id();
     let uid = format!("{me:08x}-0000-4000-8000-{me:012x}");
-    let id = format!("{me:08x}{}", "c0ffee".repeat(10)[..56].to_string());
+    let id = format!("{me:08x}{}", &"c0ffee".repeat(10)[..56]);
     let cg = TestCgroup::nested(&[
         format!("tcpq-test-kubepods-{me}.slice"),
         format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),

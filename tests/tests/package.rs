@@ -65,8 +65,8 @@ impl Drop for Purge {
 /// `Key=value` lines of a unit or an environment file (last one wins).
 fn setting(text: &str, key: &str) -> Option<String> {
     text.lines()
-        .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
         .map(|v| v.trim().trim_matches('"').to_string())
 }
 

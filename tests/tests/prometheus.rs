@@ -95,7 +95,7 @@ impl Prometheus {
             .expect("spawn prometheus");
         let p = Self { child, addr, dir };
         let t = Instant::now();
-        while !http_get(&p.addr, "/-/ready").is_some_and(|(status, _)| status == 200) {
+        while http_get(&p.addr, "/-/ready").is_none_or(|(status, _)| status != 200) {
             assert!(
                 t.elapsed() < Duration::from_secs(60),
                 "Prometheus never became ready: {}",

@@ -715,15 +715,17 @@ mod tests {
                 kind: "rule".into(),
             })
             .inc();
-        let mut agg = Aggregates::default();
-        agg.tier0_conntrack_tables = vec![(
-            1,
-            crate::snapshot::nswatch::CtReading {
-                count: 10,
-                max: 100,
-                drop: 0,
-            },
-        )];
+        let agg = Aggregates {
+            tier0_conntrack_tables: vec![(
+                1,
+                crate::snapshot::nswatch::CtReading {
+                    count: 10,
+                    max: 100,
+                    drop: 0,
+                },
+            )],
+            ..Aggregates::default()
+        };
         let mut m = m;
         m.update(&agg, &[], Lost::default(), &HashMap::new(), &HashMap::new());
         // Set after update(): it replaces the causes with the interval's.

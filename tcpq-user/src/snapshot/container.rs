@@ -53,14 +53,14 @@ pub fn from_cgroup(path: &str) -> Option<Container> {
             ("docker-", "docker"),
             ("libpod-", "podman"),
         ] {
-            if let Some(id) = scope.strip_prefix(prefix) {
-                if is_container_id(id) {
-                    return Some(Container {
-                        runtime,
-                        id: id.to_string(),
-                        pod_uid,
-                    });
-                }
+            if let Some(id) = scope.strip_prefix(prefix)
+                && is_container_id(id)
+            {
+                return Some(Container {
+                    runtime,
+                    id: id.to_string(),
+                    pod_uid,
+                });
             }
         }
         return None;
