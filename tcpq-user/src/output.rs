@@ -106,6 +106,14 @@ fn owners_json(info: Option<&ListenerInfo>) -> (Value, Value, Value) {
     }
 }
 
+/// `pod` and `container` of the listener's owner (null on the host or unknown).
+fn pod_json(info: Option<&ListenerInfo>) -> (Value, Value) {
+    (
+        json!(info.and_then(|i| i.pod.clone())),
+        json!(info.and_then(|i| i.container.clone())),
+    )
+}
+
 pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>) -> Value {
     let (pid, comm, pids) = owners_json(info);
     json!({
@@ -122,6 +130,8 @@ pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
         "pid": pid,
         "comm": comm,
         "pids": pids,
+        "pod": pod_json(info).0,
+        "container": pod_json(info).1,
         "backlog": ev.backlog,
         "queue": ev.queue,
         "synq": ev.synq,
@@ -160,6 +170,8 @@ pub fn aggregate_json(clock: &Clock, line: &AggregateLine, info: Option<&Listene
         "pid": pid,
         "comm": comm,
         "pids": pids,
+        "pod": pod_json(info).0,
+        "container": pod_json(info).1,
         "backlog": line.backlog,
         "queue": line.last_queue,
     })
@@ -312,6 +324,8 @@ pub fn summary_json(
                 "pid": pid,
                 "comm": comm,
                 "pids": pids,
+                "pod": pod_json(l.info).0,
+                "container": pod_json(l.info).1,
                 "counts": counts_json(&l.counts),
                 "count": l.counts.refused(),
                 "backlog": l.backlog,
@@ -380,6 +394,8 @@ mod tests {
                 },
             ],
             listen_arg: Some(4),
+            pod: Some("shop/web-1".into()),
+            container: Some("nginx".into()),
         }
     }
 
@@ -398,6 +414,8 @@ mod tests {
         assert_eq!(v["event"], "overflow");
         assert_eq!(v["pid"], 10);
         assert_eq!(v["pids"], json!([10, 11]));
+        assert_eq!(v["pod"], "shop/web-1");
+        assert_eq!(v["container"], "nginx");
         assert_eq!(v["raddr"], "127.0.0.2");
     }
 

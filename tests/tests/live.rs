@@ -10,10 +10,12 @@ use std::{
 use serde_json::Value;
 use tcpq_tests::*;
 
-/// A cgroup v2 child of the root for the test (a stand-in for a container's cgroup).
+/// A cgroup v2 child of the root for the test (a stand-in for a container's cgroup), possibly
+/// nested: every directory it created is removed on drop, deepest first.
 struct TestCgroup {
     path: std::path::PathBuf,
     name: String,
+    created: Vec<std::path::PathBuf>,
 }
 
 /// Where cgroup2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
@@ -33,7 +35,26 @@ impl TestCgroup {
         let name = format!("tcpq-test-{tag}-{}", std::process::id());
         let path = cgroup2_root().join(&name);
         std::fs::create_dir(&path).expect("create a cgroup2 child");
-        Self { path, name }
+        Self {
+            created: vec![path.clone()],
+            path,
+            name,
+        }
+    }
+    /// `parts` nested under the root (the leaf is the last).
+    fn nested(parts: &[String]) -> Self {
+        let mut path = cgroup2_root();
+        let mut created = Vec::new();
+        for p in parts {
+            path = path.join(p);
+            std::fs::create_dir(&path).expect("create a cgroup2 child");
+            created.push(path.clone());
+        }
+        Self {
+            path,
+            name: parts.join("/"),
+            created,
+        }
     }
     fn adopt(&self, pid: u64) {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
@@ -43,18 +64,20 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Move anything left back to the root, then remove it.
-        let root = self.path.parent().unwrap().join("cgroup.procs");
+        // Move anything left back to the root, then remove what was created, deepest first.
+        let root = cgroup2_root().join("cgroup.procs");
         if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
             for p in procs.lines() {
                 let _ = std::fs::write(&root, p);
             }
         }
-        for _ in 0..20 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                break;
+        for dir in self.created.iter().rev() {
+            for _ in 0..20 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -382,4 +405,69 @@ fn metrics_scraped_during_an_overflow_rise_consistently() {
     assert!(during_text.contains("tcpq_cause_active{"), "{during_text}");
     assert!(text.contains("tcpq_accept_wait_seconds_bucket{"), "{text}");
     assert!(text.contains("process=\"tcpq-lab\""), "{text}");
+}
+
+/// A listener in a containerd pod's cgroup (systemd driver shape) is named by its pod and
+/// container in `top --json`: the pod UID and the short container id from the cgroup path (no
+/// runtime state on this machine gives the names; snapshot::container's unit tests read those).
+#[test]
+fn top_json_names_the_pod_and_container_of_a_listener() {
+    if skip_unless_root("top_json_pod") {
+        return;
+    }
+    let me = std::process::id();
+    let uid = format!("{me:08x}-0000-4000-8000-{me:012x}");
+    let id = format!("{me:08x}{}", &"c0ffee".repeat(10)[..56]);
+    let cg = TestCgroup::nested(&[
+        format!("tcpq-test-kubepods-{me}.slice"),
+        format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
+        format!("cri-containerd-{id}.scope"),
+    ]);
+    let ns = Netns::new("pod");
+    let top = TopJson::start("500ms");
+    top.next();
+    let lab = BackgroundLab::start(&ns, &["overflow", "--duration", "3"]);
+    let pid = lab.facts["pid"].as_u64().unwrap();
+    cg.adopt(pid);
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        frames.push(top.next());
+    }
+    lab.finish();
+    let inode = ns.inode();
+    let rows: Vec<&Value> = frames
+        .iter()
+        .flat_map(|f| f["listeners"].as_array().unwrap())
+        .filter(|l| l["netns"].as_u64() == Some(inode) && l["pid"].as_u64() == Some(pid))
+        .filter(|l| l["cgroup"].as_str().is_some_and(|c| c.ends_with(".scope")))
+        .collect();
+    let l = rows
+        .last()
+        .unwrap_or_else(|| panic!("no listener row of pid {pid} in its pod cgroup {}", cg.name));
+    assert_eq!(
+        l["pod"].as_str(),
+        Some(format!("pod {uid}").as_str()),
+        "{l}"
+    );
+    assert_eq!(
+        l["container"].as_str(),
+        Some(format!("containerd {}", &id[..12]).as_str()),
+        "{l}"
+    );
+    let cause = frames
+        .iter()
+        .flat_map(|f| f["causes"].as_array().unwrap())
+        .find(|c| c["pid"].as_u64() == Some(pid) && c["pod"].is_string())
+        .unwrap_or_else(|| panic!("no cause naming the pod of pid {pid}"));
+    assert_eq!(cause["pod"], l["pod"], "{cause}");
+    assert_eq!(cause["container"], l["container"], "{cause}");
+    // A host process's rows say null.
+    assert!(
+        frames
+            .iter()
+            .flat_map(|f| f["listeners"].as_array().unwrap())
+            .filter(|l| l["cgroup"].is_null())
+            .all(|l| l["pod"].is_null() && l["container"].is_null())
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
 //! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs), nginx and
-//! wrk (the real-server test).
+//! wrk (the real-server test), prometheus (promtool and the server: the deploy/ tests).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -13,12 +13,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod dist;
 mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
 /// real-server integration test, capsh for the minimum-capabilities test, tmux for the
-/// end-to-end test of `tcpq top`.
+/// end-to-end test of `tcpq top`, prometheus (promtool and the server) for the deploy/ tests.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
@@ -26,6 +27,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("capsh", "libcap2-bin"),
     ("tmux", "tmux"),
+    ("promtool", "prometheus"),
 ];
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Some("build") => setup().and_then(|_| build()),
         Some("test") => test(),
         Some("demo") => demo(),
+        Some("dist") => setup().and_then(|_| dist::dist()).map(|_| ()),
         Some("bench") => bench::bench(
             args.iter().any(|a| a == "--quick"),
             args.iter().any(|a| a == "--armed"),
@@ -43,7 +46,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux (idempotent)\n  build  build tcpq (and its kernel object)\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions and a .deb with the tcpq-export systemd unit, in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -155,11 +158,71 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null()))?;
+        // The tests run their own Prometheus on a free loopback port: the package's service,
+        // started by the install where systemd runs, is stopped and disabled.
+        if missing.contains(&"prometheus") {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", "prometheus"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+    deploy_venv()?;
     eprintln!(
-        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables)"
+        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, prometheus, kubernetes-validate {KUBERNETES_VALIDATE_VERSION})"
     );
     Ok(())
+}
+
+/// The PyPI package that validates deploy/kubernetes/ offline against the Kubernetes schemas.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The virtualenv holding kubernetes-validate (tests/tests/kubernetes.rs runs its binary).
+pub(crate) fn deploy_venv_dir() -> PathBuf {
+    root_dir().join("target/deploy-venv")
+}
+
+/// Creates target/deploy-venv with kubernetes-validate pinned, unless it is there already
+/// (installing Debian's python3-venv when the interpreter lacks the venv module).
+fn deploy_venv() -> Result<()> {
+    let venv = deploy_venv_dir();
+    let tool = venv.join("bin/kubernetes-validate");
+    let pip = venv.join("bin/pip");
+    let have =
+        output_of(Command::new(&pip).args(["show", "kubernetes-validate"])).is_some_and(|o| {
+            o.lines()
+                .any(|l| l == format!("Version: {KUBERNETES_VALIDATE_VERSION}"))
+        });
+    if tool.exists() && have {
+        return Ok(());
+    }
+    if !pip.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            if !is_root() {
+                bail!(
+                    "python3 cannot create a venv: run `apt-get install -y python3-venv` as root"
+                );
+            }
+            run(Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "python3-venv"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null()))?;
+            let _ = std::fs::remove_dir_all(&venv);
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+    }
+    run(Command::new(&pip).args([
+        "install",
+        "--quiet",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))
 }
 
 fn build() -> Result<()> {
@@ -191,10 +254,14 @@ fn test() -> Result<()> {
         "--package",
         "xtask",
     ]))?;
+    // The package test installs the .deb of `dist` (release build: incremental after the first).
+    dist::dist()?;
     run(Command::new("cargo")
         .current_dir(root_dir())
         .args(["test", "--package", "tcpq-tests", "--", "--test-threads=1"])
-        .env("TCPQ_BIN", tcpq_bin()))?;
+        .env("TCPQ_BIN", tcpq_bin())
+        // setup installed every tool the tests use: a missing one is a failure, not a skip.
+        .env("TCPQ_TOOLS_REQUIRED", "1"))?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }
@@ -240,6 +307,9 @@ mod tests {
     #[test]
     fn packages_cover_the_lab_tools() {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
-        assert_eq!(bins, ["ip", "nft", "nginx", "wrk", "capsh", "tmux"]);
+        assert_eq!(
+            bins,
+            ["ip", "nft", "nginx", "wrk", "capsh", "tmux", "promtool"]
+        );
     }
 }

@@ -24,7 +24,12 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{cmd::top::Producer, kernel::privilege, live::metrics::Metrics, stop};
+use crate::{
+    cmd::top::Producer,
+    kernel::privilege,
+    live::metrics::{Metrics, Owner},
+    stop,
+};
 
 #[derive(Debug, Clone)]
 pub struct ExportArgs {
@@ -122,16 +127,44 @@ pub fn run(args: ExportArgs) -> Result<i32> {
             true
         });
         let tick = producer.tick();
-        let owners: HashMap<(u32, u16), String> = tick
+        let owners: HashMap<(u32, u16), Owner> = tick
             .frame
             .listeners
             .iter()
             .filter_map(|l| {
                 let port = l.listener.rsplit(':').next()?.parse().ok()?;
-                Some(((l.netns, port), l.process.clone()?))
+                Some((
+                    (l.netns, port),
+                    Owner {
+                        process: l.process.clone()?,
+                        pod: l.pod.clone().unwrap_or_default(),
+                        container: l.container.clone().unwrap_or_default(),
+                    },
+                ))
             })
             .collect();
-        metrics.update(&tick.agg, &tick.causes, producer.session.lost(), &owners);
+        let pods: HashMap<u32, (String, String)> = tick
+            .frame
+            .outbound
+            .iter()
+            .filter(|o| o.pod.is_some() || o.container.is_some())
+            .map(|o| {
+                (
+                    o.pid,
+                    (
+                        o.pod.clone().unwrap_or_default(),
+                        o.container.clone().unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect();
+        metrics.update(
+            &tick.agg,
+            &tick.causes,
+            producer.session.lost(),
+            &owners,
+            &pods,
+        );
         let fresh: Arc<str> = Arc::from(metrics.encode());
         let old = {
             let mut current = page.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -26,6 +26,9 @@ pub struct ListenerInfo {
     pub owners: Vec<Owner>,
     /// The listen() argument, when tcpq saw the call.
     pub listen_arg: Option<i32>,
+    /// The first owner's Kubernetes pod and container (snapshot::container), None on the host.
+    pub pod: Option<String>,
+    pub container: Option<String>,
 }
 
 impl ListenerInfo {
@@ -144,11 +147,21 @@ impl ListenerDirectory {
                 .insert((netns_inum, l.laddr, l.lport), l.cookie);
             self.by_cookie.insert(
                 (netns_inum, l.cookie),
-                Rc::new(ListenerInfo {
-                    inode: l.inode,
-                    backlog: l.send_queue,
-                    owners,
-                    listen_arg,
+                Rc::new({
+                    let (pod, container) = crate::snapshot::container::identify(
+                        owners
+                            .first()
+                            .and_then(|o| crate::snapshot::procs::cgroup_path(o.pid))
+                            .as_deref(),
+                    );
+                    ListenerInfo {
+                        inode: l.inode,
+                        backlog: l.send_queue,
+                        owners,
+                        listen_arg,
+                        pod,
+                        container,
+                    }
                 }),
             );
         }

@@ -64,7 +64,8 @@ pub struct Cause {
 
 impl Cause {
     pub fn to_json(&self) -> Value {
-        json!({"cause": self.finding.cause, "where": self.place, "process": self.process, "pid": self.pid, "port": self.port, "cgroup": self.cgroup, "impact": self.finding.impact, "text": self.finding.text, "evidence": self.evidence, "fix": self.finding.fix})
+        let (pod, container) = crate::snapshot::container::identify(self.cgroup.as_deref());
+        json!({"cause": self.finding.cause, "where": self.place, "process": self.process, "pid": self.pid, "port": self.port, "cgroup": self.cgroup, "pod": pod, "container": container, "impact": self.finding.impact, "text": self.finding.text, "evidence": self.evidence, "fix": self.finding.fix})
     }
 }
 

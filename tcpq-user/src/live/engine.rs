@@ -353,6 +353,19 @@ impl Tier0 {
         &self.counters
     }
 
+    /// Every namespace with a conntrack table (max > 0) at the last reading: the exporter's
+    /// count/max gauges.
+    pub fn conntrack_tables(&self) -> Vec<(u32, CtReading)> {
+        let mut v: Vec<(u32, CtReading)> = self
+            .conntrack
+            .iter()
+            .filter(|(_, c)| c.max > 0)
+            .map(|(ns, c)| (*ns, *c))
+            .collect();
+        v.sort_by_key(|(ns, _)| *ns);
+        v
+    }
+
     /// Namespaces whose conntrack table is at least half full at the last reading, with it:
     /// where a table fills before it drops (its entries worth a look, see `live::causes`).
     pub fn conntrack_filling(&self) -> Vec<(u32, CtReading)> {

@@ -13,6 +13,7 @@ use crate::{
     live::{causes::Cause, session::Aggregates},
     model::{KindCounts, OverflowKind},
     output::endpoint,
+    snapshot::container,
 };
 
 /// Kernel counters worth a line in the header when they move (/proc/net/netstat and snmp).
@@ -48,6 +49,10 @@ pub struct CauseRow {
     pub pid: Option<u32>,
     pub process: Option<String>,
     pub cgroup: Option<String>,
+    /// Kubernetes pod (`namespace/name`, else `pod <uid>`) and container of the process, from its
+    /// cgroup (snapshot::container); null on the host.
+    pub pod: Option<String>,
+    pub container: Option<String>,
     /// Refused connections or failures per second.
     pub impact_per_s: f64,
     pub evidence: String,
@@ -61,6 +66,10 @@ pub struct ListenerRow {
     pub pid: Option<u32>,
     pub process: Option<String>,
     pub cgroup: Option<String>,
+    /// Kubernetes pod (`namespace/name`, else `pod <uid>`) and container of the process, from its
+    /// cgroup (snapshot::container); null on the host.
+    pub pod: Option<String>,
+    pub container: Option<String>,
     pub queue: Option<u32>,
     pub backlog: Option<u32>,
     /// Per kind id ("syn", "ack", "synq", "cookie", …) per second.
@@ -86,6 +95,10 @@ pub struct OutboundRow {
     pub pid: u32,
     pub process: String,
     pub cgroup: Option<String>,
+    /// Kubernetes pod (`namespace/name`, else `pod <uid>`) and container of the process, from its
+    /// cgroup (snapshot::container); null on the host.
+    pub pod: Option<String>,
+    pub container: Option<String>,
     pub destination: String,
     pub connects_per_s: f64,
     pub failures_per_s: f64,
@@ -271,6 +284,11 @@ pub fn rate_per_s(n: u64, secs: f64) -> f64 {
     round1(rate(n, secs))
 }
 
+/// (pod, container) of a cgroup path.
+fn identity(cgroup: Option<&str>) -> (Option<String>, Option<String>) {
+    container::identify(cgroup)
+}
+
 /// Impact of a cause per second: its evidence count over the interval.
 fn cause_row(c: &Cause, secs: f64) -> CauseRow {
     CauseRow {
@@ -279,6 +297,8 @@ fn cause_row(c: &Cause, secs: f64) -> CauseRow {
         pid: c.pid,
         process: c.process.clone(),
         cgroup: c.cgroup.clone(),
+        pod: identity(c.cgroup.as_deref()).0,
+        container: identity(c.cgroup.as_deref()).1,
         impact_per_s: rate_per_s(c.finding.impact, secs),
         evidence: c.finding.text.clone(),
         fix: c.finding.fix.clone(),
@@ -364,6 +384,8 @@ pub fn build(
                     .and_then(|s| s.process.clone())
                     .or_else(|| acc.and_then(|a| a.acceptors.values().next().cloned())),
                 cgroup: cgroup_of(pid),
+                pod: identity(cgroup_of(pid).as_deref()).0,
+                container: identity(cgroup_of(pid).as_deref()).1,
                 queue: snap.map(|s| s.queue).or(qb.map(|q| q.0)),
                 backlog: snap.map(|s| s.backlog).or(qb.map(|q| q.1)),
                 per_s,
@@ -404,6 +426,8 @@ pub fn build(
                 pid: k.tgid,
                 process: s.comm.clone(),
                 cgroup: cgroup_of(Some(k.tgid)),
+                pod: identity(cgroup_of(Some(k.tgid)).as_deref()).0,
+                container: identity(cgroup_of(Some(k.tgid)).as_deref()).1,
                 destination: endpoint(k.daddr, k.dport),
                 connects_per_s: rate_per_s(s.attempts, secs),
                 failures_per_s: rate_per_s(s.failures(), secs),
@@ -604,7 +628,7 @@ pub fn render_text(f: &Frame) -> String {
             format!("{}/{}", opt(l.idle_acceptors), opt(l.acceptors)),
         );
         if let Some(cg) = &l.cgroup {
-            let _ = writeln!(s, "             cgroup {cg}");
+            let _ = writeln!(s, "             {}", container::describe(cg));
         }
     }
     let _ = writeln!(s, "OUTBOUND");

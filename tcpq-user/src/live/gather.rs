@@ -44,13 +44,20 @@ pub fn snapshots(
     let mut s = Snapshots::default();
     let mut pids: HashSet<u32> = causes.iter().filter_map(|c| c.pid).collect();
 
-    // Listeners with refusals or accepts.
+    // Listeners with refusals (traced, or counted by tier 0 before or without tracing: their
+    // owner names them in every output from the first interval on) or accepts.
     let keys: BTreeSet<(u32, std::net::IpAddr, u16)> = agg
         .overflow
         .listeners
         .keys()
         .map(|k| (k.netns, k.laddr, k.lport))
         .chain(agg.accepts.keys().copied())
+        .chain(
+            agg.tier0_listeners
+                .iter()
+                .filter(|(_, t)| t.refused_interval > 0)
+                .map(|(id, _)| (id.netns, id.laddr, id.lport)),
+        )
         .collect();
     let mut dumps: HashMap<u32, Vec<sockdiag::DiagSocket>> = HashMap::new();
     for (ns, laddr, lport) in keys {

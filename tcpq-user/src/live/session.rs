@@ -59,6 +59,8 @@ pub struct Aggregates {
     pub tier0_listeners: Vec<(ListenerId, ListenerTotals)>,
     /// Tier 0: namespaces whose conntrack table is at least half full (count, max) at the end.
     pub tier0_conntrack: Vec<(u32, crate::snapshot::nswatch::CtReading)>,
+    /// Tier 0: every namespace with a conntrack table (count, max) at the end (export's gauges).
+    pub tier0_conntrack_tables: Vec<(u32, crate::snapshot::nswatch::CtReading)>,
     /// Each family: watching or tracing, since when and why (at the end of the interval).
     pub families: Vec<FamilyView>,
     /// Connections closed with data unread (reset: TCPAbortOnClose) per (namespace, local
@@ -85,6 +87,7 @@ impl Default for Aggregates {
             counters_last: HashMap::new(),
             tier0_listeners: Vec::new(),
             tier0_conntrack: Vec::new(),
+            tier0_conntrack_tables: Vec::new(),
             families: Vec::new(),
             aborts: BTreeMap::new(),
             limit_seen: BTreeMap::new(),
@@ -633,6 +636,7 @@ impl Session {
         agg.counters_last = self.engine.tier0.counters().clone();
         agg.tier0_listeners = self.engine.tier0.take_interval();
         agg.tier0_conntrack = self.engine.tier0.conntrack_filling();
+        agg.tier0_conntrack_tables = self.engine.tier0.conntrack_tables();
         agg.families = self.families();
         agg.listen_confirmed = self.loaded.confirm;
         agg

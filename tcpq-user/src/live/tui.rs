@@ -145,8 +145,8 @@ fn causes_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     c.place,
                     owner_text(c.pid, c.process.as_deref()),
                     c.cgroup
-                        .as_ref()
-                        .map(|g| format!("cgroup {g}"))
+                        .as_deref()
+                        .map(crate::snapshot::container::describe)
                         .unwrap_or_default(),
                     c.evidence,
                     c.fix.join("\n  ")
@@ -204,7 +204,7 @@ fn listener_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     l.listener,
                     l.netns,
                     owner_text(l.pid, l.process.as_deref()),
-                    l.cgroup.as_ref().map(|g| format!(", cgroup {g}")).unwrap_or_default(),
+                    l.cgroup.as_deref().map(|g| format!(", {}", crate::snapshot::container::describe(g))).unwrap_or_default(),
                     opt(l.queue),
                     opt(l.backlog),
                     l.refused_per_s,
@@ -275,7 +275,7 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     owner_text(Some(r.pid), Some(&r.process)),
                     r.destination,
                     r.netns,
-                    r.cgroup.as_ref().map(|g| format!(", cgroup {g}")).unwrap_or_default(),
+                    r.cgroup.as_deref().map(|g| format!(", {}", crate::snapshot::container::describe(g))).unwrap_or_default(),
                     r.connects_per_s,
                     r.failures_per_s,
                     if by.is_empty() { "none" } else { &by },

@@ -1,3 +1,4 @@
+pub mod container;
 pub mod counters;
 pub mod netns;
 pub mod nswatch;
