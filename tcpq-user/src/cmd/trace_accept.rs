@@ -164,7 +164,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             let lines = budget.borrow_mut().flush_all();
             print_aggregates(lines);
         }
-        let idle_now = idle_acceptors(&in_accept);
+        // The array walk (65,536 slots) only when a listener's holders are unknown.
+        let mut idle_now: Option<HashMap<(u32, u32), u64>> = None;
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
         let missed = loaded.missed_runs();
         let (dur, stats) = if final_run {
@@ -196,10 +197,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                         .cloned()
                         .unwrap_or_default();
                     (!pairs.is_empty()).then(|| {
-                        pairs
-                            .iter()
-                            .map(|p| idle_now.get(p).copied().unwrap_or(0))
-                            .sum()
+                        let idle = idle_now.get_or_insert_with(|| idle_acceptors(&in_accept));
+                        pairs.iter().map(|p| idle.get(p).copied().unwrap_or(0)).sum()
                     })
                 }
             };
