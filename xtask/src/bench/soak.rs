@@ -213,6 +213,35 @@ fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
+/// Network namespaces on the machine (every process's and every /run/netns mount), which tier 0
+/// all watches: on a shared machine other people's come and go too.
+fn netns_count() -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("ns/net"));
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    procs
+        .chain(named)
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// tcpq's fds and the machine's network namespaces with no lab running.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Idle {
+    pub fds: usize,
+    pub namespaces: usize,
+}
+
 /// Per lab: runs, failures and the last failure's message.
 #[derive(Default)]
 struct LabTally {
@@ -309,6 +338,9 @@ pub(super) struct Summary {
     pub fds_first: usize,
     pub fds_last: usize,
     pub fds_max: usize,
+    /// tcpq's fds with no lab running: before the first lab, and once the last one's namespaces
+    /// are gone (tier 0 lets a namespace go within a second of its disappearance).
+    pub fds_idle: Option<(Idle, Idle)>,
 }
 
 /// RSS flat: grew less than 5 % or less than 2 MiB from 20 % into the run to the last window's
@@ -332,6 +364,7 @@ pub(super) fn summarize(
     scrapes: &[Scrape],
     failures: usize,
     resources: &[Resources],
+    fds_idle: Option<(Idle, Idle)>,
 ) -> Summary {
     let window_s = 60f64.min(secs / 5.0);
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -420,6 +453,26 @@ pub(super) fn summarize(
         fds_first: resources.first().map(|r| r.fds).unwrap_or(0),
         fds_last: resources.last().map(|r| r.fds).unwrap_or(0),
         fds_max: resources.iter().map(|r| r.fds).max().unwrap_or(0),
+        fds_idle,
+    }
+}
+
+/// Fds before → after with no lab running: a leak when they grew while the machine's
+/// namespaces did not (each watched namespace holds a few).
+fn idle_verdict(idle: Option<(Idle, Idle)>) -> String {
+    let Some((b, a)) = idle else {
+        return "not read".to_string();
+    };
+    let seen = format!(
+        "{} → {} ({} → {} namespaces on the machine)",
+        b.fds, a.fds, b.namespaces, a.namespaces
+    );
+    if a.fds <= b.fds {
+        seen
+    } else if a.namespaces <= b.namespaces {
+        format!("{seen}: LEAKED {}", a.fds - b.fds)
+    } else {
+        format!("{seen}: not comparable, more namespaces")
     }
 }
 
@@ -444,12 +497,12 @@ pub(super) fn rows(s: &Summary, labs: &str) -> String {
          | RSS from 20 % into the run to the last {w}'s max | {:.1} → {:.1} MiB: {} | < {FLAT_PCT} % or < {FLAT_MIB} MiB |\n\
          | series count first → last (max) | {} → {} ({}) | bounded |\n\
          | label sets (all families, `le` aside) first → last (max) | {} → {} ({}) | bounded |\n\
-         | distinct values of one label, max over families and scrapes | {} ({}) | ≤ top-k + `other` = {} |\n\
+         | distinct values of one label, max over families and scrapes | {} ({}){} | ≤ top-k + `other` = {} |\n\
          | labels folded into `other` (tcpq_labels_folded, at the end) | {} | |\n\
          | response size first → last (max) | {:.1} → {:.1} KiB ({:.1}) | |\n\
          | scrape time p99 / max ({} scrapes, {} failed) | {:.1} / {:.1} ms | < 50 ms, 0 failed |\n\
          | lost events (tcpq_lost_events_total, at the end) | {}{} | 0 |\n\
-         | fds first → last (max) | {} → {} ({}) | flat |\n",
+         | fds first → last (max; labs' namespaces come and go) | {} → {} ({}) | flat |\n         | fds with no lab running, before → after the soak | {} | equal (no leak) |\n",
         s.rss_first_mib,
         s.rss_last_mib,
         s.rss_max_mib,
@@ -464,6 +517,11 @@ pub(super) fn rows(s: &Summary, labs: &str) -> String {
         s.sets_max,
         s.label_values_max,
         s.label_values_where,
+        if s.label_values_max > TOP_K + 1 {
+            ": OVER the bound"
+        } else {
+            ""
+        },
         TOP_K + 1,
         s.folded,
         s.bytes_first as f64 / 1024.0,
@@ -482,6 +540,7 @@ pub(super) fn rows(s: &Summary, labs: &str) -> String {
         s.fds_first,
         s.fds_last,
         s.fds_max,
+        idle_verdict(s.fds_idle),
     )
 }
 
@@ -498,6 +557,15 @@ pub(super) fn soak(secs: u64) -> Result<String> {
         false,
     )?;
     let pid = running.child.id();
+    // Settled (the first namespaces scan done) before the first lab.
+    thread::sleep(Duration::from_secs(2));
+    let idle = || {
+        fd_count(pid).map(|fds| Idle {
+            fds,
+            namespaces: netns_count(),
+        })
+    };
+    let idle_before = idle();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let done = Arc::new(AtomicBool::new(false));
@@ -560,11 +628,14 @@ pub(super) fn soak(secs: u64) -> Result<String> {
         .join()
         .map_err(|_| anyhow::anyhow!("the soak's scraper thread panicked"))?;
     let elapsed = started.elapsed().as_secs_f64();
+    // Namespaces are rediscovered every second and let go when they vanish.
+    thread::sleep(Duration::from_secs(3));
+    let fds_idle = idle_before.zip(idle());
     running.stop(true)?;
     for f in failures.iter().take(3) {
         eprintln!("xtask: bench: soak: scrape failed: {f}");
     }
-    let summary = summarize(elapsed, &scrapes, failures.len(), &resources);
+    let summary = summarize(elapsed, &scrapes, failures.len(), &resources, fds_idle);
     let labs = tallies
         .iter()
         .map(|(n, t)| {
@@ -579,6 +650,8 @@ pub(super) fn soak(secs: u64) -> Result<String> {
     Ok(format!(
         "\nSoak: `tcpq export --interval 1s` for {elapsed:.0} s while every lab ran in turn, each in namespaces of its own (`tcpq lab NAME --duration 2s`; storm at 50000 SYNs/s; conntrack under {GLOBAL_LOCK}), \
          a GET /metrics every second (time to the close; series, label sets and values per family from the page), tcpq's VmRSS and open fds every {} s. \
+         tier 0 watches every network namespace on the machine (a sock_diag socket and a few /proc files each), so its fds follow the labs' namespaces, and anyone else's: \
+         the leak check is the reading with no lab running, before the first and 3 s after the last. \
          RSS is flat when its last {}'s maximum is less than {FLAT_PCT} % or {FLAT_MIB} MiB above its reading 20 % into the run.\n\n{}",
         RESOURCE_EVERY.as_secs(),
         if summary.window_s >= 60.0 {
@@ -642,6 +715,10 @@ mod tests {
         assert!(sample("x{a=unquoted} 1").is_none());
     }
 
+    fn idle(fds: usize, namespaces: usize) -> Idle {
+        Idle { fds, namespaces }
+    }
+
     fn res(at_s: f64, mib: f64, fds: usize) -> Resources {
         Resources {
             at_s,
@@ -674,7 +751,7 @@ mod tests {
                 )
             })
             .collect();
-        let s = summarize(600.0, &[], 0, &r);
+        let s = summarize(600.0, &[], 0, &r, None);
         assert_eq!(s.window_s, 60.0);
         assert!(s.rss_flat, "{}", s.rss_verdict);
         assert!(s.rss_verdict.contains("MiB"), "{}", s.rss_verdict);
@@ -685,7 +762,7 @@ mod tests {
             res(130.0, 100.0, 20),
             res(600.0, 103.0, 21),
         ];
-        let s = summarize(600.0, &[], 0, &r);
+        let s = summarize(600.0, &[], 0, &r, None);
         assert!(
             s.rss_flat && s.rss_verdict.contains('%'),
             "{}",
@@ -698,15 +775,15 @@ mod tests {
             res(130.0, 20.0, 20),
             res(600.0, 25.0, 20),
         ];
-        let s = summarize(600.0, &[], 0, &r);
+        let s = summarize(600.0, &[], 0, &r, None);
         assert!(
             !s.rss_flat && s.rss_verdict.starts_with("GROWING"),
             "{}",
             s.rss_verdict
         );
         // Short runs compare fifths, not minutes.
-        assert_eq!(summarize(100.0, &[], 0, &r).window_s, 20.0);
-        assert!(!summarize(600.0, &[], 0, &r[..1]).rss_flat);
+        assert_eq!(summarize(100.0, &[], 0, &r, None).window_s, 20.0);
+        assert!(!summarize(600.0, &[], 0, &r[..1], None).rss_flat);
     }
 
     #[test]
@@ -717,7 +794,7 @@ mod tests {
             .map(|i| scrape_of(1.0 + i as f64 / 10.0, small))
             .collect();
         scrapes.push(scrape_of(80.0, PAGE));
-        let s = summarize(101.0, &scrapes, 2, &[]);
+        let s = summarize(101.0, &scrapes, 2, &[], Some((idle(70, 5), idle(72, 5))));
         assert_eq!(s.scrapes, 101);
         assert_eq!(s.scrape_failures, 2);
         assert_eq!(s.scrape_max_ms, 80.0);
@@ -729,5 +806,17 @@ mod tests {
         let table = rows(&s, "overflow 1");
         assert!(table.contains("| lost events (tcpq_lost_events_total, at the end) | 3 (listen: 2, missed_runs: 1) | 0 |"), "{table}");
         assert!(table.contains("< 50 ms"), "{table}");
+        assert!(
+            table.contains("| 70 → 72 (5 → 5 namespaces on the machine): LEAKED 2 |"),
+            "{table}"
+        );
+        assert!(
+            idle_verdict(Some((idle(70, 5), idle(74, 6))))
+                .ends_with("not comparable, more namespaces")
+        );
+        assert!(
+            idle_verdict(Some((idle(70, 5), idle(70, 7)))).ends_with("namespaces on the machine)")
+        );
+        assert!(!table.contains("OVER the bound"), "{table}");
     }
 }
