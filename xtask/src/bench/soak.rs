@@ -8,7 +8,7 @@ use std::{
     net::{TcpListener, TcpStream},
     process::{Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
@@ -62,9 +62,10 @@ pub(super) struct Page {
     pub folded: f64,
 }
 
-/// A scrape: how long the GET took, its size and content.
+/// A scrape: how long the GET took, its size and content, and the lab running meanwhile.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Scrape {
+    pub lab: &'static str,
     pub ms: f64,
     pub bytes: usize,
     pub page: Page,
@@ -333,6 +334,8 @@ pub(super) struct Summary {
     pub scrape_p99_ms: f64,
     pub scrape_max_ms: f64,
     pub lost: f64,
+    /// Where the lost events moved: the lab running at the scrape that saw each increase.
+    pub lost_by_lab: BTreeMap<&'static str, f64>,
     pub lost_by: BTreeMap<String, f64>,
     pub folded: f64,
     pub fds_first: usize,
@@ -421,6 +424,14 @@ pub(super) fn summarize(
         .map(|((f, l), n)| (*n, format!("{f}{{{l}}}")))
         .unwrap_or_default();
     let ms: Vec<f64> = scrapes.iter().map(|s| s.ms).collect();
+    let mut lost_by_lab: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let mut seen = 0.0;
+    for s in scrapes {
+        if s.page.lost > seen {
+            *lost_by_lab.entry(s.lab).or_default() += s.page.lost - seen;
+            seen = s.page.lost;
+        }
+    }
     Summary {
         secs,
         window_s,
@@ -449,6 +460,7 @@ pub(super) fn summarize(
         // Counters: the last page holds the run's totals.
         lost: last.map(|p| p.lost).unwrap_or(0.0),
         lost_by: last.map(|p| p.lost_by.clone()).unwrap_or_default(),
+        lost_by_lab,
         folded: last.map(|p| p.folded).unwrap_or(0.0),
         fds_first: resources.first().map(|r| r.fds).unwrap_or(0),
         fds_last: resources.last().map(|r| r.fds).unwrap_or(0),
@@ -483,6 +495,11 @@ pub(super) fn rows(s: &Summary, labs: &str) -> String {
         .iter()
         .filter(|(_, v)| **v > 0.0)
         .map(|(k, v)| format!("{k}: {v}"))
+        .chain(
+            s.lost_by_lab
+                .iter()
+                .map(|(lab, v)| format!("{v} while {lab} ran")),
+        )
         .collect::<Vec<_>>()
         .join(", ");
     let w = if s.window_s >= 60.0 {
@@ -502,7 +519,8 @@ pub(super) fn rows(s: &Summary, labs: &str) -> String {
          | response size first → last (max) | {:.1} → {:.1} KiB ({:.1}) | |\n\
          | scrape time p99 / max ({} scrapes, {} failed) | {:.1} / {:.1} ms | < 50 ms, 0 failed |\n\
          | lost events (tcpq_lost_events_total, at the end) | {}{} | 0 |\n\
-         | fds first → last (max; labs' namespaces come and go) | {} → {} ({}) | flat |\n         | fds with no lab running, before → after the soak | {} | equal (no leak) |\n",
+         | fds first → last (max; labs' namespaces come and go) | {} → {} ({}) | flat |\n\
+         | fds with no lab running, before → after the soak | {} | equal (no leak) |\n",
         s.rss_first_mib,
         s.rss_last_mib,
         s.rss_max_mib,
@@ -569,8 +587,10 @@ pub(super) fn soak(secs: u64) -> Result<String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let done = Arc::new(AtomicBool::new(false));
+    let current: Arc<Mutex<&'static str>> = Arc::new(Mutex::new(""));
     let scraper = {
         let done = done.clone();
+        let current = current.clone();
         let addr = addr.clone();
         thread::spawn(move || {
             let (mut scrapes, mut failures, mut resources) = (Vec::new(), Vec::new(), Vec::new());
@@ -590,6 +610,7 @@ pub(super) fn soak(secs: u64) -> Result<String> {
                 }
                 match scrape(&addr) {
                     Ok((ms, bytes, body)) => scrapes.push(Scrape {
+                        lab: current.lock().map(|l| *l).unwrap_or_default(),
                         ms,
                         bytes,
                         page: parse_page(&body),
@@ -612,6 +633,9 @@ pub(super) fn soak(secs: u64) -> Result<String> {
                 "xtask: bench: soak {:.0}/{secs} s: tcpq lab {name}…",
                 started.elapsed().as_secs_f64()
             );
+            if let Ok(mut l) = current.lock() {
+                *l = name;
+            }
             let tally = tallies.entry(name).or_default();
             tally.runs += 1;
             if let Err(e) = run_lab(name, args) {
@@ -729,6 +753,7 @@ mod tests {
 
     fn scrape_of(ms: f64, page: &str) -> Scrape {
         Scrape {
+            lab: "storm",
             ms,
             bytes: page.len(),
             page: parse_page(page),
@@ -804,7 +829,7 @@ mod tests {
         assert_eq!(s.lost, 3.0);
         assert_eq!(s.label_values_max, 2);
         let table = rows(&s, "overflow 1");
-        assert!(table.contains("| lost events (tcpq_lost_events_total, at the end) | 3 (listen: 2, missed_runs: 1) | 0 |"), "{table}");
+        assert!(table.contains("| lost events (tcpq_lost_events_total, at the end) | 3 (listen: 2, missed_runs: 1, 3 while storm ran) | 0 |"), "{table}");
         assert!(table.contains("< 50 ms"), "{table}");
         assert!(
             table.contains("| 70 → 72 (5 → 5 namespaces on the machine): LEAKED 2 |"),
