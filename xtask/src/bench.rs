@@ -18,6 +18,8 @@ use serde_json::Value;
 
 use crate::{ensure_package, is_root, output_of, root_dir, run, setup};
 
+mod soak;
+
 const BENCH_NS: &str = "tcpq-bench";
 /// nginx listens here; the storm lab's full listener on STORM_PORT.
 const NGINX_PORT: u16 = 18090;
@@ -189,9 +191,11 @@ fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Runn
             let _ = child.wait();
             bail!("tcpq {} exited before attaching", args.join(" "));
         }
-        // trace: "tcpq: tracing …", top: "… attached …", diagnose: "tcpq: diagnosing …".
+        // trace: "tcpq: tracing …", top: "… attached …", diagnose: "tcpq: diagnosing …",
+        // export: "tcpq: serving Prometheus metrics on …".
         if line.starts_with("tcpq: tracing")
             || line.starts_with("tcpq: diagnosing")
+            || line.starts_with("tcpq: serving")
             || (line.starts_with("tcpq: top") && line.contains("attached"))
         {
             break;
@@ -1270,7 +1274,15 @@ fn big_tables_text(big: &BigTables, big_ct: &BigConntrack) -> String {
 /// `armed_only`: just the cost while every family traces, against bpftrace (a quicker loop
 /// while working on the tier-2 programs; prints, writes nothing).
 /// `tables_only`: just the big tables (prints, writes nothing).
-pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
+/// `soak_only`: just the exporter soak, `soak_secs` long (prints, writes nothing). The full run
+/// ends with the same soak and writes it as its own section; `--quick` never runs it.
+pub fn bench(
+    quick: bool,
+    armed_only: bool,
+    tables_only: bool,
+    soak_only: bool,
+    soak_secs: u64,
+) -> Result<()> {
     setup()?;
     if !is_root() {
         bail!("the benchmark loads eBPF programs and creates a network namespace: run it as root");
@@ -1281,6 +1293,10 @@ pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
         "--package",
         "tcpq-user",
     ]))?;
+    if soak_only {
+        println!("{}", soak::soak(soak_secs)?);
+        return Ok(());
+    }
     if tables_only {
         let (big, big_ct) = big_tables_both(quick)?;
         println!("{}", big_tables_text(&big, &big_ct));
@@ -1472,6 +1488,9 @@ pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
     table.push_str(&profile_table(&profiled, &profiled_bt));
     println!("{table}");
     if !quick {
+        eprintln!("xtask: bench: exporter soak ({soak_secs} s)…");
+        let soaked = soak::soak(soak_secs)?;
+        println!("{soaked}");
         let doc = format!(
             "# tcpq benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Machine: {} cores, kernel {}.\n\n\
              Method: nginx (Debian, 2 workers, `return 200`, pinned to CPU 0) in a network namespace of its own, `wrk -t2 -c200 -H 'Connection: close'` (CPU 1) \
@@ -1486,7 +1505,7 @@ pub fn bench(quick: bool, armed_only: bool, tables_only: bool) -> Result<()> {
              \n\n{table}\n\
              The bpftrace side runs the one-liners in `BPFTRACE_SCRIPT` (xtask/src/bench.rs) on the same nginx, {pairs} pairs. \
              The profiles are `perf record -a -F 499` (cpu-clock) during one more {secs} s wrk run with each tool; their symbols are \
-             grouped by `cost_group` in xtask/src/bench.rs (these groups exist only because the tool runs: no other BPF program is loaded).\n",
+             grouped by `cost_group` in xtask/src/bench.rs (these groups exist only because the tool runs: no other BPF program is loaded).\n{soaked}",
             thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),

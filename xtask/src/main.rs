@@ -38,15 +38,19 @@ fn main() {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("dist") => setup().and_then(|_| dist::dist()).map(|_| ()),
-        Some("bench") => bench::bench(
-            args.iter().any(|a| a == "--quick"),
-            args.iter().any(|a| a == "--armed"),
-            args.iter().any(|a| a == "--tables"),
-        ),
+        Some("bench") => soak_secs(&args).and_then(|soak_secs| {
+            bench::bench(
+                args.iter().any(|a| a == "--quick"),
+                args.iter().any(|a| a == "--armed"),
+                args.iter().any(|a| a == "--tables"),
+                args.iter().any(|a| a == "--soak"),
+                soak_secs,
+            )
+        }),
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions and a .deb with the tcpq-export systemd unit, in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions and a .deb with the tcpq-export systemd unit, in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -54,6 +58,20 @@ fn main() {
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `--soak-secs N` of `cargo xtask bench` (600 when absent).
+fn soak_secs(args: &[String]) -> Result<u64> {
+    let Some(i) = args.iter().position(|a| a == "--soak-secs") else {
+        return Ok(600);
+    };
+    let value = args.get(i + 1).map(String::as_str).unwrap_or_default();
+    match value.parse::<u64>() {
+        Ok(n) if n >= 10 => Ok(n),
+        _ => anyhow::bail!(
+            "parse --soak-secs {value:?}: give whole seconds, at least 10 (e.g. --soak-secs 120)"
+        ),
     }
 }
 
