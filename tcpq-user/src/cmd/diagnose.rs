@@ -85,6 +85,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         host,
         duration_s,
         Some((args.idle, &earlier)),
+        None,
     );
     let (overflow, connects, drops, accepts) =
         (&agg.overflow, &agg.connects, &agg.drops, &agg.accepts);

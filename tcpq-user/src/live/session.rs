@@ -21,7 +21,7 @@ use crate::{
     listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     live::{
         engine::{self, Arm, FamilyView, ListenerId, ListenerTotals, Step, Tier0},
-        frame::PortSnap,
+        slow::SlowReads,
     },
     model::OverflowAggregator,
     snapshot::{netns, nswatch::NsWatcher},
@@ -144,8 +144,9 @@ pub struct Session {
     pub agg: Aggregates,
     /// Families that could not attach, with the reason.
     pub missing: Vec<(Family, String)>,
-    /// Port usage per (netns, destination address, port), with when it was read.
-    pub port_cache: HashMap<(u32, IpAddr, u16), (std::time::Instant, PortSnap)>,
+    /// The slow reads (port usage, conntrack entries, socket scans) and their latest results,
+    /// off the frame thread.
+    pub slow: SlowReads,
     /// The kernel's conntrack `drop` stat per namespace when a frame last read it, for its rate
     /// next to tcpq's traced drops (the kernel counts a few drops no tracepoint reports).
     pub ct_drop_stat: HashMap<u32, (std::time::Instant, u64)>,
@@ -311,7 +312,7 @@ impl Session {
             host,
             agg,
             missing,
-            port_cache: HashMap::new(),
+            slow: SlowReads::default(),
             ct_drop_stat: HashMap::new(),
             stats_fd: (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
                 .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
