@@ -18,6 +18,7 @@ pub mod lab;
 pub mod listen;
 pub mod live;
 pub mod model;
+pub mod outbox;
 pub mod output;
 pub mod snapshot;
 pub mod sockets;

@@ -257,7 +257,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
-    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -662,7 +662,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let n_reasons = reasons.len();
     let clock = Clock::new();
-    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())

@@ -146,7 +146,9 @@ pub fn run(args: TopArgs) -> Result<i32> {
         crate::live::session::describe_tiers(&args.live),
         args.delay.as_secs_f64()
     );
-    let mut out = std::io::stdout().lock();
+    // Frames go out through a thread of their own: a reader that stops reading costs dropped
+    // frames (counted in the next one written), never collection or a stop.
+    let mut out = crate::outbox::Outbox::stdout(FRAMES_QUEUED)?;
     let mut frames = 0u64;
     let mut deadline = Instant::now() + args.delay;
     loop {
@@ -154,16 +156,16 @@ pub fn run(args: TopArgs) -> Result<i32> {
             std::thread::sleep(wait);
             true
         });
-        let frame = producer.tick().frame;
-        let written = if args.json {
-            serde_json::to_string(&frame)
-                .map(|s| writeln!(out, "{s}"))
-                .context("encode frame")?
+        let mut frame = producer.tick().frame;
+        frame.frames_dropped = out.unreported();
+        frame.frames_dropped_total = out.dropped_total();
+        let text = if args.json {
+            serde_json::to_string(&frame).context("encode frame")?
         } else {
-            writeln!(out, "{}", frame::render_text(&frame))
+            frame::render_text(&frame)
         };
         // A closed pipe (`tcpq top -b | head`) ends tcpq quietly.
-        if written.and_then(|_| out.flush()).is_err() {
+        if out.send(text + "\n") == crate::outbox::Sent::Closed {
             break;
         }
         frames += 1;
@@ -172,8 +174,12 @@ pub fn run(args: TopArgs) -> Result<i32> {
         }
         deadline = next_due(deadline, args.delay, Instant::now());
     }
+    out.finish(crate::outbox::FINISH_WITHIN);
     Ok(0)
 }
+
+/// Frames waiting for a slow reader besides the one being written; later ones are dropped.
+const FRAMES_QUEUED: usize = 2;
 
 fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
     let mut keys = Keys::open();

@@ -195,6 +195,10 @@ pub struct Frame {
     pub conntrack: Vec<ConntrackRow>,
     /// Table entries not recorded because a userspace table was full (bounded memory).
     pub evicted: u64,
+    /// Frames not written since the one before this because the output did not take them (a
+    /// reader that stopped reading: `outbox`), and since start. Collection went on meanwhile.
+    pub frames_dropped: u64,
+    pub frames_dropped_total: u64,
 }
 
 /// What was read from the system for one frame (sock_diag, /proc, conntrack), keyed the way
@@ -432,6 +436,8 @@ pub fn build(
         outbound,
         conntrack: snaps.conntrack.clone(),
         evicted: agg.overflow.evicted + agg.connects.evicted + agg.accepts_evicted,
+        frames_dropped: 0,
+        frames_dropped_total: 0,
     }
 }
 
@@ -518,6 +524,13 @@ pub fn render_text(f: &Frame) -> String {
     }
     if f.evicted > 0 {
         let _ = writeln!(s, "table entries not recorded (tables full): {}", f.evicted);
+    }
+    if f.frames_dropped > 0 {
+        let _ = writeln!(
+            s,
+            "frames dropped: output stalled: {} since the last frame written ({} in all)",
+            f.frames_dropped, f.frames_dropped_total
+        );
     }
     let counters = f
         .counters
