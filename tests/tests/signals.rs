@@ -544,12 +544,14 @@ fn blocked_in_pipe_write(pid: u32, name: &str) -> bool {
 /// `tcpq top --json -d 200ms` writing into a small pipe that is not read, once its output
 /// thread sleeps in write(2) on the full pipe; the pipe's read end.
 fn top_json_into_a_stalled_pipe(what: &str) -> (Running, OwnedFd) {
+    into_a_stalled_pipe(what, &["top", "--json", "-d", "200ms"], "tcpq: top:")
+}
+
+/// `tcpq ARGS` writing into a small pipe that is not read, once its output thread sleeps in
+/// write(2) on the full pipe; the pipe's read end.
+fn into_a_stalled_pipe(what: &str, args: &[&str], ready: &str) -> (Running, OwnedFd) {
     let (read_end, write_end) = small_pipe();
-    let tcpq = Running::start_to(
-        &["top", "--json", "-d", "200ms"],
-        "tcpq: top:",
-        Some(write_end),
-    );
+    let tcpq = Running::start_to(args, ready, Some(write_end));
     assert!(
         eventually(Duration::from_secs(20), || blocked_in_pipe_write(
             tcpq.pid(),
@@ -574,6 +576,23 @@ fn top_json_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout() {
     let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9812", "--duration", "60"]);
     let (mut tcpq, read_end) = top_json_into_a_stalled_pipe(what);
     std::thread::sleep(Duration::from_millis(1000)); // frames are dropped meanwhile
+    sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
+    drop(read_end); // never read
+}
+
+/// `tcpq trace overflow` during a SYN storm, its stdout a pipe nobody reads: SIGTERM ends it
+/// within LIMIT, programs detached.
+#[test]
+fn trace_overflow_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout() {
+    if skip_unless_root("signals_trace_stalled_stdout") {
+        return;
+    }
+    let what = "trace overflow into a pipe never read, SIGTERM";
+    let ns = Netns::new("sigpt");
+    let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9813", "--duration", "60"]);
+    let (mut tcpq, read_end) =
+        into_a_stalled_pipe(what, &["trace", "overflow", "--json"], "tcpq: tracing");
+    std::thread::sleep(Duration::from_millis(1500)); // lines are dropped meanwhile
     sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
     drop(read_end); // never read
 }

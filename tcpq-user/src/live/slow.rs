@@ -3,8 +3,8 @@
 //! sample of a conntrack table (ctnetlink, up to `LIVE_SAMPLE` entries) and the walk of every
 //! process's descriptors for socket leaks. Each can take from tens of milliseconds to a second on
 //! a big server; run inside the frame tick they made frames late (1,000,000 TIME_WAIT: one frame
-//! 2 s after the last). Here one worker thread runs them, one at a time, at the lowest CPU
-//! priority; the frame asks for a read when its last one is stale and shows the latest that is
+//! 2 s after the last). Here one worker thread runs them, one at a time, at a lower CPU
+//! priority (`WORKER_NICE`); the frame asks for a read when its last one is stale and shows the latest that is
 //! ready (with its age where the output has one).
 //!
 //! The worker starts at the first request, i.e. after `export` dropped its capabilities: it
@@ -65,7 +65,14 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// The worker's thread id (0 until it runs), to give its priority back at a stop.
+    tid: std::sync::atomic::AtomicI32,
 }
+
+/// The worker's nice value: the frame thread comes first when both want the CPU (it gets ~10
+/// times the worker's share), yet the worker is not starved: when tcpq leaves, every thread must
+/// run to exit, and at nice 19 under a SYN storm on every CPU the worker took over a second.
+const WORKER_NICE: libc::c_int = 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -116,16 +123,28 @@ impl Drop for Worker {
         q.stop = true;
         q.waiting.clear();
         self.shared.wake.notify_all();
+        drop(q);
+        // A read in progress ends with the process, whose exit waits for every thread to run:
+        // the worker's normal priority back where allowed (CAP_SYS_NICE; else EPERM, harmless).
+        let tid = self.shared.tid.load(std::sync::atomic::Ordering::SeqCst);
+        if tid > 0 {
+            // SAFETY: setpriority(2) on a thread id of this process; no memory is passed.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0);
+            }
+        }
     }
 }
 
-/// The worker thread: the lowest CPU priority (the frame thread comes first on a busy CPU),
-/// then jobs until a stop.
+/// The worker thread: a lower CPU priority than the frame thread's (WORKER_NICE), then jobs
+/// until a stop.
 fn run(shared: Arc<Shared>) {
-    // SAFETY: setpriority(2) on this thread's own id (Linux applies a nice value per thread);
-    // no memory is passed. Raising one's own nice value needs no privilege.
+    // SAFETY: gettid and setpriority(2) on this thread's own id (Linux applies a nice value per
+    // thread); no memory is passed. Raising one's own nice value needs no privilege.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        let tid = libc::gettid();
+        shared.tid.store(tid, std::sync::atomic::Ordering::SeqCst);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICE);
     }
     loop {
         let job = {
