@@ -541,12 +541,6 @@ fn blocked_in_pipe_write(pid: u32, name: &str) -> bool {
     })
 }
 
-/// `tcpq top --json -d 200ms` writing into a small pipe that is not read, once its output
-/// thread sleeps in write(2) on the full pipe; the pipe's read end.
-fn top_json_into_a_stalled_pipe(what: &str) -> (Running, OwnedFd) {
-    into_a_stalled_pipe(what, &["top", "--json", "-d", "200ms"], "tcpq: top:")
-}
-
 /// `tcpq ARGS` writing into a small pipe that is not read, once its output thread sleeps in
 /// write(2) on the full pipe; the pipe's read end.
 fn into_a_stalled_pipe(what: &str, args: &[&str], ready: &str) -> (Running, OwnedFd) {
@@ -563,39 +557,34 @@ fn into_a_stalled_pipe(what: &str, args: &[&str], ready: &str) -> (Running, Owne
     (tcpq, read_end)
 }
 
-/// `tcpq top --json` whose stdout is a pipe nobody reads (`tcpq top --json | sleep 1000`),
-/// during a SYN storm: its output thread blocks in write(2), and SIGTERM still ends it within
-/// LIMIT with its programs detached.
-#[test]
-fn top_json_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout() {
-    if skip_unless_root("signals_top_stalled_stdout") {
-        return;
-    }
-    let what = "top --json into a pipe never read, SIGTERM";
+/// `tcpq ARGS` during a SYN storm, its stdout a pipe nobody reads (`tcpq top --json | sleep
+/// 1000`): its output thread blocks in write(2), frames or lines are dropped for a while, and
+/// SIGTERM still ends it within LIMIT with its programs detached.
+fn leaves_on_sigterm_while_nobody_reads_its_stdout(what: &str, args: &[&str], ready: &str) {
     let ns = Netns::new("sigpp");
     let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9812", "--duration", "60"]);
-    let (mut tcpq, read_end) = top_json_into_a_stalled_pipe(what);
-    std::thread::sleep(Duration::from_millis(1000)); // frames are dropped meanwhile
+    let (mut tcpq, read_end) = into_a_stalled_pipe(what, args, ready);
+    std::thread::sleep(Duration::from_millis(1500)); // output is dropped meanwhile
     sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
     drop(read_end); // never read
 }
 
-/// `tcpq trace overflow` during a SYN storm, its stdout a pipe nobody reads: SIGTERM ends it
-/// within LIMIT, programs detached.
-#[test]
-fn trace_overflow_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout() {
-    if skip_unless_root("signals_trace_stalled_stdout") {
-        return;
-    }
-    let what = "trace overflow into a pipe never read, SIGTERM";
-    let ns = Netns::new("sigpt");
-    let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9813", "--duration", "60"]);
-    let (mut tcpq, read_end) =
-        into_a_stalled_pipe(what, &["trace", "overflow", "--json"], "tcpq: tracing");
-    std::thread::sleep(Duration::from_millis(1500)); // lines are dropped meanwhile
-    sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
-    drop(read_end); // never read
-}
+root_test!(
+    top_json_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout:
+    leaves_on_sigterm_while_nobody_reads_its_stdout(
+        "top --json into a pipe never read, SIGTERM",
+        &["top", "--json", "-d", "200ms"],
+        "tcpq: top:",
+    )
+);
+root_test!(
+    trace_overflow_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout:
+    leaves_on_sigterm_while_nobody_reads_its_stdout(
+        "trace overflow into a pipe never read, SIGTERM",
+        &["trace", "overflow", "--json"],
+        "tcpq: tracing",
+    )
+);
 
 /// A reader that stops reading for a while and then resumes sees frames again, the first of
 /// them saying how many were dropped meanwhile; collection went on (frames keep coming on time).
@@ -604,7 +593,11 @@ fn a_reader_that_resumes_sees_how_many_frames_were_dropped() {
     if skip_unless_root("signals_top_dropped_frames") {
         return;
     }
-    let (_tcpq, read_end) = top_json_into_a_stalled_pipe("top --json, reader resumes");
+    let (_tcpq, read_end) = into_a_stalled_pipe(
+        "top --json, reader resumes",
+        &["top", "--json", "-d", "200ms"],
+        "tcpq: top:",
+    );
     std::thread::sleep(Duration::from_secs(2)); // ~10 frames come and find the queue full
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
