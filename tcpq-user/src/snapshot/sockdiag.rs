@@ -104,7 +104,9 @@ pub fn dump_to(dests: &BTreeSet<(IpAddr, u16)>) -> Result<Vec<DiagSocket>> {
     if dests.is_empty() {
         return Ok(out);
     }
-    let bytecode = to_dests_bytecode(dests);
+    // A filter's jumps are 16-bit: past MAX_FILTER_DESTS the kernel returns every socket and
+    // the caller's grouping keeps the destinations asked for.
+    let bytecode = (dests.len() <= MAX_FILTER_DESTS).then(|| to_dests_bytecode(dests));
     let states = StateFlags::all().difference(StateFlags::LISTEN);
     let mut socket = open_diag()?;
     for family in [AF_INET, AF_INET6] {
@@ -113,12 +115,16 @@ pub fn dump_to(dests: &BTreeSet<(IpAddr, u16)>) -> Result<Vec<DiagSocket>> {
             family,
             states.clone(),
             ExtensionFlags::empty(),
-            Some(&bytecode),
+            bytecode.as_deref(),
             &mut out,
         )?;
     }
     Ok(out)
 }
+
+/// Destinations one kernel filter holds at most (32 bytes each at most: well within the 16-bit
+/// jumps and attribute length).
+pub const MAX_FILTER_DESTS: usize = 512;
 
 /// inet_diag bytecode (INET_DIAG_REQ_BYTECODE) matching a socket whose destination is any of
 /// `dests`, laid out as ss(8) compiles an OR: `[D_COND 1][JMP][D_COND 2][JMP]…[D_COND n]`. A
@@ -151,14 +157,18 @@ pub fn to_dests_bytecode(dests: &BTreeSet<(IpAddr, u16)>) -> Vec<u8> {
         o
     };
     let mut out = Vec::new();
-    let mut rest: usize = conds.iter().map(|c| 4 + c.len() + 4).sum::<usize>() - 4;
+    let mut rest: usize = conds
+        .iter()
+        .map(|c| 4 + c.len() + 4)
+        .sum::<usize>()
+        .saturating_sub(4);
     for (i, c) in conds.iter().enumerate() {
         let size = 4 + c.len();
         out.extend(op(BC_D_COND, size, size + 4));
         out.extend_from_slice(c);
-        rest -= size;
+        rest = rest.saturating_sub(size);
         if i + 1 < conds.len() {
-            rest -= 4;
+            rest = rest.saturating_sub(4);
             out.extend(op(BC_JMP, 4, rest + 4));
         }
     }
@@ -410,6 +420,14 @@ mod tests {
                 .any(|s| s.rport == pb && s.lport == cb.local_addr().unwrap().port())
         );
         assert!(dump_to(&BTreeSet::new()).unwrap().is_empty());
+        assert!(to_dests_bytecode(&BTreeSet::new()).is_empty());
+        // Too many for one filter: every socket comes back, the ones asked for among them.
+        let many: BTreeSet<(IpAddr, u16)> = (1..=MAX_FILTER_DESTS as u16 + 1)
+            .map(|p| (IpAddr::from([127, 0, 0, 2]), p))
+            .chain([(lo, pa)])
+            .collect();
+        let all = dump_to(&many).unwrap();
+        assert!(all.iter().any(|s| s.rport == pa) && all.iter().any(|s| s.rport == pb));
     }
 
     /// A kept socket dumps again and again, with each listener's drop count.
