@@ -293,12 +293,9 @@ impl SlowReads {
         ) {
             return;
         }
-        // Destinations read before and still recent stay in the read (the frame's busiest
-        // change from one interval to the next).
-        let mut dests = wanted;
-        if let Some(r) = last.filter(|r| r.age(now) < PORTS_REFRESH) {
-            dests.extend(r.value.dests.iter().copied());
-        }
+        // Only what is wanted now: a set carried over from read to read would grow with every
+        // destination ever seen.
+        let dests = wanted;
         let out = self.ports.clone();
         self.worker.submit(
             Key::Ports(ns),
