@@ -126,6 +126,25 @@ impl Outbox {
         }
         self.written.recv_timeout(within).is_ok()
     }
+
+    /// Closes the queue and waits for what it holds to be written, however slow the reader,
+    /// unless a stop is requested (checked every 100 ms): then at most FINISH_WITHIN more.
+    /// For output that is the command's result (diagnose's report, top's last frame of `-n`).
+    pub fn finish_unless_stopped(&mut self) -> bool {
+        if self.tx.take().is_none() {
+            return true;
+        }
+        loop {
+            match self.written.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout) if crate::stop::requested() => {
+                    return self.written.recv_timeout(FINISH_WITHIN).is_ok();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) => return true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
 }
 
 impl Drop for Outbox {
@@ -299,6 +318,22 @@ mod tests {
         let t = std::time::Instant::now();
         assert!(!out.finish(Duration::from_millis(50)));
         assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_result_waits_for_a_slow_reader() {
+        let (mut out, started, go_tx, got) = gated();
+        out.send("report".into());
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = go_tx.send(());
+        });
+        assert!(
+            out.finish_unless_stopped(),
+            "written once the reader took it"
+        );
+        assert_eq!(*got.lock().unwrap(), vec!["report"]);
     }
 
     #[test]

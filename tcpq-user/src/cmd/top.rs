@@ -174,7 +174,8 @@ pub fn run(args: TopArgs) -> Result<i32> {
         }
         deadline = next_due(deadline, args.delay, Instant::now());
     }
-    out.finish(crate::outbox::FINISH_WITHIN);
+    // `-n N` ends with every frame written (a slow reader waited for); a stop does not wait.
+    out.finish_unless_stopped();
     Ok(0)
 }
 
