@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Result, anyhow};
 
 /// What tcpq waits, when it leaves, for queued output to be written.
-pub const FINISH_WITHIN: Duration = Duration::from_millis(300);
+pub const FINISH_WITHIN: Duration = Duration::from_millis(200);
 
 /// What became of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +135,10 @@ impl Outbox {
             return true;
         }
         loop {
+            if crate::stop::requested() {
+                return self.written.recv_timeout(FINISH_WITHIN).is_ok();
+            }
             match self.written.recv_timeout(Duration::from_millis(100)) {
-                Err(mpsc::RecvTimeoutError::Timeout) if crate::stop::requested() => {
-                    return self.written.recv_timeout(FINISH_WITHIN).is_ok();
-                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(()) => return true,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
