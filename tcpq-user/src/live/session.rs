@@ -187,6 +187,8 @@ pub struct Engine {
     last_poll: Option<Instant>,
     /// Between frames, tier 0 is read this often (engine::next_poll_after).
     poll_every: Duration,
+    /// What the last reading took.
+    pub poll_cost: Duration,
     /// Tier-1 signals since the last poll: EADDRNOTAVAIL handshakes, table-full drops.
     failed_port_searches: u64,
     table_full_drops: u64,
@@ -327,6 +329,7 @@ impl Session {
                 opts: live,
                 last_poll: None,
                 poll_every: engine::POLL_EVERY,
+                poll_cost: Duration::ZERO,
                 failed_port_searches: 0,
                 table_full_drops: 0,
                 listen_flush: false,
@@ -357,7 +360,8 @@ impl Session {
         e.last_poll = Some(started);
         let readings = e.watcher.poll(now);
         let sig = e.tier0.update(readings);
-        e.poll_every = engine::next_poll_after(started.elapsed());
+        e.poll_cost = started.elapsed();
+        e.poll_every = engine::next_poll_after(e.poll_cost);
         let connect = sig.connect.or_else(|| {
             (e.failed_port_searches > 0).then(|| {
                 format!(
