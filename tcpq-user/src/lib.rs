@@ -19,6 +19,7 @@ pub mod limit;
 pub mod listen;
 pub mod live;
 pub mod model;
+pub mod outbox;
 pub mod output;
 pub mod snapshot;
 pub mod sockets;

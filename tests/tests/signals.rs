@@ -115,18 +115,26 @@ struct Running {
 impl Running {
     /// Starts `tcpq ARGS` and returns once stderr shows a line starting with `ready`.
     fn start<S: AsRef<OsStr> + Debug>(args: &[S], ready: &str) -> Self {
+        Self::start_to(args, ready, None)
+    }
+
+    /// Like `start`, with stdout to `stdout` instead of a pipe drained by the test.
+    fn start_to<S: AsRef<OsStr> + Debug>(args: &[S], ready: &str, stdout: Option<OwnedFd>) -> Self {
+        let drained = stdout.is_none();
         let mut child = tcpq()
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tcpq");
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink);
-        });
+        if drained {
+            let mut stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = stdout.read_to_end(&mut sink);
+            });
+        }
         let (tx, stderr) = mpsc::channel();
         let err = BufReader::new(child.stderr.take().unwrap());
         std::thread::spawn(move || {
@@ -174,6 +182,12 @@ fn leaves_on_signal_during_a_storm<S: AsRef<OsStr> + Debug>(
     let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9811", "--duration", "60"]);
     let mut tcpq = Running::start(args, ready);
     std::thread::sleep(Duration::from_millis(1500)); // the storm reaches tcpq's loop
+    sends_and_sees_it_leave(what, &mut tcpq, sig);
+}
+
+/// Sends `sig` to a running tcpq whose programs are attached: it leaves within LIMIT, with
+/// success, and none of its programs stays attached.
+fn sends_and_sees_it_leave(what: &str, tcpq: &mut Running, sig: libc::c_int) {
     let ours = programs_attached_by(what, tcpq.pid());
     let since = Instant::now();
     // SAFETY: kill(2) on the pid of the tcpq this test started.
@@ -500,3 +514,121 @@ root_test!(
         false,
     )
 );
+
+/// A pipe with the smallest buffer the kernel allows (one page), so that a few frames fill it:
+/// (read end, write end), both close-on-exec (the child gets the write end as its stdout).
+fn small_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the live two-int array.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by pipe2 and are owned by nothing else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor just opened; the kernel rounds up to one page.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    (r, w)
+}
+
+/// The thread of `pid` named `name` sleeps in a pipe write (its reader stopped reading).
+fn blocked_in_pipe_write(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+        comm.trim() == name && wchan.contains("pipe_write")
+    })
+}
+
+/// `tcpq ARGS` writing into a small pipe that is not read, once its output thread sleeps in
+/// write(2) on the full pipe; the pipe's read end.
+fn into_a_stalled_pipe(what: &str, args: &[&str], ready: &str) -> (Running, OwnedFd) {
+    let (read_end, write_end) = small_pipe();
+    let tcpq = Running::start_to(args, ready, Some(write_end));
+    assert!(
+        eventually(Duration::from_secs(20), || blocked_in_pipe_write(
+            tcpq.pid(),
+            "tcpq-output"
+        )),
+        "{what}: the output thread never blocked on the full pipe:\n{}",
+        whereabouts(tcpq.pid())
+    );
+    (tcpq, read_end)
+}
+
+/// `tcpq ARGS` during a SYN storm, its stdout a pipe nobody reads (`tcpq top --json | sleep
+/// 1000`): its output thread blocks in write(2), frames or lines are dropped for a while, and
+/// SIGTERM still ends it within LIMIT with its programs detached.
+fn leaves_on_sigterm_while_nobody_reads_its_stdout(what: &str, args: &[&str], ready: &str) {
+    let ns = Netns::new("sigpp");
+    let _storm = BackgroundLab::start(&ns, &["storm", "--port", "9812", "--duration", "60"]);
+    let (mut tcpq, read_end) = into_a_stalled_pipe(what, args, ready);
+    std::thread::sleep(Duration::from_millis(1500)); // output is dropped meanwhile
+    sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
+    drop(read_end); // never read
+}
+
+root_test!(
+    top_json_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout:
+    leaves_on_sigterm_while_nobody_reads_its_stdout(
+        "top --json into a pipe never read, SIGTERM",
+        &["top", "--json", "-d", "200ms"],
+        "tcpq: top:",
+    )
+);
+root_test!(
+    trace_overflow_leaves_within_1s_of_sigterm_while_nobody_reads_its_stdout:
+    leaves_on_sigterm_while_nobody_reads_its_stdout(
+        "trace overflow into a pipe never read, SIGTERM",
+        &["trace", "overflow", "--json"],
+        "tcpq: tracing",
+    )
+);
+
+/// A reader that stops reading for a while and then resumes sees frames again, the first of
+/// them saying how many were dropped meanwhile; collection went on (frames keep coming on time).
+#[test]
+fn a_reader_that_resumes_sees_how_many_frames_were_dropped() {
+    if skip_unless_root("signals_top_dropped_frames") {
+        return;
+    }
+    let (_tcpq, read_end) = into_a_stalled_pipe(
+        "top --json, reader resumes",
+        &["top", "--json", "-d", "200ms"],
+        "tcpq: top:",
+    );
+    std::thread::sleep(Duration::from_secs(2)); // ~10 frames come and find the queue full
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(std::fs::File::from(read_end));
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut dropped = None;
+    while Instant::now() < deadline && dropped.is_none() {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        // The pipe may end with part of a frame: the rest of it went with the queue.
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let n = frame["frames_dropped"]
+            .as_u64()
+            .expect("frames_dropped in every frame");
+        if n > 0 {
+            assert!(frame["frames_dropped_total"].as_u64() >= Some(n), "{frame}");
+            dropped = Some(n);
+        }
+        seen.push(n);
+    }
+    let n = dropped.unwrap_or_else(|| panic!("no frame reported dropped frames: {seen:?}"));
+    eprintln!("frames before the report: {seen:?}; dropped while the reader stalled: {n}");
+    assert!(n >= 5, "2 s of 200 ms frames stalled: {n} dropped");
+}

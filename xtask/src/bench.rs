@@ -162,7 +162,7 @@ struct Running {
     startup_ms: f64,
     peak_kib: Arc<AtomicU64>,
     sampler: thread::JoinHandle<()>,
-    stdout: Option<thread::JoinHandle<String>>,
+    stdout: Option<thread::JoinHandle<(String, Vec<f64>)>>,
     cpu_at_start: f64,
 }
 
@@ -206,11 +206,17 @@ fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Runn
         let mut sink = String::new();
         let _ = err.read_to_string(&mut sink);
     });
-    let stdout = child.stdout.take().map(|mut out| {
+    // Each line with when it arrived (seconds since start): how on time frames are, as their
+    // reader sees them.
+    let stdout = child.stdout.take().map(|out| {
         thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
+            let (mut s, mut at) = (String::new(), Vec::new());
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                at.push(started.elapsed().as_secs_f64());
+                s.push_str(&line);
+                s.push('\n');
+            }
+            (s, at)
         })
     });
     let pid = child.id();
@@ -238,6 +244,8 @@ struct Stopped {
     rss_mib: f64,
     cpu_s: f64,
     stdout: String,
+    /// When each line of stdout arrived, seconds since start.
+    arrivals: Vec<f64>,
 }
 
 impl Running {
@@ -252,7 +260,7 @@ impl Running {
         }
         self.child.wait().context("wait for tcpq")?;
         let _ = self.sampler.join();
-        let stdout = self
+        let (stdout, arrivals) = self
             .stdout
             .take()
             .and_then(|h| h.join().ok())
@@ -262,6 +270,7 @@ impl Running {
             rss_mib: self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0,
             cpu_s: cpu,
             stdout,
+            arrivals,
         })
     }
 }
@@ -491,6 +500,13 @@ struct BigTables {
     frames: usize,
     interval_max_s: f64,
     interval_mean_s: f64,
+    /// Time between frames as their reader got them, the first from the banner (the last, cut
+    /// by the stop, left out): mean, max, and how many came more than LATE_BY after the one
+    /// before.
+    gap_mean_s: f64,
+    gap_max_s: f64,
+    late: usize,
+    gaps: usize,
     cpu_ms_per_frame: f64,
     rss_mib: f64,
 }
@@ -580,14 +596,20 @@ fn build_in_big_ns(script: &str, args: &[String], what: &str) -> Result<Child> {
     Ok(py)
 }
 
+/// A frame is on time when it comes at most this long after the interval (1 s).
+const LATE_BY: f64 = 0.1;
+
 /// `tcpq top --json -d 1` for `secs`: its frames, and how on time and costly they were.
 fn top_on_time(secs: u64) -> Result<(Vec<Value>, BigTables)> {
     let running = start_tcpq(&["top", "--json", "-d", "1"], &[], true)?;
     let pid = running.child.id();
     thread::sleep(Duration::from_millis(1500));
-    let cpu0 = cpu_ns(pid).unwrap_or(0.0);
+    // /proc/PID/stat, not the live threads' schedstat: the dumps of another namespace run on
+    // short-lived threads (netns::run_in) that schedstat no longer lists once they ended; the
+    // process's utime + stime keeps them (10 ms ticks: ±1 ms per frame over 10 s).
+    let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     thread::sleep(Duration::from_secs(secs));
-    let cpu = cpu_ns(pid).unwrap_or(0.0) - cpu0;
+    let cpu = (cpu_seconds(pid).unwrap_or(0.0) - cpu0) * 1e9;
     let out = running.stop(true)?;
     let frames = frames(&out.stdout);
     // The first frame covers start-up and the last one is cut short by the stop.
@@ -597,10 +619,24 @@ fn top_on_time(secs: u64) -> Result<(Vec<Value>, BigTables)> {
         .take(frames.len().saturating_sub(2))
         .filter_map(|f| f["interval_s"].as_f64())
         .collect();
+    // From the banner (the loop starts: the first frame is due one interval later) to each
+    // frame, then frame to frame.
+    let arrivals: Vec<f64> = std::iter::once(out.startup_ms / 1000.0)
+        .chain(out.arrivals.iter().copied())
+        .collect();
+    let gaps: Vec<f64> = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .take(arrivals.len().saturating_sub(2))
+        .collect();
     let big = BigTables {
         frames: frames.len(),
         interval_max_s: intervals.iter().copied().fold(0.0, f64::max),
         interval_mean_s: intervals.iter().sum::<f64>() / intervals.len().max(1) as f64,
+        gap_mean_s: gaps.iter().sum::<f64>() / gaps.len().max(1) as f64,
+        gap_max_s: gaps.iter().copied().fold(0.0, f64::max),
+        late: gaps.iter().filter(|g| **g > 1.0 + LATE_BY).count(),
+        gaps: gaps.len(),
         cpu_ms_per_frame: cpu / 1e6 / secs as f64,
         rss_mib: out.rss_mib,
         ..BigTables::default()
@@ -1234,20 +1270,35 @@ fn pct(r: f64) -> String {
     format!("{:.1} %", r * 100.0)
 }
 
+/// The row that says whether frames came on time, as their reader got them.
+fn on_time_row(big: &BigTables) -> String {
+    format!(
+        "| time between frames as read from the pipe, mean / max; later than {:.1} s | {:.3} s / {:.3} s; {} of {} | every one ≤ {:.1} s |\n",
+        1.0 + LATE_BY,
+        big.gap_mean_s,
+        big.gap_max_s,
+        big.late,
+        big.gaps,
+        1.0 + LATE_BY
+    )
+}
+
 /// The big-table sections of the report.
 fn big_tables_text(big: &BigTables, big_ct: &BigConntrack) -> String {
     let mut t = String::new();
     t.push_str(&format!(
         "\nBig tables: `tcpq top --json -d 1` with {} listeners and {} TIME_WAIT sockets in one namespace ({} frames):\n\n\
          | measure | value | target |\n|---|---|---|\n\
-         | frame interval, mean / max | {:.2} s / {:.2} s | on time (1 s) |\n\
-         | tcpq's CPU per 1 s frame | {:.1} ms | bounded |\n\
+         | frame interval (`interval_s`), mean / max | {:.2} s / {:.2} s | 1 s |\n\
+         {}\
+         | tcpq's CPU per 1 s frame (all its threads, ended ones included) | {:.1} ms | bounded |\n\
          | peak RSS | {:.1} MiB | < 40 MiB |\n",
         big.listeners,
         big.time_wait,
         big.frames,
         big.interval_mean_s,
         big.interval_max_s,
+        on_time_row(big),
         big.cpu_ms_per_frame,
         big.rss_mib
     ));
@@ -1255,8 +1306,9 @@ fn big_tables_text(big: &BigTables, big_ct: &BigConntrack) -> String {
         "\nBig conntrack table: `tcpq top --json -d 1` with {} entries in one namespace's table and a rule dropping a packet every 10 ms there (so the live modes read who fills it: at most {} entries per read — tcpq's LIVE_SAMPLE — again after 20× what a read cost; {} frames):\n\n\
          | measure | value | target |\n|---|---|---|\n\
          | table size top showed (max over frames) | {} | {} |\n\
-         | frame interval, mean / max | {:.2} s / {:.2} s | on time (1 s) |\n\
-         | tcpq's CPU per 1 s frame | {:.1} ms | bounded |\n\
+         | frame interval (`interval_s`), mean / max | {:.2} s / {:.2} s | 1 s |\n\
+         {}\
+         | tcpq's CPU per 1 s frame (all its threads, ended ones included) | {:.1} ms | bounded |\n\
          | peak RSS | {:.1} MiB | < 40 MiB |\n",
         big_ct.entries,
         50_000,
@@ -1265,15 +1317,34 @@ fn big_tables_text(big: &BigTables, big_ct: &BigConntrack) -> String {
         big_ct.entries,
         big_ct.big.interval_mean_s,
         big_ct.big.interval_max_s,
+        on_time_row(&big_ct.big),
         big_ct.big.cpu_ms_per_frame,
         big_ct.big.rss_mib
     ));
     t
 }
 
+/// Replaces the big-table sections of BENCHMARKS.md (from "Big tables:" up to the profile
+/// section) with a new run's.
+fn splice_big_tables(text: &str) -> Result<()> {
+    let path = root_dir().join("BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path).context("read BENCHMARKS.md")?;
+    let (Some(start), Some(end)) = (doc.find("\nBig tables:"), doc.find("\nWhere the cost goes"))
+    else {
+        bail!(
+            "BENCHMARKS.md has no big-table section to replace: run the full `cargo xtask bench`"
+        );
+    };
+    let doc = format!("{}{}{}", &doc[..start], text, &doc[end..]);
+    std::fs::write(&path, doc).context("write BENCHMARKS.md")?;
+    eprintln!("xtask: wrote the big-table sections of BENCHMARKS.md");
+    Ok(())
+}
+
 /// `armed_only`: just the cost while every family traces, against bpftrace (a quicker loop
 /// while working on the tier-2 programs; prints, writes nothing).
-/// `tables_only`: just the big tables (prints, writes nothing).
+/// `tables_only`: just the big tables (prints them and, unless `quick`, rewrites their sections
+/// of BENCHMARKS.md).
 /// `soak_only`: just the exporter soak, `soak_secs` long (prints, writes nothing). The full run
 /// ends with the same soak and writes it as its own section; `--quick` never runs it.
 pub fn bench(
@@ -1299,7 +1370,11 @@ pub fn bench(
     }
     if tables_only {
         let (big, big_ct) = big_tables_both(quick)?;
-        println!("{}", big_tables_text(&big, &big_ct));
+        let text = big_tables_text(&big, &big_ct);
+        println!("{text}");
+        if !quick {
+            splice_big_tables(&text)?;
+        }
         return Ok(());
     }
     let ns = BenchNs::start()?;

@@ -132,7 +132,7 @@ static LIVE_CONSUMERS: std::sync::LazyLock<std::sync::Mutex<HashMap<u32, CachedC
     std::sync::LazyLock::new(Default::default);
 
 /// The time before a namespace's entries are read again, from what the last read cost.
-fn reuse_for(cost: Duration) -> Duration {
+pub fn reuse_for(cost: Duration) -> Duration {
     (cost * 20).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
@@ -151,14 +151,7 @@ pub fn live_consumers(ns: u32, snap: &CtSnapshot) -> LiveConsumers {
         };
     }
     let timeout = snap.established_timeout;
-    let (entries, sampled) =
-        netns::run_in(ns, || sample_entries_here(LIVE_SAMPLE)).unwrap_or_default();
-    let found = LiveConsumers {
-        top: top_consumers(&entries, timeout, 5),
-        read: entries.len(),
-        sampled,
-        age: Duration::ZERO,
-    };
+    let found = netns::run_in(ns, || consumers_here(timeout)).unwrap_or_default();
     cache.insert(
         ns,
         CachedConsumers {
@@ -168,6 +161,18 @@ pub fn live_consumers(ns: u32, snap: &CtSnapshot) -> LiveConsumers {
         },
     );
     found
+}
+
+/// The top consumers in a sample of the calling thread's namespace's table (`LIVE_SAMPLE`
+/// entries at most); `established_timeout` says which ESTABLISHED entries are long idle.
+pub fn consumers_here(established_timeout: u64) -> LiveConsumers {
+    let (entries, sampled) = sample_entries_here(LIVE_SAMPLE);
+    LiveConsumers {
+        top: top_consumers(&entries, established_timeout, 5),
+        read: entries.len(),
+        sampled,
+        age: Duration::ZERO,
+    }
 }
 
 /// At most `limit` entries of the calling thread's namespace: ctnetlink, else the first lines
@@ -252,7 +257,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
-    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -657,7 +662,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let n_reasons = reasons.len();
     let clock = Clock::new();
-    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())

@@ -3,6 +3,7 @@
 //! what was checked when nothing fired.
 use std::{
     collections::BTreeSet,
+    fmt::Write as _,
     io::IsTerminal as _,
     time::{Duration, Instant},
 };
@@ -86,6 +87,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         host,
         duration_s,
         Some((args.idle, &earlier)),
+        None,
     );
     let (overflow, connects, drops, accepts) =
         (&agg.overflow, &agg.connects, &agg.drops, &agg.accepts);
@@ -139,26 +141,37 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     } else {
         Vec::new()
     };
+    // The report goes out through the output thread: a reader that does not read it (a full
+    // pipe, a stopped terminal) holds tcpq only until a stop.
+    let mut report_text = String::new();
     if args.json {
         let list: Vec<Value> = causes.iter().map(|c| c.to_json()).collect();
         let mut report = json!({"duration_s": (duration_s * 10.0).round() / 10.0, "causes": list, "checked": checked, "lost_events": lost, "families": agg.families, "listeners_refused": refused_json});
         if !program_stats.is_empty() {
             report["program_stats"] = json!(program_stats);
         }
-        println!("{report}");
+        let _ = writeln!(report_text, "{report}");
     } else {
-        println!("tcpq diagnose — {duration_s:.1} s, lost events: {lost}");
+        let _ = writeln!(
+            report_text,
+            "tcpq diagnose — {duration_s:.1} s, lost events: {lost}"
+        );
         for f in &agg.families {
-            println!("  {} family: {} ({})", f.family, f.state, f.why);
+            let _ = writeln!(
+                report_text,
+                "  {} family: {} ({})",
+                f.family, f.state, f.why
+            );
         }
         if causes.is_empty() {
-            println!("no problem found. Checked:");
+            let _ = writeln!(report_text, "no problem found. Checked:");
             for c in &checked {
-                println!("  · {c}");
+                let _ = writeln!(report_text, "  · {c}");
             }
         }
         for (i, c) in causes.iter().enumerate() {
-            println!(
+            let _ = writeln!(
+                report_text,
                 "{}. {} at {}{}: {}",
                 i + 1,
                 c.finding.cause,
@@ -175,10 +188,13 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
                 c.finding.text
             );
             for f in &c.finding.fix {
-                println!("     fix: {f}");
+                let _ = writeln!(report_text, "     fix: {f}");
             }
         }
     }
+    let mut out = crate::outbox::Outbox::stdout(1)?;
+    out.send(report_text);
+    out.finish_unless_stopped();
     drop(session);
     Ok(if args.fail_on_cause && !causes.is_empty() {
         1

@@ -120,8 +120,8 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         kept.names()
     );
     let started = Instant::now();
+    let mut deadline = started + args.interval;
     loop {
-        let deadline = Instant::now() + args.interval;
         let go_on = producer.collect_until(deadline, |wait| {
             std::thread::sleep(wait);
             true
@@ -175,6 +175,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         if !go_on || stop::requested() || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
+        deadline = crate::cmd::top::next_due(deadline, args.interval, Instant::now());
     }
     Ok(0)
 }

@@ -12,7 +12,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     live::{
-        causes::{Cause, find_causes, socket_causes},
+        causes::{Cause, find_causes},
         frame::{self, Frame, History},
         gather,
         session::{Aggregates, LiveOptions, Session},
@@ -30,9 +30,6 @@ pub struct TopArgs {
     pub live: LiveOptions,
 }
 
-/// Socket-leak causes need a walk of every process's descriptors: refreshed this often.
-const SOCKET_SCAN_EVERY: Duration = Duration::from_secs(10);
-
 /// One interval's results.
 pub struct Tick {
     pub frame: Frame,
@@ -45,10 +42,6 @@ pub struct Producer {
     pub session: Session,
     last_tick: Instant,
     last_lost: u64,
-    socket_causes: Vec<Cause>,
-    last_socket_scan: Option<Instant>,
-    /// The CLOSE_WAIT sockets the last scan saw: a leak is one still there at the next.
-    close_wait_seen: std::collections::HashSet<u64>,
     pub history: History,
 }
 
@@ -60,14 +53,13 @@ impl Producer {
             session,
             last_tick: now,
             last_lost: 0,
-            socket_causes: Vec::new(),
-            last_socket_scan: None,
-            close_wait_seen: Default::default(),
             history: History::default(),
         })
     }
 
-    /// Ends the interval and returns its frame, causes and aggregates.
+    /// Ends the interval and returns its frame, causes and aggregates. What takes long to read
+    /// (port usage, conntrack entries, the socket scan) comes from `session.slow`: asked for
+    /// here, read off this thread, shown once ready.
     pub fn tick(&mut self) -> Tick {
         self.session.drain();
         // Tier 0 read at the interval's end: its per-listener refusals are exact per interval.
@@ -78,23 +70,21 @@ impl Producer {
         self.last_tick = Instant::now();
         let agg = self.session.take();
         let host = self.session.host;
-        let mut causes = find_causes(&agg, &mut self.session.dir, host, secs, None);
-        if self
-            .last_socket_scan
-            .is_none_or(|t| t.elapsed() >= SOCKET_SCAN_EVERY)
-        {
-            let earlier = crate::sockets::CloseWaitSeen {
-                cookies: std::mem::take(&mut self.close_wait_seen),
-                ago_s: self
-                    .last_socket_scan
-                    .map_or(0.0, |t| t.elapsed().as_secs_f64()),
-            };
-            (self.socket_causes, self.close_wait_seen) =
-                socket_causes(crate::sockets::DEFAULT_IDLE, &earlier);
-            self.last_socket_scan = Some(Instant::now());
-        }
+        gather::want_ports(&self.session.slow, &agg);
+        let mut causes = find_causes(
+            &agg,
+            &mut self.session.dir,
+            host,
+            secs,
+            None,
+            Some(&self.session.slow),
+        );
         // Socket leaks are states, not rates: their impact is the number of sockets.
-        causes.extend(self.socket_causes.iter().cloned().map(|mut c| {
+        let leaks = self
+            .session
+            .slow
+            .socket_causes(crate::sockets::DEFAULT_IDLE);
+        causes.extend(leaks.into_iter().map(|mut c| {
             c.finding.impact = (c.finding.impact as f64 * secs) as u64;
             c
         }));
@@ -119,7 +109,13 @@ impl Producer {
                 return false;
             }
             self.session.drain();
-            self.session.poll(false);
+            // A reading between frames that would run past the frame's due time waits for the
+            // frame's own (10,000 listeners: tens of ms).
+            if deadline.saturating_duration_since(Instant::now())
+                > 2 * self.session.engine.poll_cost
+            {
+                self.session.poll(false);
+            }
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -129,6 +125,19 @@ impl Producer {
         }
         true
     }
+}
+
+/// When the frame after one due at `due` is due: one `delay` later, on a fixed cadence (a tick's
+/// own time does not push the next frame back); a tick that overran whole intervals skips
+/// them rather than sending frames back to back.
+pub fn next_due(due: Instant, delay: Duration, now: Instant) -> Instant {
+    let next = due + delay;
+    if next > now || delay.is_zero() {
+        return next.max(now);
+    }
+    let behind = now.saturating_duration_since(next).as_nanos() / delay.as_nanos();
+    let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+    next + delay * skip
 }
 
 pub fn run(args: TopArgs) -> Result<i32> {
@@ -144,33 +153,41 @@ pub fn run(args: TopArgs) -> Result<i32> {
         crate::live::session::describe_tiers(&args.live),
         args.delay.as_secs_f64()
     );
-    let mut out = std::io::stdout().lock();
+    // Frames go out through a thread of their own: a reader that stops reading costs dropped
+    // frames (counted in the next one written), never collection or a stop.
+    let mut out = crate::outbox::Outbox::stdout(FRAMES_QUEUED)?;
     let mut frames = 0u64;
+    let mut deadline = Instant::now() + args.delay;
     loop {
-        let deadline = Instant::now() + args.delay;
         let go_on = producer.collect_until(deadline, |wait| {
             std::thread::sleep(wait);
             true
         });
-        let frame = producer.tick().frame;
-        let written = if args.json {
-            serde_json::to_string(&frame)
-                .map(|s| writeln!(out, "{s}"))
-                .context("encode frame")?
+        let mut frame = producer.tick().frame;
+        frame.frames_dropped = out.unreported();
+        frame.frames_dropped_total = out.dropped_total();
+        let text = if args.json {
+            serde_json::to_string(&frame).context("encode frame")?
         } else {
-            writeln!(out, "{}", frame::render_text(&frame))
+            frame::render_text(&frame)
         };
         // A closed pipe (`tcpq top -b | head`) ends tcpq quietly.
-        if written.and_then(|_| out.flush()).is_err() {
+        if out.send(text + "\n") == crate::outbox::Sent::Closed {
             break;
         }
         frames += 1;
         if !go_on || args.iterations.is_some_and(|n| frames >= n) {
             break;
         }
+        deadline = next_due(deadline, args.delay, Instant::now());
     }
+    // `-n N` ends with every frame written (a slow reader waited for); a stop does not wait.
+    out.finish_unless_stopped();
     Ok(0)
 }
+
+/// Frames waiting for a slow reader besides the one being written; later ones are dropped.
+const FRAMES_QUEUED: usize = 2;
 
 fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
     let mut keys = Keys::open();
@@ -190,8 +207,8 @@ fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
         let mut history = History::default();
         gone = !draw_view(&mut terminal, &shown, &history, &ui)?;
         let mut quit = false;
+        let mut deadline = Instant::now() + delay;
         while !quit && !gone && !stop::requested() {
-            let deadline = Instant::now() + delay;
             let mut failed = None;
             producer.collect_until(deadline, |wait| {
                 let pressed = match keys.wait(wait) {
@@ -232,6 +249,7 @@ fn run_tui(mut producer: Producer, delay: Duration) -> Result<i32> {
                 history = producer.history.clone();
             }
             gone = !draw_view(&mut terminal, &shown, &history, &ui)?;
+            deadline = next_due(deadline, delay, Instant::now());
         }
         Ok(())
     })();
@@ -383,6 +401,19 @@ mod tests {
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn frames_keep_a_fixed_cadence_and_skip_what_a_long_tick_overran() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // A 30 ms tick does not push the next frame back.
+        assert_eq!(next_due(t0, d, t0 + ms(30)), t0 + d);
+        // A tick that overran the next slot: the one after it, not at once.
+        assert_eq!(next_due(t0, d, t0 + ms(1500)), t0 + 2 * d);
+        assert_eq!(next_due(t0, d, t0 + ms(3000)), t0 + 4 * d);
+        assert_eq!(next_due(t0, Duration::ZERO, t0 + ms(5)), t0 + ms(5));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
     )?;
     let clock = Clock::new();
-    let out = RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())

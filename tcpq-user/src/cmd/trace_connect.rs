@@ -298,7 +298,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
     let clock = Clock::new();
-    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout()));
+    let out = std::cell::RefCell::new(crate::outbox::Lines::stdout(args.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())

@@ -37,7 +37,7 @@ pub struct TraceOverflowArgs {
 struct Tracer {
     args: TraceOverflowArgs,
     clock: Clock,
-    out: std::io::BufWriter<std::io::Stdout>,
+    out: crate::outbox::Lines,
     dir: ListenerDirectory,
     agg: OverflowAggregator,
     limiter: LineLimiter,
@@ -430,7 +430,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
     let t = std::cell::RefCell::new(Tracer {
         clock: Clock::new(),
-        out: std::io::BufWriter::new(std::io::stdout()),
+        out: crate::outbox::Lines::stdout(args.json)?,
         dir: ListenerDirectory::new(),
         agg: OverflowAggregator::new(10_000),
         limiter: LineLimiter::new(args.lines_per_sec),

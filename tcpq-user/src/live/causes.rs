@@ -13,10 +13,7 @@ use crate::{
     connect::{
         ConnectResult,
         model::failed_by_destination,
-        ports::{
-            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
-            group_usage,
-        },
+        ports::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
     },
     conntrack::{CtEvidence, diagnose_conntrack},
     listen::{
@@ -24,7 +21,10 @@ use crate::{
         owner::app_of_owners,
         resolve::ListenerDirectory,
     },
-    live::session::{AcceptorSample, Aggregates},
+    live::{
+        session::{AcceptorSample, Aggregates},
+        slow::{PortsRead, SlowReads, read_ports},
+    },
     model::ListenerKey,
     output::endpoint,
     snapshot::{counters, netns, procs, sockdiag},
@@ -32,21 +32,6 @@ use crate::{
         CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale,
     },
 };
-
-/// A namespace's sockets, usable port range and tcp_tw_reuse.
-pub type NsPorts = (Vec<sockdiag::DiagSocket>, PortRange, Option<u32>);
-
-/// Every TCP socket of a namespace with its usable port range and tcp_tw_reuse: what port
-/// usage per destination is computed from.
-pub fn ports_snapshot(ns: u32) -> Option<NsPorts> {
-    netns::run_in(ns, || -> Option<NsPorts> {
-        let socks = sockdiag::dump_tcp(StateFlags::all()).ok()?;
-        let ports = crate::cmd::ports::read_port_sysctls().ok()?;
-        Some((socks, ports.range, ports.tw_reuse))
-    })
-    .ok()
-    .flatten()
-}
 
 /// One ranked cause.
 #[derive(Debug, Clone)]
@@ -78,6 +63,9 @@ pub fn find_causes(
     // Some((idle, earlier)): also every process's stale ESTABLISHED (idle that long) and the
     // CLOSE_WAIT sockets `earlier` saw too.
     scan_sockets: Option<(std::time::Duration, &CloseWaitSeen)>,
+    // The live modes: port usage and conntrack consumers as last read off the frame thread.
+    // None (diagnose): read now.
+    slow: Option<&SlowReads>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
     let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
@@ -145,7 +133,7 @@ pub fn find_causes(
     // Outbound connects and ports: per namespace × destination with failures, named after the
     // processes whose connects failed (not whoever else connected there).
     let by_dest = failed_by_destination(&agg.connects);
-    let mut ns_sockets: HashMap<u32, Option<NsPorts>> = HashMap::new();
+    let mut ns_ports: HashMap<u32, Option<PortsRead>> = HashMap::new();
     for ((ns, daddr, dport), d) in &by_dest {
         let failed = &d.stats;
         let dest = dest_label(Some(*daddr), *dport);
@@ -170,27 +158,33 @@ pub fn find_causes(
         if let Some(f) = diagnose_connect_failures(failed, &dest) {
             causes.push(cause(f, evidence(json!({}))));
         }
-        let snap = ns_sockets.entry(*ns).or_insert_with(|| ports_snapshot(*ns));
-        let Some((socks, range, tw)) = snap else {
+        // The live modes read port usage off the frame thread (the latest read, asked for by
+        // `gather::want_ports`); diagnose reads it now, for every failing destination at once.
+        let read = ns_ports.entry(*ns).or_insert_with(|| match slow {
+            Some(slow) => slow.ports.get(ns).map(|r| r.value),
+            None => {
+                let dests = by_dest.keys().filter(|(n, _, _)| n == ns);
+                read_ports(*ns, &dests.map(|(_, a, p)| (*a, *p)).collect())
+            }
+        });
+        let Some(read) = read
+            .as_ref()
+            .filter(|r| r.dests.contains(&(*daddr, *dport)))
+        else {
             continue;
         };
-        let groups = group_usage(
-            socks,
-            range,
-            &HashSet::new(),
-            &BTreeSet::from([(*daddr, *dport)]),
-            false,
-        );
+        let range = &read.range;
         // Port usage is per source address; the port-search failures go with the busiest
         // source (groups come sorted by ports used), the others speak for themselves.
-        let dest_groups = groups
+        let dest_groups = read
+            .groups
             .iter()
             .filter(|g| g.daddr == Some(*daddr) && g.dport == *dport);
         for (i, g) in dest_groups.enumerate() {
             let ev = PortsEvidence {
                 usage: g,
                 range,
-                tw_reuse: *tw,
+                tw_reuse: read.tw_reuse,
                 traced: (i == 0).then_some(failed),
                 duration_s,
                 ns_prefix: netns::enter_prefix(*ns, host),
@@ -212,7 +206,12 @@ pub fn find_causes(
         .collect();
     for ns in ct_ns {
         let snap = snapshot_in(ns, false);
-        let consumers = live_consumers(ns, &snap);
+        let consumers = match slow {
+            Some(slow) => slow
+                .consumers(ns, snap.established_timeout)
+                .unwrap_or_default(),
+            None => live_consumers(ns, &snap),
+        };
         let tf = agg.drops.get(&(ns, "table_full")).copied().unwrap_or(0);
         let rule = agg.drops.get(&(ns, "rule")).copied().unwrap_or(0);
         let ev = CtEvidence {

@@ -212,6 +212,10 @@ pub struct Frame {
     /// each packet (`--hooks all`), or "predicted" from the queues when it arrived and capped at
     /// the exact `refused` (counters first: the outcome hooks cost more than the rest together).
     pub listen_kinds: &'static str,
+    /// Frames not written since the one before this because the output did not take them (a
+    /// reader that stopped reading: `outbox`), and since start. Collection went on meanwhile.
+    pub frames_dropped: u64,
+    pub frames_dropped_total: u64,
 }
 
 /// What was read from the system for one frame (sock_diag, /proc, conntrack), keyed the way
@@ -470,6 +474,8 @@ pub fn build(
         } else {
             "predicted"
         },
+        frames_dropped: 0,
+        frames_dropped_total: 0,
     }
 }
 
@@ -556,6 +562,13 @@ pub fn render_text(f: &Frame) -> String {
     }
     if f.evicted > 0 {
         let _ = writeln!(s, "table entries not recorded (tables full): {}", f.evicted);
+    }
+    if f.frames_dropped > 0 {
+        let _ = writeln!(
+            s,
+            "frames dropped: output stalled: {} since the last frame written ({} in all)",
+            f.frames_dropped, f.frames_dropped_total
+        );
     }
     let counters = f
         .counters

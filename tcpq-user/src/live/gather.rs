@@ -2,36 +2,42 @@
 //! owners (sock_diag, /proc), port usage per destination, conntrack tables, kernel counters and
 //! the cgroup of every process shown.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    time::{Duration, Instant},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
 };
 
 use crate::{
-    cmd::conntrack::{live_consumers, snapshot_in},
-    connect::ports::group_usage,
+    cmd::conntrack::snapshot_in,
     kernel::probe::HookState,
     live::{
-        causes::{Cause, NsPorts, ports_snapshot, sample_acceptors},
+        causes::{Cause, sample_acceptors},
         frame::{ConntrackRow, Header, ListenerSnap, PortSnap, Snapshots, rate_per_s},
         session::{Aggregates, Session},
+        slow::SlowReads,
     },
-    snapshot::{netns, procs, sockdiag},
+    snapshot::procs,
 };
 
 /// Destinations per frame whose port usage is read (the busiest first).
 const PORT_SNAPSHOTS: usize = 20;
 
-/// A destination's port usage is re-read this often while its connects succeed, and every frame
-/// once any fails: reading it dumps every socket of the namespace, TIME_WAIT included (hundreds
-/// of thousands on a busy server: under nginx + wrk that dump and its parsing were the largest
-/// part of tcpq's own CPU).
-const PORTS_REFRESH: Duration = Duration::from_secs(5);
-
-/// Whether a destination's port usage must be read again now.
-fn ports_stale(read_at: Option<Instant>, failures: u64, now: Instant) -> bool {
-    match read_at {
-        Some(at) => failures > 0 || now.saturating_duration_since(at) >= PORTS_REFRESH,
-        None => true,
+/// Asks for the port usage the frame and the causes will show: per namespace, the busiest
+/// destinations and every one whose connects failed (read off the frame thread: every frame
+/// while any fails there, else every `slow::PORTS_REFRESH`).
+pub fn want_ports(slow: &SlowReads, agg: &Aggregates) {
+    let mut dests: Vec<_> = agg.connects.by_key.iter().collect();
+    dests.sort_by_key(|(_, st)| std::cmp::Reverse((st.failures(), st.attempts)));
+    let mut wanted: BTreeMap<u32, (BTreeSet<(IpAddr, u16)>, bool)> = BTreeMap::new();
+    for (i, (k, st)) in dests.iter().enumerate() {
+        if i >= PORT_SNAPSHOTS && st.failures() == 0 {
+            continue;
+        }
+        let w = wanted.entry(k.netns).or_default();
+        w.0.insert((k.daddr, k.dport));
+        w.1 |= st.failures() > 0;
+    }
+    for (ns, (dests, failing)) in wanted {
+        slow.want_ports(ns, dests, failing);
     }
 }
 
@@ -45,8 +51,9 @@ pub fn snapshots(
     let mut pids: HashSet<u32> = causes.iter().filter_map(|c| c.pid).collect();
 
     // Listeners with refusals (traced, or counted by tier 0 before or without tracing: their
-    // owner names them in every output from the first interval on) or accepts.
-    let keys: BTreeSet<(u32, std::net::IpAddr, u16)> = agg
+    // owner names them in every output from the first interval on) or accepts; queue and
+    // backlog from tier 0's reading at the interval's end (no dump of its own).
+    let keys: BTreeSet<(u32, IpAddr, u16)> = agg
         .overflow
         .listeners
         .keys()
@@ -59,15 +66,15 @@ pub fn snapshots(
                 .map(|(id, _)| (id.netns, id.laddr, id.lport)),
         )
         .collect();
-    let mut dumps: HashMap<u32, Vec<sockdiag::DiagSocket>> = HashMap::new();
     for (ns, laddr, lport) in keys {
-        let socks = dumps.entry(ns).or_insert_with(|| {
-            netns::run_in(ns, sockdiag::dump_listeners)
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default()
-        });
-        let diag = socks.iter().find(|d| d.lport == lport);
+        let diag = session
+            .engine
+            .tier0
+            .listeners
+            .iter()
+            .filter(|(id, _)| id.netns == ns && id.lport == lport)
+            .max_by_key(|(id, _)| id.laddr == laddr)
+            .map(|(_, t)| (t.queue, t.backlog));
         let sample = sample_acceptors(&mut session.dir, ns, laddr, lport);
         let (holders, idle, owner) = match sample {
             Some(a) => (
@@ -83,8 +90,8 @@ pub fn snapshots(
         s.listeners.insert(
             (ns, lport),
             ListenerSnap {
-                queue: diag.map(|d| d.recv_queue).unwrap_or(0),
-                backlog: diag.map(|d| d.send_queue).unwrap_or(0),
+                queue: diag.map(|d| d.0).unwrap_or(0),
+                backlog: diag.map(|d| d.1).unwrap_or(0),
                 pid: owner.as_ref().map(|o| o.pid),
                 process: owner.map(|o| o.comm),
                 holders,
@@ -93,54 +100,28 @@ pub fn snapshots(
         );
     }
 
-    // Port usage of the busiest destinations.
-    let mut dests: Vec<_> = agg.connects.by_key.iter().collect();
-    dests.sort_by_key(|(_, st)| std::cmp::Reverse((st.failures(), st.attempts)));
-    let mut ns_socks: HashMap<u32, Option<NsPorts>> = HashMap::new();
-    let now = Instant::now();
-    for (k, st) in dests.iter().take(PORT_SNAPSHOTS) {
+    // Port usage of the busiest destinations, as last read (`want_ports`).
+    for k in agg.connects.by_key.keys() {
         pids.insert(k.tgid);
         let key = (k.netns, k.daddr, k.dport);
         if s.ports.contains_key(&key) {
             continue;
         }
-        let cached = session.port_cache.get(&key);
-        if !ports_stale(cached.map(|(at, _)| *at), st.failures(), now) {
-            if let Some((_, snap)) = cached {
-                s.ports.insert(key, *snap);
-            }
+        let Some(read) = session.slow.ports.get(&k.netns) else {
+            continue;
+        };
+        if !read.value.dests.contains(&(k.daddr, k.dport)) {
             continue;
         }
-        let snap = ns_socks
-            .entry(k.netns)
-            .or_insert_with(|| ports_snapshot(k.netns));
-        let Some((socks, range, _)) = snap else {
-            continue;
-        };
-        let groups = group_usage(
-            socks,
-            range,
-            &HashSet::new(),
-            &BTreeSet::from([(k.daddr, k.dport)]),
-            false,
+        let (used, time_wait) = read.value.usage(k.daddr, k.dport);
+        s.ports.insert(
+            key,
+            PortSnap {
+                used,
+                usable: read.value.range.usable(),
+                time_wait,
+            },
         );
-        let (used, tw) = groups
-            .iter()
-            .filter(|g| g.daddr == Some(k.daddr) && g.dport == k.dport)
-            .fold((0, 0), |(u, t), g| (u + g.used(), t + g.state("TIME_WAIT")));
-        let snap = PortSnap {
-            used,
-            usable: range.usable(),
-            time_wait: tw,
-        };
-        s.ports.insert(key, snap);
-        session.port_cache.insert(key, (now, snap));
-    }
-    session
-        .port_cache
-        .retain(|_, (at, _)| now.saturating_duration_since(*at) < 6 * PORTS_REFRESH);
-    for k in agg.connects.by_key.keys() {
-        pids.insert(k.tgid);
     }
 
     // Conntrack: the host's table and every namespace with drops.
@@ -167,7 +148,11 @@ pub fn snapshots(
         }
         // Who fills the table matters only while it drops (the live modes' sampled, paced read).
         let top = if drops > 0 {
-            live_consumers(ns, &snap).top
+            session
+                .slow
+                .consumers(ns, snap.established_timeout)
+                .map(|c| c.top)
+                .unwrap_or_default()
         } else {
             Default::default()
         };
@@ -226,26 +211,5 @@ pub fn header(session: &Session, lost_total: u64, lost_interval: u64) -> Header 
         lost_total,
         lost_interval,
         namespaces: session.engine.namespaces(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_usage_is_reread_when_old_or_failing() {
-        let now = Instant::now();
-        let recent = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        let old = now.checked_sub(PORTS_REFRESH).unwrap_or(now);
-        assert!(ports_stale(None, 0, now), "never read");
-        assert!(
-            !ports_stale(Some(recent), 0, now),
-            "recent and no failures: reuse"
-        );
-        assert!(ports_stale(Some(recent), 3, now), "failing: every frame");
-        if old < now {
-            assert!(ports_stale(Some(old), 0, now), "older than the refresh");
-        }
     }
 }

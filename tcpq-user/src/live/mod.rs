@@ -6,4 +6,5 @@ pub mod frame;
 pub mod gather;
 pub mod metrics;
 pub mod session;
+pub mod slow;
 pub mod tui;

@@ -21,7 +21,7 @@ use crate::{
     listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     live::{
         engine::{self, Arm, FamilyView, ListenerId, ListenerTotals, Step, Tier0},
-        frame::PortSnap,
+        slow::SlowReads,
     },
     model::OverflowAggregator,
     snapshot::{netns, nswatch::NsWatcher, procs},
@@ -163,8 +163,9 @@ pub struct Session {
     pub agg: Aggregates,
     /// Families that could not attach, with the reason.
     pub missing: Vec<(Family, String)>,
-    /// Port usage per (netns, destination address, port), with when it was read.
-    pub port_cache: HashMap<(u32, IpAddr, u16), (std::time::Instant, PortSnap)>,
+    /// The slow reads (port usage, conntrack entries, socket scans) and their latest results,
+    /// off the frame thread.
+    pub slow: SlowReads,
     /// The kernel's conntrack `drop` stat per namespace when a frame last read it, for its rate
     /// next to tcpq's traced drops (the kernel counts a few drops no tracepoint reports).
     pub ct_drop_stat: HashMap<u32, (std::time::Instant, u64)>,
@@ -205,6 +206,8 @@ pub struct Engine {
     last_poll: Option<Instant>,
     /// Between frames, tier 0 is read this often (engine::next_poll_after).
     poll_every: Duration,
+    /// What the last reading took.
+    pub poll_cost: Duration,
     /// Tier-1 signals since the last poll: EADDRNOTAVAIL handshakes, table-full drops.
     failed_port_searches: u64,
     table_full_drops: u64,
@@ -355,7 +358,7 @@ impl Session {
             host,
             agg,
             missing,
-            port_cache: HashMap::new(),
+            slow: SlowReads::default(),
             ct_drop_stat: HashMap::new(),
             stats_fd: (std::env::var("TCPQ_BPF_STATS").as_deref() == Ok("1"))
                 .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
@@ -370,6 +373,7 @@ impl Session {
                 opts: live,
                 last_poll: None,
                 poll_every: engine::POLL_EVERY,
+                poll_cost: Duration::ZERO,
                 failed_port_searches: 0,
                 table_full_drops: 0,
                 listen_flush: false,
@@ -401,7 +405,8 @@ impl Session {
         e.last_poll = Some(started);
         let readings = e.watcher.poll(now);
         let sig = e.tier0.update(readings);
-        e.poll_every = engine::next_poll_after(started.elapsed());
+        e.poll_cost = started.elapsed();
+        e.poll_every = engine::next_poll_after(e.poll_cost);
         let connect = sig.connect.or_else(|| {
             (e.failed_port_searches > 0).then(|| {
                 format!(

@@ -1,6 +1,6 @@
 //! TCP sockets of the current network namespace through NETLINK_SOCK_DIAG (inet_diag), using the
 //! rust-netlink crates for the wire format.
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use netlink_packet_core::{
@@ -95,6 +95,86 @@ pub fn dump_tcp_with_info(states: StateFlags) -> Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
+/// Every TCP socket but listeners of the calling thread's namespace whose destination is one
+/// of `dests` (addresses as `DiagSocket` shows them: IPv4-mapped ones unmapped), TIME_WAIT
+/// included: the kernel filters (`to_dests_bytecode`), so a namespace with a million TIME_WAIT
+/// elsewhere returns only these.
+pub fn dump_to(dests: &BTreeSet<(IpAddr, u16)>) -> Result<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    if dests.is_empty() {
+        return Ok(out);
+    }
+    // A filter's jumps are 16-bit: past MAX_FILTER_DESTS the kernel returns every socket and
+    // the caller's grouping keeps the destinations asked for.
+    let bytecode = (dests.len() <= MAX_FILTER_DESTS).then(|| to_dests_bytecode(dests));
+    let states = StateFlags::all().difference(StateFlags::LISTEN);
+    let mut socket = open_diag()?;
+    for family in [AF_INET, AF_INET6] {
+        dump_family_filtered(
+            &mut socket,
+            family,
+            states.clone(),
+            ExtensionFlags::empty(),
+            bytecode.as_deref(),
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Destinations one kernel filter holds at most (32 bytes each at most: well within the 16-bit
+/// jumps and attribute length).
+pub const MAX_FILTER_DESTS: usize = 512;
+
+/// inet_diag bytecode (INET_DIAG_REQ_BYTECODE) matching a socket whose destination is any of
+/// `dests`, laid out as ss(8) compiles an OR: `[D_COND 1][JMP][D_COND 2][JMP]…[D_COND n]`. A
+/// condition that holds steps to the JMP after it, which jumps past the end (accept); one that
+/// fails jumps 4 bytes past its own end, over that JMP, to the next condition (past the end
+/// after the last one: reject). The kernel's audit (inet_diag_bc_audit) follows the "yes"
+/// steps, so every op is reachable that way. An IPv4 condition also matches an IPv4-mapped
+/// IPv6 socket.
+pub fn to_dests_bytecode(dests: &BTreeSet<(IpAddr, u16)>) -> Vec<u8> {
+    const BC_JMP: u8 = 1;
+    const BC_D_COND: u8 = 8;
+    let conds: Vec<Vec<u8>> = dests
+        .iter()
+        .map(|(addr, port)| {
+            // struct inet_diag_hostcond { u8 family; u8 prefix_len; int port; be32 addr[]; }
+            let (family, prefix, bytes) = match addr {
+                IpAddr::V4(a) => (AF_INET, 32u8, a.octets().to_vec()),
+                IpAddr::V6(a) => (AF_INET6, 128u8, a.octets().to_vec()),
+            };
+            let mut c = vec![family, prefix, 0, 0];
+            c.extend_from_slice(&i32::from(*port).to_ne_bytes());
+            c.extend_from_slice(&bytes);
+            c
+        })
+        .collect();
+    // struct inet_diag_bc_op { u8 code; u8 yes; u16 no; }
+    let op = |code: u8, yes: usize, no: usize| {
+        let mut o = vec![code, yes as u8];
+        o.extend_from_slice(&(no as u16).to_ne_bytes());
+        o
+    };
+    let mut out = Vec::new();
+    let mut rest: usize = conds
+        .iter()
+        .map(|c| 4 + c.len() + 4)
+        .sum::<usize>()
+        .saturating_sub(4);
+    for (i, c) in conds.iter().enumerate() {
+        let size = 4 + c.len();
+        out.extend(op(BC_D_COND, size, size + 4));
+        out.extend_from_slice(c);
+        rest = rest.saturating_sub(size);
+        if i + 1 < conds.len() {
+            rest = rest.saturating_sub(4);
+            out.extend(op(BC_JMP, 4, rest + 4));
+        }
+    }
+    out
+}
+
 pub fn dump_listeners() -> Result<Vec<DiagSocket>> {
     dump_tcp(StateFlags::LISTEN)
 }
@@ -142,6 +222,20 @@ fn dump_family_on(
     extensions: ExtensionFlags,
     out: &mut Vec<DiagSocket>,
 ) -> Result<()> {
+    dump_family_filtered(socket, family, states, extensions, None, out)
+}
+
+/// INET_DIAG_REQ_BYTECODE, the attribute that carries a filter after inet_diag_req_v2.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+
+fn dump_family_filtered(
+    socket: &mut Socket,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    bytecode: Option<&[u8]>,
+    out: &mut Vec<DiagSocket>,
+) -> Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -163,6 +257,16 @@ fn dump_family_on(
     packet.finalize();
     let mut buf = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut buf[..]);
+    if let Some(bc) = bytecode {
+        // The crate has no attributes for a request: append the rtattr and fix nlmsg_len.
+        let attr_len = 4 + bc.len();
+        buf.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        buf.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        buf.extend_from_slice(bc);
+        buf.resize(buf.len().next_multiple_of(4), 0);
+        let total = buf.len() as u32;
+        buf[..4].copy_from_slice(&total.to_ne_bytes());
+    }
     socket
         .send(&buf[..], 0)
         .context("send sock_diag dump request")?;
@@ -252,6 +356,78 @@ mod tests {
         assert_eq!(me.laddr.to_string(), "127.0.0.1");
         assert!(me.send_queue > 0, "backlog reported");
         assert!(me.inode > 0);
+    }
+
+    #[test]
+    fn the_destination_filter_is_an_or_chain_the_kernel_accepts() {
+        let one = BTreeSet::from([(IpAddr::from([10, 0, 0, 1]), 80)]);
+        let bc = to_dests_bytecode(&one);
+        // D_COND, yes 16 (the end: accept), no 20 (4 past the end: reject); hostcond.
+        assert_eq!((bc[0], bc[1]), (8, 16));
+        assert_eq!(u16::from_ne_bytes([bc[2], bc[3]]), 20);
+        assert_eq!(&bc[4..8], &[AF_INET, 32, 0, 0]);
+        assert_eq!(i32::from_ne_bytes([bc[8], bc[9], bc[10], bc[11]]), 80);
+        assert_eq!(&bc[12..16], &[10, 0, 0, 1]);
+        assert_eq!(bc.len(), 16);
+        let two = BTreeSet::from([
+            (IpAddr::from([10, 0, 0, 1]), 80),
+            ("::1".parse().unwrap(), 443),
+        ]);
+        let bc = to_dests_bytecode(&two);
+        assert_eq!(bc.len(), 16 + 4 + 28);
+        // The first condition: yes to the JMP, no over it to the second condition.
+        assert_eq!(
+            (bc[0], bc[1], u16::from_ne_bytes([bc[2], bc[3]])),
+            (8, 16, 20)
+        );
+        // The JMP: always "no", to the end.
+        assert_eq!(
+            (bc[16], bc[17], u16::from_ne_bytes([bc[18], bc[19]])),
+            (1, 4, 32)
+        );
+        // The last condition: yes to the end, no past it.
+        assert_eq!(
+            (bc[20], bc[21], u16::from_ne_bytes([bc[22], bc[23]])),
+            (8, 28, 32)
+        );
+    }
+
+    /// The kernel takes the filter and returns only the sockets to the destinations asked for,
+    /// TIME_WAIT included.
+    #[test]
+    fn the_kernel_returns_only_the_destinations_asked_for() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, pb) = (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        );
+        let ca = std::net::TcpStream::connect(("127.0.0.1", pa)).unwrap();
+        let cb = std::net::TcpStream::connect(("127.0.0.1", pb)).unwrap();
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let got = dump_to(&BTreeSet::from([(lo, pa)])).unwrap();
+        assert!(
+            got.iter()
+                .any(|s| s.rport == pa && s.lport == ca.local_addr().unwrap().port())
+        );
+        assert!(
+            got.iter().all(|s| s.rport == pa && s.raddr == lo),
+            "{got:?}"
+        );
+        let both = dump_to(&BTreeSet::from([(lo, pa), (lo, pb)])).unwrap();
+        assert!(
+            both.iter()
+                .any(|s| s.rport == pb && s.lport == cb.local_addr().unwrap().port())
+        );
+        assert!(dump_to(&BTreeSet::new()).unwrap().is_empty());
+        assert!(to_dests_bytecode(&BTreeSet::new()).is_empty());
+        // Too many for one filter: every socket comes back, the ones asked for among them.
+        let many: BTreeSet<(IpAddr, u16)> = (1..=MAX_FILTER_DESTS as u16 + 1)
+            .map(|p| (IpAddr::from([127, 0, 0, 2]), p))
+            .chain([(lo, pa)])
+            .collect();
+        let all = dump_to(&many).unwrap();
+        assert!(all.iter().any(|s| s.rport == pa) && all.iter().any(|s| s.rport == pb));
     }
 
     /// A kept socket dumps again and again, with each listener's drop count.

@@ -80,9 +80,12 @@ pub(super) struct Resources {
     pub fds: usize,
 }
 
+/// One sample line: its metric name, labels and value.
+type Sample<'a> = (&'a str, Vec<(String, String)>, f64);
+
 /// `name{a="x",b="y"} value` → (name, [(a, x), (b, y)], value). Label values may hold escaped
 /// quotes (`\"`) and commas; `None` for comments, blank and malformed lines.
-fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn sample(line: &str) -> Option<Sample<'_>> {
     if line.starts_with('#') || line.trim().is_empty() {
         return None;
     }
