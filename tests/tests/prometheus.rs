@@ -231,13 +231,26 @@ fn prometheus_sees_exact_refusals_and_the_alert_fires_for_that_listener_only() {
     let selector =
         format!(r#"tcpq_listen_refused_total{{job="tcpq",netns="{inode}",listener="{listener}"}}"#);
 
-    // What tcpq counted: its own /metrics, once two intervals in a row agree (the refusals of
-    // the lab's last moments are folded in at tcpq's next interval).
-    let mut last_page = None;
-    let tcpq_count = wait_for(Duration::from_secs(15), || {
+    // What tcpq counted: its own /metrics, once two intervals folded in after the lab ended
+    // agree (the refusals of the lab's last moments are folded in at tcpq's next interval; the
+    // second began after the first was published, so its tier-0 reading came after the lab's
+    // end). By tcpq_last_update_seconds, not by scrapes: under other load one interval took
+    // 14 s (a bench's 1,000,000 TIME_WAIT sockets in another namespace), and two scrapes of the
+    // page from before the lab agreed on 0.
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut last_page: Option<(f64, f64)> = None;
+    let tcpq_count = wait_for(Duration::from_secs(45), || {
         thread::sleep(Duration::from_millis(1100));
         let page = scrape(&exporter.addr)?;
-        let v: f64 = metric_series(&page)
+        let series = metric_series(&page);
+        let updated = *series.get("tcpq_last_update_seconds")?;
+        if updated <= ended {
+            return None;
+        }
+        let v: f64 = series
             .iter()
             .filter(|(k, _)| {
                 k.starts_with("tcpq_listen_refused_total{")
@@ -246,8 +259,13 @@ fn prometheus_sees_exact_refusals_and_the_alert_fires_for_that_listener_only() {
             })
             .map(|(_, v)| v)
             .sum();
-        let stable = last_page == Some(v);
-        last_page = Some(v);
+        let (stable, newer) = match last_page {
+            Some((u, before)) => (u < updated && before == v, u < updated),
+            None => (false, true),
+        };
+        if newer {
+            last_page = Some((updated, v));
+        }
         stable.then_some(v)
     })
     .expect("tcpq's count settles");
