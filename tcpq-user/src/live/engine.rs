@@ -224,6 +224,18 @@ impl Tier0 {
         }
         let seen: std::collections::HashSet<u32> = readings.iter().map(|r| r.inum).collect();
         for r in readings {
+            if r.unread {
+                // Its dump failed: its listeners are as they were (not closed), its counters
+                // and pending refusals wait for the next reading, which continues from here.
+                for (_, t) in self
+                    .listeners
+                    .iter_mut()
+                    .filter(|(id, _)| id.netns == r.inum)
+                {
+                    t.present = t.was_present;
+                }
+                continue;
+            }
             let mut moved_here: Vec<(ListenerId, u64)> = Vec::new();
             for s in r.listeners.iter().filter(|s| s.state == TCP_LISTEN) {
                 let id = ListenerId {
@@ -550,6 +562,7 @@ mod tests {
             listeners,
             counters: Some(counters.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             conntrack: None,
+            unread: false,
         }
     }
 
@@ -748,6 +761,37 @@ mod tests {
                 .all(|(_, l)| l.refused_interval == 0)
         );
         assert!(t.take_unattributed().is_empty(), "per interval");
+    }
+
+    /// A namespace whose dump failed once (nswatch opens its socket again): its listener is
+    /// not closed and its counters are not forgotten — read again from 0, its ListenDrops so
+    /// far would be counted twice.
+    #[test]
+    fn a_namespace_unread_once_is_counted_on_not_again() {
+        let mut t = Tier0::default();
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 50)],
+            &[(LD, 50)],
+        )]);
+        let unread = NsReading {
+            inum: 1,
+            unread: true,
+            ..NsReading::default()
+        };
+        t.update(vec![unread]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 50);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 80)],
+            &[(LD, 80)],
+        )]);
+        let out = t.take_interval();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.refused_interval, 30);
+        assert_eq!(out[0].1.refused_total, 80);
+        assert!(t.take_unattributed().is_empty());
     }
 
     #[test]

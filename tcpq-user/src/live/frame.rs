@@ -740,6 +740,9 @@ mod tests {
         );
         let text = render_text(&f);
         assert!(text.contains("(4 uncertain)"), "{text}");
-        assert!(text.contains("(unlisted)") && text.contains("refused 3"), "{text}");
+        assert!(
+            text.contains("(unlisted)") && text.contains("refused 3"),
+            "{text}"
+        );
     }
 }
