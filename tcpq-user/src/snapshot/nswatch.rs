@@ -22,7 +22,9 @@ pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// Namespaces watched at most: beyond, the newest are left out (and counted).
 pub const MAX_NAMESPACES: usize = 512;
 /// A namespace's counters are read at least this often; at every reading where one of its
-/// listeners' sk_drops moved (the refusals are shared out by them), and when forced.
+/// listeners' sk_drops moved (the refusals are shared out by them) or a listener came or went
+/// (the refusals a closed one counted after its last reading are its own only if the counters
+/// are read in the reading that first misses it), and when forced.
 pub const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// One namespace's tier-0 reading.
@@ -53,6 +55,8 @@ pub struct CtReading {
 struct Watched {
     /// Σ sk_drops of its listeners at the last reading, and when its counters were read.
     drops_sum: u64,
+    /// Its listeners at the last reading: how many, and their cookies summed (wrapping).
+    listeners_seen: (usize, u64),
     /// A path that opened it (to open its sock_diag socket again after a failed dump).
     path: Option<PathBuf>,
     counters_at: Option<Instant>,
@@ -68,6 +72,7 @@ fn open_here() -> Result<Watched> {
     let (ct_stat, ct_max) = open_conntrack_here();
     Ok(Watched {
         drops_sum: 0,
+        listeners_seen: (0, 0),
         path: None,
         counters_at: None,
         diag: sockdiag::open_diag()?,
@@ -247,8 +252,17 @@ impl NsWatcher {
                 .map(u64::from)
                 .sum();
             let moved = std::mem::replace(&mut w.drops_sum, drops_sum) != drops_sum;
-            let due =
-                counters || moved || w.counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
+            let seen = (
+                r.listeners.len(),
+                r.listeners
+                    .iter()
+                    .fold(0u64, |a, l| a.wrapping_add(l.cookie)),
+            );
+            let came_or_went = std::mem::replace(&mut w.listeners_seen, seen) != seen;
+            let due = counters
+                || moved
+                || came_or_went
+                || w.counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
             if !due {
                 out.push(r);
                 continue;
@@ -288,6 +302,26 @@ impl NsWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that closes makes its namespace's counters due in the reading that first
+    /// misses it: the refusals it counted since its last reading are shared out then, while it
+    /// is known to have just closed.
+    #[test]
+    fn a_listener_closing_makes_the_counters_due() {
+        let here = netns::current().unwrap();
+        let mut w = NsWatcher::new(&["TcpExt:ListenDrops"]);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mine = |rs: Vec<NsReading>| rs.into_iter().find(|r| r.inum == here).expect("own");
+        // Not due without a change (other programs of this namespace may open or close a
+        // listener in between: a few tries).
+        let quiet = (0..5).any(|_| {
+            mine(w.poll(true));
+            mine(w.poll(false)).counters.is_none()
+        });
+        assert!(quiet, "counters read at every reading without a change");
+        drop(l);
+        assert!(mine(w.poll(false)).counters.is_some(), "a listener went");
+    }
 
     /// A dump that fails (here: its request cannot be sent) gives a reading marked unread, not
     /// a namespace without listeners, and the next poll reads it with a socket opened again.
