@@ -142,6 +142,8 @@ pub struct Tier0 {
     /// Per namespace, this interval: refusals no listener could be named for (listeners
     /// created and closed between two readings): counted, never dropped (`take_unattributed`).
     unattributed: HashMap<u32, u64>,
+    /// Namespaces whose dump failed at the first reading: their first reading is still to come.
+    unread_at_start: std::collections::HashSet<u32>,
     readings: u64,
 }
 
@@ -216,7 +218,7 @@ fn moved(before: &HashMap<String, u64>, now: &HashMap<String, u64>, name: &str) 
 impl Tier0 {
     /// Folds one reading of every namespace in; returns the families with trouble.
     pub fn update(&mut self, readings: Vec<NsReading>) -> Signals {
-        let first = self.readings == 0;
+        let start = self.readings == 0;
         self.readings += 1;
         let mut sig = Signals::default();
         for l in self.listeners.values_mut() {
@@ -234,8 +236,14 @@ impl Tier0 {
                 {
                     t.present = t.was_present;
                 }
+                if start {
+                    self.unread_at_start.insert(r.inum);
+                }
                 continue;
             }
+            // Its first reading: what it counted so far is from before tcpq watched (also for a
+            // namespace whose dump failed at tcpq's first reading).
+            let first = start || self.unread_at_start.remove(&r.inum);
             let mut moved_here: Vec<(ListenerId, u64)> = Vec::new();
             for s in r.listeners.iter().filter(|s| s.state == TCP_LISTEN) {
                 let id = ListenerId {
@@ -792,6 +800,34 @@ mod tests {
         assert_eq!(out[0].1.refused_interval, 30);
         assert_eq!(out[0].1.refused_total, 80);
         assert!(t.take_unattributed().is_empty());
+    }
+
+    /// A namespace unread at tcpq's first reading: its first good reading is the baseline,
+    /// not refusals of the interval.
+    #[test]
+    fn a_namespace_unread_at_start_counts_from_its_first_reading() {
+        let mut t = Tier0::default();
+        t.update(vec![NsReading {
+            inum: 1,
+            unread: true,
+            ..NsReading::default()
+        }]);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 0, 10, 500)],
+            &[(LD, 480)],
+        )]);
+        assert!(
+            t.take_interval()
+                .iter()
+                .all(|(_, l)| l.refused_interval == 0)
+        );
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 0, 10, 504)],
+            &[(LD, 484)],
+        )]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 4);
     }
 
     #[test]
