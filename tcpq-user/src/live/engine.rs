@@ -97,6 +97,13 @@ pub struct ListenerTotals {
     pub refused_total: u64,
     /// Refused since the interval began (`take_interval`).
     pub refused_interval: u64,
+    /// Of `refused_interval`: refusals counted after its last reading, when it closed in the
+    /// same reading as other listeners of its namespace that were refusing too: the namespace's
+    /// count is exact, which of them refused how many is a guess from their last rates.
+    pub uncertain_interval: u64,
+    /// Its `sk_drops` movement at its last reading: how fast it refused when last seen (the
+    /// share of its namespace's refusals counted after it closed).
+    last_moved: u64,
     /// Highest accept queue seen in the interval.
     pub queue_peak: u32,
     /// Still listed at the last reading, and at the one before.
@@ -120,6 +127,8 @@ pub struct Signals {
 struct Pending {
     weights: Vec<(ListenerId, u64)>,
     drops: u64,
+    /// Counters readings `drops` waited through with no listener to give them to.
+    waited: u32,
 }
 
 /// Tier-0 state across readings.
@@ -130,6 +139,11 @@ pub struct Tier0 {
     conntrack: HashMap<u32, CtReading>,
     /// Per namespace: sk_drops movements and ListenDrops not yet shared out (see `update`).
     pending: HashMap<u32, Pending>,
+    /// Per namespace, this interval: refusals no listener could be named for (listeners
+    /// created and closed between two readings): counted, never dropped (`take_unattributed`).
+    unattributed: HashMap<u32, u64>,
+    /// Namespaces whose dump failed at the first reading: their first reading is still to come.
+    unread_at_start: std::collections::HashSet<u32>,
     readings: u64,
 }
 
@@ -169,6 +183,31 @@ pub fn share_drops(drops: u64, moved: &[(ListenerId, u64)]) -> Vec<(ListenerId, 
     out.into_iter().map(|(id, n, _)| (id, n)).collect()
 }
 
+/// The listeners that closed since the last reading, weighted for the namespace's refusals
+/// no present listener's sk_drops accounts for (they were counted after the closed ones' last
+/// reading): by their sk_drops movement at that reading (how fast each was refusing when last
+/// seen), else by what each refused since tcpq watched it, else alike. `gone`: (listener, last
+/// movement, refused in all). The second value is whether the split is a guess: more than one
+/// of them carries weight (one closed listener, or one that was refusing among others that were
+/// not, takes them all: the rule `share_drops` follows within a reading).
+pub fn gone_weights(gone: &[(ListenerId, u64, u64)]) -> (Vec<(ListenerId, u64)>, bool) {
+    let by = |f: fn(&(ListenerId, u64, u64)) -> u64| -> Vec<(ListenerId, u64)> {
+        gone.iter()
+            .map(|g| (g.0, f(g)))
+            .filter(|(_, w)| *w > 0)
+            .collect()
+    };
+    let mut w = by(|g| g.1);
+    if w.is_empty() {
+        w = by(|g| g.2);
+    }
+    if w.is_empty() {
+        w = gone.iter().map(|g| (g.0, 1)).collect();
+    }
+    let guess = w.len() > 1;
+    (w, guess)
+}
+
 fn moved(before: &HashMap<String, u64>, now: &HashMap<String, u64>, name: &str) -> u64 {
     match (before.get(name), now.get(name)) {
         (Some(b), Some(n)) => n.saturating_sub(*b),
@@ -179,7 +218,7 @@ fn moved(before: &HashMap<String, u64>, now: &HashMap<String, u64>, name: &str) 
 impl Tier0 {
     /// Folds one reading of every namespace in; returns the families with trouble.
     pub fn update(&mut self, readings: Vec<NsReading>) -> Signals {
-        let first = self.readings == 0;
+        let start = self.readings == 0;
         self.readings += 1;
         let mut sig = Signals::default();
         for l in self.listeners.values_mut() {
@@ -187,6 +226,24 @@ impl Tier0 {
         }
         let seen: std::collections::HashSet<u32> = readings.iter().map(|r| r.inum).collect();
         for r in readings {
+            if r.unread {
+                // Its dump failed: its listeners are as they were (not closed), its counters
+                // and pending refusals wait for the next reading, which continues from here.
+                for (_, t) in self
+                    .listeners
+                    .iter_mut()
+                    .filter(|(id, _)| id.netns == r.inum)
+                {
+                    t.present = t.was_present;
+                }
+                if start {
+                    self.unread_at_start.insert(r.inum);
+                }
+                continue;
+            }
+            // Its first reading: what it counted so far is from before tcpq watched (also for a
+            // namespace whose dump failed at tcpq's first reading).
+            let first = start || self.unread_at_start.remove(&r.inum);
             let mut moved_here: Vec<(ListenerId, u64)> = Vec::new();
             for s in r.listeners.iter().filter(|s| s.state == TCP_LISTEN) {
                 let id = ListenerId {
@@ -206,6 +263,7 @@ impl Tier0 {
                     (false, false) => drops as u64,
                 };
                 t.last_drops = drops;
+                t.last_moved = delta;
                 t.queue = s.recv_queue;
                 t.backlog = s.send_queue;
                 t.queue_peak = t.queue_peak.max(s.recv_queue);
@@ -264,25 +322,45 @@ impl Tier0 {
                     None => listen_drops,
                 };
                 let mut shares = share_drops(pend.drops, &pend.weights);
+                let mut guess = false;
                 if shares.is_empty() && pend.drops > 0 {
                     // No listener's sk_drops moved: the drops were the last ones of listeners
-                    // closed since the last reading (a lab or a restart).
-                    let gone: Vec<(ListenerId, u64)> = self
+                    // closed since the last reading (a lab or a restart), shared by how fast
+                    // each was refusing when last seen, not evenly: a listener closed at the
+                    // same time that never refused must not take any.
+                    let gone: Vec<(ListenerId, u64, u64)> = self
                         .listeners
                         .iter()
                         .filter(|(id, t)| id.netns == r.inum && t.was_present && !t.present)
-                        .map(|(id, t)| (*id, t.refused_interval.max(1)))
+                        .map(|(id, t)| (*id, t.last_moved, t.refused_total))
                         .collect();
-                    shares = share_drops(pend.drops, &gone);
+                    let (weights, g) = gone_weights(&gone);
+                    shares = share_drops(pend.drops, &weights);
+                    guess = g;
                 }
                 if !shares.is_empty() {
                     pend.drops = 0;
                     pend.weights.clear();
+                    pend.waited = 0;
+                } else if pend.drops > 0 {
+                    // Counted between the dump and the counters (the two reads are not
+                    // atomic): the listener's sk_drops shows them at the next reading. Still
+                    // no listener then: ones created and closed between two readings. Counted
+                    // for the namespace, not kept waiting (never silently lower).
+                    pend.waited += 1;
+                    if pend.waited >= 2 {
+                        *self.unattributed.entry(r.inum).or_default() += pend.drops;
+                        pend.drops = 0;
+                        pend.waited = 0;
+                    }
                 }
                 for (id, n) in shares {
                     if let Some(t) = self.listeners.get_mut(&id) {
                         t.refused_total += n;
                         t.refused_interval += n;
+                        if guess {
+                            t.uncertain_interval += n;
+                        }
                     }
                 }
                 if let Some(before) = self.counters.get(&r.inum) {
@@ -343,9 +421,18 @@ impl Tier0 {
         self.listeners.retain(|_, t| t.present);
         for t in self.listeners.values_mut() {
             t.refused_interval = 0;
+            t.uncertain_interval = 0;
             t.queue_peak = t.queue;
         }
         out
+    }
+
+    /// Ends the interval of the refusals no listener could be named for: (namespace, count),
+    /// by namespace.
+    pub fn take_unattributed(&mut self) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = self.unattributed.drain().filter(|(_, n)| *n > 0).collect();
+        v.sort_by_key(|(ns, _)| *ns);
+        v
     }
 
     /// The last counters read in every namespace.
@@ -483,6 +570,7 @@ mod tests {
             listeners,
             counters: Some(counters.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             conntrack: None,
+            unread: false,
         }
     }
 
@@ -604,6 +692,142 @@ mod tests {
         // Closed after 40 more drops, before the next reading could see its sk_drops.
         t.update(vec![reading(1, vec![], &[(LD, 140)])]);
         assert_eq!(t.take_interval()[0].1.refused_interval, 140);
+    }
+
+    /// Seen under load (tier 0 read less often): the lab's listener and a healthy one of the
+    /// same namespace closed between two readings; the refusals after the lab's last reading
+    /// went half to the healthy one (38 and 37 of 75), which never refused.
+    #[test]
+    fn listeners_closing_together_leave_the_last_drops_to_the_one_refusing() {
+        let mut t = Tier0::default();
+        let both = |lab_drops| vec![listener(9099, 0, 128, 0), listener(8080, 10, 10, lab_drops)];
+        t.update(vec![reading(1, both(0), &[(LD, 0)])]);
+        t.update(vec![reading(1, both(600), &[(LD, 580)])]);
+        t.update(vec![reading(1, both(803), &[(LD, 788)])]);
+        // A frame between: the interval's counts start again at 0.
+        let out = t.take_interval();
+        let lab = |out: &[(ListenerId, ListenerTotals)]| {
+            out.iter().find(|(id, _)| id.lport == 8080).map(|(_, t)| *t)
+        };
+        assert_eq!(lab(&out).unwrap().refused_interval, 788);
+        t.update(vec![reading(1, vec![], &[(LD, 863)])]);
+        let out = t.take_interval();
+        assert_eq!(lab(&out).unwrap().refused_interval, 75);
+        assert_eq!(
+            lab(&out).unwrap().uncertain_interval,
+            0,
+            "only one was refusing"
+        );
+        assert!(
+            out.iter()
+                .all(|(id, t)| id.lport != 9099 || t.refused_interval == 0),
+            "the healthy listener refused nothing: {out:?}"
+        );
+        assert!(t.take_unattributed().is_empty());
+    }
+
+    /// Two listeners that both refused when last seen and closed together: the namespace's
+    /// count stays whole, split by their last rates, and the split is reported as a guess.
+    #[test]
+    fn a_split_between_closed_listeners_that_both_refused_is_uncertain() {
+        let mut t = Tier0::default();
+        let both = |a, b| vec![listener(80, 10, 10, a), listener(81, 10, 10, b)];
+        t.update(vec![reading(1, both(0, 0), &[(LD, 0)])]);
+        t.update(vec![reading(1, both(30, 10), &[(LD, 40)])]);
+        t.take_interval();
+        t.update(vec![reading(1, vec![], &[(LD, 80)])]);
+        let out = t.take_interval();
+        assert_eq!(out.iter().map(|(_, t)| t.refused_interval).sum::<u64>(), 40);
+        assert_eq!(
+            out.iter().map(|(_, t)| t.uncertain_interval).sum::<u64>(),
+            40
+        );
+        let p80 = out.iter().find(|(id, _)| id.lport == 80).unwrap().1;
+        assert_eq!(
+            p80.refused_interval, 30,
+            "by their rates when last seen (3:1)"
+        );
+    }
+
+    /// A listener created and closed between two readings was never listed: its refusals are
+    /// counted for its namespace (after waiting one reading for a late sk_drops), not kept
+    /// waiting for a listener that will never move.
+    #[test]
+    fn refusals_of_a_listener_never_listed_are_counted_for_the_namespace() {
+        let mut t = Tier0::default();
+        t.update(vec![reading(1, vec![listener(22, 0, 128, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(1, vec![listener(22, 0, 128, 0)], &[(LD, 9)])]);
+        assert!(
+            t.take_unattributed().is_empty(),
+            "may still show on a listener"
+        );
+        t.update(vec![reading(1, vec![listener(22, 0, 128, 0)], &[(LD, 9)])]);
+        assert_eq!(t.take_unattributed(), vec![(1, 9)]);
+        assert!(
+            t.take_interval()
+                .iter()
+                .all(|(_, l)| l.refused_interval == 0)
+        );
+        assert!(t.take_unattributed().is_empty(), "per interval");
+    }
+
+    /// A namespace whose dump failed once (nswatch opens its socket again): its listener is
+    /// not closed and its counters are not forgotten — read again from 0, its ListenDrops so
+    /// far would be counted twice.
+    #[test]
+    fn a_namespace_unread_once_is_counted_on_not_again() {
+        let mut t = Tier0::default();
+        t.update(vec![reading(1, vec![listener(80, 0, 10, 0)], &[(LD, 0)])]);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 50)],
+            &[(LD, 50)],
+        )]);
+        let unread = NsReading {
+            inum: 1,
+            unread: true,
+            ..NsReading::default()
+        };
+        t.update(vec![unread]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 50);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 10, 10, 80)],
+            &[(LD, 80)],
+        )]);
+        let out = t.take_interval();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.refused_interval, 30);
+        assert_eq!(out[0].1.refused_total, 80);
+        assert!(t.take_unattributed().is_empty());
+    }
+
+    /// A namespace unread at tcpq's first reading: its first good reading is the baseline,
+    /// not refusals of the interval.
+    #[test]
+    fn a_namespace_unread_at_start_counts_from_its_first_reading() {
+        let mut t = Tier0::default();
+        t.update(vec![NsReading {
+            inum: 1,
+            unread: true,
+            ..NsReading::default()
+        }]);
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 0, 10, 500)],
+            &[(LD, 480)],
+        )]);
+        assert!(
+            t.take_interval()
+                .iter()
+                .all(|(_, l)| l.refused_interval == 0)
+        );
+        t.update(vec![reading(
+            1,
+            vec![listener(80, 0, 10, 504)],
+            &[(LD, 484)],
+        )]);
+        assert_eq!(t.take_interval()[0].1.refused_interval, 4);
     }
 
     #[test]

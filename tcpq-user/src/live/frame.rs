@@ -82,6 +82,10 @@ pub struct ListenerRow {
     pub refused: Option<u64>,
     /// Of `refused`, those no tier-2 program detailed (before tracing started).
     pub untraced: Option<u64>,
+    /// Of `refused`, those counted after its last reading when it closed together with other
+    /// listeners of its namespace that were refusing too: which of them refused how many is
+    /// shared by their last rates (the namespace's total stays exact).
+    pub uncertain: Option<u64>,
     pub refused_per_s: f64,
     pub accepts_per_s: f64,
     pub accept_wait_p99_us: Option<u64>,
@@ -178,6 +182,13 @@ impl History {
     }
 }
 
+/// A namespace's refusals that no listener could be named for.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Unattributed {
+    pub netns: u32,
+    pub refused: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Frame {
     /// Unix time of the frame, seconds.
@@ -204,6 +215,9 @@ pub struct Frame {
     pub namespaces: usize,
     pub causes: Vec<CauseRow>,
     pub listeners: Vec<ListenerRow>,
+    /// Refusals of the interval no listener could be named for (created and closed between two
+    /// tier-0 readings), per namespace: with `listeners[].refused` they add up to ListenDrops.
+    pub refused_unattributed: Vec<Unattributed>,
     pub outbound: Vec<OutboundRow>,
     pub conntrack: Vec<ConntrackRow>,
     /// Table entries not recorded because a userspace table was full (bounded memory).
@@ -272,6 +286,7 @@ type QueueBacklog = (u32, u32);
 struct ListenerMerge {
     counts: KindCounts,
     refused: Option<u64>,
+    uncertain: u64,
     queue_backlog: Option<QueueBacklog>,
 }
 
@@ -354,6 +369,7 @@ pub fn build(
     for (id, t) in &agg.tier0_listeners {
         let e = listeners.entry((id.netns, id.laddr, id.lport)).or_default();
         *e.refused.get_or_insert(0) += t.refused_interval;
+        e.uncertain += t.uncertain_interval;
         e.queue_backlog = Some((t.queue, t.backlog));
     }
     let mut listener_rows: Vec<ListenerRow> = listeners
@@ -396,6 +412,7 @@ pub fn build(
                 counts: exact,
                 refused: m.refused,
                 untraced: m.refused.map(|r| r.saturating_sub(counts.refused())),
+                uncertain: m.refused.map(|_| m.uncertain),
                 refused_per_s: rate_per_s(m.refused.unwrap_or(counts.refused()), secs),
                 accepts_per_s: rate_per_s(acc.map(|a| a.accepts).unwrap_or(0), secs),
                 accept_wait_p99_us: acc
@@ -466,6 +483,14 @@ pub fn build(
         namespaces: header.namespaces,
         causes: causes.iter().map(|c| cause_row(c, secs)).collect(),
         listeners: listener_rows,
+        refused_unattributed: agg
+            .tier0_unattributed
+            .iter()
+            .map(|(netns, refused)| Unattributed {
+                netns: *netns,
+                refused: *refused,
+            })
+            .collect(),
         outbound,
         conntrack: snaps.conntrack.clone(),
         evicted: agg.overflow.evicted + agg.connects.evicted + agg.accepts_evicted,
@@ -632,9 +657,15 @@ pub fn render_text(f: &Frame) -> String {
             owner_text(l.pid, l.process.as_deref()),
             format!("{}/{}", opt(l.queue), opt(l.backlog)),
             l.refused_per_s,
-            match l.untraced.filter(|n| *n > 0) {
-                Some(n) => format!("{} +{n} untraced", kinds_text(&l.per_s)),
-                None => kinds_text(&l.per_s),
+            {
+                let mut k = kinds_text(&l.per_s);
+                if let Some(n) = l.untraced.filter(|n| *n > 0) {
+                    k.push_str(&format!(" +{n} untraced"));
+                }
+                if let Some(n) = l.uncertain.filter(|n| *n > 0) {
+                    k.push_str(&format!(" ({n} uncertain)"));
+                }
+                k
             },
             l.accepts_per_s,
             opt(l.accept_wait_p99_us),
@@ -643,6 +674,13 @@ pub fn render_text(f: &Frame) -> String {
         if let Some(cg) = &l.cgroup {
             let _ = writeln!(s, "             {}", container::describe(cg));
         }
+    }
+    for u in &f.refused_unattributed {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<24} refused {} (listeners created and closed between two readings)",
+            u.netns, "(unlisted)", u.refused
+        );
     }
     let _ = writeln!(s, "OUTBOUND");
     let _ = writeln!(
@@ -691,5 +729,33 @@ pub fn pct(n: u64, of: u64) -> f64 {
         0.0
     } else {
         n as f64 * 100.0 / of as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener's guessed share and a namespace's unlisted refusals reach the frame, and
+    /// the listener's `refused` with `refused_unattributed` is the namespace's whole count.
+    #[test]
+    fn uncertain_and_unattributed_refusals_are_shown() {
+        let agg = Aggregates::with_refusals(7, 8080, 10, 4, 3);
+        let f = build(Header::default(), &agg, &[], &Snapshots::default(), 1.0);
+        assert_eq!(f.listeners[0].refused, Some(10));
+        assert_eq!(f.listeners[0].uncertain, Some(4));
+        assert_eq!(
+            f.refused_unattributed,
+            vec![Unattributed {
+                netns: 7,
+                refused: 3
+            }]
+        );
+        let text = render_text(&f);
+        assert!(text.contains("(4 uncertain)"), "{text}");
+        assert!(
+            text.contains("(unlisted)") && text.contains("refused 3"),
+            "{text}"
+        );
     }
 }

@@ -47,6 +47,9 @@ pub const OTHER: &str = "other";
 /// with `_total`, histograms as `_bucket`/`_sum`/`_count`). The alert rules and the dashboard
 /// under deploy/ are checked against it (tests/tests/deploy.rs), and a unit test below checks
 /// it against the registry's own encoding.
+/// The `listener` label of a namespace's refusals that no listener could be named for.
+pub const UNATTRIBUTED: &str = "unattributed";
+
 pub const EXPORTED: &[(&str, &[&str])] = &[
     (
         "tcpq_listen_refusals_total",
@@ -54,6 +57,10 @@ pub const EXPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "tcpq_listen_refused_total",
+        &["netns", "listener", "process", "pod", "container"],
+    ),
+    (
+        "tcpq_listen_refused_uncertain_total",
         &["netns", "listener", "process", "pod", "container"],
     ),
     ("tcpq_family_armed", &["family"]),
@@ -198,6 +205,7 @@ pub struct Metrics {
     registry: Registry,
     listen: Family<ListenerLabels, Counter>,
     refused: Family<ListenerProcess, Counter>,
+    uncertain: Family<ListenerProcess, Counter>,
     family_armed: Family<FamilyLabel, Gauge>,
     accepts: Family<ListenerOnly, Counter>,
     accept_wait: Family<ListenerOnly, Histogram>,
@@ -271,6 +279,12 @@ impl Metrics {
             "listen_refused",
             "Connections a listener refused, exact: its sk_drops as sock_diag reports it (counted with no program attached; listen_refusals gives the kinds while the listen family is traced)",
             refused.clone(),
+        );
+        let uncertain = Family::<ListenerProcess, Counter>::default();
+        registry.register(
+            "listen_refused_uncertain",
+            "Of listen_refused, those counted after the listener closed together with other listeners of its namespace that were refusing too: the namespace's total is exact, the split among them follows their last rates",
+            uncertain.clone(),
         );
         let family_armed = Family::<FamilyLabel, Gauge>::default();
         registry.register(
@@ -379,6 +393,7 @@ impl Metrics {
             registry,
             listen,
             refused,
+            uncertain,
             family_armed,
             accepts,
             accept_wait,
@@ -468,6 +483,23 @@ impl Metrics {
                 container: owner.container,
             };
             self.refused.get_or_create(&l).inc_by(t.refused_interval);
+            if t.uncertain_interval > 0 {
+                self.uncertain
+                    .get_or_create(&l)
+                    .inc_by(t.uncertain_interval);
+            }
+        }
+        // Refusals no listener could be named for (created and closed between two readings):
+        // a series of their own, so a namespace's series still add up to its ListenDrops.
+        for (ns, n) in &agg.tier0_unattributed {
+            let l = ListenerProcess {
+                netns: self.netns_budget.label(ns.to_string()),
+                listener: UNATTRIBUTED.to_string(),
+                process: String::new(),
+                pod: String::new(),
+                container: String::new(),
+            };
+            self.refused.get_or_create(&l).inc_by(*n);
         }
         for f in &agg.families {
             self.family_armed
@@ -691,15 +723,15 @@ mod tests {
             kind: "syn".into(),
         };
         m.listen.get_or_create(&ll).inc();
-        m.refused
-            .get_or_create(&ListenerProcess {
-                netns: "1".into(),
-                listener: "l".into(),
-                process: "p".into(),
-                pod: "ns/pod".into(),
-                container: "c".into(),
-            })
-            .inc();
+        let lp = ListenerProcess {
+            netns: "1".into(),
+            listener: "l".into(),
+            process: "p".into(),
+            pod: "ns/pod".into(),
+            container: "c".into(),
+        };
+        m.refused.get_or_create(&lp).inc();
+        m.uncertain.get_or_create(&lp).inc();
         let lo = ListenerOnly {
             netns: "1".into(),
             listener: "l".into(),
@@ -773,6 +805,32 @@ mod tests {
         assert_eq!(seen, want, "{text}");
         assert!(series_value(&text, "tcpq_conntrack_entries{netns=\"1\"}") == 10.0);
         assert!(series_value(&text, "tcpq_process_resident_memory_bytes") > 0.0);
+    }
+
+    /// A namespace's series add up to its refusals: a guessed split is also counted as
+    /// uncertain, refusals no listener could be named for have a series of their own.
+    #[test]
+    fn uncertain_and_unattributed_refusals_have_series() {
+        let agg = Aggregates::with_refusals(7, 8080, 10, 4, 3);
+        let mut m = Metrics::new(5);
+        m.update(&agg, &[], Lost::default(), &HashMap::new(), &HashMap::new());
+        let text = m.encode();
+        let sum: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("tcpq_listen_refused_total{netns=\"7\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(sum, 13.0, "{text}");
+        assert!(
+            text.contains("tcpq_listen_refused_total{netns=\"7\",listener=\"unattributed\",process=\"\",pod=\"\",container=\"\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(
+                "tcpq_listen_refused_uncertain_total{netns=\"7\",listener=\"127.0.0.1:8080\""
+            ) && l.ends_with(" 4")),
+            "{text}"
+        );
     }
 
     /// A listener keeps its one series when an interval's owner lookup comes back empty.

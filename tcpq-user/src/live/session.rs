@@ -57,6 +57,9 @@ pub struct Aggregates {
     pub counters_last: HashMap<u32, HashMap<String, u64>>,
     /// Tier 0: listeners that refused (exact, from `sk_drops`) or queued in the interval.
     pub tier0_listeners: Vec<(ListenerId, ListenerTotals)>,
+    /// Tier 0: refusals of the interval no listener could be named for, per namespace
+    /// (listeners created and closed between two readings; `Tier0::take_unattributed`).
+    pub tier0_unattributed: Vec<(u32, u64)>,
     /// Tier 0: namespaces whose conntrack table is at least half full (count, max) at the end.
     pub tier0_conntrack: Vec<(u32, crate::snapshot::nswatch::CtReading)>,
     /// Tier 0: every namespace with a conntrack table (count, max) at the end (export's gauges).
@@ -86,6 +89,7 @@ impl Default for Aggregates {
             counters_first: HashMap::new(),
             counters_last: HashMap::new(),
             tier0_listeners: Vec::new(),
+            tier0_unattributed: Vec::new(),
             tier0_conntrack: Vec::new(),
             tier0_conntrack_tables: Vec::new(),
             families: Vec::new(),
@@ -96,6 +100,32 @@ impl Default for Aggregates {
 }
 
 impl Aggregates {
+    /// An interval in which 127.0.0.1:`lport` of namespace `netns` refused `refused` (of them
+    /// `uncertain` guessed) and `unattributed` more were refused there by no listener listed.
+    #[cfg(test)]
+    pub fn with_refusals(
+        netns: u32,
+        lport: u16,
+        refused: u64,
+        uncertain: u64,
+        unattributed: u64,
+    ) -> Self {
+        let id = ListenerId {
+            netns,
+            laddr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            lport,
+            cookie: 1,
+        };
+        let mut t = ListenerTotals::default();
+        t.refused_interval = refused;
+        t.uncertain_interval = uncertain;
+        Self {
+            tier0_listeners: vec![(id, t)],
+            tier0_unattributed: vec![(netns, unattributed)],
+            ..Self::default()
+        }
+    }
+
     /// Namespaces any event of the interval came from.
     pub fn namespaces(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self
@@ -640,6 +670,7 @@ impl Session {
         self.abort_base = aborts;
         agg.counters_last = self.engine.tier0.counters().clone();
         agg.tier0_listeners = self.engine.tier0.take_interval();
+        agg.tier0_unattributed = self.engine.tier0.take_unattributed();
         agg.tier0_conntrack = self.engine.tier0.conntrack_filling();
         agg.tier0_conntrack_tables = self.engine.tier0.conntrack_tables();
         agg.families = self.families();

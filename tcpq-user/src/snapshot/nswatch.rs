@@ -22,7 +22,9 @@ pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// Namespaces watched at most: beyond, the newest are left out (and counted).
 pub const MAX_NAMESPACES: usize = 512;
 /// A namespace's counters are read at least this often; at every reading where one of its
-/// listeners' sk_drops moved (the refusals are shared out by them), and when forced.
+/// listeners' sk_drops moved (the refusals are shared out by them) or a listener came or went
+/// (the refusals a closed one counted after its last reading are its own only if the counters
+/// are read in the reading that first misses it), and when forced.
 pub const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// One namespace's tier-0 reading.
@@ -35,6 +37,10 @@ pub struct NsReading {
     pub counters: Option<HashMap<String, u64>>,
     /// Read with the counters.
     pub conntrack: Option<CtReading>,
+    /// The dump failed this time (its socket was opened again for the next reading): the
+    /// namespace is still watched, its listeners and counters are unknown until then. Not a
+    /// namespace without listeners: its refusals must not be counted again from 0.
+    pub unread: bool,
 }
 
 /// The conntrack table of a namespace (/proc/net/stat/nf_conntrack, nf_conntrack_max).
@@ -49,6 +55,10 @@ pub struct CtReading {
 struct Watched {
     /// Σ sk_drops of its listeners at the last reading, and when its counters were read.
     drops_sum: u64,
+    /// Its listeners at the last reading: how many, and their cookies summed (wrapping).
+    listeners_seen: (usize, u64),
+    /// A path that opened it (to open its sock_diag socket again after a failed dump).
+    path: Option<PathBuf>,
     counters_at: Option<Instant>,
     diag: Socket,
     netstat: File,
@@ -62,6 +72,8 @@ fn open_here() -> Result<Watched> {
     let (ct_stat, ct_max) = open_conntrack_here();
     Ok(Watched {
         drops_sum: 0,
+        listeners_seen: (0, 0),
+        path: None,
         counters_at: None,
         diag: sockdiag::open_diag()?,
         netstat: open("/proc/thread-self/net/netstat")?,
@@ -86,6 +98,14 @@ fn open_conntrack_here() -> (Option<File>, Option<File>) {
 fn reread(file: &mut File, buf: &mut String) -> bool {
     buf.clear();
     file.seek(SeekFrom::Start(0)).is_ok() && file.read_to_string(buf).is_ok()
+}
+
+/// A new sock_diag socket in the namespace `path` opens, if that is still namespace `ino`.
+fn reopen_diag(path: &Path, ino: u32) -> Option<Socket> {
+    if netns::inode_of(path) != Some(ino) {
+        return None;
+    }
+    netns::run_in_path(path, sockdiag::open_diag).ok()?.ok()
 }
 
 /// Every network namespace with a name under /run/netns or a process in it: inode → a path
@@ -168,7 +188,8 @@ impl NsWatcher {
                 netns::run_in_path(path, open_here).and_then(|r| r)
             };
             match opened {
-                Ok(w) => {
+                Ok(mut w) => {
+                    w.path = Some(path.clone());
                     self.watched.insert(ino, w);
                 }
                 Err(_) => self.unreadable += 1,
@@ -207,8 +228,21 @@ impl NsWatcher {
                 inum: *ino,
                 ..NsReading::default()
             };
-            if sockdiag::dump_listeners_on(&mut w.diag, &mut r.listeners).is_err() {
-                gone.push(*ino);
+            if let Err(e) = sockdiag::dump_listeners_on(&mut w.diag, &mut r.listeners) {
+                // A dump that failed half way leaves its rest in the socket: a fresh one for the
+                // next reading, if the namespace is still there (else it is let go).
+                match w.path.as_deref().and_then(|p| reopen_diag(p, *ino)) {
+                    Some(diag) => {
+                        log::debug!("sock_diag dump of netns {ino}: {e}; socket opened again");
+                        w.diag = diag;
+                        out.push(NsReading {
+                            inum: *ino,
+                            unread: true,
+                            ..NsReading::default()
+                        });
+                    }
+                    None => gone.push(*ino),
+                }
                 continue;
             }
             let drops_sum: u64 = r
@@ -218,8 +252,17 @@ impl NsWatcher {
                 .map(u64::from)
                 .sum();
             let moved = std::mem::replace(&mut w.drops_sum, drops_sum) != drops_sum;
-            let due =
-                counters || moved || w.counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
+            let seen = (
+                r.listeners.len(),
+                r.listeners
+                    .iter()
+                    .fold(0u64, |a, l| a.wrapping_add(l.cookie)),
+            );
+            let came_or_went = std::mem::replace(&mut w.listeners_seen, seen) != seen;
+            let due = counters
+                || moved
+                || came_or_went
+                || w.counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
             if !due {
                 out.push(r);
                 continue;
@@ -259,6 +302,59 @@ impl NsWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that closes makes its namespace's counters due in the reading that first
+    /// misses it: the refusals it counted since its last reading are shared out then, while it
+    /// is known to have just closed.
+    #[test]
+    fn a_listener_closing_makes_the_counters_due() {
+        let here = netns::current().unwrap();
+        let mut w = NsWatcher::new(&["TcpExt:ListenDrops"]);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mine = |rs: Vec<NsReading>| rs.into_iter().find(|r| r.inum == here).expect("own");
+        // Not due without a change (other programs of this namespace may open or close a
+        // listener in between: a few tries).
+        let quiet = (0..5).any(|_| {
+            mine(w.poll(true));
+            mine(w.poll(false)).counters.is_none()
+        });
+        assert!(quiet, "counters read at every reading without a change");
+        drop(l);
+        assert!(mine(w.poll(false)).counters.is_some(), "a listener went");
+    }
+
+    /// A dump that fails (here: its request cannot be sent) gives a reading marked unread, not
+    /// a namespace without listeners, and the next poll reads it with a socket opened again.
+    #[test]
+    fn a_failed_dump_is_unread_and_the_socket_opened_again() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: entering a namespace needs root");
+            return;
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let here = netns::current().unwrap();
+        let mut w = NsWatcher::new(&["TcpExt:ListenDrops"]);
+        w.poll(true);
+        let mut broken = Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG).unwrap();
+        broken.bind_auto().unwrap();
+        // No socket has this port id: sending to it fails (ECONNREFUSED).
+        broken
+            .connect(&netlink_sys::SocketAddr::new(0x7fff_fff0, 0))
+            .unwrap();
+        w.watched
+            .get_mut(&here)
+            .expect("own namespace watched")
+            .diag = broken;
+        let failed = w.poll(true);
+        let mine = failed.iter().find(|r| r.inum == here).expect("a reading");
+        assert!(mine.unread && mine.listeners.is_empty() && mine.counters.is_none());
+        let again = w.poll(true);
+        let mine = again.iter().find(|r| r.inum == here).expect("a reading");
+        assert!(!mine.unread);
+        assert!(mine.listeners.iter().any(|s| s.lport == port));
+    }
 
     /// The kept files and socket read the namespace again on every poll.
     #[test]
