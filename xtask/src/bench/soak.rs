@@ -214,8 +214,20 @@ fn scrape(addr: &str) -> Result<(f64, usize, String)> {
     Ok((ms, raw.len(), body.to_string()))
 }
 
+/// tcpq's open fds, less its BPF links: a family armed by a lab keeps its tier-2 programs
+/// attached (one link each) until `--quiet-period` (30 s) after the trouble, so the links
+/// follow the labs and are no leak.
 fn fd_count(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|t| t.to_string_lossy() != "anon_inode:bpf_link")
+                    .unwrap_or(true)
+            })
+            .count(),
+    )
 }
 
 /// Network namespaces on the machine (every process's and every /run/netns mount), which tier 0
@@ -685,7 +697,7 @@ pub(super) fn soak(secs: u64) -> Result<String> {
         .join(", ");
     Ok(format!(
         "\nSoak: `tcpq export --interval 1s` for {elapsed:.0} s while every lab ran in turn, each in namespaces of its own (`tcpq lab NAME --duration 2s`; storm at 50000 SYNs/s; conntrack under {GLOBAL_LOCK}), \
-         a GET /metrics every second (time to the close; series, label sets and values per family from the page), tcpq's VmRSS and open fds every {} s. \
+         a GET /metrics every second (time to the close; series, label sets and values per family from the page), tcpq's VmRSS and open fds (BPF links aside: the labs arm families, which keep their links for the 30 s quiet period) every {} s. \
          tier 0 watches every network namespace on the machine (a sock_diag socket and a few /proc files each), so its fds follow the labs' namespaces, and anyone else's: \
          the leak check is the reading with no lab running, before the first and 3 s after the last. \
          RSS is flat when its last {}'s maximum is less than {FLAT_PCT} % or {FLAT_MIB} MiB above its reading 20 % into the run.\n\n{}",
