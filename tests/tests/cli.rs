@@ -379,20 +379,29 @@ fn runs_inside_ip_netns_exec_without_a_cgroup2_mount() {
     assert!(!host_mounts.contains("/run/tcpq/cgroup2"), "{host_mounts}");
 
     // And the cgroup_skb hook attached through it sees the overflow: tcpq's count is the kernel's.
-    let tracer = std::process::Command::new("ip")
+    let mut tracer = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.name, &bin])
         .args(["trace", "overflow", "--json", "--duration", "6"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Read as it writes: a pipe nobody reads fills, and tcpq then drops lines (output_stalled)
+    // rather than stop collecting.
+    let mut stdout = tracer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
     std::thread::sleep(std::time::Duration::from_secs(2));
     let before = ns.counters();
     run_lab(&ns, &["overflow", "--duration", "2"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let after = ns.counters();
-    let out = tracer.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let _ = tracer.wait().unwrap();
+    let text = reader.join().unwrap();
+    let lines: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
