@@ -12,6 +12,7 @@ use std::{
 use crate::{
     decode::ListenCall,
     snapshot::{
+        container::Identities,
         netns,
         procs::{self, Owner},
         sockdiag,
@@ -47,6 +48,8 @@ pub struct ListenerDirectory {
     listen_args_by_addr: HashMap<(u32, IpAddr, u16), i32>,
     /// sock_diag/procfs failures, counted for the summary.
     pub lookup_failures: u64,
+    /// The owners' pods and containers, per pid (shared with the callers' own lines).
+    pub identities: Identities,
 }
 
 const MISS_RETRY: Duration = Duration::from_secs(2);
@@ -148,19 +151,17 @@ impl ListenerDirectory {
             self.by_cookie.insert(
                 (netns_inum, l.cookie),
                 Rc::new({
-                    let (pod, container) = crate::snapshot::container::identify(
-                        owners
-                            .first()
-                            .and_then(|o| crate::snapshot::procs::cgroup_path(o.pid))
-                            .as_deref(),
-                    );
+                    let id = owners
+                        .first()
+                        .map(|o| self.identities.get(o.pid, &o.comm))
+                        .unwrap_or_default();
                     ListenerInfo {
                         inode: l.inode,
                         backlog: l.send_queue,
                         owners,
                         listen_arg,
-                        pod,
-                        container,
+                        pod: id.pod.clone(),
+                        container: id.container.clone(),
                     }
                 }),
             );
