@@ -22,7 +22,10 @@ use crate::{
     listen::owner::app_of_owners,
     listen::resolve::ListenerDirectory,
     output::{Clock, endpoint},
-    snapshot::procs,
+    snapshot::{
+        container::{Identities, Identity},
+        procs,
+    },
 };
 
 #[derive(Debug, Clone)]
@@ -48,6 +51,41 @@ fn idle_acceptors(map: &BpfArray<MapData, InAccept>) -> HashMap<(u32, u32), u64>
         }
     }
     out
+}
+
+/// `result` and the queue wait of an accept() as lines show them.
+fn result_and_wait(e: &Accepted) -> (String, Option<u64>) {
+    match e.result {
+        Ok(w) => ("ok".to_string(), w),
+        Err(errno) => (crate::connect::errno_name(errno), None),
+    }
+}
+
+/// One accepted connection (or accept() error) as NDJSON.
+pub fn accepted_json(clock: &Clock, e: &Accepted, id: &Identity) -> serde_json::Value {
+    let (result, wait) = result_and_wait(e);
+    json!({"ts": clock.rfc3339(e.ts_ns), "event": "accept", "count": 1, "netns": e.netns, "laddr": e.laddr.to_string(), "lport": e.lport,
+        "raddr": e.raddr.to_string(), "rport": e.rport, "pid": e.tgid, "comm": e.comm, "pod": id.pod, "container": id.container,
+        "result": result, "wait_us": wait.map(|w| w / 1000)})
+}
+
+pub const ACCEPT_HEADER: &str = "TIME             NETNS       LISTENER               CLIENT                 ACCEPTOR              RESULT     QUEUE WAIT";
+
+/// One accepted connection as a text line (the acceptor's pod and container at the end).
+pub fn accepted_text(clock: &Clock, e: &Accepted, id: &Identity) -> String {
+    let (result, wait) = result_and_wait(e);
+    format!(
+        "{:<16} {:<11} {:<22} {:<22} {:<21} {:<10} {}{}",
+        clock.short(e.ts_ns),
+        e.netns,
+        endpoint(e.laddr, e.lport),
+        endpoint(e.raddr, e.rport),
+        format!("{}/{}", e.tgid, e.comm),
+        result,
+        wait.map(|w| format!("{:.1} ms", w as f64 / 1e6))
+            .unwrap_or_else(|| "-".into()),
+        id.suffix()
+    )
 }
 
 pub fn run(args: TraceAcceptArgs) -> Result<()> {
@@ -84,6 +122,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let budget: RefCell<LineBudget<ListenerId, &'static str>> =
         RefCell::new(LineBudget::new(args.lines_per_sec));
     let dir = RefCell::new(ListenerDirectory::new());
+    // Each acceptor's pod and container, resolved at its first accept.
+    let ids = RefCell::new(Identities::new());
     let started = Instant::now();
     let window_start = std::cell::Cell::new(Instant::now());
     let header = std::cell::Cell::new(false);
@@ -128,28 +168,14 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         if !print {
             return;
         }
-        let (result, wait) = match e.result {
-            Ok(w) => ("ok".to_string(), w),
-            Err(errno) => (crate::connect::errno_name(errno), None),
-        };
+        let id = ids.borrow_mut().get(e.tgid, &e.comm);
         if args.json {
-            emit(json!({"ts": clock.rfc3339(e.ts_ns), "event": "accept", "count": 1, "netns": e.netns, "laddr": e.laddr.to_string(), "lport": e.lport,
-                "raddr": e.raddr.to_string(), "rport": e.rport, "pid": e.tgid, "comm": e.comm, "result": result, "wait_us": wait.map(|w| w / 1000)}).to_string());
+            emit(accepted_json(&clock, &e, &id).to_string());
         } else {
             if !header.replace(true) {
-                emit("TIME             NETNS       LISTENER               CLIENT                 ACCEPTOR              RESULT     QUEUE WAIT".into());
+                emit(ACCEPT_HEADER.into());
             }
-            emit(format!(
-                "{:<16} {:<11} {:<22} {:<22} {:<21} {:<10} {}",
-                clock.short(e.ts_ns),
-                e.netns,
-                endpoint(e.laddr, e.lport),
-                endpoint(e.raddr, e.rport),
-                format!("{}/{}", e.tgid, e.comm),
-                result,
-                wait.map(|w| format!("{:.1} ms", w as f64 / 1e6))
-                    .unwrap_or_else(|| "-".into())
-            ));
+            emit(accepted_text(&clock, &e, &id));
         }
     };
     let on_tick = || {
@@ -198,7 +224,10 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                         .unwrap_or_default();
                     (!pairs.is_empty()).then(|| {
                         let idle = idle_now.get_or_insert_with(|| idle_acceptors(&in_accept));
-                        pairs.iter().map(|p| idle.get(p).copied().unwrap_or(0)).sum()
+                        pairs
+                            .iter()
+                            .map(|p| idle.get(p).copied().unwrap_or(0))
+                            .sum()
                     })
                 }
             };
@@ -278,4 +307,50 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     )?;
     drop(loaded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_pod_and_container_of_the_acceptor() {
+        let clock = Clock::fixed(0);
+        let e = Accepted {
+            ts_ns: 1_000_000_000,
+            netns: 4026531840,
+            tgid: 77,
+            comm: "nginx".into(),
+            laddr: "0.0.0.0".parse().unwrap(),
+            lport: 80,
+            raddr: "10.0.0.3".parse().unwrap(),
+            rport: 50000,
+            listen_fd: 6,
+            result: Ok(Some(2_000_000)),
+        };
+        let pod = Identity::new(Some("web/front-1".into()), Some("nginx".into()));
+        let v = accepted_json(&clock, &e, &pod);
+        assert_eq!(
+            (v["pod"].as_str(), v["container"].as_str()),
+            (Some("web/front-1"), Some("nginx"))
+        );
+        assert_eq!(
+            (v["pid"].as_u64(), v["wait_us"].as_u64()),
+            (Some(77), Some(2000))
+        );
+        let t = accepted_text(&clock, &e, &pod);
+        assert!(
+            t.ends_with("2.0 ms  pod web/front-1, container nginx"),
+            "{t}"
+        );
+        let host = Identity::default();
+        let v = accepted_json(&clock, &e, &host);
+        assert!(v["pod"].is_null() && v["container"].is_null(), "{v}");
+        assert!(accepted_text(&clock, &e, &host).ends_with("2.0 ms"));
+        let failed = Accepted {
+            result: Err(24),
+            ..e
+        };
+        assert_eq!(accepted_json(&clock, &failed, &host)["result"], "EMFILE");
+    }
 }

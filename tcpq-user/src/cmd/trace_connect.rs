@@ -19,7 +19,10 @@ use crate::{
     },
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     output::{Clock, endpoint},
-    snapshot::procs,
+    snapshot::{
+        container::{Identities, Identity},
+        procs,
+    },
 };
 
 /// `--dst ADDR[:PORT]` (IPv6 as `[addr]:port` or bare).
@@ -127,7 +130,7 @@ fn fmt_ms(ns: Option<u64>) -> String {
     }
 }
 
-pub fn outcome_json(clock: &Clock, o: &ConnectOutcome) -> serde_json::Value {
+pub fn outcome_json(clock: &Clock, o: &ConnectOutcome, id: &Identity) -> serde_json::Value {
     let cause = match o.result {
         crate::connect::ConnectResult::Ok => serde_json::Value::Null,
         crate::connect::ConnectResult::Errno(99) => json!("ports_exhausted"),
@@ -140,6 +143,8 @@ pub fn outcome_json(clock: &Clock, o: &ConnectOutcome) -> serde_json::Value {
         "netns": o.netns,
         "pid": o.tgid,
         "comm": o.comm,
+        "pod": id.pod,
+        "container": id.container,
         "saddr": o.saddr.to_string(),
         "sport": o.sport,
         "daddr": o.daddr.to_string(),
@@ -154,9 +159,9 @@ pub fn outcome_json(clock: &Clock, o: &ConnectOutcome) -> serde_json::Value {
 
 pub const CONNECT_HEADER: &str = "TIME             PID      COMM             NETNS       SOURCE                 DESTINATION            RESULT          SYSCALL   HANDSHAKE  RETRANS";
 
-pub fn outcome_text(clock: &Clock, o: &ConnectOutcome) -> String {
+pub fn outcome_text(clock: &Clock, o: &ConnectOutcome, id: &Identity) -> String {
     format!(
-        "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {:<15} {:<9} {:<10} {}",
+        "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {:<15} {:<9} {:<10} {}{}",
         clock.short(o.ts_ns),
         o.tgid,
         o.comm,
@@ -166,11 +171,17 @@ pub fn outcome_text(clock: &Clock, o: &ConnectOutcome) -> String {
         o.result.id(),
         fmt_ms(o.syscall_ns),
         fmt_ms(o.handshake_ns),
-        o.syn_retrans
+        o.syn_retrans,
+        id.suffix()
     )
 }
 
-pub fn stats_json(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> serde_json::Value {
+pub fn stats_json(
+    key: &ConnectKey,
+    s: &ConnectStats,
+    duration_s: f64,
+    id: &Identity,
+) -> serde_json::Value {
     let q = |h| {
         ConnectStats::quantiles(h).map(|(p50, p99, max)| json!({"p50_us": p50 / 1000, "p99_us": p99 / 1000, "max_us": max / 1000}))
     };
@@ -180,6 +191,8 @@ pub fn stats_json(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> serde_
         "netns": key.netns,
         "pid": key.tgid,
         "comm": s.comm,
+        "pod": id.pod,
+        "container": id.container,
         "daddr": key.daddr.to_string(),
         "dport": key.dport,
         "count": s.attempts,
@@ -192,7 +205,7 @@ pub fn stats_json(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> serde_
     })
 }
 
-pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> String {
+pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64, id: &Identity) -> String {
     let results: Vec<String> = s
         .results
         .iter()
@@ -204,9 +217,10 @@ pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64) -> String
             .unwrap_or_else(|| "-".into())
     };
     format!(
-        "  {}/{} → {} netns {}: {} connects ({:.1}/s): {} · syscall {} · handshake {} · SYN retransmits {}",
+        "  {}/{}{} → {} netns {}: {} connects ({:.1}/s): {} · syscall {} · handshake {} · SYN retransmits {}",
         key.tgid,
         s.comm,
+        id.text().map(|t| format!(" ({t})")).unwrap_or_default(),
         endpoint(key.daddr, key.dport),
         key.netns,
         s.attempts,
@@ -315,6 +329,8 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let started = Instant::now();
     let window_start = std::cell::Cell::new(Instant::now());
     let header = std::cell::Cell::new(false);
+    // Each process's pod and container, resolved at its first connect.
+    let ids = std::cell::RefCell::new(Identities::new());
     let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
         for (second, k, result, n) in lines {
             let comm = agg
@@ -323,16 +339,17 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .get(&k)
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
+            let id = ids.borrow_mut().get(k.tgid, &comm);
             if args.json {
                 let cause = match result.as_str() {
                     "ok" => serde_json::Value::Null,
                     "EADDRNOTAVAIL" => json!("ports_exhausted"),
                     _ => json!("connect_failures"),
                 };
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "pod": id.pod, "container": id.container, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
             } else {
                 emit(format!(
-                    "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second",
+                    "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second{}",
                     format!(
                         "{} +1s",
                         clock.short(second * 1_000_000_000).get(..8).unwrap_or("")
@@ -342,7 +359,8 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                     k.netns,
                     "",
                     endpoint(k.daddr, k.dport),
-                    result
+                    result,
+                    id.suffix()
                 ));
             }
         }
@@ -363,6 +381,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         }
         agg.borrow_mut().record(o);
         window.borrow_mut().record(o);
+        let id = ids.borrow_mut().get(o.tgid, &o.comm);
         let key = ConnectKey::of(o);
         let (flushed, print) =
             budget
@@ -371,12 +390,12 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         print_aggregates(flushed);
         if print {
             if args.json {
-                emit(outcome_json(&clock, o).to_string());
+                emit(outcome_json(&clock, o, &id).to_string());
             } else {
                 if !header.replace(true) {
                     emit(CONNECT_HEADER.into());
                 }
-                emit(outcome_text(&clock, o));
+                emit(outcome_text(&clock, o, &id));
             }
         }
     };
@@ -401,7 +420,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
             let rows: Vec<_> = a
                 .ranked()
                 .into_iter()
-                .map(|(k, s)| stats_json(k, s, dur))
+                .map(|(k, s)| stats_json(k, s, dur, &ids.borrow_mut().get(k.tgid, &s.comm)))
                 .collect();
             emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
@@ -417,7 +436,12 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 t.missed_runs
             ));
             for (k, s) in a.ranked() {
-                emit(stats_text(k, s, dur));
+                emit(stats_text(
+                    k,
+                    s,
+                    dur,
+                    &ids.borrow_mut().get(k.tgid, &s.comm),
+                ));
             }
         }
         drop(a);
@@ -468,5 +492,54 @@ mod tests {
         for bad in ["", "localhost", "1.2.3.4:99999", "::1:80:x"] {
             assert!(DstFilter::parse(bad).is_err(), "{bad}");
         }
+    }
+    #[test]
+    fn lines_name_the_pod_and_container_of_the_process() {
+        let clock = Clock::fixed(0);
+        let o = ConnectOutcome {
+            ts_ns: 1_000_000_000,
+            netns: 4026531840,
+            tgid: 4242,
+            comm: "php-fpm".into(),
+            saddr: "10.0.0.2".parse().unwrap(),
+            sport: 40001,
+            daddr: "10.0.0.9".parse().unwrap(),
+            dport: 5432,
+            result: crate::connect::ConnectResult::Refused,
+            syscall_ns: Some(20_000),
+            handshake_ns: Some(90_000),
+            syn_retrans: 0,
+        };
+        let pod = Identity::new(Some("shop/checkout-7d9f".into()), Some("php-fpm".into()));
+        let v = outcome_json(&clock, &o, &pod);
+        assert_eq!(v["pod"], "shop/checkout-7d9f");
+        assert_eq!(v["container"], "php-fpm");
+        assert_eq!(v["pid"], 4242);
+        let t = outcome_text(&clock, &o, &pod);
+        assert!(
+            t.ends_with("  pod shop/checkout-7d9f, container php-fpm"),
+            "{t}"
+        );
+        // On the host: null, and the text line is as before.
+        let host = Identity::default();
+        let v = outcome_json(&clock, &o, &host);
+        assert!(v["pod"].is_null() && v["container"].is_null(), "{v}");
+        assert!(v.as_object().unwrap().contains_key("pod"));
+        assert!(!outcome_text(&clock, &o, &host).contains("pod"));
+        // Summary rows.
+        let mut agg = ConnectAggregator::new(10);
+        agg.record(&o);
+        let (k, st) = agg.ranked().into_iter().next().unwrap();
+        let row = stats_json(k, st, 1.0, &pod);
+        assert_eq!(row["pod"], "shop/checkout-7d9f");
+        assert_eq!(row["container"], "php-fpm");
+        assert!(stats_json(k, st, 1.0, &host)["pod"].is_null());
+        let line = stats_text(k, st, 1.0, &pod);
+        assert!(
+            line.starts_with(
+                "  4242/php-fpm (pod shop/checkout-7d9f, container php-fpm) → 10.0.0.9:5432"
+            ),
+            "{line}"
+        );
     }
 }
