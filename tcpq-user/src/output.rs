@@ -80,11 +80,23 @@ fn process_label(info: Option<&ListenerInfo>) -> String {
     }
 }
 
+/// The owner's `pod NS/NAME, container NAME` (snapshot::container::label), None on the host.
+fn pod_label(info: Option<&ListenerInfo>) -> Option<String> {
+    info.and_then(|i| crate::snapshot::container::label(i.pod.as_deref(), i.container.as_deref()))
+}
+
+/// What an event line appends after the process: `  pod NS/NAME, container NAME`.
+fn pod_suffix(info: Option<&ListenerInfo>) -> String {
+    pod_label(info)
+        .map(|t| format!("  {t}"))
+        .unwrap_or_default()
+}
+
 pub const TEXT_HEADER: &str = "TIME             NETNS       KIND            LISTENER               CLIENT                 QUEUE      PROCESS";
 
 pub fn event_text(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>) -> String {
     format!(
-        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}",
+        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}{}",
         clock.short(ev.ts_ns),
         ev.netns,
         ev.kind.id(),
@@ -92,6 +104,7 @@ pub fn event_text(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
         endpoint(ev.raddr, ev.rport),
         format!("{}/{}", ev.queue, ev.backlog),
         process_label(info),
+        pod_suffix(info),
     )
 }
 
@@ -141,7 +154,7 @@ pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
 pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> String {
     let t = clock.short(line.second * 1_000_000_000);
     format!(
-        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}",
+        "{:<16} {:<11} {:<15} {:<22} {:<22} {:<10} {}{}",
         format!("{} +1s", t.get(..8).unwrap_or(&t)),
         line.key.netns,
         format!("{}×{}", line.kind.id(), line.count),
@@ -149,6 +162,7 @@ pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&Listene
         format!("({} more, {} clients)", line.count, line.clients),
         format!("{}/{}", line.last_queue, line.backlog),
         process_label(info),
+        pod_suffix(info),
     )
 }
 
@@ -283,10 +297,11 @@ pub fn summary_text(
     }
     for l in listeners {
         s.push_str(&format!(
-            "  {} netns {} {}: {} · queue {}/{} · listen() {} · somaxconn {} · accepts {} · clients {}\n",
+            "  {} netns {} {}{}: {} · queue {}/{} · listen() {} · somaxconn {} · accepts {} · clients {}\n",
             endpoint(l.laddr, l.lport),
             l.netns,
             process_label(l.info),
+            pod_label(l.info).map(|t| format!(" ({t})")).unwrap_or_default(),
             counts_text(&l.counts),
             l.last_queue,
             l.backlog,
@@ -430,6 +445,19 @@ mod tests {
                 && t.contains("5/4")
                 && t.contains("10/nginx +1"),
             "{t}"
+        );
+        assert!(
+            t.ends_with("10/nginx +1  pod shop/web-1, container nginx"),
+            "{t}"
+        );
+        let host = ListenerInfo {
+            pod: None,
+            container: None,
+            ..info()
+        };
+        assert!(
+            event_text(&clock, &ev(), Some(&host)).ends_with("10/nginx +1"),
+            "no suffix on the host"
         );
         let none = event_text(&clock, &ev(), None);
         assert!(none.trim_end().ends_with('-'));

@@ -24,7 +24,7 @@ use crate::{
     },
     listen::resolve::ListenerDirectory,
     output::{Clock, endpoint},
-    snapshot::{counters::read_sysctl, netns},
+    snapshot::{container::Identity, counters::read_sysctl, netns},
 };
 
 /// What /proc says about one namespace's conntrack table.
@@ -251,6 +251,15 @@ pub struct TraceConntrackArgs {
 
 type DropKey = (u32, u32, std::net::IpAddr, u16);
 
+/// The PROCESS column of a drop line: `pid/comm` and its pod and container, `-` when unknown.
+fn process_text(pid: u32, comm: &str, id: &Identity) -> String {
+    if pid != 0 {
+        format!("{pid}/{comm}{}", id.suffix())
+    } else {
+        "-".into()
+    }
+}
+
 pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::DROP_EVENTS)?;
@@ -288,14 +297,19 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     };
     let print_aggregates = |lines: Vec<(u64, DropKey, &'static str, u64)>| {
         for (second, (ns, pid, daddr, dport), kind, n) in lines {
+            let comm = comms.borrow().get(&pid).cloned();
+            let id = dir
+                .borrow_mut()
+                .identities
+                .get(pid, comm.as_deref().unwrap_or(""));
             if args.json {
-                let comm = comms.borrow().get(&pid).cloned();
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "daddr": daddr.to_string(), "dport": dport}).to_string());
+                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
                 emit(format!(
-                    "{} +1s  {ns}  {kind}×{n} → {}  pid {pid}",
+                    "{} +1s  {ns}  {kind}×{n} → {}  pid {pid}{}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
-                    endpoint(daddr, dport)
+                    endpoint(daddr, dport),
+                    id.suffix()
                 ));
             }
         }
@@ -325,6 +339,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         if pid != 0 && !comms.borrow().contains_key(&pid) && comms.borrow().len() < 65536 {
             comms.borrow_mut().insert(pid, comm.clone());
         }
+        // Resolved at the process's first drop, while it is alive (its aggregated lines come later).
+        let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: DropKey = (e.netns, pid, e.daddr, e.dport);
         let (flushed, print) = budget
             .borrow_mut()
@@ -337,7 +353,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
                 "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
-                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(comm),
+                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
+                "pod": id.pod, "container": id.container,
                 "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
                 "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
                 "ct_count": count, "ct_max": max,
@@ -356,11 +373,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 endpoint(e.saddr, e.sport),
                 endpoint(e.daddr, e.dport),
                 format!("{count}/{max}"),
-                if pid != 0 {
-                    format!("{pid}/{comm}")
-                } else {
-                    "-".into()
-                }
+                process_text(pid, &comm, &id)
             ));
         }
     };
@@ -708,6 +721,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 None => (0, String::new()),
             }
         };
+        let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
         let (flushed, print) = budget
             .borrow_mut()
@@ -719,7 +733,8 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         if args.json {
             emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
-                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(comm),
+                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
+                "pod": id.pod, "container": id.container,
                 "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
                 "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
                 "tcp_flags": e.tcp_flags,
@@ -736,11 +751,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 if e.outbound { "out" } else { "in" },
                 endpoint(e.saddr, e.sport),
                 endpoint(e.daddr, e.dport),
-                if pid != 0 {
-                    format!("{pid}/{comm}")
-                } else {
-                    "-".into()
-                }
+                process_text(pid, &comm, &id)
             ));
         }
     };
@@ -807,5 +818,16 @@ mod tests {
             Duration::from_secs(30)
         );
         assert_eq!(reuse_for(Duration::from_secs(10)), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn drop_lines_name_the_pod_and_container() {
+        let pod = Identity::new(Some("shop/api-0".into()), Some("app".into()));
+        assert_eq!(
+            process_text(12, "curl", &pod),
+            "12/curl  pod shop/api-0, container app"
+        );
+        assert_eq!(process_text(12, "curl", &Identity::default()), "12/curl");
+        assert_eq!(process_text(0, "", &pod), "-");
     }
 }

@@ -22,7 +22,7 @@ use crate::{
     },
     kernel::env::Privileges,
     output::endpoint,
-    snapshot::{counters::read_sysctl, netns, sockdiag},
+    snapshot::{container::Identities, counters::read_sysctl, netns, procs, sockdiag},
 };
 
 #[derive(Debug, Clone)]
@@ -75,6 +75,8 @@ pub fn run(args: PortsArgs) -> Result<i32> {
     // Trace first (root), then snapshot: TIME_WAIT is at its highest at the end.
     let mut traced: Option<ConnectAggregator> = None;
     let started = Instant::now();
+    // Each connecting process's pod and container, resolved while it is alive.
+    let ids = std::cell::RefCell::new(Identities::new());
     if privileges.can_load_bpf() && !args.duration.is_zero() {
         let session = ConnectSession::open()?;
         let agg = std::cell::RefCell::new(ConnectAggregator::new(50_000));
@@ -92,6 +94,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                     return;
                 }
                 agg.borrow_mut().record(o);
+                ids.borrow_mut().get(o.tgid, &o.comm);
             },
             || {},
             |_, _| {},
@@ -207,6 +210,12 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 })
                 .unwrap_or_default();
             let comm = stats.as_ref().map(|s| s.comm.clone());
+            // The row's process: the lowest pid that connected there, else the lowest looked at.
+            let first = pid_list.first().or(pids_seen.first()).copied();
+            let id = first.map(|p| {
+                let c = comm.clone().or_else(|| procs::comm(p)).unwrap_or_default();
+                ids.borrow_mut().get(p, &c)
+            });
             let ev = PortsEvidence {
                 usage: &g,
                 range: &sysctls.range,
@@ -221,13 +230,13 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             {
                 findings.extend(diagnose_connect_failures(st, &dest_label(g.daddr, g.dport)));
             }
-            rows.push((ns, g, sysctls.clone(), stats, pid_list, comm, findings));
+            rows.push((ns, g, sysctls.clone(), stats, pid_list, comm, id, findings));
         }
     }
 
     let usable_of = |s: &PortSysctls| s.range.usable();
     if args.json {
-        for (ns, g, sys, stats, pids, comm, findings) in &rows {
+        for (ns, g, sys, stats, pids, comm, id, findings) in &rows {
             let q = |h| {
                 ConnectStats::quantiles(h)
                     .map(|(p50, p99, _)| json!({"p50_us": p50 / 1000, "p99_us": p99 / 1000}))
@@ -239,6 +248,8 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                     "netns": ns,
                     "pids": if pids.is_empty() { json!(pids_seen) } else { json!(pids) },
                     "comm": comm,
+                    "pod": id.as_ref().and_then(|i| i.pod.as_ref()),
+                    "container": id.as_ref().and_then(|i| i.container.as_ref()),
                     "saddr": g.saddr.map(|a| a.to_string()),
                     "daddr": g.daddr.map(|a| a.to_string()),
                     "dport": g.dport,
@@ -275,7 +286,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 }
             );
         }
-        for (ns, g, sys, stats, pids, comm, findings) in &rows {
+        for (ns, g, sys, stats, pids, comm, id, findings) in &rows {
             let q = stats
                 .as_ref()
                 .and_then(|s| ConnectStats::quantiles(&s.syscall_ns))
@@ -294,7 +305,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                     .join(",")
             };
             println!(
-                "{:<11} {:<16} {:<22} {:<12} {:<6} {:<10} {:<6} {:<9} {:<11} {:<14} {:<16} {}{}",
+                "{:<11} {:<16} {:<22} {:<12} {:<6} {:<10} {:<6} {:<9} {:<11} {:<14} {:<16} {}{}{}",
                 ns,
                 g.saddr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
                 g.daddr.map(|a| endpoint(a, g.dport)).unwrap_or_default(),
@@ -323,6 +334,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 q,
                 pid_s,
                 comm.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                id.as_ref().map(|i| i.suffix()).unwrap_or_default(),
             );
             println!(
                 "    range {}–{} ({} usable) · tcp_tw_reuse {}",

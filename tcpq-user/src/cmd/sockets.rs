@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::{
     listen::owner::app_of_owners,
-    snapshot::{netns, procs, sockdiag},
+    snapshot::{container::Identities, netns, procs, sockdiag},
     sockets::{CloseWaitSeen, analyse, diagnose_sockets, time_wait_by_remote},
 };
 
@@ -108,6 +108,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
         dumps = dump_all();
     }
     let mut printed = 0;
+    let mut ids = Identities::new();
     for (ns, procs_in_ns) in by_ns {
         let Some(sockets) = dumps.remove(&ns) else {
             continue;
@@ -130,16 +131,24 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
                 continue; // all processes: only the ones with something to say
             }
             printed += 1;
+            let id = ids.get(p.pid, &p.comm);
             if args.json {
                 println!(
                     "{}",
-                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "netns": ns, "states": p.states, "idle_established": p.idle_established, "idle_accepted": p.idle_accepted,
+                    json!({"event": "sockets", "pid": p.pid, "comm": p.comm, "pod": id.pod, "container": id.container, "netns": ns, "states": p.states, "idle_established": p.idle_established, "idle_accepted": p.idle_accepted,
                         "close_wait": {"count": p.close_wait, "fds": p.close_wait_fds, "remotes": p.close_wait_remotes, "lasting": earlier.lasting(&p).len(), "lasted_s": earlier.ago_s}, "nofile_limit": limit, "causes": findings})
                 );
             } else {
                 let states: Vec<String> =
                     p.states.iter().map(|(s, n)| format!("{s} {n}")).collect();
-                println!("{}/{} netns {}: {}", p.pid, p.comm, ns, states.join(", "));
+                println!(
+                    "{}/{} netns {}: {}{}",
+                    p.pid,
+                    p.comm,
+                    ns,
+                    states.join(", "),
+                    id.text().map(|t| format!(" · {t}")).unwrap_or_default()
+                );
                 for g in &p.idle_established {
                     println!(
                         "  idle ESTABLISHED → {}:{}: {} ({} awaiting an answer; max idle {:.0} s, sent {} B, received {} B)",
