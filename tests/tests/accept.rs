@@ -127,3 +127,47 @@ fn emfile_is_reported_with_the_limit() {
         "{s}"
     );
 }
+
+/// A server in a Kubernetes pod's cgroup (containerd, systemd driver shape) is named by its pod
+/// and container in `trace accept --json`'s line for each connection it accepted.
+#[test]
+fn trace_accept_json_names_the_pod_and_container_of_the_acceptor() {
+    if skip_unless_root("accept_pod") {
+        return;
+    }
+    let ns = Netns::new("apod");
+    let cg = TestCgroup::containerd_pod("accept");
+    let tracer = Tracer::start_cmd(&["trace", "accept", "--json", "--port", "9503"], &[]);
+    // It waits to be in the pod's cgroup, then listens and accepts one connection.
+    let mut server = python_in(
+        &ns,
+        "import socket,os,time\nprint(os.getpid(),flush=True)\nwhile 'cri-containerd-' not in open('/proc/self/cgroup').read(): time.sleep(0.02)\nl=socket.socket(); l.bind(('127.0.0.1',9503)); l.listen(16)\nprint('up',flush=True)\nc,_=l.accept()\nprint('accepted',flush=True)\ntime.sleep(2)",
+    );
+    let pid: u64 = first_line(&mut server).parse().expect("the server's pid");
+    cg.adopt(pid);
+    assert_eq!(first_line(&mut server), "up");
+    let mut clients = python_in(
+        &ns,
+        "import socket,time\ns=socket.socket(); s.connect(('127.0.0.1',9503)); time.sleep(3)",
+    );
+    assert_eq!(first_line(&mut server), "accepted");
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = clients.kill();
+    let _ = clients.wait();
+    let ev = lines
+        .iter()
+        .find(|v| v["event"] == "accept" && v["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no accept line of pid {pid}: {lines:?}"));
+    eprintln!("{ev}");
+    assert_eq!(ev["result"], "ok", "{ev}");
+    assert_eq!(ev["lport"], 9503, "{ev}");
+    assert_eq!(ev["pod"].as_str(), Some(cg.pod().as_str()), "{ev}");
+    assert_eq!(
+        ev["container"].as_str(),
+        Some(cg.container().as_str()),
+        "{ev}"
+    );
+}

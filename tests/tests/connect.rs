@@ -244,3 +244,73 @@ fn ports_errors_and_unprivileged_snapshot() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A client in a Kubernetes pod's cgroup (containerd, systemd driver shape) is named by its pod
+/// and container in `trace connect --json`: its event line and its summary row (the pod UID and
+/// the short container id: no runtime state on this machine gives the names). A host process's
+/// lines say null.
+#[test]
+fn trace_connect_json_names_the_pod_and_container_of_a_client() {
+    if skip_unless_root("connect_pod") {
+        return;
+    }
+    let ns = Netns::new("cpod");
+    let cg = TestCgroup::containerd_pod("connect");
+    let tracer = Tracer::start_cmd(
+        &["trace", "connect", "--json", "--dst", "127.0.0.1:9102"],
+        &[],
+    );
+    // It waits to be in the pod's cgroup, is refused (nothing listens on :9102), and stays a
+    // second.
+    let mut client = python_in(
+        &ns,
+        "import socket,os,time\nprint(os.getpid(),flush=True)\nwhile 'cri-containerd-' not in open('/proc/self/cgroup').read(): time.sleep(0.02)\ns=socket.socket()\ntry:\n s.connect(('127.0.0.1',9102))\nexcept ConnectionRefusedError:\n print('refused',flush=True)\ntime.sleep(1)",
+    );
+    let pid: u64 = first_line(&mut client).parse().expect("the client's pid");
+    cg.adopt(pid);
+    assert_eq!(first_line(&mut client), "refused");
+    let host = python_in(
+        &ns,
+        "import socket\ns=socket.socket()\ntry:\n s.connect(('127.0.0.1',9102))\nexcept ConnectionRefusedError:\n print('refused')",
+    );
+    let host_pid = host.id() as u64;
+    let hout = host.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&hout.stdout).contains("refused"));
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop();
+
+    let ev = lines
+        .iter()
+        .find(|v| v["event"] == "connect" && v["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no connect line of pid {pid}: {lines:?}"));
+    eprintln!("{ev}");
+    assert_eq!(ev["result"], "refused", "{ev}");
+    assert_eq!(ev["pod"].as_str(), Some(cg.pod().as_str()), "{ev}");
+    assert_eq!(
+        ev["container"].as_str(),
+        Some(cg.container().as_str()),
+        "{ev}"
+    );
+    let row = lines
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "connect_summary")
+        .and_then(|s| {
+            s["destinations"]
+                .as_array()?
+                .iter()
+                .find(|d| d["pid"].as_u64() == Some(pid))
+        })
+        .unwrap_or_else(|| panic!("no summary row of pid {pid}: {lines:?}"));
+    assert_eq!(row["pod"], ev["pod"], "{row}");
+    assert_eq!(row["container"], ev["container"], "{row}");
+    let h = lines
+        .iter()
+        .find(|v| v["event"] == "connect" && v["pid"].as_u64() == Some(host_pid))
+        .unwrap_or_else(|| panic!("no connect line of the host process {host_pid}: {lines:?}"));
+    assert!(
+        h.get("pod").is_some_and(|p| p.is_null()) && h["container"].is_null(),
+        "{h}"
+    );
+}

@@ -10,78 +10,6 @@ use std::{
 use serde_json::Value;
 use tcpq_tests::*;
 
-/// A cgroup v2 child of the root for the test (a stand-in for a container's cgroup), possibly
-/// nested: every directory it created is removed on drop, deepest first.
-struct TestCgroup {
-    path: std::path::PathBuf,
-    name: String,
-    created: Vec<std::path::PathBuf>,
-}
-
-/// Where cgroup2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
-fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
-        })
-        .expect("cgroup2 mounted")
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let name = format!("tcpq-test-{tag}-{}", std::process::id());
-        let path = cgroup2_root().join(&name);
-        std::fs::create_dir(&path).expect("create a cgroup2 child");
-        Self {
-            created: vec![path.clone()],
-            path,
-            name,
-        }
-    }
-    /// `parts` nested under the root (the leaf is the last).
-    fn nested(parts: &[String]) -> Self {
-        let mut path = cgroup2_root();
-        let mut created = Vec::new();
-        for p in parts {
-            path = path.join(p);
-            std::fs::create_dir(&path).expect("create a cgroup2 child");
-            created.push(path.clone());
-        }
-        Self {
-            path,
-            name: parts.join("/"),
-            created,
-        }
-    }
-    fn adopt(&self, pid: u64) {
-        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
-            .expect("move the lab into the cgroup");
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Move anything left back to the root, then remove what was created, deepest first.
-        let root = cgroup2_root().join("cgroup.procs");
-        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
-            for p in procs.lines() {
-                let _ = std::fs::write(&root, p);
-            }
-        }
-        for dir in self.created.iter().rev() {
-            for _ in 0..20 {
-                if std::fs::remove_dir(dir).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
 #[test]
 fn top_json_conntrack_row_shows_table_full_drops_and_the_kernel_stat() {
     if skip_unless_root("top_json_conntrack") {
@@ -415,14 +343,7 @@ fn top_json_names_the_pod_and_container_of_a_listener() {
     if skip_unless_root("top_json_pod") {
         return;
     }
-    let me = std::process::id();
-    let uid = format!("{me:08x}-0000-4000-8000-{me:012x}");
-    let id = format!("{me:08x}{}", &"c0ffee".repeat(10)[..56]);
-    let cg = TestCgroup::nested(&[
-        format!("tcpq-test-kubepods-{me}.slice"),
-        format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
-        format!("cri-containerd-{id}.scope"),
-    ]);
+    let cg = TestCgroup::containerd_pod("top");
     let ns = Netns::new("pod");
     let top = TopJson::start("500ms");
     top.next();
@@ -445,14 +366,10 @@ fn top_json_names_the_pod_and_container_of_a_listener() {
     let l = rows
         .last()
         .unwrap_or_else(|| panic!("no listener row of pid {pid} in its pod cgroup {}", cg.name));
-    assert_eq!(
-        l["pod"].as_str(),
-        Some(format!("pod {uid}").as_str()),
-        "{l}"
-    );
+    assert_eq!(l["pod"].as_str(), Some(cg.pod().as_str()), "{l}");
     assert_eq!(
         l["container"].as_str(),
-        Some(format!("containerd {}", &id[..12]).as_str()),
+        Some(cg.container().as_str()),
         "{l}"
     );
     let cause = frames
