@@ -946,6 +946,15 @@ impl TestCgroup {
         let (_, id) = self.pod.as_ref().expect("a containerd_pod cgroup");
         format!("containerd {}", &id[..12])
     }
+    /// Asserts that a JSON line names this pod and container.
+    pub fn assert_named_in(&self, v: &Value) {
+        assert_eq!(v["pod"].as_str(), Some(self.pod().as_str()), "{v}");
+        assert_eq!(
+            v["container"].as_str(),
+            Some(self.container().as_str()),
+            "{v}"
+        );
+    }
     pub fn adopt(&self, pid: u64) {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
             .expect("move the lab into the cgroup");

@@ -164,10 +164,5 @@ fn trace_accept_json_names_the_pod_and_container_of_the_acceptor() {
     eprintln!("{ev}");
     assert_eq!(ev["result"], "ok", "{ev}");
     assert_eq!(ev["lport"], 9503, "{ev}");
-    assert_eq!(ev["pod"].as_str(), Some(cg.pod().as_str()), "{ev}");
-    assert_eq!(
-        ev["container"].as_str(),
-        Some(cg.container().as_str()),
-        "{ev}"
-    );
+    cg.assert_named_in(ev);
 }

@@ -286,12 +286,7 @@ fn trace_connect_json_names_the_pod_and_container_of_a_client() {
         .unwrap_or_else(|| panic!("no connect line of pid {pid}: {lines:?}"));
     eprintln!("{ev}");
     assert_eq!(ev["result"], "refused", "{ev}");
-    assert_eq!(ev["pod"].as_str(), Some(cg.pod().as_str()), "{ev}");
-    assert_eq!(
-        ev["container"].as_str(),
-        Some(cg.container().as_str()),
-        "{ev}"
-    );
+    cg.assert_named_in(ev);
     let row = lines
         .iter()
         .rev()

@@ -319,3 +319,41 @@ fn a_nearly_full_table_is_named_before_it_drops() {
         "the global limit is the host's command: {first}"
     );
 }
+
+/// A process in a Kubernetes pod's cgroup (containerd, systemd driver shape) whose SYNs a rule
+/// drops is named by its pod and container in `trace conntrack --json`.
+#[test]
+fn trace_conntrack_json_names_the_pod_and_container_of_the_sender() {
+    if skip_unless_root("conntrack_pod") {
+        return;
+    }
+    let ns = Netns::new("ctpod");
+    let cg = TestCgroup::containerd_pod("conntrack");
+    nft_in(
+        &ns,
+        "table inet tcpq_test {\n chain out {\n  type filter hook output priority 0; policy accept;\n  tcp dport 9302 ct state new drop\n }\n}\n",
+    );
+    let tracer = Tracer::start_cmd(&["trace", "conntrack", "--json"], &[]);
+    // It waits to be in the pod's cgroup, then its connect times out: every SYN is dropped.
+    let mut client = python_in(
+        &ns,
+        "import socket,os,time\nprint(os.getpid(),flush=True)\nwhile 'cri-containerd-' not in open('/proc/self/cgroup').read(): time.sleep(0.02)\ns=socket.socket(); s.settimeout(1.5)\ntry:\n s.connect(('127.0.0.1',9302))\nexcept OSError:\n print('dropped',flush=True)\ntime.sleep(0.5)",
+    );
+    let pid: u64 = first_line(&mut client).parse().expect("the client's pid");
+    cg.adopt(pid);
+    assert_eq!(first_line(&mut client), "dropped");
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop();
+    let ev = lines
+        .iter()
+        .find(|v| v["event"] == "conntrack_drop" && v["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("no conntrack_drop line of pid {pid}: {lines:?}"));
+    eprintln!("{ev}");
+    assert_eq!(
+        (ev["kind"].as_str(), ev["dport"].as_u64()),
+        (Some("rule"), Some(9302)),
+        "{ev}"
+    );
+    cg.assert_named_in(ev);
+}

@@ -366,12 +366,7 @@ fn top_json_names_the_pod_and_container_of_a_listener() {
     let l = rows
         .last()
         .unwrap_or_else(|| panic!("no listener row of pid {pid} in its pod cgroup {}", cg.name));
-    assert_eq!(l["pod"].as_str(), Some(cg.pod().as_str()), "{l}");
-    assert_eq!(
-        l["container"].as_str(),
-        Some(cg.container().as_str()),
-        "{l}"
-    );
+    cg.assert_named_in(l);
     let cause = frames
         .iter()
         .flat_map(|f| f["causes"].as_array().unwrap())

@@ -20,6 +20,15 @@ fn sockets_json(pid: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The "sockets" row of `tcpq sockets --pid PID --json`.
+fn sockets_row(pid: &str) -> serde_json::Value {
+    let rows = sockets_json(pid, &[]);
+    rows.iter()
+        .find(|r| r["event"] == "sockets")
+        .unwrap_or_else(|| panic!("{rows:?}"))
+        .clone()
+}
+
 /// A server on 127.0.0.1:`port` in `ns` that accepts three connections and closes them after
 /// `close_after_s` (never if None) while its clients hang up at once; then `tcpq sockets` on its
 /// pid (started right away) and the server's "sockets" row.
@@ -42,15 +51,11 @@ fn close_wait_rows(ns: &Netns, port: u16, close_after_s: Option<f64>) -> serde_j
         ),
     );
     assert!(clients.wait_with_output().unwrap().status.success());
-    let rows = sockets_json(&pid, &[]);
+    let row = sockets_row(&pid);
     let _ = server.kill();
     let _ = server.wait();
-    let row = rows
-        .iter()
-        .find(|r| r["event"] == "sockets")
-        .unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!(row["pid"].as_u64(), Some(pid.parse().unwrap()));
-    row.clone()
+    row
 }
 
 #[test]
@@ -221,4 +226,26 @@ fn idle_pooled_connection_is_not_stale() {
             .contains("tcpq-client (pid "),
         "{row}"
     );
+}
+
+/// A process in a Kubernetes pod's cgroup (containerd, systemd driver shape) is named by its pod
+/// and container in `sockets --json`.
+#[test]
+fn sockets_json_names_the_pod_and_container_of_the_process() {
+    if skip_unless_root("sockets_pod") {
+        return;
+    }
+    let ns = Netns::new("spod");
+    let cg = TestCgroup::containerd_pod("sockets");
+    let mut server = python_in(
+        &ns,
+        "import socket,os,time\nl=socket.socket(); l.bind(('127.0.0.1',9504)); l.listen(16)\nprint(os.getpid(),flush=True)\ntime.sleep(30)",
+    );
+    let pid = first_line(&mut server);
+    cg.adopt(pid.parse().expect("the server's pid"));
+    let row = sockets_row(&pid);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(row["states"]["LISTEN"], 1, "{row}");
+    cg.assert_named_in(&row);
 }
