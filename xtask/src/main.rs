@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 mod bench;
 mod dist;
+mod image;
 mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
@@ -50,7 +51,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions and a .deb with the tcpq-export systemd unit, in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
