@@ -26,22 +26,11 @@ use std::{
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tcpq_tests::*;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::Yaml;
 
 /// The newest image archive in target/dist.
 fn archive(test: &str) -> Option<PathBuf> {
-    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
-    let found = std::fs::read_dir(&dist).ok().and_then(|d| {
-        d.filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with("-oci.tar"))
-            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    });
-    present_or_skip(
-        test,
-        found,
-        &format!("no tcpq-*-oci.tar in {}", dist.display()),
-    )
+    newest_in_dist(test, "-oci.tar")
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -167,24 +156,10 @@ fn verified(archive: &Path) -> Image {
     }
 }
 
-fn daemonset_container() -> Yaml {
-    let text = std::fs::read_to_string(deploy_dir().join("kubernetes/tcpq.yaml")).unwrap();
-    let docs = YamlLoader::load_from_str(&text).expect("deploy/kubernetes/tcpq.yaml parses");
-    let ds = docs
-        .into_iter()
-        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
-        .expect("a DaemonSet");
-    ds["spec"]["template"]["spec"].clone()
-}
-
-fn strings(y: &Yaml) -> Vec<String> {
-    y.as_vec()
-        .map(|v| {
-            v.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The DaemonSet's pod spec.
+fn daemonset_pod() -> Yaml {
+    let docs = kubernetes_manifests();
+    kubernetes_object(&docs, "DaemonSet")["spec"]["template"]["spec"].clone()
 }
 
 #[test]
@@ -201,7 +176,7 @@ fn oci_archive_verifies_and_is_the_image_the_daemonset_runs() {
         "{}",
         archive.display()
     );
-    let pod = daemonset_container();
+    let pod = daemonset_pod();
     assert_eq!(
         pod["containers"][0]["image"].as_str(),
         Some(image.reference.as_str()),
@@ -213,7 +188,7 @@ fn oci_archive_verifies_and_is_the_image_the_daemonset_runs() {
         serde_json::json!(["/usr/bin/tcpq", "export"])
     );
     assert_eq!(
-        strings(&pod["containers"][0]["command"]),
+        yaml_strings(&pod["containers"][0]["command"]),
         ["/usr/bin/tcpq"],
         "the DaemonSet's command is the image's binary"
     );
@@ -414,9 +389,9 @@ fn daemonset_flags(pod: &Yaml, created: &mut Vec<PathBuf>) -> Vec<String> {
         sc["seccompProfile"]["type"].as_str(),
         Some("RuntimeDefault")
     );
-    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(yaml_strings(&sc["capabilities"]["drop"]), ["ALL"]);
     f.push("--cap-drop=all".into());
-    let add = strings(&sc["capabilities"]["add"]);
+    let add = yaml_strings(&sc["capabilities"]["add"]);
     assert!(!add.is_empty());
     f.push(format!("--cap-add={}", add.join(",")));
     let limits = &c["resources"]["limits"];
@@ -488,19 +463,6 @@ fn daemonset_flags(pod: &Yaml, created: &mut Vec<PathBuf>) -> Vec<String> {
     f
 }
 
-/// `tcpq_listen_refused_total` of one listener (all its process labels) on a /metrics page.
-fn refused(series: &HashMap<String, f64>, inode: u64, listener: &str) -> f64 {
-    series
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("tcpq_listen_refused_total{")
-                && k.contains(&format!("netns=\"{inode}\""))
-                && k.contains(&format!("listener=\"{listener}\""))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
 #[test]
 fn the_image_runs_under_podman_with_the_daemonsets_privileges() {
     let test = "image_podman";
@@ -537,11 +499,11 @@ fn the_image_runs_under_podman_with_the_daemonsets_privileges() {
     );
     let loaded = started.elapsed();
 
-    let pod = daemonset_container();
+    let pod = daemonset_pod();
     let c = &pod["containers"][0];
     let addr = free_loopback_addr();
     let port = addr.rsplit_once(':').unwrap().1;
-    let mut args = strings(&c["args"]);
+    let mut args = yaml_strings(&c["args"]);
     // The DaemonSet serves $(NODE_IP):9464; here a free loopback port.
     for a in &mut args {
         if a.starts_with("$(NODE_IP):") {
@@ -549,7 +511,7 @@ fn the_image_runs_under_podman_with_the_daemonsets_privileges() {
         }
     }
     assert!(args.contains(&addr), "the DaemonSet's --listen: {args:?}");
-    let command = strings(&c["command"]);
+    let command = yaml_strings(&c["command"]);
     let mut run: Vec<String> = vec![
         "run".into(),
         "--detach".into(),
@@ -666,7 +628,7 @@ fn the_image_runs_under_podman_with_the_daemonsets_privileges() {
         if updated <= ended {
             continue;
         }
-        let v = refused(&series, inode, &listener);
+        let v = listener_refused(&series, inode, &listener);
         match last {
             Some((u, prev)) if u < updated && prev == v => break (v, p),
             Some((u, _)) if u >= updated => {}
