@@ -229,9 +229,9 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
             return Ok(Vec::new());
         }
         bail!(
-            "ldd {} failed: {}",
+            "list the image's libraries: ldd {} failed: {} (dist builds the image of a binary for this machine)",
             binary.display(),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     parse_ldd(&text)
@@ -241,7 +241,10 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if line.contains("not found") {
-            bail!("ldd: a library of tcpq is missing on this machine: {line}");
+            bail!(
+                "list the image's libraries: ldd finds no {} on this machine (install the package that ships it)",
+                line.split(" =>").next().unwrap_or(line)
+            );
         }
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`;
         // `linux-vdso.so.1 (0x…)` has no path.
