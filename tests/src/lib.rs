@@ -712,6 +712,57 @@ pub fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// The newest file of target/dist (what `cargo xtask dist` built) whose name ends with `suffix`,
+/// or None after saying why the test is skipped (see `present_or_skip`).
+pub fn newest_in_dist(test: &str, suffix: &str) -> Option<PathBuf> {
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
+    let found = std::fs::read_dir(&dist).ok().and_then(|d| {
+        d.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    });
+    present_or_skip(test, found, &format!("no *{suffix} in {}", dist.display()))
+}
+
+/// deploy/kubernetes/tcpq.yaml's objects.
+pub fn kubernetes_manifests() -> Vec<yaml_rust2::Yaml> {
+    let text = std::fs::read_to_string(deploy_dir().join("kubernetes/tcpq.yaml")).unwrap();
+    yaml_rust2::YamlLoader::load_from_str(&text).expect("deploy/kubernetes/tcpq.yaml parses")
+}
+
+/// The object of this kind among `docs`.
+pub fn kubernetes_object<'a>(docs: &'a [yaml_rust2::Yaml], kind: &str) -> &'a yaml_rust2::Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes/tcpq.yaml"))
+}
+
+/// The strings of a YAML list (nothing when it is not one).
+pub fn yaml_strings(y: &yaml_rust2::Yaml) -> Vec<String> {
+    y.as_vec()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `tcpq_listen_refused_total` of one listener of one namespace on a /metrics page (summed over
+/// its process labels).
+pub fn listener_refused(series: &HashMap<String, f64>, netns: u64, listener: &str) -> f64 {
+    series
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("tcpq_listen_refused_total{")
+                && k.contains(&format!("netns=\"{netns}\""))
+                && k.contains(&format!("listener=\"{listener}\""))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// What a PromQL expression references: each selector's metric name with the label names its
 /// matchers use, and the label names of its `by`/`without`/`on`/`ignoring`/`group_*` clauses.
 #[derive(Debug, Default, PartialEq, Eq)]

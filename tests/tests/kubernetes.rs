@@ -9,27 +9,10 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use tcpq_tests::*;
-use yaml_rust2::{Yaml, YamlLoader};
-
-fn manifests() -> Vec<Yaml> {
-    let text = std::fs::read_to_string(deploy_dir().join("kubernetes/tcpq.yaml")).unwrap();
-    YamlLoader::load_from_str(&text).expect("deploy/kubernetes/tcpq.yaml parses")
-}
-
-fn object<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
-    docs.iter()
-        .find(|d| d["kind"].as_str() == Some(kind))
-        .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes/tcpq.yaml"))
-}
+use yaml_rust2::Yaml;
 
 fn strings(y: &Yaml) -> BTreeSet<String> {
-    y.as_vec()
-        .map(|v| {
-            v.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    yaml_strings(y).into_iter().collect()
 }
 
 /// matchLabels ⊆ labels.
@@ -76,10 +59,10 @@ fn builtin_objects_pass_kubernetes_validate_strict() {
 
 #[test]
 fn service_monitor_service_and_daemonset_agree() {
-    let docs = manifests();
-    let ds = object(&docs, "DaemonSet");
-    let svc = object(&docs, "Service");
-    let sm = object(&docs, "ServiceMonitor");
+    let docs = kubernetes_manifests();
+    let ds = kubernetes_object(&docs, "DaemonSet");
+    let svc = kubernetes_object(&docs, "Service");
+    let sm = kubernetes_object(&docs, "ServiceMonitor");
     let pod = &ds["spec"]["template"];
     assert!(selects(
         &ds["spec"]["selector"]["matchLabels"],
@@ -183,8 +166,8 @@ fn service_monitor_service_and_daemonset_agree() {
 
 #[test]
 fn daemonset_runs_tcpq_with_what_it_needs_and_no_more() {
-    let docs = manifests();
-    let ds = object(&docs, "DaemonSet");
+    let docs = kubernetes_manifests();
+    let ds = kubernetes_object(&docs, "DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(
         spec["hostPID"].as_bool(),

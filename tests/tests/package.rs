@@ -21,14 +21,7 @@ const DEFAULTS: &str = "/etc/default/tcpq-export";
 
 /// The newest .deb in target/dist.
 fn package(test: &str) -> Option<PathBuf> {
-    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
-    let deb = std::fs::read_dir(&dist).ok().and_then(|d| {
-        d.filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    });
-    present_or_skip(test, deb, &format!("no package in {}", dist.display()))
+    newest_in_dist(test, ".deb")
 }
 
 fn dpkg(args: &[&str]) -> (bool, String) {

@@ -250,15 +250,7 @@ fn prometheus_sees_exact_refusals_and_the_alert_fires_for_that_listener_only() {
         if updated <= ended {
             return None;
         }
-        let v: f64 = series
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("tcpq_listen_refused_total{")
-                    && k.contains(&format!("netns=\"{inode}\""))
-                    && k.contains(&format!("listener=\"{listener}\""))
-            })
-            .map(|(_, v)| v)
-            .sum();
+        let v = listener_refused(&series, inode, &listener);
         let (stable, newer) = match last_page {
             Some((u, before)) => (u < updated && before == v, u < updated),
             None => (false, true),

@@ -2,7 +2,8 @@
 //! pages and shell completions (tcpq-assets: clap_mangen and clap_complete over the CLI), and a
 //! Debian package built with dpkg-deb: /usr/bin/tcpq, the man pages, bash/zsh/fish completions,
 //! the tcpq-export systemd unit (deploy/systemd, not enabled on install) and its
-//! /etc/default/tcpq-export (a conffile). Output in target/dist/.
+//! /etc/default/tcpq-export (a conffile); and an OCI image archive of the stripped binary
+//! (`image.rs`: tcpq-VERSION-oci.tar, `localhost/tcpq:VERSION`). Output in target/dist/.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -124,6 +125,7 @@ pub fn dist() -> Result<PathBuf> {
         .arg(&tree)
         .arg(&deb))?;
     eprintln!("xtask: built {}", deb.display());
+    crate::image::oci_archive(&out, &version, &tree.join("usr/bin/tcpq"))?;
     Ok(deb)
 }
 

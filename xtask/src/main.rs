@@ -2,7 +2,8 @@
 //!
 //! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
 //! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs), nginx and
-//! wrk (the real-server test), prometheus (promtool and the server: the deploy/ tests).
+//! wrk (the real-server test), prometheus (promtool and the server: the deploy/ tests), podman
+//! and runc (dist's container image, run as the DaemonSet runs it).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -14,12 +15,15 @@ use anyhow::{Context as _, Result, bail};
 
 mod bench;
 mod dist;
+mod image;
 mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// (binary, Debian package): iproute2 and nftables for the labs, nginx and wrk for the
 /// real-server integration test, capsh for the minimum-capabilities test, tmux for the
-/// end-to-end test of `tcpq top`, prometheus (promtool and the server) for the deploy/ tests.
+/// end-to-end test of `tcpq top`, prometheus (promtool and the server) for the deploy/ tests,
+/// podman and runc to load and run dist's container image (tests/tests/image.rs: runc, because
+/// crun, podman's default, refuses cgroup hybrid mode).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
@@ -28,6 +32,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("capsh", "libcap2-bin"),
     ("tmux", "tmux"),
     ("promtool", "prometheus"),
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 fn main() {
@@ -50,7 +56,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions and a .deb with the tcpq-export systemd unit, in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus, podman, runc (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -188,7 +194,7 @@ fn setup() -> Result<()> {
     }
     deploy_venv()?;
     eprintln!(
-        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, prometheus, kubernetes-validate {KUBERNETES_VALIDATE_VERSION})"
+        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, prometheus, podman, runc, kubernetes-validate {KUBERNETES_VALIDATE_VERSION})"
     );
     Ok(())
 }
@@ -327,7 +333,9 @@ mod tests {
         let bins: Vec<&str> = super::DEBIAN_PACKAGES.iter().map(|(b, _)| *b).collect();
         assert_eq!(
             bins,
-            ["ip", "nft", "nginx", "wrk", "capsh", "tmux", "promtool"]
+            [
+                "ip", "nft", "nginx", "wrk", "capsh", "tmux", "promtool", "podman", "runc"
+            ]
         );
     }
 }
