@@ -25,6 +25,10 @@ pub mod names {
     pub const PROG_SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
     pub const PROG_SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
     pub const PROG_FENTRY_PROBE: &str = "fentry_probe";
+    /// fentry/kprobe backends of `sys_enter_listen` (`__sys_listen`), fexit of the accept rate.
+    pub const PROG_LISTEN_FENTRY: &str = "listen_fentry";
+    pub const PROG_LISTEN_KPROBE: &str = "listen_kprobe";
+    pub const PROG_ACCEPT_COUNT_FEXIT: &str = "accept_count_fexit";
     /// The one program on `sock:inet_sock_set_state`; the four state hooks below are its parts.
     pub const PROG_SOCK_STATE: &str = "sock_state";
     /// An empty program on the same tracepoint, for the bench's cost floor.
@@ -42,6 +46,9 @@ pub mod names {
     pub const PROG_SYS_EXIT_CONNECT: &str = "sys_exit_connect";
     pub const PROG_CONNECT_STATE: &str = "connect_state";
     pub const PROG_CONNECT_RETRANS: &str = "connect_retrans";
+    /// fentry/fexit backend of the connect syscall hooks (`__sys_connect`).
+    pub const PROG_CONNECT_FENTRY: &str = "connect_fentry";
+    pub const PROG_CONNECT_FEXIT: &str = "connect_fexit";
 
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const DROP_COUNTS: &str = "DROP_COUNTS";
@@ -61,6 +68,9 @@ pub mod names {
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT4: &str = "accept_exit4";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
+    /// fentry/fexit backend of the accept syscall hooks (`__sys_accept4`: accept and accept4).
+    pub const PROG_ACCEPT_FENTRY: &str = "accept_fentry";
+    pub const PROG_ACCEPT_FEXIT: &str = "accept_fexit";
 
     /// Array indexed by `dispatcher::*`: the parts of each shared program that run now (the live
     /// commands arm the per-connection and per-packet parts while their family has trouble).

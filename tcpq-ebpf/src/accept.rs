@@ -4,9 +4,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
-    macros::{map, tracepoint},
+    macros::{fentry, fexit, map, tracepoint},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use tcpq_common::{
     AbortKey, AbortTally, AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued,
@@ -138,12 +138,9 @@ fn queue_wait(child: u64, now: u64) -> u64 {
     }
 }
 
+/// A thread entering accept() on listening descriptor `fd`.
 #[inline(always)]
-fn enter(ctx: &TracePointContext) {
-    // SAFETY: offset from the tracepoint's format file; `fd` is a long.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(TP_ACCEPT_FD.load() as usize) }) else {
-        return;
-    };
+fn enter(fd: u64) {
     let id = bpf_get_current_pid_tgid();
     if let Some(slot) = IN_ACCEPT.get_ptr_mut(thread_slot(id as u32)) {
         // SAFETY: an array slot; another thread sharing it (ids that collide) overwrites it
@@ -157,15 +154,48 @@ fn enter(ctx: &TracePointContext) {
     }
 }
 
+/// The `fd` argument of sys_enter_accept{,4}.
+#[inline(always)]
+fn tp_fd(ctx: &TracePointContext) -> Option<u64> {
+    // SAFETY: offset from the tracepoint's format file; `fd` is a long.
+    unsafe { ctx.read_at::<u64>(TP_ACCEPT_FD.load() as usize) }.ok()
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
 pub fn accept_enter4(ctx: TracePointContext) -> u32 {
-    enter(&ctx);
+    if let Some(fd) = tp_fd(&ctx) {
+        enter(fd);
+    }
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_accept")]
 pub fn accept_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx);
+    if let Some(fd) = tp_fd(&ctx) {
+        enter(fd);
+    }
+    0
+}
+
+/// fentry backend: `int __sys_accept4(int fd, struct sockaddr __user *, int __user *, int
+/// flags)` (net/socket.c) is what accept(2) and accept4(2) both call, so one program replaces
+/// both syscall tracepoints — and no task is put on the syscall slow path (a syscall
+/// tracepoint attached does that to every task, whatever it calls).
+#[fentry(function = "__sys_accept4")]
+pub fn accept_fentry(ctx: FEntryContext) -> u32 {
+    enter(ctx.arg::<i32>(0) as u32 as u64);
+    0
+}
+
+/// fexit backend of the accept results: `__sys_accept4`'s return value is the syscall's
+/// (the new descriptor or -errno), read after the call like sys_exit_accept4's `ret`. Not a
+/// kretprobe: those lose the returns of calls that block once max(10, 2 × CPUs) threads wait
+/// in them (every php-fpm child blocks in accept()).
+#[fexit(function = "__sys_accept4")]
+pub fn accept_fexit(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i32>() {
+        exit(ret as i64);
+    }
     0
 }
 
@@ -231,8 +261,9 @@ fn tally(child: u64, tgid: u32) {
     }
 }
 
+/// accept() returning `ret` (a descriptor or -errno) in the current thread.
 #[inline(always)]
-fn exit(ctx: &TracePointContext) {
+fn exit(ret: i64) {
     let id = bpf_get_current_pid_tgid();
     // A thread already blocked in accept() when tcpq started has no slot: its connection is
     // still reported (listener from the child), only failures need the listening fd.
@@ -246,10 +277,6 @@ fn exit(ctx: &TracePointContext) {
             }
         }
     }
-    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(TP_ACCEPT_RET.load() as usize) }) else {
-        return;
-    };
     if ret == -EAGAIN || ret == -EINTR || ret == -ERESTARTSYS {
         return; // nothing to accept (non-blocking) or interrupted: not a failure
     }
@@ -312,14 +339,25 @@ fn exit(ctx: &TracePointContext) {
     }
 }
 
+/// The `ret` field of sys_exit_accept{,4}.
+#[inline(always)]
+fn tp_ret(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
+    unsafe { ctx.read_at::<i64>(TP_ACCEPT_RET.load() as usize) }.ok()
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn accept_exit4(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
+    if let Some(ret) = tp_ret(&ctx) {
+        exit(ret);
+    }
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn accept_exit(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
+    if let Some(ret) = tp_ret(&ctx) {
+        exit(ret);
+    }
     0
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{fentry, fexit, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
 use tcpq_common::{ConnectEvent, connect as c};
 
@@ -150,15 +150,39 @@ fn fill_from_sk(ev: &mut ConnectEvent, sk: u64) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter_connect(&ctx);
+    // SAFETY: offsets from the tracepoint's format file; fields are 8-byte longs/pointers.
+    let fd = unsafe { ctx.read_at::<u64>(TP_CONNECT_FD.load() as usize) };
+    // SAFETY: as above.
+    let uaddr = unsafe { ctx.read_at::<u64>(TP_CONNECT_ADDR.load() as usize) };
+    if let (Ok(fd), Ok(uaddr)) = (fd, uaddr) {
+        let _ = connect_start(fd, uaddr);
+    }
     0
 }
 
-fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets from the tracepoint's format file; fields are 8-byte longs/pointers.
-    let fd: u64 = unsafe { ctx.read_at(TP_CONNECT_FD.load() as usize) }?;
-    // SAFETY: as above.
-    let uaddr: u64 = unsafe { ctx.read_at(TP_CONNECT_ADDR.load() as usize) }?;
+/// fentry backend: `int __sys_connect(int fd, struct sockaddr __user *uservaddr, int
+/// addrlen)` (net/socket.c), the body of connect(2): the same arguments as sys_enter_connect
+/// without a syscall tracepoint (which puts every task on the syscall slow path).
+#[fentry(function = "__sys_connect")]
+pub fn connect_fentry(ctx: FEntryContext) -> u32 {
+    let _ = connect_start(ctx.arg::<i32>(0) as u32 as u64, ctx.arg::<u64>(1));
+    0
+}
+
+/// fexit backend: `__sys_connect`'s return value is connect(2)'s. Not a kretprobe: those lose
+/// the returns of calls that block (a blocking connect waits for its handshake) once
+/// max(10, 2 × CPUs) threads are inside.
+#[fexit(function = "__sys_connect")]
+pub fn connect_fexit(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i32>() {
+        let _ = connect_end(ret as i64);
+    }
+    0
+}
+
+/// connect(fd, uaddr) starting in the current thread: its destination and start time.
+#[inline(always)]
+fn connect_start(fd: u64, uaddr: u64) -> Result<(), i64> {
     if uaddr == 0 {
         return Ok(());
     }
@@ -196,11 +220,16 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit_connect(&ctx);
+    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(TP_CONNECT_RET.load() as usize) } {
+        let _ = connect_end(ret);
+    }
     0
 }
 
-fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+/// connect() returning `ret` in the current thread.
+#[inline(always)]
+fn connect_end(ret: i64) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
     let Some(start) = CONNECT_START.get_ptr(id) else {
         return Ok(());
@@ -208,8 +237,6 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: map value pointer valid until removed below; copied out first.
     let start = unsafe { *start };
     let _ = CONNECT_START.remove(id);
-    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
-    let ret: i64 = unsafe { ctx.read_at(TP_CONNECT_RET.load() as usize) }?;
     if ret == -EALREADY || ret == -EISCONN {
         return Ok(()); // a re-check of an attempt already in flight, not a new connect
     }

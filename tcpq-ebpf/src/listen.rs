@@ -12,9 +12,12 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
-    macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
+    macros::{cgroup_skb, fentry, fexit, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, SkBuffContext, TracePointContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, SkBuffContext,
+        TracePointContext,
+    },
 };
 use tcpq_common::{
     ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS, config, hook, kind,
@@ -757,15 +760,37 @@ pub fn fd_to_sk(fd: u64) -> u64 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter_listen(&ctx);
+    // SAFETY: offsets come from this tracepoint's format file; fields are 8-byte longs.
+    let fd = unsafe { ctx.read_at::<u64>(TP_LISTEN_FD.load() as usize) };
+    // SAFETY: as above.
+    let backlog = unsafe { ctx.read_at::<u64>(TP_LISTEN_BACKLOG.load() as usize) };
+    if let (Ok(fd), Ok(backlog)) = (fd, backlog) {
+        listen_call(fd, backlog as i32);
+    }
     0
 }
 
-fn try_sys_enter_listen(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets come from this tracepoint's format file; fields are 8-byte longs.
-    let fd: u64 = unsafe { ctx.read_at(TP_LISTEN_FD.load() as usize) }?;
-    // SAFETY: as above.
-    let backlog: u64 = unsafe { ctx.read_at(TP_LISTEN_BACKLOG.load() as usize) }?;
+/// fentry backend: `int __sys_listen(int fd, int backlog)` (net/socket.c), the body of
+/// listen(2), without a syscall tracepoint (which puts every task on the syscall slow path).
+#[fentry(function = "__sys_listen")]
+pub fn listen_fentry(ctx: FEntryContext) -> u32 {
+    listen_call(ctx.arg::<i32>(0) as u32 as u64, ctx.arg::<i32>(1));
+    0
+}
+
+/// kprobe backend of the same (kernels with kprobes but no fentry): only the entry is needed,
+/// so no kretprobe and its lost returns.
+#[kprobe(function = "__sys_listen")]
+pub fn listen_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(fd), Some(backlog)) = (ctx.arg::<i32>(0), ctx.arg::<i32>(1)) {
+        listen_call(fd as u32 as u64, backlog);
+    }
+    0
+}
+
+/// listen(fd, backlog) called by the current task: one record with the listener's address.
+#[inline(always)]
+fn listen_call(fd: u64, backlog: i32) {
     let mut ev = ListenCallEvent {
         kind: kind::LISTEN_CALL,
         family: 0,
@@ -774,7 +799,7 @@ fn try_sys_enter_listen(ctx: &TracePointContext) -> Result<(), i64> {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
-        backlog: backlog as i32,
+        backlog,
         lport: 0,
         _pad0: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
@@ -799,16 +824,11 @@ fn try_sys_enter_listen(ctx: &TracePointContext) -> Result<(), i64> {
         }
         None => bump(&LOST_EVENTS, hook::SYS_ENTER_LISTEN),
     }
-    Ok(())
 }
 
+/// An accept() that returned `ret`: counted per process when it succeeded.
 #[inline(always)]
-fn count_accept(ctx: &TracePointContext) {
-    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
-    let ret: i64 = match unsafe { ctx.read_at(TP_ACCEPT_RET.load() as usize) } {
-        Ok(v) => v,
-        Err(_) => return,
-    };
+fn count_accept(ret: i64) {
     if ret < 0 {
         return;
     }
@@ -825,15 +845,29 @@ fn count_accept(ctx: &TracePointContext) {
     }
 }
 
+/// The `ret` field of sys_exit_accept{,4}.
+#[inline(always)]
+fn tp_accept_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: offset from the tracepoint's format file; `ret` is a long.
+    unsafe { ctx.read_at::<i64>(TP_ACCEPT_RET.load() as usize) }.unwrap_or(-1)
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    count_accept(&ctx);
+    count_accept(tp_accept_ret(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    count_accept(&ctx);
+    count_accept(tp_accept_ret(&ctx));
+    0
+}
+
+/// fexit backend: `__sys_accept4` serves accept(2) and accept4(2) (see accept::accept_fexit).
+#[fexit(function = "__sys_accept4")]
+pub fn accept_count_fexit(ctx: FExitContext) -> u32 {
+    count_accept(ctx.ret::<i32>().map_or(-1, |r| r as i64));
     0
 }
 

@@ -49,9 +49,9 @@ fn fentry_status(loaded: &mut probe::Loaded) -> String {
         Err(e) => return format!("not probed: {e}"),
     };
     match p.load("tcp_conn_request", &btf) {
-        Ok(()) => "available (not needed: tcpq uses tracepoints and cgroup_skb everywhere)".into(),
+        Ok(()) => "available: the syscall hooks use fentry/fexit (see backends)".into(),
         Err(e) => format!(
-            "refused: {} — tcpq does not depend on fentry",
+            "refused: {} — the syscall hooks use tracepoints",
             explain_program_error(&e)
         ),
     }
@@ -63,6 +63,7 @@ pub fn run(json_out: bool) -> Result<i32> {
     let mut rows: Vec<(String, String, String, String)> = Vec::new(); // state, program, attach, detail
     let mut fentry = "not probed (needs root)".to_string();
     let mut core_failure: Option<String> = None;
+    let mut backends: Vec<(Family, probe::FamilyBackend)> = Vec::new();
     if fatal.is_none() {
         // One family at a time: a family whose core hook fails (e.g. the syscall tracepoints
         // without tracefs) is reported as unavailable while the others still attach. Only the
@@ -84,13 +85,17 @@ pub fn run(json_out: bool) -> Result<i32> {
                                 format!("{why} — without it: {}", h.spec.without),
                             ),
                         };
-                        rows.push((
-                            state.into(),
-                            h.spec.program.into(),
-                            h.spec.attach.describe(),
-                            detail,
-                        ));
+                        let attach = match h.via {
+                            Some(_) => format!(
+                                "{} (for {})",
+                                h.attach().describe(),
+                                h.spec.attach.describe()
+                            ),
+                            None => h.spec.attach.describe(),
+                        };
+                        rows.push((state.into(), h.program().into(), attach, detail));
                     }
+                    backends.push((family, probe::family_backend(&loaded.hooks, family)));
                     if family == Family::Listen {
                         fentry = fentry_status(&mut loaded);
                     }
@@ -142,12 +147,12 @@ pub fn run(json_out: bool) -> Result<i32> {
         }
     }
     let kprobes = match env.kprobes {
-        Some(true) => "available (not needed)".to_string(),
+        Some(true) => "available: listen() is read by a kprobe where fentry is refused".to_string(),
         Some(false) => {
-            "unavailable: CONFIG_KPROBES unset (no kprobe_events in tracefs) — not needed"
+            "unavailable: CONFIG_KPROBES unset (no kprobe_events in tracefs) — tracepoints serve instead"
                 .to_string()
         }
-        None => "unknown (tracefs unavailable) — not needed".to_string(),
+        None => "unknown (tracefs unavailable)".to_string(),
     };
     let cgroup2 = match &env.cgroup2 {
         Ok(p) if p.as_path() == std::path::Path::new(crate::kernel::env::CGROUP2_PRIVATE) => {
@@ -183,6 +188,7 @@ pub fn run(json_out: bool) -> Result<i32> {
             "fentry": fentry,
             "export_keeps": plan.as_ref().map(|p| p.keep.iter().map(|k| json!({"capability": k.cap.to_string(), "for": k.needs})).collect::<Vec<_>>()).unwrap_or_default(),
             "export_cannot": plan.as_ref().map(|p| p.unmet.clone()).unwrap_or_default(),
+            "backends": backends.iter().map(|(f, b)| json!({"family": format!("{f:?}").to_lowercase(), "backend": b.backend.name(), "why": b.why})).collect::<Vec<_>>(),
             "hooks": rows.iter().map(|(s, p, a, d)| json!({"state": s, "program": p, "attach": a, "detail": d})).collect::<Vec<_>>(),
             "ok": problem.is_none(),
             "error": problem,
@@ -211,6 +217,17 @@ pub fn run(json_out: bool) -> Result<i32> {
                 }
             }
             Err(e) => println!("  {:<11} {e}", "export"),
+        }
+        if !backends.is_empty() {
+            println!("backends:");
+            for (family, b) in &backends {
+                println!(
+                    "  {:<11} {:<11} {}",
+                    format!("{family:?}").to_lowercase(),
+                    b.backend.name(),
+                    b.why
+                );
+            }
         }
         println!("hooks:");
         for (s, p, a, d) in &rows {

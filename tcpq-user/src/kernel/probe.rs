@@ -14,8 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
-        cgroup_skb::CgroupSkbLinkId, raw_trace_point::RawTracePointLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, ProgramError,
+        RawTracePoint, TracePoint, cgroup_skb::CgroupSkbLinkId, fentry::FEntryLinkId,
+        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
     },
 };
@@ -37,6 +38,12 @@ pub enum Attach {
     /// A part (a bit of its knob) of a program shared by several hooks on one tracepoint:
     /// attached once for every family that needs it; each part runs while its bit is armed.
     Part(Dispatcher, u32),
+    /// fentry on a kernel function (BTF trampoline: kernels that allow tracing programs).
+    FEntry(&'static str),
+    /// fexit on a kernel function: its arguments and return value after the call.
+    FExit(&'static str),
+    /// kprobe on a kernel function's entry (CONFIG_KPROBES, no lockdown).
+    KProbe(&'static str),
 }
 
 /// A program that serves several hooks on one tracepoint: one run per event instead of one
@@ -84,9 +91,95 @@ impl Attach {
             Attach::RawTracepoint(n) => format!("raw_tracepoint {n}"),
             Attach::Tracepoint(c, n) => format!("tracepoint {c}:{n}"),
             Attach::Part(d, _) => format!("raw_tracepoint {} (in {})", d.tracepoint, d.program),
+            Attach::FEntry(f) => format!("fentry {f}"),
+            Attach::FExit(f) => format!("fexit {f}"),
+            Attach::KProbe(f) => format!("kprobe {f}"),
+        }
+    }
+
+    /// The hook backend this attachment belongs to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Attach::FEntry(_) | Attach::FExit(_) => Backend::Fentry,
+            Attach::KProbe(_) => Backend::Kprobe,
+            _ => Backend::Tracepoint,
         }
     }
 }
+
+/// How a hook reaches the kernel. Tracepoints (with raw tracepoints and cgroup_skb) work on
+/// every kernel tcpq supports, including lockdown kernels that refuse the other two; fentry
+/// and kprobes replace the syscall tracepoints where the kernel allows them: a syscall
+/// tracepoint, once attached, puts every task of the machine on the syscall slow path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// TCPQ_BACKEND=fentry|kprobe|tracepoint: the most capable backend tcpq may use (tests run
+    /// each backend on kernels that have them all).
+    fn allowed() -> Backend {
+        match std::env::var("TCPQ_BACKEND").as_deref() {
+            Ok("tracepoint") => Backend::Tracepoint,
+            Ok("kprobe") => Backend::Kprobe,
+            _ => Backend::Fentry,
+        }
+    }
+}
+
+/// Another program serving the same hook through a cheaper backend, tried before the hook's
+/// own `attach`; the first that loads and attaches wins. Hooks whose alternatives share a
+/// program (accept(2) and accept4(2) both call `__sys_accept4`) use it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alternative {
+    pub program: &'static str,
+    pub attach: Attach,
+}
+
+const ACCEPT_FENTRY: &[Alternative] = &[Alternative {
+    program: names::PROG_ACCEPT_FENTRY,
+    attach: Attach::FEntry("__sys_accept4"),
+}];
+const ACCEPT_FEXIT: &[Alternative] = &[Alternative {
+    program: names::PROG_ACCEPT_FEXIT,
+    attach: Attach::FExit("__sys_accept4"),
+}];
+const ACCEPT_COUNT_FEXIT: &[Alternative] = &[Alternative {
+    program: names::PROG_ACCEPT_COUNT_FEXIT,
+    attach: Attach::FExit("__sys_accept4"),
+}];
+// No kprobe for the returns: a kretprobe loses the returns of calls that block once more than
+// max(10, 2 × CPUs) threads wait inside (its instance pool; perf_event_open cannot raise it),
+// and accept() and connect() block.
+const CONNECT_FENTRY: &[Alternative] = &[Alternative {
+    program: names::PROG_CONNECT_FENTRY,
+    attach: Attach::FEntry("__sys_connect"),
+}];
+const CONNECT_FEXIT: &[Alternative] = &[Alternative {
+    program: names::PROG_CONNECT_FEXIT,
+    attach: Attach::FExit("__sys_connect"),
+}];
+const LISTEN_ENTRY: &[Alternative] = &[
+    Alternative {
+        program: names::PROG_LISTEN_FENTRY,
+        attach: Attach::FEntry("__sys_listen"),
+    },
+    Alternative {
+        program: names::PROG_LISTEN_KPROBE,
+        attach: Attach::KProbe("__sys_listen"),
+    },
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -106,6 +199,8 @@ pub struct HookSpec {
     pub gives: &'static str,
     /// What is lost when it is unavailable.
     pub without: &'static str,
+    /// Cheaper programs for the same hook, tried first (see `Alternative`).
+    pub alternatives: &'static [Alternative],
 }
 
 pub const HOOKS: &[HookSpec] = &[
@@ -116,6 +211,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "when each connection entered the accept queue",
         without: "no accept-queue wait",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_ACCEPT_ENTER4,
@@ -124,6 +220,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "threads inside accept4() (idle acceptors) and the listening fd",
         without: "no accept4() callers",
+        alternatives: ACCEPT_FENTRY,
     },
     HookSpec {
         program: names::PROG_ACCEPT_EXIT4,
@@ -132,6 +229,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "accepted connections with their queue wait, accept4() errors",
         without: "no accept4() results",
+        alternatives: ACCEPT_FEXIT,
     },
     HookSpec {
         program: names::PROG_ACCEPT_ENTER,
@@ -140,6 +238,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "accept(2) callers (older code)",
         without: "accept(2) callers not seen (accept4 still are)",
+        alternatives: ACCEPT_FENTRY,
     },
     HookSpec {
         program: names::PROG_ACCEPT_EXIT,
@@ -148,6 +247,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "accept(2) results",
         without: "accept(2) results not seen",
+        alternatives: ACCEPT_FEXIT,
     },
     HookSpec {
         program: names::PROG_ABORT_CLOSE,
@@ -156,6 +256,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "connections a process closed with the request unread (reset: TCPAbortOnClose), per process and port — a server at its connection limit",
         without: "a server that accepts and drops connections at its limit (nginx worker_connections) is not named",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_DROP_KFREE,
@@ -164,6 +265,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "packets netfilter dropped (conntrack table full or a rule), with the 5-tuple and process",
         without: "no netfilter drops",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_DROP_OWNER,
@@ -172,6 +274,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "the connecting process of dropped SYN retransmits (sent from a timer)",
         without: "retransmitted SYNs are attributed to whatever task the timer interrupted",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_SYS_ENTER_CONNECT,
@@ -180,6 +283,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "connect() destinations and start times",
         without: "no outbound connects at all",
+        alternatives: CONNECT_FENTRY,
     },
     HookSpec {
         program: names::PROG_SYS_EXIT_CONNECT,
@@ -188,6 +292,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "connect() results (EADDRNOTAVAIL…) and time in the syscall (port search)",
         without: "no connect failures",
+        alternatives: CONNECT_FEXIT,
     },
     HookSpec {
         program: names::PROG_CONNECT_STATE,
@@ -196,6 +301,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "handshakes: source port, latency, refused/timed out",
         without: "no handshake outcomes",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_CONNECT_RETRANS,
@@ -204,6 +310,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "SYN retransmits while connecting",
         without: "SYN retransmits not counted",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_LISTEN_INGRESS,
@@ -212,6 +319,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: true,
         gives: "SYN/ACK dropped on a full accept queue, SYN-queue drops, syncookies",
         without: "no listen-path drops at all",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_OUTCOME_XMIT,
@@ -220,6 +328,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "outcome of each SYN: SYN-ACK sent, with a request socket or a cookie",
         without: "verdicts are predicted from the queues at arrival (can be off under concurrency)",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_OUTCOME_CHILD,
@@ -228,6 +337,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "outcome of each final ACK: child socket created",
         without: "verdicts are predicted from the queues at arrival",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_OUTCOME_CONSUME,
@@ -236,6 +346,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "end of a listener's SYN processing (dropped if no SYN-ACK left)",
         without: "verdicts are predicted from the queues at arrival",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_OUTCOME_KFREE,
@@ -244,6 +355,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "final ACKs dropped (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW)",
         without: "verdicts are predicted from the queues at arrival",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_SYNACK_RETRANS,
@@ -252,6 +364,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "retransmitted SYN-ACKs per listener",
         without: "SYN-ACK retransmits not shown",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_OVERFLOW_RESET,
@@ -260,6 +373,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "resets sent on overflow (tcp_abort_on_overflow=1)",
         without: "overflow resets not shown",
+        alternatives: &[],
     },
     HookSpec {
         program: names::PROG_SYS_ENTER_LISTEN,
@@ -268,6 +382,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "the backlog each application passed to listen()",
         without: "the listen() argument is inferred from the effective backlog",
+        alternatives: LISTEN_ENTRY,
     },
     HookSpec {
         program: names::PROG_SYS_EXIT_ACCEPT4,
@@ -276,6 +391,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "accept rate per process (is the application accepting?)",
         without: "cannot tell a stuck application from a small backlog",
+        alternatives: ACCEPT_COUNT_FEXIT,
     },
     HookSpec {
         program: names::PROG_SYS_EXIT_ACCEPT,
@@ -284,6 +400,7 @@ pub const HOOKS: &[HookSpec] = &[
         core: false,
         gives: "accept rate per process (accept(2) callers)",
         without: "accept(2) callers not counted (accept4 still is)",
+        alternatives: ACCEPT_COUNT_FEXIT,
     },
 ];
 
@@ -300,6 +417,40 @@ pub enum HookState {
 pub struct HookStatus {
     pub spec: HookSpec,
     pub state: HookState,
+    /// The alternative serving the hook, None: its own `attach`.
+    pub via: Option<Alternative>,
+    /// Alternatives tried (or not) and refused, with why.
+    pub declined: Vec<(Attach, String)>,
+}
+
+impl HookStatus {
+    fn new(spec: HookSpec, state: HookState) -> Self {
+        Self {
+            spec,
+            state,
+            via: None,
+            declined: Vec::new(),
+        }
+    }
+
+    /// The program that runs for this hook (an alternative's, or the hook's own).
+    pub fn program(&self) -> &'static str {
+        self.via.map_or(self.spec.program, |a| a.program)
+    }
+
+    /// Where it runs.
+    pub fn attach(&self) -> Attach {
+        self.via.map_or(self.spec.attach, |a| a.attach)
+    }
+
+    /// The hook as loaded: the alternative's program and attachment in the hook's place.
+    fn effective(&self) -> HookSpec {
+        HookSpec {
+            program: self.program(),
+            attach: self.attach(),
+            ..self.spec
+        }
+    }
 }
 
 /// Environment facts gathered before loading, reported by `tcpq check`.
@@ -380,6 +531,9 @@ enum LinkHandle {
     Cgroup(CgroupSkbLinkId),
     Raw(RawTracePointLinkId),
     Tracepoint(TracePointLinkId),
+    FEntry(FEntryLinkId),
+    FExit(FExitLinkId),
+    KProbe(KProbeLinkId),
     /// A part of a shared program: a bit of its ARMED_PARTS slot.
     Part(u32, u32),
 }
@@ -393,7 +547,8 @@ pub struct Loaded {
     pub confirm: bool,
     /// The cgroup2 root, kept for attaching cgroup programs later (`arm`).
     cgroup: Option<File>,
-    /// Links of the standby programs attached now, by program name.
+    /// Links of the standby programs attached now, by the name of the program that runs
+    /// (one link may serve two hooks: see `Alternative`).
     armed_links: HashMap<&'static str, LinkHandle>,
     /// ARMED_PARTS as last written.
     armed_parts: [u32; dispatcher::SLOTS as usize],
@@ -458,7 +613,19 @@ impl Loaded {
             problems.push(why);
         }
         for i in order {
-            let spec = self.hooks[i].spec;
+            let spec = self.hooks[i].effective();
+            let running = self.armed_links.contains_key(spec.program)
+                || self.hooks.iter().enumerate().any(|(j, h)| {
+                    j != i
+                        && h.via.is_some()
+                        && h.program() == spec.program
+                        && matches!(h.state, HookState::Attached)
+                });
+            if running {
+                // Its program already runs for another hook of the family.
+                self.hooks[i].state = HookState::Attached;
+                continue;
+            }
             let linked = match spec.attach {
                 Attach::Part(d, bit) => self
                     .write_armed(d.slot, self.armed(d.slot) | bit)
@@ -485,18 +652,26 @@ impl Loaded {
         let mut order: Vec<usize> = (0..self.hooks.len())
             .filter(|&i| {
                 self.hooks[i].spec.family == family
-                    && self.armed_links.contains_key(self.hooks[i].spec.program)
+                    && self.armed_links.contains_key(self.hooks[i].program())
             })
             .collect();
         order.sort_by_key(|&i| !matches!(self.hooks[i].spec.attach, Attach::CgroupSkbIngress));
+        let mut results: HashMap<&'static str, Result<(), String>> = HashMap::new();
         for i in order {
-            let spec = self.hooks[i].spec;
-            let Some(handle) = self.armed_links.remove(spec.program) else {
-                continue;
-            };
-            let result = match handle {
-                LinkHandle::Part(slot, bit) => self.write_armed(slot, self.armed(slot) & !bit),
-                other => unlink(&mut self.ebpf, spec.program, other),
+            let program = self.hooks[i].program();
+            let result = match results.get(program) {
+                Some(done) => done.clone(), // one link served two hooks
+                None => {
+                    let result = match self.armed_links.remove(program) {
+                        Some(LinkHandle::Part(slot, bit)) => {
+                            self.write_armed(slot, self.armed(slot) & !bit)
+                        }
+                        Some(other) => unlink(&mut self.ebpf, program, other),
+                        None => Ok(()),
+                    };
+                    results.insert(program, result.clone());
+                    result
+                }
             };
             self.hooks[i].state = match result {
                 Ok(()) => HookState::Standby,
@@ -511,7 +686,7 @@ impl Loaded {
         self.hooks.iter().any(|h| {
             h.spec.family == family
                 && (matches!(h.state, HookState::Standby)
-                    || self.armed_links.contains_key(h.spec.program))
+                    || self.armed_links.contains_key(h.program()))
         })
     }
 
@@ -666,13 +841,15 @@ pub fn attach_floor_probe(ebpf: &mut Ebpf) -> Result<(), String> {
     attach_raw_program(ebpf, names::PROG_FLOOR_PROBE, "inet_sock_set_state")
 }
 
-/// Loads `spec`'s program (the verifier runs now), and attaches it unless `standby`.
+/// Loads `spec`'s program (the verifier runs now), and attaches it unless `standby`. `btf` is
+/// the kernel's, for fentry/fexit (their target's type); loaded on first use.
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &HookSpec,
     cgroup: Option<&File>,
     tracefs_ok: bool,
     standby: bool,
+    btf: &mut KernelTypes,
 ) -> Result<Option<LinkHandle>, String> {
     let program = match spec.attach {
         // Shared by several hooks (its parts chosen by its knob): `load` attaches it once; a
@@ -700,6 +877,20 @@ fn attach_one(
                 return Err("tracefs unavailable (see the tracefs line)".into());
             }
             let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load()
+        }
+        Attach::FEntry(function) => {
+            let btf = btf.get()?;
+            let p: &mut FEntry = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load(function, btf)
+        }
+        Attach::FExit(function) => {
+            let btf = btf.get()?;
+            let p: &mut FExit = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.load(function, btf)
+        }
+        Attach::KProbe(_) => {
+            let p: &mut KProbe = prog.try_into().map_err(|e| explain_program_error(&e))?;
             p.load()
         }
     };
@@ -752,6 +943,45 @@ fn link_loaded(
                 .map(LinkHandle::Tracepoint)
                 .map_err(attach_failed)
         }
+        Attach::FEntry(_) => {
+            let p: &mut FEntry = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.attach().map(LinkHandle::FEntry).map_err(attach_failed)
+        }
+        Attach::FExit(_) => {
+            let p: &mut FExit = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.attach().map(LinkHandle::FExit).map_err(attach_failed)
+        }
+        Attach::KProbe(function) => {
+            let p: &mut KProbe = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.attach(function, 0)
+                .map(LinkHandle::KProbe)
+                .map_err(attach_failed)
+        }
+    }
+}
+
+/// The kernel's BTF as aya reads it (fentry/fexit name their target by its type): parsed on
+/// first use only (an fentry/fexit program tried), once per process — `tcpq check` loads
+/// each family in turn, and parsing vmlinux's BTF is seconds under emulation.
+struct KernelTypes {
+    path: PathBuf,
+}
+
+impl KernelTypes {
+    fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    fn get(&mut self) -> Result<&'static aya::Btf, String> {
+        static PARSED: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
+        let path = &self.path;
+        PARSED
+            .get_or_init(|| {
+                aya::Btf::parse_file(path, aya::Endianness::default())
+                    .map_err(|e| format!("read kernel BTF {}: {e}", path.display()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -771,6 +1001,18 @@ fn unlink(ebpf: &mut Ebpf, program: &str, handle: LinkHandle) -> Result<(), Stri
         }
         LinkHandle::Tracepoint(id) => {
             let p: &mut TracePoint = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::FEntry(id) => {
+            let p: &mut FEntry = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::FExit(id) => {
+            let p: &mut FExit = prog.try_into().map_err(|e| explain_program_error(&e))?;
+            p.detach(id)
+        }
+        LinkHandle::KProbe(id) => {
+            let p: &mut KProbe = prog.try_into().map_err(|e| explain_program_error(&e))?;
             p.detach(id)
         }
         LinkHandle::Part(..) => Ok(()),
@@ -820,6 +1062,133 @@ fn tracepoint_globals(env: &Environment) -> Vec<(&'static str, u32)> {
         }
     }
     out
+}
+
+/// The backend a family's syscall hooks use, and why (`tcpq check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyBackend {
+    pub backend: Backend,
+    pub why: String,
+}
+
+/// Which backend serves `family`'s hooks that have alternatives (the best in use), and why the
+/// better ones are not used.
+pub fn family_backend(hooks: &[HookStatus], family: Family) -> FamilyBackend {
+    let mine: Vec<&HookStatus> = hooks
+        .iter()
+        .filter(|h| h.spec.family == family && !h.spec.alternatives.is_empty())
+        .collect();
+    let in_use = mine
+        .iter()
+        .filter(|h| !matches!(h.state, HookState::Unavailable(_)))
+        .map(|h| h.attach().backend())
+        .min();
+    let Some(backend) = in_use else {
+        return FamilyBackend {
+            backend: Backend::Tracepoint,
+            why: "raw tracepoints and cgroup_skb only (no syscall hook to choose)".into(),
+        };
+    };
+    let mut functions: Vec<String> = mine
+        .iter()
+        .filter_map(|h| h.via.map(|a| a.attach.describe()))
+        .collect();
+    functions.sort();
+    functions.dedup();
+    // One reason per backend: the same refusal is usually every function's.
+    let mut refused: Vec<String> = Vec::new();
+    for (attach, why) in mine.iter().flat_map(|h| h.declined.iter()) {
+        let line = format!("{}: {why}", attach.backend().name());
+        if !refused.contains(&line) {
+            refused.push(line);
+        }
+    }
+    let why = match backend {
+        Backend::Tracepoint => format!(
+            "syscall tracepoints (every task takes the syscall slow path while they are attached): {}",
+            if refused.is_empty() {
+                "no alternative tried".to_string()
+            } else {
+                refused.join("; ")
+            }
+        ),
+        _ => format!(
+            "{} — no syscall tracepoint: other tasks' syscalls stay on the fast path{}",
+            functions.join(", "),
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (refused: {})", refused.join("; "))
+            }
+        ),
+    };
+    FamilyBackend { backend, why }
+}
+
+/// What became of each alternative program tried in one load.
+#[derive(Default)]
+struct AlternativesTried {
+    /// Loaded: whether it is linked now (false: loaded for standby).
+    loaded: HashMap<&'static str, bool>,
+    /// Refused, and why.
+    refused: HashMap<&'static str, String>,
+}
+
+/// Serves `status`'s hook by the first of its alternatives (within TCPQ_BACKEND) that loads
+/// and attaches: Some(linked now) — or None, with the refusals in `status.declined`, when the
+/// hook's own attachment is to be used. An alternative already loaded for another hook serves
+/// this one too, without a second link (it would run twice per call).
+fn try_alternatives(
+    ebpf: &mut Ebpf,
+    status: &mut HookStatus,
+    standby: bool,
+    cgroup: Option<&File>,
+    kernel_types: &mut KernelTypes,
+    tried: &mut AlternativesTried,
+    kprobes: bool,
+) -> Option<bool> {
+    let allowed = Backend::allowed();
+    for alt in status.spec.alternatives {
+        if alt.attach.backend() < allowed {
+            let why = format!("not tried (TCPQ_BACKEND={})", allowed.name());
+            status.declined.push((alt.attach, why));
+            continue;
+        }
+        if alt.attach.backend() == Backend::Kprobe && !kprobes {
+            let why = "CONFIG_KPROBES unset (no kprobe_events in tracefs)".to_string();
+            status.declined.push((alt.attach, why));
+            continue;
+        }
+        if let Some(why) = tried.refused.get(alt.program) {
+            status.declined.push((alt.attach, why.clone()));
+            continue;
+        }
+        let spec = HookSpec {
+            program: alt.program,
+            attach: alt.attach,
+            ..status.spec
+        };
+        let linked = match tried.loaded.get(alt.program).copied() {
+            Some(true) => Ok(true),
+            Some(false) if standby => Ok(false),
+            // Loaded for a standby hook, needed now by this one.
+            Some(false) => link_loaded(ebpf, &spec, cgroup).map(|_| true),
+            None => attach_one(ebpf, &spec, cgroup, true, standby, kernel_types)
+                .map(|link| link.is_some()),
+        };
+        match linked {
+            Ok(linked) => {
+                tried.loaded.insert(alt.program, linked);
+                status.via = Some(*alt);
+                return Some(linked);
+            }
+            Err(why) => {
+                status.declined.push((alt.attach, why.clone()));
+                tried.refused.insert(alt.program, why);
+            }
+        }
+    }
+    None
 }
 
 /// Loads the object, sets the globals and attaches every hook of `families`.
@@ -946,6 +1315,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         Err(_) => None,
     };
     let mut hooks = Vec::new();
+    let mut kernel_types = KernelTypes::new(env.btf_path.clone());
+    let mut alternatives = AlternativesTried::default();
     let mut shared: HashMap<&'static str, Result<(), String>> = HashMap::new();
     let mut armed_parts = [0u32; dispatcher::SLOTS as usize];
     for spec in HOOKS.iter().filter(selected) {
@@ -957,20 +1328,35 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                     spec.attach.describe()
                 );
             }
-            hooks.push(HookStatus {
-                spec: *spec,
-                state: HookState::Unavailable("disabled by TCPQ_DISABLE_HOOKS".into()),
-            });
+            hooks.push(HookStatus::new(
+                *spec,
+                HookState::Unavailable("disabled by TCPQ_DISABLE_HOOKS".into()),
+            ));
             continue;
         }
         if let Some(why) = is_refused(spec.program) {
-            hooks.push(HookStatus {
-                spec: *spec,
-                state: HookState::Unavailable(why.into()),
-            });
+            hooks.push(HookStatus::new(*spec, HookState::Unavailable(why.into())));
             continue;
         }
         let standby = opts.standby.contains(&spec.program);
+        let mut status = HookStatus::new(*spec, HookState::Standby);
+        if let Some(linked) = try_alternatives(
+            &mut ebpf,
+            &mut status,
+            standby,
+            cgroup.as_ref(),
+            &mut kernel_types,
+            &mut alternatives,
+            env.kprobes != Some(false),
+        ) {
+            status.state = if linked {
+                HookState::Attached
+            } else {
+                HookState::Standby
+            };
+            hooks.push(status);
+            continue;
+        }
         let tracefs_ok = tp_ok || !matches!(spec.attach, Attach::Tracepoint(..));
         let attached = match spec.attach {
             // One program for every part: attached with the first, its result shared; a part
@@ -979,7 +1365,15 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                 let once = shared
                     .entry(d.program)
                     .or_insert_with(|| {
-                        attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok, false).map(|_| ())
+                        attach_one(
+                            &mut ebpf,
+                            spec,
+                            cgroup.as_ref(),
+                            tracefs_ok,
+                            false,
+                            &mut kernel_types,
+                        )
+                        .map(|_| ())
                     })
                     .clone();
                 if once.is_ok()
@@ -990,8 +1384,15 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                 }
                 once.map(|_| standby)
             }
-            _ => attach_one(&mut ebpf, spec, cgroup.as_ref(), tracefs_ok, standby)
-                .map(|link| link.is_none()),
+            _ => attach_one(
+                &mut ebpf,
+                spec,
+                cgroup.as_ref(),
+                tracefs_ok,
+                standby,
+                &mut kernel_types,
+            )
+            .map(|link| link.is_none()),
         };
         let state = match attached {
             Ok(false) => HookState::Attached,
@@ -1007,7 +1408,8 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
                 HookState::Unavailable(why)
             }
         };
-        hooks.push(HookStatus { spec: *spec, state });
+        status.state = state;
+        hooks.push(status);
     }
     for (slot, bits) in armed_parts.iter().enumerate() {
         write_armed_parts(&mut ebpf, slot as u32, *bits).map_err(|e| anyhow!(e))?;
