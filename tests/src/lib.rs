@@ -131,6 +131,10 @@ fn run(cmd: &mut Command) {
 pub struct Tracer {
     child: Child,
     stderr_lines: Vec<String>,
+    /// Its stdout, read from the start: a pipe nobody reads fills (64 KiB), and tcpq then drops
+    /// lines (`output_stalled`) rather than stop counting — thousands of lines under a slow
+    /// kernel (qemu's TCG) did that.
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Tracer {
@@ -154,6 +158,12 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tcpq trace overflow");
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -163,7 +173,9 @@ impl Tracer {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A hang guard, not a timing assert: tcpq verifies its programs in ~1 s here, but in
+        // most of a minute under qemu's TCG (the kernel matrix), longer while it shares the CPUs.
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut stderr_lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -184,6 +196,7 @@ impl Tracer {
         Self {
             child,
             stderr_lines,
+            stdout: Some(stdout),
         }
     }
 
@@ -195,14 +208,13 @@ impl Tracer {
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
+        let status = self.child.wait().unwrap();
+        let out = self
             .stdout
             .take()
             .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = self.child.wait().unwrap();
+            .join()
+            .expect("the stdout reader of tcpq");
         assert!(
             status.success(),
             "tcpq exited with {status}; stderr: {:?}",

@@ -59,18 +59,23 @@ fn saturated_worker_pool_has_no_idle_acceptor() {
     // Five blocking workers share one listener; each holds a connection for 3 s.
     let mut pool = python_in(
         &ns,
-        "import socket,os,time\nl=socket.socket(); l.bind(('127.0.0.1',9501)); l.listen(256)\nfor _ in range(5):\n if os.fork()==0:\n  while True:\n   c,_=l.accept(); time.sleep(3); c.close()\nprint(os.getpid(),flush=True)\ntime.sleep(20)",
+        // The parent holds the listener until the test kills it (tcpq may take most of a minute
+        // to start under qemu's TCG).
+        "import socket,os,time\nl=socket.socket(); l.bind(('127.0.0.1',9501)); l.listen(256)\nfor _ in range(5):\n if os.fork()==0:\n  while True:\n   c,_=l.accept(); time.sleep(3); c.close()\nprint(os.getpid(),flush=True)\ntime.sleep(600)",
     );
     let parent = first_line(&mut pool);
     std::thread::sleep(Duration::from_millis(300));
     let tracer = Tracer::start_cmd(&["trace", "accept", "--json", "--port", "9501"], &[]);
-    let clients = python_in(
+    let mut clients = python_in(
         &ns,
-        "import socket,time\ncs=[]\nfor _ in range(100):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',9501))\n except BlockingIOError: pass\n cs.append(s)\ntime.sleep(6)",
+        "import socket,time\ncs=[]\nfor _ in range(100):\n s=socket.socket(); s.setblocking(False)\n try: s.connect(('127.0.0.1',9501))\n except BlockingIOError: pass\n cs.append(s)\nprint('connected',flush=True)\ntime.sleep(600)",
     );
+    // 1.5 s from the connects (not from the client's start, which is slow under emulation).
+    assert_eq!(first_line(&mut clients), "connected");
     std::thread::sleep(Duration::from_millis(1500));
     let lines = tracer.stop();
-    drop(clients);
+    let _ = clients.kill();
+    let _ = clients.wait();
     let _ = std::process::Command::new("pkill")
         .args(["-P", &parent])
         .status();
