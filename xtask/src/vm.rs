@@ -32,7 +32,7 @@ const KERNELS: &[(&str, &str)] = &[
 const EARLY_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
 /// The integration tests run by default: the ones whose counts must equal the kernel's.
-const DEFAULT_TESTS: &[&str] = &["listen", "connect", "conntrack"];
+const DEFAULT_TESTS: &[&str] = &["listen", "connect", "conntrack", "accept"];
 
 /// Under TCG a test run is 10-20× slower than here; past this the guest is stopped.
 const VM_TIMEOUT: Duration = Duration::from_secs(45 * 60);
@@ -149,6 +149,8 @@ struct MatrixRow {
     /// kprobes / fentry as `tcpq check` found them.
     kprobes: String,
     fentry: String,
+    /// "family backend" per `tcpq check --json`'s `backends`.
+    backends: Vec<String>,
     /// (test file, passed, failed).
     tests: Vec<(String, u64, u64)>,
 }
@@ -163,6 +165,7 @@ impl MatrixRow {
             refused: Vec::new(),
             kprobes: "?".into(),
             fentry: "?".into(),
+            backends: Vec::new(),
             tests: Vec::new(),
         };
         let mut current = None;
@@ -199,6 +202,18 @@ impl MatrixRow {
                 };
                 row.kprobes = short(&v["kprobes"]);
                 row.fentry = short(&v["fentry"]);
+                row.backends = v["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        format!(
+                            "{} {}",
+                            b["family"].as_str().unwrap_or("?"),
+                            b["backend"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
             } else if let Some(name) = marked(TEST_MARK) {
                 current = Some(name.trim().to_string());
             } else if let (Some(name), Some(rest)) = (&current, line.strip_prefix("test result: "))
@@ -238,8 +253,13 @@ fn matrix_table(rows: &[MatrixRow]) -> String {
         } else {
             r.refused.join("; ")
         };
+        let backends = if r.backends.is_empty() {
+            "?".to_string()
+        } else {
+            r.backends.join(", ")
+        };
         t.push_str(&format!(
-            "| {} | {}/{} | tracepoints + cgroup_skb (every family) | {} / {} | {tests} | {refused} |\n",
+            "| {} | {}/{} | {backends} | {} / {} | {tests} | {refused} |\n",
             r.kernel, r.attached.0, r.attached.1, r.kprobes, r.fentry,
         ));
     }
@@ -717,7 +737,7 @@ mod tests {
     fn matrix_row_reads_the_markers() {
         let console: Vec<String> = [
             "vm| noise",
-            r#"Booting from ROM..\x1b[2JTCPQ_CHECK_JSON={"kernel":"6.1.0-57-amd64","kprobes":"available (not needed)","fentry":"available","hooks":[{"program":"a","state":"attached","detail":"x"},{"program":"b","state":"unavailable","detail":"refused: why"}]}"#,
+            r#"Booting from ROM..\x1b[2JTCPQ_CHECK_JSON={"kernel":"6.1.0-57-amd64","kprobes":"available (not needed)","fentry":"available","backends":[{"family":"listen","backend":"fentry"},{"family":"drop","backend":"tracepoint"}],"hooks":[{"program":"a","state":"attached","detail":"x"},{"program":"b","state":"unavailable","detail":"refused: why"}]}"#,
             "TCPQ_TESTS=listen",
             "running 13 tests",
             "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 80.1s",
@@ -745,7 +765,10 @@ mod tests {
             [("listen".to_string(), 13, 0), ("connect".to_string(), 7, 2)]
         );
         let t = matrix_table(&[row]);
-        assert!(t.contains("| 6.1.0-57-amd64 | 1/2 |"), "{t}");
+        assert!(
+            t.contains("| 6.1.0-57-amd64 | 1/2 | listen fentry, drop tracepoint |"),
+            "{t}"
+        );
         assert!(t.contains("listen 13/0, connect 7/2"), "{t}");
         let empty = matrix_table(&[MatrixRow::from_console("x", 125, &[])]);
         assert!(empty.contains("none ran (exit status 125)"), "{empty}");
