@@ -431,13 +431,23 @@ fn daemonset_flags(pod: &Yaml, created: &mut Vec<PathBuf>) -> Vec<String> {
             }
             t => panic!("hostPath type {t:?} of {name}: teach this test"),
         }
-        let ro = if m["readOnly"].as_bool() == Some(true) {
-            ":ro"
+        let mut options = Vec::new();
+        if m["readOnly"].as_bool() == Some(true) {
+            options.push("ro");
+        }
+        match m["mountPropagation"].as_str() {
+            None => {}
+            // Mounts made on the host later appear inside (Kubernetes' name for rslave).
+            Some("HostToContainer") => options.push("rslave"),
+            Some(p) => panic!("mountPropagation {p} of {name}: teach this test"),
+        }
+        let options = if options.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(":{}", options.join(","))
         };
         f.push(format!(
-            "--volume={}:{}{ro}",
+            "--volume={}:{}{options}",
             host.display(),
             m["mountPath"].as_str().unwrap()
         ));
@@ -576,9 +586,9 @@ fn the_image_runs_under_podman_with_the_daemonsets_privileges() {
 
     // An overflow on the host, in a namespace of its own: the container sees it through the host's
     // processes (hostPID), the cgroup2 root (cgroup_skb) and setns (tier 0), and counts what the
-    // kernel counted. The container has no /run/netns: tcpq finds a namespace there through a
-    // process whose main thread is in it (a pod's pause process), and `tcpq lab` enters it from
-    // threads only — so a process holds it, as in a pod, and tcpq has found it before the lab.
+    // kernel counted. tcpq finds a namespace through a process whose main thread is in it (a
+    // pod's pause process) or its name under /run/netns (mounted with HostToContainer
+    // propagation); `tcpq lab` enters it from threads only — a process holds it too, as in a pod.
     let ns = Netns::new("image");
     let inode = ns.inode();
     struct Holder(std::process::Child);

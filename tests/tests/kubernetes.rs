@@ -252,7 +252,12 @@ fn daemonset_runs_tcpq_with_what_it_needs_and_no_more() {
             )
         })
         .collect();
-    for p in ["/sys/kernel/btf", "/sys/fs/cgroup", "/sys/kernel/tracing"] {
+    for p in [
+        "/sys/kernel/btf",
+        "/sys/fs/cgroup",
+        "/sys/kernel/tracing",
+        "/run/netns",
+    ] {
         assert!(
             mounts.iter().any(|(m, h)| m == p && h == p),
             "host {p} not mounted at {p}: {mounts:?}"
