@@ -500,7 +500,10 @@ mod tests {
         c.add(OverflowKind::Cookie, 5); // not a refusal: left alone
         c.cap_refusals(100);
         assert_eq!(c.refused(), 100);
-        assert_eq!((c.get(OverflowKind::Syn), c.get(OverflowKind::Ack)), (75, 25));
+        assert_eq!(
+            (c.get(OverflowKind::Syn), c.get(OverflowKind::Ack)),
+            (75, 25)
+        );
         assert_eq!(c.get(OverflowKind::Cookie), 5);
         let mut odd = KindCounts::default();
         odd.add(OverflowKind::Syn, 2);

@@ -1078,12 +1078,14 @@ pub fn family_backend(hooks: &[HookStatus], family: Family) -> FamilyBackend {
         .iter()
         .filter(|h| h.spec.family == family && !h.spec.alternatives.is_empty())
         .collect();
-    let in_use = mine
+    let in_use: Vec<Backend> = mine
         .iter()
         .filter(|h| !matches!(h.state, HookState::Unavailable(_)))
         .map(|h| h.attach().backend())
-        .min();
-    let Some(backend) = in_use else {
+        .collect();
+    // The family is as cheap as its costliest hook: one syscall tracepoint is enough to put
+    // every task on the syscall slow path.
+    let Some(backend) = in_use.iter().max().copied() else {
         return FamilyBackend {
             backend: Backend::Tracepoint,
             why: "raw tracepoints and cgroup_skb only (no syscall hook to choose)".into(),
@@ -1103,23 +1105,22 @@ pub fn family_backend(hooks: &[HookStatus], family: Family) -> FamilyBackend {
             refused.push(line);
         }
     }
+    let refused = if refused.is_empty() {
+        String::new()
+    } else {
+        format!(" (refused: {})", refused.join("; "))
+    };
     let why = match backend {
+        Backend::Tracepoint if functions.is_empty() => format!(
+            "syscall tracepoints: every task takes the syscall slow path while they are attached{refused}"
+        ),
         Backend::Tracepoint => format!(
-            "syscall tracepoints (every task takes the syscall slow path while they are attached): {}",
-            if refused.is_empty() {
-                "no alternative tried".to_string()
-            } else {
-                refused.join("; ")
-            }
+            "{} and syscall tracepoints for the rest: every task takes the syscall slow path while they are attached{refused}",
+            functions.join(", ")
         ),
         _ => format!(
-            "{} — no syscall tracepoint: other tasks' syscalls stay on the fast path{}",
-            functions.join(", "),
-            if refused.is_empty() {
-                String::new()
-            } else {
-                format!(" (refused: {})", refused.join("; "))
-            }
+            "{} — no syscall tracepoint: other tasks' syscalls stay on the fast path{refused}",
+            functions.join(", ")
         ),
     };
     FamilyBackend { backend, why }
@@ -1529,6 +1530,69 @@ mod tests {
             None
         );
         assert_eq!(fdinfo_value("", "recursion_misses"), None);
+    }
+
+    fn hook(program: &str) -> HookStatus {
+        let spec = HOOKS
+            .iter()
+            .find(|h| h.program == program)
+            .copied()
+            .unwrap();
+        HookStatus::new(spec, HookState::Attached)
+    }
+
+    #[test]
+    fn a_family_is_as_cheap_as_its_costliest_syscall_hook() {
+        // Every syscall hook on fentry/fexit.
+        let mut enter = hook(names::PROG_ACCEPT_ENTER4);
+        enter.via = Some(ACCEPT_FENTRY[0]);
+        let mut exit = hook(names::PROG_ACCEPT_EXIT4);
+        exit.via = Some(ACCEPT_FEXIT[0]);
+        let b = family_backend(
+            &[enter, exit, hook(names::PROG_ACCEPT_ENQUEUE)],
+            Family::Accept,
+        );
+        assert_eq!(b.backend, Backend::Fentry);
+        assert!(
+            b.why
+                .starts_with("fentry __sys_accept4, fexit __sys_accept4 — no syscall tracepoint"),
+            "{}",
+            b.why
+        );
+
+        // listen() on a kprobe, the accept rate still on a tracepoint: the slow path stays.
+        let mut listen = hook(names::PROG_SYS_ENTER_LISTEN);
+        listen.via = Some(LISTEN_ENTRY[1]);
+        listen.declined.push((
+            LISTEN_ENTRY[0].attach,
+            "kernel refused to load it: EPERM".into(),
+        ));
+        let mut rate = hook(names::PROG_SYS_EXIT_ACCEPT4);
+        rate.declined.push((
+            ACCEPT_COUNT_FEXIT[0].attach,
+            "kernel refused to load it: EPERM".into(),
+        ));
+        let b = family_backend(&[listen, rate], Family::Listen);
+        assert_eq!(b.backend, Backend::Tracepoint);
+        assert!(
+            b.why
+                .starts_with("kprobe __sys_listen and syscall tracepoints for the rest"),
+            "{}",
+            b.why
+        );
+        // The same refusal once.
+        assert!(
+            b.why
+                .ends_with("(refused: fentry: kernel refused to load it: EPERM)"),
+            "{}",
+            b.why
+        );
+
+        // An unavailable hook does not count; a family without syscall hooks has no choice.
+        let mut gone = hook(names::PROG_SYS_ENTER_CONNECT);
+        gone.state = HookState::Unavailable("x".into());
+        let b = family_backend(&[gone, hook(names::PROG_DROP_KFREE)], Family::Connect);
+        assert!(b.why.contains("no syscall hook to choose"), "{}", b.why);
     }
 
     #[test]

@@ -616,8 +616,11 @@ impl Session {
     fn fold_accept_totals(&mut self) {
         let attached = self.loaded.attached(names::PROG_ACCEPT_EXIT4)
             || self.loaded.attached(names::PROG_ACCEPT_EXIT);
-        self.accept_totals
-            .fold(attached, &mut self.agg.accepts, &mut self.agg.accepts_evicted);
+        self.accept_totals.fold(
+            attached,
+            &mut self.agg.accepts,
+            &mut self.agg.accepts_evicted,
+        );
     }
 
     /// Samples the holders and idle acceptors of every listener that accepted this interval.
