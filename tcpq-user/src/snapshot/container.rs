@@ -177,12 +177,41 @@ pub fn names(root: &Path, c: &Container) -> PodNames {
 }
 
 /// What outputs show for a process's cgroup: the pod (namespace/name, else `pod <uid>`) and the
-/// container (its name, else the runtime and short id). None, None on the host.
+/// container (its name, else the runtime and short id). None, None on the host. The live modes
+/// ask for every row of every frame: a container's answer (up to four runtime files read) is
+/// kept per cgroup path for `NAMES_RECHECK` — a path names one container for its whole life,
+/// only its names may appear after its cgroup does.
 pub fn identify(cgroup: Option<&str>) -> (Option<String>, Option<String>) {
-    let Some(c) = cgroup.and_then(from_cgroup) else {
+    type Answer = (Option<String>, Option<String>);
+    static KNOWN: std::sync::LazyLock<std::sync::Mutex<HashMap<String, (Instant, Answer)>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Some((path, c)) = cgroup.and_then(|p| from_cgroup(p).map(|c| (p, c))) else {
         return (None, None);
     };
-    let n = names(Path::new("/"), &c);
+    let now = Instant::now();
+    if let Ok(known) = KNOWN.lock()
+        && let Some((at, answer)) = known.get(path)
+        && now.duration_since(*at) < NAMES_RECHECK
+    {
+        return answer.clone();
+    }
+    let answer = identify_container(&c);
+    if let Ok(mut known) = KNOWN.lock() {
+        if known.len() >= NAMES_KEPT {
+            known.clear(); // bounded: a node churning containers starts over
+        }
+        known.insert(path.to_string(), (now, answer.clone()));
+    }
+    answer
+}
+
+/// How long `identify` keeps a container's names before reading the runtime's files again.
+const NAMES_RECHECK: Duration = Duration::from_secs(30);
+/// Cgroup paths `identify` keeps at most.
+const NAMES_KEPT: usize = 4096;
+
+fn identify_container(c: &Container) -> (Option<String>, Option<String>) {
+    let n = names(Path::new("/"), c);
     let pod = n
         .pod
         .or_else(|| c.pod_uid.as_ref().map(|u| format!("pod {u}")));
