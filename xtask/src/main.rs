@@ -282,7 +282,8 @@ fn test() -> Result<()> {
         "--package",
         "xtask",
     ]))?;
-    // The package test installs the .deb of `dist` (release build: incremental after the first).
+    // The package test installs the .deb of `dist` and the systemd test boots it (release build:
+    // incremental after the first).
     dist::dist()?;
     run(Command::new("cargo")
         .current_dir(root_dir())
