@@ -1043,3 +1043,25 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// `Key=value` lines of a systemd unit or an environment file (last one wins).
+pub fn unit_setting(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+}
+
+/// `Cap…`/`NoNewPrivs`/`Seccomp` fields of one /proc status file (the capability sets as masks).
+pub fn status_field(status: &str, name: &str) -> u64 {
+    let v = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim();
+    if name.starts_with("Cap") {
+        u64::from_str_radix(v, 16).expect("hex capability mask")
+    } else {
+        v.parse().expect("a number")
+    }
+}

@@ -55,14 +55,6 @@ impl Drop for Purge {
     }
 }
 
-/// `Key=value` lines of a unit or an environment file (last one wins).
-fn setting(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
-        .map(|v| v.trim().trim_matches('"').to_string())
-}
-
 #[test]
 fn the_deb_installs_runs_its_unit_command_and_purges_cleanly() {
     let test = "deb_package";
@@ -127,7 +119,7 @@ fn the_deb_installs_runs_its_unit_command_and_purges_cleanly() {
         Err(_) => eprintln!("{test}: no systemd-analyze here: the unit is not verified by systemd"),
     }
     let unit = std::fs::read_to_string(UNIT).unwrap();
-    let caps: BTreeSet<String> = setting(&unit, "CapabilityBoundingSet")
+    let caps: BTreeSet<String> = unit_setting(&unit, "CapabilityBoundingSet")
         .expect("CapabilityBoundingSet")
         .split_whitespace()
         .map(String::from)
@@ -159,10 +151,10 @@ fn the_deb_installs_runs_its_unit_command_and_purges_cleanly() {
 
     // ExecStart with the EnvironmentFile's arguments, --listen on a free loopback port, under the
     // unit's capabilities only.
-    let exec = setting(&unit, "ExecStart").expect("ExecStart");
-    let env_file = setting(&unit, "EnvironmentFile").expect("EnvironmentFile");
+    let exec = unit_setting(&unit, "ExecStart").expect("ExecStart");
+    let env_file = unit_setting(&unit, "EnvironmentFile").expect("EnvironmentFile");
     let defaults = std::fs::read_to_string(env_file.trim_start_matches('-')).unwrap();
-    let args = setting(&defaults, "TCPQ_EXPORT_ARGS").expect("TCPQ_EXPORT_ARGS");
+    let args = unit_setting(&defaults, "TCPQ_EXPORT_ARGS").expect("TCPQ_EXPORT_ARGS");
     let addr = free_loopback_addr();
     let mut words: Vec<String> = Vec::new();
     let mut argv = exec.replace("$TCPQ_EXPORT_ARGS", &args);

@@ -71,20 +71,6 @@ impl Drop for Export {
     }
 }
 
-/// `Cap…`/`NoNewPrivs` fields of one /proc status file.
-fn status_field(status: &str, name: &str) -> u64 {
-    let v = status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no {name} in {status}"))
-        .trim();
-    if name.starts_with("Cap") {
-        u64::from_str_radix(v, 16).expect("hex capability mask")
-    } else {
-        v.parse().expect("a number")
-    }
-}
-
 /// Every thread's capability sets, as the kernel reports them.
 fn assert_every_task_reduced(pid: u32) -> usize {
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))

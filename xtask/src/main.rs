@@ -3,7 +3,8 @@
 //! setup installs, idempotently, what a fresh machine lacks: nightly's rust-src and
 //! bpf-linker 0.10.0 (to build the kernel object), iproute2 and nftables (the labs), nginx and
 //! wrk (the real-server test), prometheus (promtool and the server: the deploy/ tests), podman
-//! and runc (dist's container image, run as the DaemonSet runs it).
+//! and runc (dist's container image, run as the DaemonSet runs it), systemd-container (the
+//! .deb's unit booted under systemd in systemd-nspawn).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -23,7 +24,9 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 /// real-server integration test, capsh for the minimum-capabilities test, tmux for the
 /// end-to-end test of `tcpq top`, prometheus (promtool and the server) for the deploy/ tests,
 /// podman and runc to load and run dist's container image (tests/tests/image.rs: runc, because
-/// crun, podman's default, refuses cgroup hybrid mode).
+/// crun, podman's default, refuses cgroup hybrid mode), systemd-nspawn to run the .deb's unit
+/// under a real systemd (tests/tests/systemd.rs; it depends on the same systemd version, so
+/// installing it may upgrade systemd, which the container boots from /usr).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nft", "nftables"),
@@ -34,6 +37,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("podman", "podman"),
     ("runc", "runc"),
+    ("systemd-nspawn", "systemd-container"),
 ];
 
 fn main() {
@@ -56,7 +60,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus, podman, runc (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus, podman, runc, systemd-container (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
             );
             std::process::exit(2);
         }
@@ -194,7 +198,7 @@ fn setup() -> Result<()> {
     }
     deploy_venv()?;
     eprintln!(
-        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, prometheus, podman, runc, kubernetes-validate {KUBERNETES_VALIDATE_VERSION})"
+        "xtask: setup complete (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, prometheus, podman, runc, systemd-container, kubernetes-validate {KUBERNETES_VALIDATE_VERSION})"
     );
     Ok(())
 }
@@ -278,7 +282,8 @@ fn test() -> Result<()> {
         "--package",
         "xtask",
     ]))?;
-    // The package test installs the .deb of `dist` (release build: incremental after the first).
+    // The package test installs the .deb of `dist` and the systemd test boots it (release build:
+    // incremental after the first).
     dist::dist()?;
     run(Command::new("cargo")
         .current_dir(root_dir())
@@ -334,7 +339,16 @@ mod tests {
         assert_eq!(
             bins,
             [
-                "ip", "nft", "nginx", "wrk", "capsh", "tmux", "promtool", "podman", "runc"
+                "ip",
+                "nft",
+                "nginx",
+                "wrk",
+                "capsh",
+                "tmux",
+                "promtool",
+                "podman",
+                "runc",
+                "systemd-nspawn"
             ]
         );
     }
