@@ -186,7 +186,13 @@ fn max_syn_backlog_rule_matches_listen_drops() {
     let e = run
         .lines
         .iter()
-        .find(|v| v["kind"] == "syn_backlog" && v["netns"].as_u64() == Some(run.inode))
+        // An event line, not one the line budget aggregated (no address): under a slow kernel
+        // (qemu's TCG) the budget is reached early.
+        .find(|v| {
+            v["kind"] == "syn_backlog"
+                && v["netns"].as_u64() == Some(run.inode)
+                && v["aggregated"] != true
+        })
         .unwrap();
     assert_eq!(e["raddr"], run.facts["raddr"], "client address: {e}");
     assert_eq!(e["pid"], run.facts["pid"]);
