@@ -422,6 +422,8 @@ pub fn nft_in(ns: &Netns, script: &str) {
 pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value) {
     let unseen =
         summary["unresolved"].as_u64().unwrap_or(0) + summary["missed_runs"].as_u64().unwrap_or(0);
+    // Shown with --nocapture (the VM runs): the counts behind a pass, not only a failure's.
+    eprintln!("count: {what}: tcpq {tcpq}, kernel {kernel}, unseen {unseen}");
     if unseen == 0 {
         assert_eq!(tcpq, kernel, "{what}: tcpq vs the kernel's counter");
     } else {
