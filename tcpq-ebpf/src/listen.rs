@@ -1165,9 +1165,11 @@ fn resolve(p: &mut Pending, freed: u32) {
         // that drop (sk_acceptq_is_full(), the same bracket as a SYN's above) — if the
         // listener's sk_drops moved since the ACK arrived: tcp_v4/v6_syn_recv_sock()'s
         // exit_overflow ends in tcp_listendrop(), on this CPU before the free, so a true drop
-        // always moves it, while an ACK freed for another reason
-        // moves it only if another CPU dropped a packet of this listener meanwhile (one such
-        // ACK made a 6.1 run count 270 for the kernel's 269).
+        // always moves it. An ACK that found no request socket and was reset from the LISTEN
+        // state (tcp_v4_do_rcv(): reset + discard) does not, unless another CPU dropped a
+        // packet of this listener meanwhile; one that tcp_check_req() turned away for another
+        // reason still does (tcp_v4_rcv()'s discard_and_relse: sk_drops_add() on the
+        // listener). One such ACK made a 6.1 run count 270 for the kernel's 269.
         kind::ACK_DROP
     } else if freed == FREED_LISTEN_OVERFLOW || freed == FREED_NO_SOCKET {
         // NO_SOCKET on a listener's ACK comes from cookie_v4/v6_check() when
