@@ -163,7 +163,13 @@ impl Tracer {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under qemu's TCG on a busy host (another VM beside it) verifying the programs can
+        // take longer than 30 s: TCPQ_TEST_START_SECS raises the wait.
+        let wait = std::env::var("TCPQ_TEST_START_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        let deadline = Instant::now() + Duration::from_secs(wait);
         let mut stderr_lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
