@@ -75,6 +75,10 @@ pub struct Pending {
     pub acceptq_full: u32,
     /// net.ipv4.tcp_max_syn_backlog, read only when tcp_syncookies=0 (its rule applies then).
     pub max_syn_backlog: u32,
+    /// The listener's `sk_drops` when a final ACK was recorded (read only when OFF_SK_DROPS is
+    /// set: kernels without SKB_DROP_REASON_TCP_LISTEN_OVERFLOW).
+    pub drops: u32,
+    pub _pad: u32,
     pub sk: u64,
     /// When the packet was recorded (backlog records expire).
     pub rec_ns: u64,
@@ -541,6 +545,12 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             } else {
                 0
             },
+            drops: if is_ack {
+                listen_drops(tp)
+            } else {
+                0
+            },
+            _pad: 0,
             sk: tp,
             rec_ns: now,
             ev,
@@ -1101,6 +1111,16 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
     }
 }
 
+/// The listener's `sk_drops` (tcp_listendrop() bumps it for every listen drop), or 0 when
+/// OFF_SK_DROPS is not set (kernels with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW: not needed).
+/// On 6.18 sk_drops_inc() counts in `sk_drop_counters` when a protocol set one (UDP); TCP
+/// sets none, so sk_drops would still be the counter there.
+#[inline(always)]
+fn listen_drops(sk: u64) -> u32 {
+    let off = OFF_SK_DROPS.load();
+    if off == 0 { 0 } else { kread(sk, off) }
+}
+
 /// tcp_conn_request(): `max_syn_backlog - inet_csk_reqsk_queue_len(sk) < (max_syn_backlog >> 2)`.
 #[inline(always)]
 fn over_max_syn_backlog(synq: u32, max_syn_backlog: u32) -> bool {
@@ -1170,12 +1190,20 @@ fn resolve(p: &mut Pending, freed: u32) {
     } else if freed == FREED_OTHER
         && RSN_LISTEN_OVERFLOW.load() == 0
         && (p.acceptq_full != 0 || acceptq_full_now || ev.queue.max(queue) >= ev.backlog)
+        && (OFF_SK_DROPS.load() == 0 || listen_drops(p.sk) != p.drops)
     {
         // Kernels without SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (6.1 has none in its BTF) free
         // an overflowing final ACK unlabelled: tcp_check_req() returns NULL at listen_overflow
         // and tcp_v4_rcv()/tcp_v6_rcv() discard it (NOT_SPECIFIED). A final ACK that made no
         // child and was freed, not consumed, while the accept queue was full at either look, is
-        // that drop (sk_acceptq_is_full(), the same bracket as a SYN's above).
+        // that drop (sk_acceptq_is_full(), the same bracket as a SYN's above) — if the
+        // listener's sk_drops moved since the ACK arrived: tcp_v4/v6_syn_recv_sock()'s
+        // exit_overflow ends in tcp_listendrop(), on this CPU before the free, so a true drop
+        // always moves it. An ACK that found no request socket and was reset from the LISTEN
+        // state (tcp_v4_do_rcv(): reset + discard) does not, unless another CPU dropped a
+        // packet of this listener meanwhile; one that tcp_check_req() turned away for another
+        // reason still does (tcp_v4_rcv()'s discard_and_relse: sk_drops_add() on the
+        // listener). One such ACK made a 6.1 run count 270 for the kernel's 269.
         kind::ACK_DROP
     } else if freed == FREED_LISTEN_OVERFLOW || freed == FREED_NO_SOCKET {
         // NO_SOCKET on a listener's ACK comes from cookie_v4/v6_check() when

@@ -174,8 +174,13 @@ impl Tracer {
             }
         });
         // A hang guard, not a timing assert: tcpq verifies its programs in ~1 s here, but in
-        // most of a minute under qemu's TCG (the kernel matrix), longer while it shares the CPUs.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // most of a minute under qemu's TCG (the kernel matrix), longer while it shares the CPUs
+        // with another VM. TCPQ_TEST_START_SECS overrides the wait.
+        let wait = std::env::var("TCPQ_TEST_START_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120);
+        let deadline = Instant::now() + Duration::from_secs(wait);
         let mut stderr_lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -434,6 +439,8 @@ pub fn nft_in(ns: &Netns, script: &str) {
 pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value) {
     let unseen =
         summary["unresolved"].as_u64().unwrap_or(0) + summary["missed_runs"].as_u64().unwrap_or(0);
+    // Shown with --nocapture (the VM runs): the counts behind a pass, not only a failure's.
+    eprintln!("count: {what}: tcpq {tcpq}, kernel {kernel}, unseen {unseen}");
     if unseen == 0 {
         assert_eq!(tcpq, kernel, "{what}: tcpq vs the kernel's counter");
     } else {

@@ -1215,6 +1215,16 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
         .unwrap_or(0) as u32;
     globals.push(("RSN_LISTEN_OVERFLOW", overflow_reason));
+    // Without that reason (6.1) a final ACK freed unlabelled while the accept queue was full
+    // counts as an overflow only if the listener's sk_drops moved meanwhile (tcp_listendrop()
+    // in tcp_v4/v6_syn_recv_sock()); the programs read it only when this is set. Optional:
+    // unresolved, the ACK is judged by the queue alone, as before.
+    let sk_drops = if overflow_reason == 0 {
+        kbtf.offset_of("sock.sk_drops").unwrap_or(0)
+    } else {
+        0
+    };
+    globals.push(("OFF_SK_DROPS", sk_drops));
     let no_socket_reason = kbtf
         .enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
         .unwrap_or(0) as u32;
