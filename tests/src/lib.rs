@@ -560,6 +560,14 @@ const TCPQ_PROGRAMS: &[&str] = &[
     "accept_enter",
     "accept_exit4",
     "accept_exit",
+    // The fentry/kprobe alternatives of the syscall hooks (kernels that allow them).
+    "accept_fentry",
+    "accept_fexit",
+    "connect_fentry",
+    "connect_fexit",
+    "listen_fentry",
+    "listen_kprobe",
+    "accept_count_fexit",
 ];
 
 /// One attachment of a tcpq program, as the kernel lists it.

@@ -744,7 +744,7 @@ impl AcceptTotalsReader {
             };
             let before = self.last.get(&key).copied().unwrap_or_default();
             if now.accepts == before.accepts {
-                if !std::path::Path::new(&format!("/proc/{}", key.tgid)).exists() {
+                if !procs::alive(key.tgid) {
                     let _ = self.map.remove(&key);
                     self.last.remove(&key);
                 }

@@ -25,6 +25,11 @@ pub fn nofile_limit(pid: u32) -> Option<u64> {
     }
 }
 
+/// Whether process `pid` exists (its /proc entry; an exited one's kernel state can go).
+pub fn alive(pid: u32) -> bool {
+    Process::new(pid as i32).is_ok()
+}
+
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
