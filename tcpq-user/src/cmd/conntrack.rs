@@ -13,6 +13,7 @@ use tcpq_common::{drop as d, names};
 
 use super::trace_connect::PidFilter;
 use crate::{
+    cli::{ConntrackArgs, TraceConntrackArgs, TraceDropsArgs},
     connect::model::LineBudget,
     conntrack::{
         CtEvidence, NfDrop, decode_drop, diagnose_conntrack, drop_kind, parse_entries, parse_stat,
@@ -241,14 +242,6 @@ pub fn ct_in_use(active: &RefCell<std::collections::HashSet<u32>>, ns: u32, has_
     false
 }
 
-#[derive(Debug, Clone)]
-pub struct TraceConntrackArgs {
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
-
 type DropKey = (u32, u32, std::net::IpAddr, u16);
 
 /// The PROCESS column of a drop line: `pid/comm` and its pod and container, `-` when unknown.
@@ -266,7 +259,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -282,7 +275,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let kinds: RefCell<BTreeMap<(u32, &'static str), u64>> = RefCell::new(BTreeMap::new());
     let dir = RefCell::new(ListenerDirectory::new());
     let budget: RefCell<LineBudget<DropKey, &'static str>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+        RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let started = Instant::now();
     let header = std::cell::Cell::new(false);
     let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
@@ -302,7 +295,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 .borrow_mut()
                 .identities
                 .get(pid, comm.as_deref().unwrap_or(""));
-            if args.json {
+            if args.out.json {
                 emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
                 emit(format!(
@@ -349,7 +342,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         if !print {
             return;
         }
-        if args.json {
+        if args.out.json {
             emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
                 "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
@@ -430,7 +423,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             // (seen on 6.18 in ~1 of 25 lab runs, 1–12 of ~480; an independent bpftrace
             // counter on the same tracepoint misses the same ones): shown, never hidden.
             let untraced = delta("drop").saturating_sub(tf);
-            if args.json {
+            if args.out.json {
                 emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
             } else {
                 emit(format!(
@@ -457,8 +450,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,
@@ -470,13 +463,6 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     )?;
     drop(loaded);
     Ok(())
-}
-
-#[derive(Debug, Clone)]
-pub struct ConntrackArgs {
-    pub pid: Option<String>,
-    pub duration: Duration,
-    pub json: bool,
 }
 
 pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
@@ -624,14 +610,6 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
     Ok(0)
 }
 
-#[derive(Debug, Clone)]
-pub struct TraceDropsArgs {
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
-
 /// Drop-reason names of the running kernel (`enum skb_drop_reason`, prefix stripped).
 pub fn drop_reason_names() -> HashMap<u32, String> {
     let path = crate::kernel::env::btf_path();
@@ -675,7 +653,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let n_reasons = reasons.len();
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -687,13 +665,13 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
     let budget: RefCell<LineBudget<ReasonKey, u32>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+        RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let dir = RefCell::new(ListenerDirectory::new());
     let started = Instant::now();
     let header = std::cell::Cell::new(false);
     let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
         for (second, (ns, _, daddr, dport), reason, n) in lines {
-            if args.json {
+            if args.out.json {
                 emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
                 emit(format!(
@@ -730,7 +708,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         if !print {
             return;
         }
-        if args.json {
+        if args.out.json {
             emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
                 "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
@@ -772,7 +750,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         let missed = loaded.missed_runs();
         let dur = started.elapsed().as_secs_f64();
         let r = by_reason.borrow();
-        if args.json {
+        if args.out.json {
             emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
         } else {
             let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -789,8 +767,8 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::Write as _,
     net::IpAddr,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Result;
@@ -17,6 +17,7 @@ use tcpq_common::{InAccept, names};
 use super::trace_connect::PidFilter;
 use crate::{
     accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
+    cli::TraceAcceptArgs,
     connect::model::LineBudget,
     kernel::probe::{self, Family, LoadOptions},
     listen::owner::app_of_owners,
@@ -27,16 +28,6 @@ use crate::{
         procs,
     },
 };
-
-#[derive(Debug, Clone)]
-pub struct TraceAcceptArgs {
-    pub pid: Option<String>,
-    pub port: Option<u16>,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
 
 type ListenerId = (u32, IpAddr, u16);
 
@@ -105,7 +96,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
     )?;
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
+    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -120,7 +111,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
     let fds: RefCell<HashMap<ListenerId, HashSet<(u32, u32)>>> = RefCell::new(HashMap::new());
     let budget: RefCell<LineBudget<ListenerId, &'static str>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+        RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let dir = RefCell::new(ListenerDirectory::new());
     // Each acceptor's pod and container, resolved at its first accept.
     let ids = RefCell::new(Identities::new());
@@ -129,7 +120,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let header = std::cell::Cell::new(false);
     let print_aggregates = |lines: Vec<(u64, ListenerId, &'static str, u64)>| {
         for (second, (ns, laddr, lport), what, n) in lines {
-            if args.json {
+            if args.out.json {
                 emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
             } else {
                 emit(format!(
@@ -169,7 +160,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             return;
         }
         let id = ids.borrow_mut().get(e.tgid, &e.comm);
-        if args.json {
+        if args.out.json {
             emit(accepted_json(&clock, &e, &id).to_string());
         } else {
             if !header.replace(true) {
@@ -256,7 +247,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             };
             let findings = diagnose_accept(&ev);
             let q = s.wait_quantiles();
-            if args.json {
+            if args.out.json {
                 emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
                     "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
                     "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
@@ -298,8 +289,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,

@@ -13,6 +13,7 @@ use serde_json::json;
 use tcpq_common::{connect as c, names};
 
 use crate::{
+    cli::TraceConnectArgs,
     connect::{
         ConnectOutcome, decode_connect,
         model::{ConnectAggregator, ConnectKey, ConnectStats, LineBudget},
@@ -71,17 +72,6 @@ impl PidFilter {
     pub fn matches(&self, tgid: u32, comm: &str) -> bool {
         self.pids.contains(&tgid) || self.name.as_deref().is_some_and(|n| n == comm)
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct TraceConnectArgs {
-    pub pid: Option<String>,
-    pub dst: Option<String>,
-    pub failed: bool,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
 }
 
 /// Exact kernel-side totals.
@@ -312,7 +302,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
     let clock = Clock::new();
-    let out = std::cell::RefCell::new(crate::outbox::Lines::stdout(args.json)?);
+    let out = std::cell::RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
     let emit = |line: String| {
         let mut o = out.borrow_mut();
         if o.write_all(line.as_bytes())
@@ -325,7 +315,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let budget: std::cell::RefCell<LineBudget<ConnectKey, String>> =
-        std::cell::RefCell::new(LineBudget::new(args.lines_per_sec));
+        std::cell::RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let started = Instant::now();
     let window_start = std::cell::Cell::new(Instant::now());
     let header = std::cell::Cell::new(false);
@@ -340,7 +330,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
             let id = ids.borrow_mut().get(k.tgid, &comm);
-            if args.json {
+            if args.out.json {
                 let cause = match result.as_str() {
                     "ok" => serde_json::Value::Null,
                     "EADDRNOTAVAIL" => json!("ports_exhausted"),
@@ -389,7 +379,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .admit(o.ts_ns / 1_000_000_000, &key, &o.result.id());
         print_aggregates(flushed);
         if print {
-            if args.json {
+            if args.out.json {
                 emit(outcome_json(&clock, o, &id).to_string());
             } else {
                 if !header.replace(true) {
@@ -416,7 +406,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         } else {
             (window_start.get().elapsed().as_secs_f64(), window.borrow())
         };
-        if args.json {
+        if args.out.json {
             let rows: Vec<_> = a
                 .ranked()
                 .into_iter()
@@ -467,8 +457,8 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         )
     };
     session.run(
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_event,
         on_tick,
         on_summary,

@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::Write as _,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -11,6 +11,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use tcpq_common::names;
 
 use crate::{
+    cli::TraceOverflowArgs,
     decode::{ListenRecord, OverflowEvent, decode_listen},
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     listen::{
@@ -23,16 +24,6 @@ use crate::{
     output::{self, Clock, ListenerSummary},
     snapshot::{counters, netns, procs},
 };
-
-#[derive(Debug, Clone)]
-pub struct TraceOverflowArgs {
-    pub port: Option<u16>,
-    pub pid: Option<String>,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
 
 struct Tracer {
     args: TraceOverflowArgs,
@@ -132,7 +123,7 @@ impl Tracer {
         let (flushed, admit) = self.limiter.admit(ev.ts_ns / 1_000_000_000, &ev);
         self.print_aggregates(flushed);
         if admit == Admit::Print {
-            if self.args.json {
+            if self.args.out.json {
                 let v = output::event_json(&self.clock, &ev, info.as_deref());
                 self.emit(v.to_string());
             } else {
@@ -172,7 +163,7 @@ impl Tracer {
             let info = self
                 .dir
                 .lookup(l.key.netns, l.key.cookie, l.key.laddr, l.key.lport);
-            let s = if self.args.json {
+            let s = if self.args.out.json {
                 output::aggregate_json(&self.clock, &l, info.as_deref()).to_string()
             } else {
                 output::aggregate_text(&self.clock, &l, info.as_deref())
@@ -326,7 +317,7 @@ impl Tracer {
                 findings: f.clone(),
             })
             .collect();
-        let text = if self.args.json {
+        let text = if self.args.out.json {
             output::summary_json(
                 &self.clock,
                 Clock::now_mono_ns(),
@@ -430,10 +421,10 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
     let t = std::cell::RefCell::new(Tracer {
         clock: Clock::new(),
-        out: crate::outbox::Lines::stdout(args.json)?,
+        out: crate::outbox::Lines::stdout(args.out.json)?,
         dir: ListenerDirectory::new(),
         agg: OverflowAggregator::new(10_000),
-        limiter: LineLimiter::new(args.lines_per_sec),
+        limiter: LineLimiter::new(args.out.lines_per_sec),
         pid_filter,
         host_netns: netns::current().unwrap_or(0),
         started: Instant::now(),
@@ -456,8 +447,8 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     }
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         |bytes| t.borrow_mut().handle(bytes),
         || t.borrow_mut().tick(),
         |final_run| {
