@@ -3,7 +3,6 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    io::Write as _,
     time::{Duration, Instant},
 };
 
@@ -12,6 +11,7 @@ use serde_json::json;
 use tcpq_common::{drop as d, names};
 
 use super::trace_connect::PidFilter;
+use super::trace_out::TraceOut;
 use crate::{
     cli::{ConntrackArgs, TraceConntrackArgs, TraceDropsArgs},
     connect::model::LineBudget,
@@ -259,16 +259,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     // Per namespace: the first snapshot (for stat deltas), the latest count/max sample, counts.
     let first: RefCell<HashMap<u32, CtSnapshot>> = RefCell::new(HashMap::new());
     let sample: RefCell<HashMap<u32, (u64, u64)>> = RefCell::new(HashMap::new());
@@ -277,7 +268,6 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let budget: RefCell<LineBudget<DropKey, &'static str>> =
         RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let started = Instant::now();
-    let header = std::cell::Cell::new(false);
     let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
     let active: RefCell<std::collections::HashSet<u32>> =
         RefCell::new(std::collections::HashSet::new());
@@ -296,9 +286,9 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 .identities
                 .get(pid, comm.as_deref().unwrap_or(""));
             if args.out.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {kind}×{n} → {}  pid {pid}{}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     endpoint(daddr, dport),
@@ -343,7 +333,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             return;
         }
         if args.out.json {
-            emit(json!({
+            out.emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
                 "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
                 "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
@@ -353,10 +343,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 "ct_count": count, "ct_max": max,
             }).to_string());
         } else {
-            if !header.replace(true) {
-                emit("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS".into());
-            }
-            emit(format!(
+            out.header_once("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS");
+            out.emit(format!(
                 "{:<16} {:<11} {:<11} {:<4} {:<6} {:<22} {:<22} {:<14} {}",
                 clock.short(e.ts_ns),
                 e.netns,
@@ -382,7 +370,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 sample.borrow_mut().insert(ns, (s.count, s.max));
             }
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let on_summary = |final_run: bool| {
         if final_run {
@@ -424,9 +412,9 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             // counter on the same tracepoint misses the same ones): shown, never hidden.
             let untraced = delta("drop").saturating_sub(tf);
             if args.out.json {
-                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}{}, early_drop +{}) · count {}/{} · lost events {lost}, missed runs {missed}, unparsed {unparsed}",
                     delta("drop"),
                     if untraced > 0 {
@@ -439,14 +427,14 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                     now.max
                 ));
                 for f in findings {
-                    emit(format!("    cause {}: {}", f.cause, f.text));
+                    out.emit(format!("    cause {}: {}", f.cause, f.text));
                     for fix in f.fix {
-                        emit(format!("      fix: {fix}"));
+                        out.emit(format!("      fix: {fix}"));
                     }
                 }
             }
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,
@@ -653,28 +641,18 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let n_reasons = reasons.len();
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
     let budget: RefCell<LineBudget<ReasonKey, u32>> =
         RefCell::new(LineBudget::new(args.out.lines_per_sec));
     let dir = RefCell::new(ListenerDirectory::new());
     let started = Instant::now();
-    let header = std::cell::Cell::new(false);
     let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
         for (second, (ns, _, daddr, dport), reason, n) in lines {
             if args.out.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {}×{n} → {}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     name(reason),
@@ -709,7 +687,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
             return;
         }
         if args.out.json {
-            emit(json!({
+            out.emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
                 "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
                 "pod": id.pod, "container": id.container,
@@ -718,10 +696,8 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 "tcp_flags": e.tcp_flags,
             }).to_string());
         } else {
-            if !header.replace(true) {
-                emit("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS".into());
-            }
-            emit(format!(
+            out.header_once("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS");
+            out.emit(format!(
                 "{:<16} {:<11} {:<26} {:<4} {:<22} {:<22} {}",
                 clock.short(e.ts_ns),
                 e.netns,
@@ -738,7 +714,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
             .borrow_mut()
             .flush_until(Clock::now_mono_ns() / 1_000_000_000);
         print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let on_summary = |final_run: bool| {
         if final_run {
@@ -751,10 +727,10 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         let dur = started.elapsed().as_secs_f64();
         let r = by_reason.borrow();
         if args.out.json {
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
+            out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
         } else {
             let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            emit(format!(
+            out.emit(format!(
                 "── drops over {dur:.1} s: {} ── lost events: {lost}, missed runs: {missed}, unparsed: {unparsed}",
                 if parts.is_empty() {
                     "none".into()
@@ -763,7 +739,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 }
             ));
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,

@@ -4,9 +4,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, HashSet},
-    io::Write as _,
     net::IpAddr,
-    time::Instant,
 };
 
 use anyhow::Result;
@@ -15,6 +13,7 @@ use serde_json::json;
 use tcpq_common::{InAccept, names};
 
 use super::trace_connect::PidFilter;
+use super::trace_out::{TraceOut, Windows};
 use crate::{
     accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
     cli::TraceAcceptArgs,
@@ -96,16 +95,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
     )?;
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let total: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
     let window: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
     // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
@@ -115,15 +105,13 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let dir = RefCell::new(ListenerDirectory::new());
     // Each acceptor's pod and container, resolved at its first accept.
     let ids = RefCell::new(Identities::new());
-    let started = Instant::now();
-    let window_start = std::cell::Cell::new(Instant::now());
-    let header = std::cell::Cell::new(false);
+    let windows = Windows::start();
     let print_aggregates = |lines: Vec<(u64, ListenerId, &'static str, u64)>| {
         for (second, (ns, laddr, lport), what, n) in lines {
             if args.out.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {}  {what}×{n}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     endpoint(laddr, lport)
@@ -161,12 +149,10 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         }
         let id = ids.borrow_mut().get(e.tgid, &e.comm);
         if args.out.json {
-            emit(accepted_json(&clock, &e, &id).to_string());
+            out.emit(accepted_json(&clock, &e, &id).to_string());
         } else {
-            if !header.replace(true) {
-                emit(ACCEPT_HEADER.into());
-            }
-            emit(accepted_text(&clock, &e, &id));
+            out.header_once(ACCEPT_HEADER);
+            out.emit(accepted_text(&clock, &e, &id));
         }
     };
     let on_tick = || {
@@ -174,7 +160,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .borrow_mut()
             .flush_until(Clock::now_mono_ns() / 1_000_000_000);
         print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let on_summary = |final_run: bool| {
         if final_run {
@@ -185,13 +171,11 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         let mut idle_now: Option<HashMap<(u32, u32), u64>> = None;
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
         let missed = loaded.missed_runs();
-        let (dur, stats) = if final_run {
-            (started.elapsed().as_secs_f64(), total.borrow().clone())
+        let dur = windows.seconds(final_run);
+        let stats = if final_run {
+            total.borrow().clone()
         } else {
-            (
-                window_start.get().elapsed().as_secs_f64(),
-                window.borrow().clone(),
-            )
+            window.borrow().clone()
         };
         for ((ns, laddr, lport), s) in &stats {
             let info = dir.borrow_mut().lookup(*ns, 0, *laddr, *lport);
@@ -248,13 +232,13 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             let findings = diagnose_accept(&ev);
             let q = s.wait_quantiles();
             if args.out.json {
-                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
+                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
                     "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
                     "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
                     "acceptors": s.acceptors.keys().collect::<Vec<_>>(), "holders": holders.iter().map(|o| o.pid).collect::<Vec<_>>(), "idle_acceptors": idle,
                     "lost_events": lost, "missed_runs": missed, "causes": findings}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}, lost events {lost}, missed runs {missed}",
                     endpoint(*laddr, *lport),
                     s.accepts,
@@ -274,18 +258,18 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                     idle.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
                 ));
                 for f in findings {
-                    emit(format!("    cause {}: {}", f.cause, f.text));
+                    out.emit(format!("    cause {}: {}", f.cause, f.text));
                     for fix in f.fix {
-                        emit(format!("      fix: {fix}"));
+                        out.emit(format!("      fix: {fix}"));
                     }
                 }
             }
         }
         if !final_run {
             window.borrow_mut().clear();
-            window_start.set(Instant::now());
+            windows.next();
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,

@@ -1,17 +1,13 @@
 //! `tcpq trace connect`: every outbound connect outcome (result, source port, time in the
 //! syscall, handshake latency, SYN retransmits), and the shared collector used by `tcpq ports`.
-use std::{
-    collections::HashSet,
-    io::Write as _,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, PerCpuArray};
 use serde_json::json;
 use tcpq_common::{connect as c, names};
 
+use super::trace_out::{TraceOut, Windows};
 use crate::{
     cli::TraceConnectArgs,
     connect::{
@@ -302,23 +298,12 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
     let clock = Clock::new();
-    let out = std::cell::RefCell::new(crate::outbox::Lines::stdout(args.out.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let budget: std::cell::RefCell<LineBudget<ConnectKey, String>> =
         std::cell::RefCell::new(LineBudget::new(args.out.lines_per_sec));
-    let started = Instant::now();
-    let window_start = std::cell::Cell::new(Instant::now());
-    let header = std::cell::Cell::new(false);
+    let windows = Windows::start();
     // Each process's pod and container, resolved at its first connect.
     let ids = std::cell::RefCell::new(Identities::new());
     let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
@@ -336,9 +321,9 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                     "EADDRNOTAVAIL" => json!("ports_exhausted"),
                     _ => json!("connect_failures"),
                 };
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "pod": id.pod, "container": id.container, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "pod": id.pod, "container": id.container, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second{}",
                     format!(
                         "{} +1s",
@@ -380,12 +365,10 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         print_aggregates(flushed);
         if print {
             if args.out.json {
-                emit(outcome_json(&clock, o, &id).to_string());
+                out.emit(outcome_json(&clock, o, &id).to_string());
             } else {
-                if !header.replace(true) {
-                    emit(CONNECT_HEADER.into());
-                }
-                emit(outcome_text(&clock, o, &id));
+                out.header_once(CONNECT_HEADER);
+                out.emit(outcome_text(&clock, o, &id));
             }
         }
     };
@@ -394,17 +377,18 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
             .borrow_mut()
             .flush_until(Clock::now_mono_ns() / 1_000_000_000);
         print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let on_summary = |t: &ConnectTotals, final_run: bool| {
         if final_run {
             let lines = budget.borrow_mut().flush_all();
             print_aggregates(lines);
         }
-        let (dur, a) = if final_run {
-            (started.elapsed().as_secs_f64(), agg.borrow())
+        let dur = windows.seconds(final_run);
+        let a = if final_run {
+            agg.borrow()
         } else {
-            (window_start.get().elapsed().as_secs_f64(), window.borrow())
+            window.borrow()
         };
         if args.out.json {
             let rows: Vec<_> = a
@@ -412,9 +396,9 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .into_iter()
                 .map(|(k, s)| stats_json(k, s, dur, &ids.borrow_mut().get(k.tgid, &s.comm)))
                 .collect();
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
+            out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
-            emit(format!(
+            out.emit(format!(
                 "── connect summary over {dur:.1} s ── kernel counted: ok {}, refused {}, timeout {}, EADDRNOTAVAIL {}, other {}, SYN retransmits {} ── lost events: {}, missed runs: {}",
                 t.ok,
                 t.refused,
@@ -426,7 +410,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 t.missed_runs
             ));
             for (k, s) in a.ranked() {
-                emit(stats_text(
+                out.emit(stats_text(
                     k,
                     s,
                     dur,
@@ -437,9 +421,9 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         drop(a);
         if !final_run {
             window.borrow_mut().clear();
-            window_start.set(Instant::now());
+            windows.next();
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let hooks = session.hooks_line();
     let ready = || {
