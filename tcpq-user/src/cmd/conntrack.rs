@@ -11,10 +11,9 @@ use serde_json::json;
 use tcpq_common::{drop as d, names};
 
 use super::trace_connect::PidFilter;
-use super::trace_out::TraceOut;
+use super::trace_out::{Budget, TraceOut};
 use crate::{
     cli::{ConntrackArgs, TraceConntrackArgs, TraceDropsArgs},
-    connect::model::LineBudget,
     conntrack::{
         CtEvidence, NfDrop, decode_drop, diagnose_conntrack, drop_kind, parse_entries, parse_stat,
         proto_name, top_consumers,
@@ -265,8 +264,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let sample: RefCell<HashMap<u32, (u64, u64)>> = RefCell::new(HashMap::new());
     let kinds: RefCell<BTreeMap<(u32, &'static str), u64>> = RefCell::new(BTreeMap::new());
     let dir = RefCell::new(ListenerDirectory::new());
-    let budget: RefCell<LineBudget<DropKey, &'static str>> =
-        RefCell::new(LineBudget::new(args.out.lines_per_sec));
+    let budget: Budget<DropKey, &'static str> = Budget::new(args.out.lines_per_sec);
     let started = Instant::now();
     let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
     let active: RefCell<std::collections::HashSet<u32>> =
@@ -325,9 +323,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         // Resolved at the process's first drop, while it is alive (its aggregated lines come later).
         let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: DropKey = (e.netns, pid, e.daddr, e.dport);
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &key, &kind);
+        let (flushed, print) = budget.admit(e.ts_ns, &key, &kind);
         print_aggregates(flushed);
         if !print {
             return;
@@ -359,10 +355,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
+        print_aggregates(budget.due());
         let nss: Vec<u32> = first.borrow().keys().copied().collect();
         for ns in nss {
             let s = snapshot_in(ns, false);
@@ -373,10 +366,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         let dur = started.elapsed().as_secs_f64();
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
@@ -426,12 +416,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                     now.count,
                     now.max
                 ));
-                for f in findings {
-                    out.emit(format!("    cause {}: {}", f.cause, f.text));
-                    for fix in f.fix {
-                        out.emit(format!("      fix: {fix}"));
-                    }
-                }
+                out.causes(findings);
             }
         }
         out.flush();
@@ -643,8 +628,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     let clock = Clock::new();
     let out = TraceOut::stdout(args.out.json)?;
     let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
-    let budget: RefCell<LineBudget<ReasonKey, u32>> =
-        RefCell::new(LineBudget::new(args.out.lines_per_sec));
+    let budget: Budget<ReasonKey, u32> = Budget::new(args.out.lines_per_sec);
     let dir = RefCell::new(ListenerDirectory::new());
     let started = Instant::now();
     let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
@@ -679,9 +663,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         };
         let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &key, &e.reason);
+        let (flushed, print) = budget.admit(e.ts_ns, &key, &e.reason);
         print_aggregates(flushed);
         if !print {
             return;
@@ -710,17 +692,11 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
+        print_aggregates(budget.due());
         out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();

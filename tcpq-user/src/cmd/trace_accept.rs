@@ -13,11 +13,10 @@ use serde_json::json;
 use tcpq_common::{InAccept, names};
 
 use super::trace_connect::PidFilter;
-use super::trace_out::{TraceOut, Windows};
+use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
     accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
     cli::TraceAcceptArgs,
-    connect::model::LineBudget,
     kernel::probe::{self, Family, LoadOptions},
     listen::owner::app_of_owners,
     listen::resolve::ListenerDirectory,
@@ -100,8 +99,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let window: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
     // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
     let fds: RefCell<HashMap<ListenerId, HashSet<(u32, u32)>>> = RefCell::new(HashMap::new());
-    let budget: RefCell<LineBudget<ListenerId, &'static str>> =
-        RefCell::new(LineBudget::new(args.out.lines_per_sec));
+    let budget: Budget<ListenerId, &'static str> = Budget::new(args.out.lines_per_sec);
     let dir = RefCell::new(ListenerDirectory::new());
     // Each acceptor's pod and container, resolved at its first accept.
     let ids = RefCell::new(Identities::new());
@@ -140,9 +138,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .or_default()
             .insert((e.tgid, e.listen_fd));
         let what = if e.result.is_ok() { "ok" } else { "error" };
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &id, &what);
+        let (flushed, print) = budget.admit(e.ts_ns, &id, &what);
         print_aggregates(flushed);
         if !print {
             return;
@@ -156,17 +152,11 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
+        print_aggregates(budget.due());
         out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         // The array walk (65,536 slots) only when a listener's holders are unknown.
         let mut idle_now: Option<HashMap<(u32, u32), u64>> = None;
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
@@ -257,12 +247,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                     holders.len(),
                     idle.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
                 ));
-                for f in findings {
-                    out.emit(format!("    cause {}: {}", f.cause, f.text));
-                    for fix in f.fix {
-                        out.emit(format!("      fix: {fix}"));
-                    }
-                }
+                out.causes(findings);
             }
         }
         if !final_run {

@@ -7,12 +7,12 @@ use aya::maps::{MapData, PerCpuArray};
 use serde_json::json;
 use tcpq_common::{connect as c, names};
 
-use super::trace_out::{TraceOut, Windows};
+use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
     cli::TraceConnectArgs,
     connect::{
         ConnectOutcome, decode_connect,
-        model::{ConnectAggregator, ConnectKey, ConnectStats, LineBudget},
+        model::{ConnectAggregator, ConnectKey, ConnectStats},
     },
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     output::{Clock, endpoint},
@@ -301,8 +301,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let out = TraceOut::stdout(args.out.json)?;
     let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
-    let budget: std::cell::RefCell<LineBudget<ConnectKey, String>> =
-        std::cell::RefCell::new(LineBudget::new(args.out.lines_per_sec));
+    let budget: Budget<ConnectKey, String> = Budget::new(args.out.lines_per_sec);
     let windows = Windows::start();
     // Each process's pod and container, resolved at its first connect.
     let ids = std::cell::RefCell::new(Identities::new());
@@ -358,10 +357,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         window.borrow_mut().record(o);
         let id = ids.borrow_mut().get(o.tgid, &o.comm);
         let key = ConnectKey::of(o);
-        let (flushed, print) =
-            budget
-                .borrow_mut()
-                .admit(o.ts_ns / 1_000_000_000, &key, &o.result.id());
+        let (flushed, print) = budget.admit(o.ts_ns, &key, &o.result.id());
         print_aggregates(flushed);
         if print {
             if args.out.json {
@@ -373,17 +369,11 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
+        print_aggregates(budget.due());
         out.flush();
     };
     let on_summary = |t: &ConnectTotals, final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         let dur = windows.seconds(final_run);
         let a = if final_run {
             agg.borrow()

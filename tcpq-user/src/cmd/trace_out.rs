@@ -1,15 +1,17 @@
 //! What every `trace` command writes with: its stdout (`TraceOut`: lines that never block, the
-//! text header once, a quiet end when the reader has gone) and its summaries' time spans
-//! (`Windows`: the whole run, or the window since the last summary).
+//! text header once, a quiet end when the reader has gone), its line budget (`Budget`: which
+//! events get a line, the aggregates due each second) and its summaries' time spans (`Windows`:
+//! the whole run, or the window since the last summary).
 use std::{
     cell::{Cell, RefCell},
+    hash::Hash,
     io::Write as _,
     time::Instant,
 };
 
 use anyhow::Result;
 
-use crate::outbox::Lines;
+use crate::{connect::model::LineBudget, listen::diagnose::Finding, outbox::Lines, output::Clock};
 
 /// A trace command's stdout, shared by its event, tick and summary callbacks.
 pub struct TraceOut {
@@ -45,10 +47,61 @@ impl TraceOut {
         }
     }
 
+    /// A summary's causes, each with its fixes, under the summary line.
+    pub fn causes(&self, findings: Vec<Finding>) {
+        for f in findings {
+            self.emit(format!("    cause {}: {}", f.cause, f.text));
+            for fix in f.fix {
+                self.emit(format!("      fix: {fix}"));
+            }
+        }
+    }
+
     /// Hands the lines written so far to the writer (each tick, after each summary). A failure
     /// is the reader gone: the next `emit` ends tcpq.
     pub fn flush(&self) {
         let _ = self.lines.borrow_mut().flush();
+    }
+}
+
+/// Aggregate lines as `LineBudget` returns them: (second, key, class, events).
+pub type Aggregates<K, C> = Vec<(u64, K, C, u64)>;
+
+/// A trace command's `LineBudget` (`--lines-per-sec` per key), shared by its callbacks. Each
+/// call returns the aggregate lines now due, for the command to print.
+pub struct Budget<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> {
+    inner: RefCell<LineBudget<K, C>>,
+}
+
+impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> Budget<K, C> {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            inner: RefCell::new(LineBudget::new(per_second)),
+        }
+    }
+
+    /// An event at `ts_ns` (monotonic): the aggregates of the seconds it ends, and whether the
+    /// event gets its own line.
+    pub fn admit(&self, ts_ns: u64, key: &K, class: &C) -> (Aggregates<K, C>, bool) {
+        self.inner
+            .borrow_mut()
+            .admit(ts_ns / 1_000_000_000, key, class)
+    }
+
+    /// Each tick: the aggregates of the seconds over by now.
+    pub fn due(&self) -> Aggregates<K, C> {
+        self.inner
+            .borrow_mut()
+            .flush_until(Clock::now_mono_ns() / 1_000_000_000)
+    }
+
+    /// At a summary: the final one takes every aggregate left, the others none.
+    pub fn at_summary(&self, final_run: bool) -> Aggregates<K, C> {
+        if final_run {
+            self.inner.borrow_mut().flush_all()
+        } else {
+            Vec::new()
+        }
     }
 }
 
