@@ -1,12 +1,49 @@
-//! Command line: argument definitions and validation (bad input → one line, exit 2).
+//! Command line: argument definitions and validation (bad input → one line, exit 2). Each
+//! subcommand has its options type, handed as parsed to its `run` (`cmd::…`, `lab`); the options
+//! several commands share are flattened in (`TraceOutput`, `IdleArgs`, `TierArgs`). This module
+//! imports no command: the commands import their options from here.
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::lab::LabName;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabName {
+    /// Accept-queue overflow on loopback: final ACKs dropped (`ack`), then SYNs (`syn`).
+    Overflow,
+    /// SYN queue full: a client over veth whose final ACKs are lost (`synq` or `cookie`).
+    Synflood,
+    /// Ephemeral ports exhausted: 16 ports, a client that closes first (TIME_WAIT), EADDRNOTAVAIL.
+    Ports,
+    /// Conntrack table full: a `ct state` rule, nf_conntrack_max lowered (restored on exit), a
+    /// connect storm; plus a few connects dropped by a plain rule.
+    Conntrack,
+    /// A server that accepts one connection every 100 ms under a burst of 50 connects.
+    SlowAccept,
+    /// Five blocking worker processes holding each connection 3 s, under 100 clients.
+    Workers,
+    /// A server that never closes connections its clients closed (CLOSE_WAIT).
+    CloseWait,
+    /// A silent upstream: `--clients` processes (`tcpq-client`) sent a request it acknowledged
+    /// and never answered; one `tcpq-pooled` process got its answer and keeps the connection
+    /// idle; the server's own accepted sockets sit idle too.
+    StaleUpstream,
+    /// A destination refusing connects from several source addresses: the lab process first
+    /// connects from each while it listens (TIME_WAIT per source), then a `tcpq-client` process
+    /// is refused from the same `--clients` sources (127.0.0.2…) at `--rate` per second.
+    FailingUpstream,
+    /// Debian's nginx (/usr/sbin/nginx) with `worker_processes 1; worker_connections 32;` under
+    /// `--clients` (default 200) connections that send the start of a request at once and hold
+    /// on: nginx accepts past its cap and closes them unread ("worker_connections are not
+    /// enough"), the kernel resets them (TCPAbortOnClose). Dropped clients reconnect every
+    /// 200 ms.
+    ConnectionLimit,
+    /// A SYN storm from a million distinct clients (raw packets, one sender per CPU) at a
+    /// listener whose accept queue is full: every SYN is refused (collector throughput).
+    Storm,
+}
 
-/// `tcpq lab` arguments.
+/// `tcpq lab` arguments (the lab's defaults per incident: `lab`'s `impl LabArgs`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
     /// Which incident.
@@ -76,34 +113,6 @@ fn parse_process_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-impl LabArgs {
-    /// The listen() backlog: given, or the lab's default (small enough to overflow at once).
-    pub fn backlog(&self) -> u32 {
-        self.backlog.unwrap_or(match self.name {
-            LabName::Overflow => 4,
-            LabName::Synflood => 16,
-            LabName::Ports => 1024,
-            LabName::Conntrack => 4096,
-            // Their bursts (50 and 100 clients) fill the queue past half its limit without a
-            // refusal: a slow application under pressure, not an overflow.
-            LabName::SlowAccept => 64,
-            LabName::Workers => 128,
-            LabName::CloseWait | LabName::StaleUpstream | LabName::FailingUpstream => 256,
-            LabName::Storm => 1,
-            // nginx's own default (NGX_LISTEN_BACKLOG): the queue is not the limit here.
-            LabName::ConnectionLimit => 511,
-        })
-    }
-
-    /// Connection attempts (storm: SYNs) per second: given, or the lab's default.
-    pub fn rate(&self) -> u32 {
-        self.rate.unwrap_or(match self.name {
-            LabName::Storm => 0,
-            _ => 200,
-        })
-    }
-}
-
 /// The stale-ESTABLISHED threshold, shared by `sockets` and `diagnose` (same parsing, same help).
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct IdleArgs {
@@ -155,210 +164,272 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show every kernel hook tcpq uses: attached, available or unavailable, and why.
-    Check {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Stream events live.
-    Trace {
-        #[command(subcommand)]
-        what: TraceWhat,
-    },
+    #[command(subcommand)]
+    Trace(TraceWhat),
     /// Ephemeral ports per destination against the usable range (snapshot; as root also traces
     /// connect() for --duration).
-    Ports {
-        /// Only connections of this process: a pid or a process name (all matches aggregated).
-        #[arg(long)]
-        pid: Option<String>,
-        /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
-        #[arg(long)]
-        dst: Option<String>,
-        /// How long to trace connect() when root (0: snapshot only).
-        #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
-        duration: Duration,
-        /// NDJSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    Ports(PortsArgs),
     /// The conntrack table: headroom, drops (table full vs rules), top consumers, timeouts, fixes.
-    Conntrack {
-        /// Look at this process's network namespace (pid or name).
-        #[arg(long)]
-        pid: Option<String>,
-        /// How long to watch drops (root; 0: snapshot only).
-        #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
-        duration: Duration,
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Conntrack(ConntrackArgs),
     /// Per process: socket states, ESTABLISHED idle too long (stale upstream), CLOSE_WAIT never
     /// closed (with the fds), TIME_WAIT by remote. No root needed for your own processes.
-    Sockets {
-        /// A pid or a process name (default: every process, showing only problems).
-        #[arg(long)]
-        pid: Option<String>,
-        #[command(flatten)]
-        idle: IdleArgs,
-        /// NDJSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    Sockets(SocketsArgs),
     /// Every hook family for --duration, then one report: causes ranked worst first, with evidence
     /// and fixes ("no problem found" and what was checked otherwise).
-    Diagnose {
-        /// How long to collect.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// One JSON report.
-        #[arg(long)]
-        json: bool,
-        /// Exit 1 when a cause fired (for CI of load tests).
-        #[arg(long)]
-        fail_on_cause: bool,
-        #[command(flatten)]
-        idle: IdleArgs,
-        #[command(flatten)]
-        tiers: TierArgs,
-    },
+    Diagnose(DiagnoseArgs),
     /// Live view: causes now, listeners, outbound connects, conntrack (full screen on a TTY;
     /// `-b` or no TTY: plain text frames; `--json`: NDJSON frames).
-    Top {
-        /// Refresh interval.
-        #[arg(short = 'd', long = "delay", default_value = "1s", value_parser = parse_duration)]
-        delay: Duration,
-        /// Batch mode: plain-text frames on stdout, like `top -b`.
-        #[arg(short = 'b', long)]
-        batch: bool,
-        /// NDJSON: one frame object per line.
-        #[arg(long, conflicts_with = "batch")]
-        json: bool,
-        /// Stop after this many frames (batch and JSON modes; default: until interrupted).
-        #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
-        iterations: Option<u64>,
-        #[command(flatten)]
-        tiers: TierArgs,
-    },
+    Top(TopArgs),
     /// Prometheus exporter: /metrics over HTTP (loopback unless told otherwise).
-    Export {
-        /// Address to serve /metrics on.
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        listen: std::net::SocketAddr,
-        /// How often the aggregates are folded into the metrics.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Distinct label values per metric before the rest are summed as `other`.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        top_k: u32,
-        /// Stop after this long (default: until interrupted).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        #[command(flatten)]
-        tiers: TierArgs,
-    },
+    Export(ExportArgs),
     /// Reproduce an incident in network namespaces of its own (root), then clean up.
     Lab(LabArgs),
 }
 
+/// `tcpq check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tcpq ports`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PortsArgs {
+    /// Only connections of this process: a pid or a process name (all matches aggregated).
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
+    #[arg(long)]
+    pub dst: Option<String>,
+    /// How long to trace connect() when root (0: snapshot only).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
+    pub duration: Duration,
+    /// NDJSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tcpq conntrack`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConntrackArgs {
+    /// Look at this process's network namespace (pid or name).
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// How long to watch drops (root; 0: snapshot only).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
+    pub duration: Duration,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tcpq sockets`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketsArgs {
+    /// A pid or a process name (default: every process, showing only problems).
+    #[arg(long)]
+    pub pid: Option<String>,
+    #[command(flatten)]
+    pub idle: IdleArgs,
+    /// NDJSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tcpq diagnose`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiagnoseArgs {
+    /// How long to collect.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// One JSON report.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when a cause fired (for CI of load tests).
+    #[arg(long)]
+    pub fail_on_cause: bool,
+    #[command(flatten)]
+    pub idle: IdleArgs,
+    #[command(flatten)]
+    pub tiers: TierArgs,
+}
+
+/// `tcpq top`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Refresh interval.
+    #[arg(short = 'd', long = "delay", default_value = "1s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Batch mode: plain-text frames on stdout, like `top -b`.
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// NDJSON: one frame object per line.
+    #[arg(long, conflicts_with = "batch")]
+    pub json: bool,
+    /// Stop after this many frames (batch and JSON modes; default: until interrupted).
+    #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    #[command(flatten)]
+    pub tiers: TierArgs,
+}
+
+/// `tcpq export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Address to serve /metrics on.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// How often the aggregates are folded into the metrics.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Distinct label values per metric before the rest are summed as `other`.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub top_k: u32,
+    /// Stop after this long (default: until interrupted).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub tiers: TierArgs,
+}
+
+/// `tcpq trace …`. Each command words `TraceOutput`'s help for itself (`trace_help`): what its
+/// lines are counted per, and where it says more, its JSON and its summaries.
 #[derive(Debug, Subcommand)]
 pub enum TraceWhat {
     /// Accepted connections: accept-queue wait, accept() errors, idle acceptors per listener.
-    Accept {
-        /// Only this acceptor process: a pid or a process name.
-        #[arg(long)]
-        pid: Option<String>,
-        /// Only this listening port.
-        #[arg(long, value_parser = parse_port)]
-        port: Option<u16>,
-        /// NDJSON output.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Lines per listener per second before they are aggregated.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        lines_per_sec: u32,
-        /// Interval between summaries.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        summary_interval: Duration,
-    },
+    #[command(mut_args(trace_help(
+        "Lines per listener per second before they are aggregated",
+        None,
+        None
+    )))]
+    Accept(TraceAcceptArgs),
     /// Every TCP packet the kernel dropped, with the drop reason by name (and netfilter's).
-    Drops {
-        /// NDJSON output.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Lines per reason and destination per second before they are aggregated.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        lines_per_sec: u32,
-        /// Interval between summaries.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        summary_interval: Duration,
-    },
+    #[command(mut_args(trace_help(
+        "Lines per reason and destination per second before they are aggregated",
+        None,
+        None
+    )))]
+    Drops(TraceDropsArgs),
     /// Packets netfilter dropped: conntrack table full (no entry) or a rule, with the flow and process.
-    Conntrack {
-        /// NDJSON output.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Lines per flow key per second before they are aggregated.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        lines_per_sec: u32,
-        /// Interval between summaries.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        summary_interval: Duration,
-    },
+    #[command(mut_args(trace_help(
+        "Lines per flow key per second before they are aggregated",
+        None,
+        None
+    )))]
+    Conntrack(TraceConntrackArgs),
     /// Outbound connects: result, source port, time in connect(), handshake latency, SYN retransmits.
-    Connect {
-        /// Only this process: a pid or a process name.
-        #[arg(long)]
-        pid: Option<String>,
-        /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
-        #[arg(long)]
-        dst: Option<String>,
-        /// Only failed connects.
-        #[arg(long)]
-        failed: bool,
-        /// NDJSON output (one object per line).
-        #[arg(long)]
-        json: bool,
-        /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Lines per process→destination per second before they are aggregated.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        lines_per_sec: u32,
-        /// Interval between summaries.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        summary_interval: Duration,
-    },
+    #[command(mut_args(trace_help(
+        "Lines per process→destination per second before they are aggregated",
+        Some("NDJSON output (one object per line)"),
+        None
+    )))]
+    Connect(TraceConnectArgs),
     /// Connections refused at listening sockets: accept queue, SYN queue, syncookies.
-    Overflow {
-        /// Only this local (listener) port.
-        #[arg(long, value_parser = parse_port)]
-        port: Option<u16>,
-        /// Only listeners of this process: a pid or a process name.
-        #[arg(long)]
-        pid: Option<String>,
-        /// NDJSON output (one object per line).
-        #[arg(long)]
-        json: bool,
-        /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Lines per listener per second before they are aggregated (exact counts kept).
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        lines_per_sec: u32,
-        /// Interval between per-listener summaries.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        summary_interval: Duration,
-    },
+    #[command(mut_args(trace_help(
+        "Lines per listener per second before they are aggregated (exact counts kept)",
+        Some("NDJSON output (one object per line)"),
+        Some("Interval between per-listener summaries")
+    )))]
+    Overflow(TraceOverflowArgs),
+}
+
+/// One trace command's help for `TraceOutput`'s options, set in place (the order of the
+/// options stays as declared).
+fn trace_help(
+    lines_per_sec: &'static str,
+    json: Option<&'static str>,
+    summary_interval: Option<&'static str>,
+) -> impl FnMut(clap::Arg) -> clap::Arg {
+    move |arg| {
+        let help = match arg.get_id().as_str() {
+            "lines_per_sec" => Some(lines_per_sec),
+            "json" => json,
+            "summary_interval" => summary_interval,
+            _ => None,
+        };
+        match help {
+            Some(h) => arg.help(h),
+            None => arg,
+        }
+    }
+}
+
+/// What every `trace` command takes last: output format, when to stop, the line budget and the
+/// summary interval.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceOutput {
+    /// NDJSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Lines per key per second before they are aggregated.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lines_per_sec: u32,
+    /// Interval between summaries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub summary_interval: Duration,
+}
+
+/// `tcpq trace accept`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceAcceptArgs {
+    /// Only this acceptor process: a pid or a process name.
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// Only this listening port.
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub out: TraceOutput,
+}
+
+/// `tcpq trace drops`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceDropsArgs {
+    #[command(flatten)]
+    pub out: TraceOutput,
+}
+
+/// `tcpq trace conntrack`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceConntrackArgs {
+    #[command(flatten)]
+    pub out: TraceOutput,
+}
+
+/// `tcpq trace connect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceConnectArgs {
+    /// Only this process: a pid or a process name.
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// Only this destination: ADDR or ADDR:PORT ([v6]:port).
+    #[arg(long)]
+    pub dst: Option<String>,
+    /// Only failed connects.
+    #[arg(long)]
+    pub failed: bool,
+    #[command(flatten)]
+    pub out: TraceOutput,
+}
+
+/// `tcpq trace overflow`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceOverflowArgs {
+    /// Only this local (listener) port.
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
+    /// Only listeners of this process: a pid or a process name.
+    #[arg(long)]
+    pub pid: Option<String>,
+    #[command(flatten)]
+    pub out: TraceOutput,
 }
 
 /// `10`, `10s`, `1500ms`, `2m`.
@@ -417,17 +488,39 @@ mod tests {
         for sub in ["sockets", "diagnose"] {
             let cli = Cli::try_parse_from(["tcpq", sub]).unwrap();
             let idle = match cli.command {
-                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                Command::Sockets(SocketsArgs { idle, .. })
+                | Command::Diagnose(DiagnoseArgs { idle, .. }) => idle.idle,
                 _ => unreachable!(),
             };
             assert_eq!(idle, crate::sockets::DEFAULT_IDLE, "{sub}");
             let cli = Cli::try_parse_from(["tcpq", sub, "--idle", "1500ms"]).unwrap();
             let idle = match cli.command {
-                Command::Sockets { idle, .. } | Command::Diagnose { idle, .. } => idle.idle,
+                Command::Sockets(SocketsArgs { idle, .. })
+                | Command::Diagnose(DiagnoseArgs { idle, .. }) => idle.idle,
                 _ => unreachable!(),
             };
             assert_eq!(idle, Duration::from_millis(1500), "{sub}");
             assert!(Cli::try_parse_from(["tcpq", sub, "--idle", "soon"]).is_err());
+        }
+    }
+
+    /// Each trace command says what its lines are counted per (`trace_help` matched the option).
+    #[test]
+    fn every_trace_command_words_its_line_budget() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let trace = cli.find_subcommand("trace").unwrap();
+        for sub in ["accept", "drops", "conntrack", "connect", "overflow"] {
+            let cmd = trace.find_subcommand(sub).unwrap();
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == "lines_per_sec")
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(
+                help.starts_with("Lines per ") && !help.starts_with("Lines per key "),
+                "{sub}: {help}"
+            );
         }
     }
 
@@ -457,15 +550,10 @@ mod tests {
         ])
         .unwrap();
         match cli.command {
-            Command::Trace {
-                what:
-                    TraceWhat::Overflow {
-                        port, pid, json, ..
-                    },
-            } => {
+            Command::Trace(TraceWhat::Overflow(TraceOverflowArgs { port, pid, out })) => {
                 assert_eq!(port, Some(80));
                 assert_eq!(pid.as_deref(), Some("nginx"));
-                assert!(json);
+                assert!(out.json);
             }
             _ => panic!("wrong command"),
         }

@@ -40,43 +40,35 @@ fn nap(d: Duration) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LabName {
-    /// Accept-queue overflow on loopback: final ACKs dropped (`ack`), then SYNs (`syn`).
-    Overflow,
-    /// SYN queue full: a client over veth whose final ACKs are lost (`synq` or `cookie`).
-    Synflood,
-    /// Ephemeral ports exhausted: 16 ports, a client that closes first (TIME_WAIT), EADDRNOTAVAIL.
-    Ports,
-    /// Conntrack table full: a `ct state` rule, nf_conntrack_max lowered (restored on exit), a
-    /// connect storm; plus a few connects dropped by a plain rule.
-    Conntrack,
-    /// A server that accepts one connection every 100 ms under a burst of 50 connects.
-    SlowAccept,
-    /// Five blocking worker processes holding each connection 3 s, under 100 clients.
-    Workers,
-    /// A server that never closes connections its clients closed (CLOSE_WAIT).
-    CloseWait,
-    /// A silent upstream: `--clients` processes (`tcpq-client`) sent a request it acknowledged
-    /// and never answered; one `tcpq-pooled` process got its answer and keeps the connection
-    /// idle; the server's own accepted sockets sit idle too.
-    StaleUpstream,
-    /// A destination refusing connects from several source addresses: the lab process first
-    /// connects from each while it listens (TIME_WAIT per source), then a `tcpq-client` process
-    /// is refused from the same `--clients` sources (127.0.0.2…) at `--rate` per second.
-    FailingUpstream,
-    /// Debian's nginx (/usr/sbin/nginx) with `worker_processes 1; worker_connections 32;` under
-    /// `--clients` (default 200) connections that send the start of a request at once and hold
-    /// on: nginx accepts past its cap and closes them unread ("worker_connections are not
-    /// enough"), the kernel resets them (TCPAbortOnClose). Dropped clients reconnect every
-    /// 200 ms.
-    ConnectionLimit,
-    /// A SYN storm from a million distinct clients (raw packets, one sender per CPU) at a
-    /// listener whose accept queue is full: every SYN is refused (collector throughput).
-    Storm,
-}
+pub use crate::cli::{LabArgs, LabName};
 
-pub use crate::cli::LabArgs;
+impl LabArgs {
+    /// The listen() backlog: given, or the lab's default (small enough to overflow at once).
+    pub fn backlog(&self) -> u32 {
+        self.backlog.unwrap_or(match self.name {
+            LabName::Overflow => 4,
+            LabName::Synflood => 16,
+            LabName::Ports => 1024,
+            LabName::Conntrack => 4096,
+            // Their bursts (50 and 100 clients) fill the queue past half its limit without a
+            // refusal: a slow application under pressure, not an overflow.
+            LabName::SlowAccept => 64,
+            LabName::Workers => 128,
+            LabName::CloseWait | LabName::StaleUpstream | LabName::FailingUpstream => 256,
+            LabName::Storm => 1,
+            // nginx's own default (NGX_LISTEN_BACKLOG): the queue is not the limit here.
+            LabName::ConnectionLimit => 511,
+        })
+    }
+
+    /// Connection attempts (storm: SYNs) per second: given, or the lab's default.
+    pub fn rate(&self) -> u32 {
+        self.rate.unwrap_or(match self.name {
+            LabName::Storm => 0,
+            _ => 200,
+        })
+    }
+}
 
 fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| {

@@ -41,176 +41,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Dispatch: each subcommand's options go as parsed to its `run`.
 fn run(cli: Cli) -> anyhow::Result<u8> {
     cli::validate(&cli)?;
-    match cli.command {
-        Command::Check { json } => Ok(cmd::check::run(json)? as u8),
-        Command::Trace {
-            what:
-                TraceWhat::Overflow {
-                    port,
-                    pid,
-                    json,
-                    duration,
-                    lines_per_sec,
-                    summary_interval,
-                },
-        } => {
-            cmd::trace_overflow::run(cmd::trace_overflow::TraceOverflowArgs {
-                port,
-                pid,
-                json,
-                duration,
-                lines_per_sec,
-                summary_every: summary_interval,
-            })?;
-            Ok(0)
+    let code = match cli.command {
+        Command::Check(opts) => cmd::check::run(opts)?,
+        Command::Trace(TraceWhat::Accept(opts)) => cmd::trace_accept::run(opts).map(|()| 0)?,
+        Command::Trace(TraceWhat::Drops(opts)) => cmd::conntrack::run_drops(opts).map(|()| 0)?,
+        Command::Trace(TraceWhat::Conntrack(opts)) => {
+            cmd::conntrack::run_trace(opts).map(|()| 0)?
         }
-        Command::Trace {
-            what:
-                TraceWhat::Connect {
-                    pid,
-                    dst,
-                    failed,
-                    json,
-                    duration,
-                    lines_per_sec,
-                    summary_interval,
-                },
-        } => {
-            cmd::trace_connect::run(cmd::trace_connect::TraceConnectArgs {
-                pid,
-                dst,
-                failed,
-                json,
-                duration,
-                lines_per_sec,
-                summary_every: summary_interval,
-            })?;
-            Ok(0)
-        }
-        Command::Trace {
-            what:
-                TraceWhat::Conntrack {
-                    json,
-                    duration,
-                    lines_per_sec,
-                    summary_interval,
-                },
-        } => {
-            cmd::conntrack::run_trace(cmd::conntrack::TraceConntrackArgs {
-                json,
-                duration,
-                lines_per_sec,
-                summary_every: summary_interval,
-            })?;
-            Ok(0)
-        }
-        Command::Trace {
-            what:
-                TraceWhat::Drops {
-                    json,
-                    duration,
-                    lines_per_sec,
-                    summary_interval,
-                },
-        } => {
-            cmd::conntrack::run_drops(cmd::conntrack::TraceDropsArgs {
-                json,
-                duration,
-                lines_per_sec,
-                summary_every: summary_interval,
-            })?;
-            Ok(0)
-        }
-        Command::Trace {
-            what:
-                TraceWhat::Accept {
-                    pid,
-                    port,
-                    json,
-                    duration,
-                    lines_per_sec,
-                    summary_interval,
-                },
-        } => {
-            cmd::trace_accept::run(cmd::trace_accept::TraceAcceptArgs {
-                pid,
-                port,
-                json,
-                duration,
-                lines_per_sec,
-                summary_every: summary_interval,
-            })?;
-            Ok(0)
-        }
-        Command::Diagnose {
-            duration,
-            json,
-            fail_on_cause,
-            idle,
-            tiers,
-        } => Ok(cmd::diagnose::run(cmd::diagnose::DiagnoseArgs {
-            duration,
-            json,
-            fail_on_cause,
-            idle: idle.idle,
-            live: tiers.live(cli::HooksMode::All),
-        })? as u8),
-        Command::Sockets { pid, idle, json } => Ok(cmd::sockets::run(cmd::sockets::SocketsArgs {
-            pid,
-            idle: idle.idle,
-            json,
-        })? as u8),
-        Command::Conntrack {
-            pid,
-            duration,
-            json,
-        } => Ok(cmd::conntrack::run_snapshot(cmd::conntrack::ConntrackArgs {
-            pid,
-            duration,
-            json,
-        })? as u8),
-        Command::Ports {
-            pid,
-            dst,
-            duration,
-            json,
-        } => Ok(cmd::ports::run(cmd::ports::PortsArgs {
-            pid,
-            dst,
-            duration,
-            json,
-        })? as u8),
-        Command::Top {
-            delay,
-            batch,
-            json,
-            iterations,
-            tiers,
-        } => Ok(cmd::top::run(cmd::top::TopArgs {
-            delay,
-            batch,
-            json,
-            iterations,
-            live: tiers.live(cli::HooksMode::Auto),
-        })? as u8),
-        Command::Export {
-            listen,
-            interval,
-            top_k,
-            duration,
-            tiers,
-        } => Ok(cmd::export::run(cmd::export::ExportArgs {
-            listen,
-            interval,
-            top_k: top_k as usize,
-            duration,
-            live: tiers.live(cli::HooksMode::Auto),
-        })? as u8),
-        Command::Lab(args) => {
-            lab::run(args)?;
-            Ok(0)
-        }
-    }
+        Command::Trace(TraceWhat::Connect(opts)) => cmd::trace_connect::run(opts).map(|()| 0)?,
+        Command::Trace(TraceWhat::Overflow(opts)) => cmd::trace_overflow::run(opts).map(|()| 0)?,
+        Command::Ports(opts) => cmd::ports::run(opts)?,
+        Command::Conntrack(opts) => cmd::conntrack::run_snapshot(opts)?,
+        Command::Sockets(opts) => cmd::sockets::run(opts)?,
+        Command::Diagnose(opts) => cmd::diagnose::run(opts)?,
+        Command::Top(opts) => cmd::top::run(opts)?,
+        Command::Export(opts) => cmd::export::run(opts)?,
+        Command::Lab(opts) => lab::run(opts).map(|()| 0)?,
+    };
+    Ok(code as u8)
 }

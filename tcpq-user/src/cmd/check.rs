@@ -4,9 +4,12 @@ use aya::{Btf, programs::FEntry};
 use serde_json::json;
 use tcpq_common::names;
 
-use crate::kernel::{
-    env, privilege,
-    probe::{self, Environment, Family, HookState, LoadOptions, explain_program_error},
+use crate::{
+    cli::CheckArgs,
+    kernel::{
+        env, privilege,
+        probe::{self, Environment, Family, HookState, LoadOptions, explain_program_error},
+    },
 };
 
 fn privileges_line(env: &Environment) -> String {
@@ -57,7 +60,8 @@ fn fentry_status(loaded: &mut probe::Loaded) -> String {
     }
 }
 
-pub fn run(json_out: bool) -> Result<i32> {
+pub fn run(args: CheckArgs) -> Result<i32> {
+    let json_out = args.json;
     let env = Environment::gather();
     let fatal = env.fatal_problem();
     let mut rows: Vec<(String, String, String, String)> = Vec::new(); // state, program, attach, detail

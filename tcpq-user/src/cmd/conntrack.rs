@@ -3,7 +3,6 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    io::Write as _,
     time::{Duration, Instant},
 };
 
@@ -12,8 +11,9 @@ use serde_json::json;
 use tcpq_common::{drop as d, names};
 
 use super::trace_connect::PidFilter;
+use super::trace_out::{Budget, TraceOut};
 use crate::{
-    connect::model::LineBudget,
+    cli::{ConntrackArgs, TraceConntrackArgs, TraceDropsArgs},
     conntrack::{
         CtEvidence, NfDrop, decode_drop, diagnose_conntrack, drop_kind, parse_entries, parse_stat,
         proto_name, top_consumers,
@@ -241,14 +241,6 @@ pub fn ct_in_use(active: &RefCell<std::collections::HashSet<u32>>, ns: u32, has_
     false
 }
 
-#[derive(Debug, Clone)]
-pub struct TraceConntrackArgs {
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
-
 type DropKey = (u32, u32, std::net::IpAddr, u16);
 
 /// The PROCESS column of a drop line: `pid/comm` and its pod and container, `-` when unknown.
@@ -266,25 +258,14 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     // Per namespace: the first snapshot (for stat deltas), the latest count/max sample, counts.
     let first: RefCell<HashMap<u32, CtSnapshot>> = RefCell::new(HashMap::new());
     let sample: RefCell<HashMap<u32, (u64, u64)>> = RefCell::new(HashMap::new());
     let kinds: RefCell<BTreeMap<(u32, &'static str), u64>> = RefCell::new(BTreeMap::new());
     let dir = RefCell::new(ListenerDirectory::new());
-    let budget: RefCell<LineBudget<DropKey, &'static str>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let budget: Budget<DropKey, &'static str> = Budget::new(args.out.lines_per_sec);
     let started = Instant::now();
-    let header = std::cell::Cell::new(false);
     let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
     let active: RefCell<std::collections::HashSet<u32>> =
         RefCell::new(std::collections::HashSet::new());
@@ -302,10 +283,10 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 .borrow_mut()
                 .identities
                 .get(pid, comm.as_deref().unwrap_or(""));
-            if args.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {kind}×{n} → {}  pid {pid}{}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     endpoint(daddr, dport),
@@ -342,15 +323,13 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         // Resolved at the process's first drop, while it is alive (its aggregated lines come later).
         let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: DropKey = (e.netns, pid, e.daddr, e.dport);
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &key, &kind);
+        let (flushed, print) = budget.admit(e.ts_ns, &key, &kind);
         print_aggregates(flushed);
         if !print {
             return;
         }
-        if args.json {
-            emit(json!({
+        if args.out.json {
+            out.emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
                 "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
                 "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
@@ -360,10 +339,8 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 "ct_count": count, "ct_max": max,
             }).to_string());
         } else {
-            if !header.replace(true) {
-                emit("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS".into());
-            }
-            emit(format!(
+            out.header_once("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS");
+            out.emit(format!(
                 "{:<16} {:<11} {:<11} {:<4} {:<6} {:<22} {:<22} {:<14} {}",
                 clock.short(e.ts_ns),
                 e.netns,
@@ -378,10 +355,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
+        print_aggregates(budget.due());
         let nss: Vec<u32> = first.borrow().keys().copied().collect();
         for ns in nss {
             let s = snapshot_in(ns, false);
@@ -389,13 +363,10 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                 sample.borrow_mut().insert(ns, (s.count, s.max));
             }
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         let dur = started.elapsed().as_secs_f64();
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
@@ -430,10 +401,10 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
             // (seen on 6.18 in ~1 of 25 lab runs, 1–12 of ~480; an independent bpftrace
             // counter on the same tracepoint misses the same ones): shown, never hidden.
             let untraced = delta("drop").saturating_sub(tf);
-            if args.json {
-                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}{}, early_drop +{}) · count {}/{} · lost events {lost}, missed runs {missed}, unparsed {unparsed}",
                     delta("drop"),
                     if untraced > 0 {
@@ -445,20 +416,15 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
                     now.count,
                     now.max
                 ));
-                for f in findings {
-                    emit(format!("    cause {}: {}", f.cause, f.text));
-                    for fix in f.fix {
-                        emit(format!("      fix: {fix}"));
-                    }
-                }
+                out.causes(findings);
             }
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,
@@ -470,13 +436,6 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     )?;
     drop(loaded);
     Ok(())
-}
-
-#[derive(Debug, Clone)]
-pub struct ConntrackArgs {
-    pub pid: Option<String>,
-    pub duration: Duration,
-    pub json: bool,
 }
 
 pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
@@ -624,14 +583,6 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
     Ok(0)
 }
 
-#[derive(Debug, Clone)]
-pub struct TraceDropsArgs {
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
-
 /// Drop-reason names of the running kernel (`enum skb_drop_reason`, prefix stripped).
 pub fn drop_reason_names() -> HashMap<u32, String> {
     let path = crate::kernel::env::btf_path();
@@ -675,28 +626,17 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let n_reasons = reasons.len();
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
-    let budget: RefCell<LineBudget<ReasonKey, u32>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let budget: Budget<ReasonKey, u32> = Budget::new(args.out.lines_per_sec);
     let dir = RefCell::new(ListenerDirectory::new());
     let started = Instant::now();
-    let header = std::cell::Cell::new(false);
     let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
         for (second, (ns, _, daddr, dport), reason, n) in lines {
-            if args.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {}×{n} → {}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     name(reason),
@@ -723,15 +663,13 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         };
         let id = dir.borrow_mut().identities.get(pid, &comm);
         let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &key, &e.reason);
+        let (flushed, print) = budget.admit(e.ts_ns, &key, &e.reason);
         print_aggregates(flushed);
         if !print {
             return;
         }
-        if args.json {
-            emit(json!({
+        if args.out.json {
+            out.emit(json!({
                 "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
                 "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
                 "pod": id.pod, "container": id.container,
@@ -740,10 +678,8 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 "tcp_flags": e.tcp_flags,
             }).to_string());
         } else {
-            if !header.replace(true) {
-                emit("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS".into());
-            }
-            emit(format!(
+            out.header_once("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS");
+            out.emit(format!(
                 "{:<16} {:<11} {:<26} {:<4} {:<22} {:<22} {}",
                 clock.short(e.ts_ns),
                 e.netns,
@@ -756,27 +692,21 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        print_aggregates(budget.due());
+        out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         let lost = sum_per_cpu(&counts, d::COUNT_LOST);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
         let dur = started.elapsed().as_secs_f64();
         let r = by_reason.borrow();
-        if args.json {
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
+        if args.out.json {
+            out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
         } else {
             let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            emit(format!(
+            out.emit(format!(
                 "── drops over {dur:.1} s: {} ── lost events: {lost}, missed runs: {missed}, unparsed: {unparsed}",
                 if parts.is_empty() {
                     "none".into()
@@ -785,12 +715,12 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
                 }
             ));
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,

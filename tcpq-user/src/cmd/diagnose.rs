@@ -12,6 +12,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
+    cli::{DiagnoseArgs, HooksMode},
     live::{
         causes::{find_causes, scan_sockets},
         session::Session,
@@ -20,18 +21,12 @@ use crate::{
     stop,
 };
 
-#[derive(Debug, Clone)]
-pub struct DiagnoseArgs {
-    pub duration: Duration,
-    pub json: bool,
-    pub fail_on_cause: bool,
-    /// ESTABLISHED connections idle this long are stale (`--idle`, as in `tcpq sockets`).
-    pub idle: Duration,
-    pub live: crate::live::session::LiveOptions,
-}
-
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
-    let mut session = Session::start(args.live)?;
+    // Every program from the first second by default: a bounded report wants every detail.
+    let live = args.tiers.live(HooksMode::All);
+    // ESTABLISHED connections idle this long are stale (`--idle`, as in `tcpq sockets`).
+    let idle = args.idle.idle;
+    let mut session = Session::start(live)?;
     stop::install();
     stop::watch_terminal();
     // TCPQ_BPF_STATS=1 (the session enables the kernel's run-time stats): report ns per run;
@@ -44,12 +39,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     }
     // CLOSE_WAIT sockets before the banner (the run starts there): those still there at the end have lasted the whole run (a leak);
     // newer ones may be a busy worker about to close them.
-    let close_wait_start = CloseWaitSeen::of(&scan_sockets(args.idle), 0.0).cookies;
+    let close_wait_start = CloseWaitSeen::of(&scan_sockets(idle), 0.0).cookies;
     let tty = std::io::stderr().is_terminal();
     eprintln!(
         "tcpq: diagnosing for {:.0} s ({})…",
         args.duration.as_secs_f64(),
-        crate::live::session::describe_tiers(&args.live)
+        crate::live::session::describe_tiers(&live)
     );
     let started = Instant::now();
     let mut last_progress = 0;
@@ -86,7 +81,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         &mut session.dir,
         host,
         duration_s,
-        Some((args.idle, &earlier)),
+        Some((idle, &earlier)),
         None,
     );
     let (overflow, connects, drops, accepts) =
@@ -114,7 +109,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         ),
         format!(
             "stale ESTABLISHED (no data for {} s) and CLOSE_WAIT sockets (held the whole run) of every process",
-            args.idle.as_secs_f64()
+            idle.as_secs_f64()
         ),
     ];
     // Tier 0: each listener's exact refusals over the run (sk_drops), traced or not.

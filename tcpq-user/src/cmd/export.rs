@@ -25,20 +25,12 @@ use tokio::{
 };
 
 use crate::{
+    cli::{ExportArgs, HooksMode},
     cmd::top::Producer,
     kernel::privilege,
     live::metrics::{Metrics, Owner},
     stop,
 };
-
-#[derive(Debug, Clone)]
-pub struct ExportArgs {
-    pub listen: SocketAddr,
-    pub interval: Duration,
-    pub top_k: usize,
-    pub duration: Option<Duration>,
-    pub live: crate::live::session::LiveOptions,
-}
 
 /// What the /metrics server allows each client, whatever it does.
 #[derive(Debug, Clone, Copy)]
@@ -104,13 +96,13 @@ pub fn run(args: ExportArgs) -> Result<i32> {
             args.listen
         )
     })?;
-    let mut producer = Producer::start(args.live)?;
+    let mut producer = Producer::start(args.tiers.live(HooksMode::Auto))?;
     // Programs loaded, stats fd and tracefs done, socket bound: from here on only what
     // `privilege::RUNTIME_NEEDS` lists. Before any thread starts (the terminal watcher, HTTP).
     let kept = privilege::drop_to_runtime();
     stop::install();
     stop::watch_terminal();
-    let mut metrics = Metrics::new(args.top_k);
+    let mut metrics = Metrics::new(args.top_k as usize);
     let page: Page = Arc::new(Mutex::new(Arc::from(metrics.encode())));
     // Dropping it (when `run` returns) stops the server.
     let _http = start_http(listener, Arc::clone(&page), LIMITS)?;

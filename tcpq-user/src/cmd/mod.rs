@@ -8,4 +8,5 @@ pub mod sockets;
 pub mod top;
 pub mod trace_accept;
 pub mod trace_connect;
+pub mod trace_out;
 pub mod trace_overflow;

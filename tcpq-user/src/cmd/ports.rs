@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::trace_connect::{ConnectSession, DstFilter, PidFilter};
 use crate::{
+    cli::PortsArgs,
     connect::{
         model::{ConnectAggregator, ConnectStats},
         ports::{
@@ -24,14 +25,6 @@ use crate::{
     output::endpoint,
     snapshot::{container::Identities, counters::read_sysctl, netns, procs, sockdiag},
 };
-
-#[derive(Debug, Clone)]
-pub struct PortsArgs {
-    pub pid: Option<String>,
-    pub dst: Option<String>,
-    pub duration: Duration,
-    pub json: bool,
-}
 
 /// Port-related sysctls of the calling thread's namespace.
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
 use crate::{
+    cli::SocketsArgs,
     listen::owner::app_of_owners,
     snapshot::{container::Identities, netns, procs, sockdiag},
     sockets::{CloseWaitSeen, analyse, diagnose_sockets, time_wait_by_remote},
@@ -23,14 +24,8 @@ const CLOSE_WAIT_RECHECK: Duration = Duration::from_secs(2);
 /// A process and its socket inodes → descriptor numbers.
 type ProcessFds = (procs::Owner, HashMap<u64, Vec<u32>>);
 
-#[derive(Debug, Clone)]
-pub struct SocketsArgs {
-    pub pid: Option<String>,
-    pub idle: Duration,
-    pub json: bool,
-}
-
 pub fn run(args: SocketsArgs) -> Result<i32> {
+    let idle = args.idle.idle;
     let targets: Vec<procs::Owner> = match &args.pid {
         Some(p) => procs::resolve_pid_arg(p)?,
         None => procfs::process::all_processes()
@@ -44,7 +39,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             })
             .unwrap_or_default(),
     };
-    let idle_ms = args.idle.as_millis().min(u32::MAX as u128) as u32;
+    let idle_ms = idle.as_millis().min(u32::MAX as u128) as u32;
     // inode → fds, per process; processes grouped by network namespace.
     let mut by_ns: BTreeMap<u32, Vec<ProcessFds>> = BTreeMap::new();
     let mut skipped = 0;
@@ -122,7 +117,7 @@ pub fn run(args: SocketsArgs) -> Result<i32> {
             let app = app_of_owners(std::slice::from_ref(owner));
             let findings = diagnose_sockets(
                 &p,
-                args.idle.as_secs_f64(),
+                idle.as_secs_f64(),
                 limit,
                 app.client_timeout_setting(),
                 &earlier,

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
+    cli::{HooksMode, TopArgs},
     live::{
         causes::{Cause, find_causes},
         frame::{self, Frame, History},
@@ -20,15 +21,6 @@ use crate::{
     },
     stop,
 };
-
-#[derive(Debug, Clone)]
-pub struct TopArgs {
-    pub delay: Duration,
-    pub batch: bool,
-    pub json: bool,
-    pub iterations: Option<u64>,
-    pub live: LiveOptions,
-}
 
 /// One interval's results.
 pub struct Tick {
@@ -142,7 +134,8 @@ pub fn next_due(due: Instant, delay: Duration, now: Instant) -> Instant {
 
 pub fn run(args: TopArgs) -> Result<i32> {
     let full_screen = !args.batch && !args.json && std::io::stdout().is_terminal();
-    let mut producer = Producer::start(args.live)?;
+    let live = args.tiers.live(HooksMode::Auto);
+    let mut producer = Producer::start(live)?;
     stop::install();
     stop::watch_terminal();
     if full_screen {
@@ -150,7 +143,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
     }
     eprintln!(
         "tcpq: top: {}; a frame every {:.1} s",
-        crate::live::session::describe_tiers(&args.live),
+        crate::live::session::describe_tiers(&live),
         args.delay.as_secs_f64()
     );
     // Frames go out through a thread of their own: a reader that stops reading costs dropped

@@ -4,9 +4,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, HashSet},
-    io::Write as _,
     net::IpAddr,
-    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -15,9 +13,10 @@ use serde_json::json;
 use tcpq_common::{InAccept, names};
 
 use super::trace_connect::PidFilter;
+use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
     accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
-    connect::model::LineBudget,
+    cli::TraceAcceptArgs,
     kernel::probe::{self, Family, LoadOptions},
     listen::owner::app_of_owners,
     listen::resolve::ListenerDirectory,
@@ -27,16 +26,6 @@ use crate::{
         procs,
     },
 };
-
-#[derive(Debug, Clone)]
-pub struct TraceAcceptArgs {
-    pub pid: Option<String>,
-    pub port: Option<u16>,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
 
 type ListenerId = (u32, IpAddr, u16);
 
@@ -105,34 +94,22 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::IN_ACCEPT))?,
     )?;
     let clock = Clock::new();
-    let out = RefCell::new(crate::outbox::Lines::stdout(args.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let total: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
     let window: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
     // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
     let fds: RefCell<HashMap<ListenerId, HashSet<(u32, u32)>>> = RefCell::new(HashMap::new());
-    let budget: RefCell<LineBudget<ListenerId, &'static str>> =
-        RefCell::new(LineBudget::new(args.lines_per_sec));
+    let budget: Budget<ListenerId, &'static str> = Budget::new(args.out.lines_per_sec);
     let dir = RefCell::new(ListenerDirectory::new());
     // Each acceptor's pod and container, resolved at its first accept.
     let ids = RefCell::new(Identities::new());
-    let started = Instant::now();
-    let window_start = std::cell::Cell::new(Instant::now());
-    let header = std::cell::Cell::new(false);
+    let windows = Windows::start();
     let print_aggregates = |lines: Vec<(u64, ListenerId, &'static str, u64)>| {
         for (second, (ns, laddr, lport), what, n) in lines {
-            if args.json {
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "accept", "aggregated": true, "result": what, "count": n, "netns": ns, "laddr": laddr.to_string(), "lport": lport}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{} +1s  {ns}  {}  {what}×{n}",
                     clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
                     endpoint(laddr, lport)
@@ -161,46 +138,34 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             .or_default()
             .insert((e.tgid, e.listen_fd));
         let what = if e.result.is_ok() { "ok" } else { "error" };
-        let (flushed, print) = budget
-            .borrow_mut()
-            .admit(e.ts_ns / 1_000_000_000, &id, &what);
+        let (flushed, print) = budget.admit(e.ts_ns, &id, &what);
         print_aggregates(flushed);
         if !print {
             return;
         }
         let id = ids.borrow_mut().get(e.tgid, &e.comm);
-        if args.json {
-            emit(accepted_json(&clock, &e, &id).to_string());
+        if args.out.json {
+            out.emit(accepted_json(&clock, &e, &id).to_string());
         } else {
-            if !header.replace(true) {
-                emit(ACCEPT_HEADER.into());
-            }
-            emit(accepted_text(&clock, &e, &id));
+            out.header_once(ACCEPT_HEADER);
+            out.emit(accepted_text(&clock, &e, &id));
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        print_aggregates(budget.due());
+        out.flush();
     };
     let on_summary = |final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
+        print_aggregates(budget.at_summary(final_run));
         // The array walk (65,536 slots) only when a listener's holders are unknown.
         let mut idle_now: Option<HashMap<(u32, u32), u64>> = None;
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
         let missed = loaded.missed_runs();
-        let (dur, stats) = if final_run {
-            (started.elapsed().as_secs_f64(), total.borrow().clone())
+        let dur = windows.seconds(final_run);
+        let stats = if final_run {
+            total.borrow().clone()
         } else {
-            (
-                window_start.get().elapsed().as_secs_f64(),
-                window.borrow().clone(),
-            )
+            window.borrow().clone()
         };
         for ((ns, laddr, lport), s) in &stats {
             let info = dir.borrow_mut().lookup(*ns, 0, *laddr, *lport);
@@ -256,14 +221,14 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             };
             let findings = diagnose_accept(&ev);
             let q = s.wait_quantiles();
-            if args.json {
-                emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "accept_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "laddr": laddr.to_string(), "lport": lport,
                     "count": s.accepts, "rate_per_s": if dur > 0.0 { (s.accepts as f64 / dur * 10.0).round() / 10.0 } else { 0.0 },
                     "wait": q.map(|(a, b, c)| json!({"p50_us": a / 1000, "p99_us": b / 1000, "max_us": c / 1000})), "errors": s.errors,
                     "acceptors": s.acceptors.keys().collect::<Vec<_>>(), "holders": holders.iter().map(|o| o.pid).collect::<Vec<_>>(), "idle_acceptors": idle,
                     "lost_events": lost, "missed_runs": missed, "causes": findings}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "── accept summary over {dur:.1} s ── {} netns {ns}: {} accepted ({:.1}/s), wait {}, errors {:?}, {} holders, idle in accept {}, lost events {lost}, missed runs {missed}",
                     endpoint(*laddr, *lport),
                     s.accepts,
@@ -282,24 +247,19 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                     holders.len(),
                     idle.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
                 ));
-                for f in findings {
-                    emit(format!("    cause {}: {}", f.cause, f.text));
-                    for fix in f.fix {
-                        emit(format!("      fix: {fix}"));
-                    }
-                }
+                out.causes(findings);
             }
         }
         if !final_run {
             window.borrow_mut().clear();
-            window_start.set(Instant::now());
+            windows.next();
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_record,
         on_tick,
         on_summary,

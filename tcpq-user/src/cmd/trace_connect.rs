@@ -1,21 +1,18 @@
 //! `tcpq trace connect`: every outbound connect outcome (result, source port, time in the
 //! syscall, handshake latency, SYN retransmits), and the shared collector used by `tcpq ports`.
-use std::{
-    collections::HashSet,
-    io::Write as _,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, PerCpuArray};
 use serde_json::json;
 use tcpq_common::{connect as c, names};
 
+use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
+    cli::TraceConnectArgs,
     connect::{
         ConnectOutcome, decode_connect,
-        model::{ConnectAggregator, ConnectKey, ConnectStats, LineBudget},
+        model::{ConnectAggregator, ConnectKey, ConnectStats},
     },
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     output::{Clock, endpoint},
@@ -71,17 +68,6 @@ impl PidFilter {
     pub fn matches(&self, tgid: u32, comm: &str) -> bool {
         self.pids.contains(&tgid) || self.name.as_deref().is_some_and(|n| n == comm)
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct TraceConnectArgs {
-    pub pid: Option<String>,
-    pub dst: Option<String>,
-    pub failed: bool,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
 }
 
 /// Exact kernel-side totals.
@@ -312,23 +298,11 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
     let clock = Clock::new();
-    let out = std::cell::RefCell::new(crate::outbox::Lines::stdout(args.json)?);
-    let emit = |line: String| {
-        let mut o = out.borrow_mut();
-        if o.write_all(line.as_bytes())
-            .and_then(|_| o.write_all(b"\n"))
-            .is_err()
-        {
-            std::process::exit(0);
-        }
-    };
+    let out = TraceOut::stdout(args.out.json)?;
     let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
     let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
-    let budget: std::cell::RefCell<LineBudget<ConnectKey, String>> =
-        std::cell::RefCell::new(LineBudget::new(args.lines_per_sec));
-    let started = Instant::now();
-    let window_start = std::cell::Cell::new(Instant::now());
-    let header = std::cell::Cell::new(false);
+    let budget: Budget<ConnectKey, String> = Budget::new(args.out.lines_per_sec);
+    let windows = Windows::start();
     // Each process's pod and container, resolved at its first connect.
     let ids = std::cell::RefCell::new(Identities::new());
     let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
@@ -340,15 +314,15 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
             let id = ids.borrow_mut().get(k.tgid, &comm);
-            if args.json {
+            if args.out.json {
                 let cause = match result.as_str() {
                     "ok" => serde_json::Value::Null,
                     "EADDRNOTAVAIL" => json!("ports_exhausted"),
                     _ => json!("connect_failures"),
                 };
-                emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "pod": id.pod, "container": id.container, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "connect", "aggregated": true, "count": n, "netns": k.netns, "pid": k.tgid, "comm": comm, "pod": id.pod, "container": id.container, "daddr": k.daddr.to_string(), "dport": k.dport, "result": result, "cause": cause}).to_string());
             } else {
-                emit(format!(
+                out.emit(format!(
                     "{:<16} {:<8} {:<16} {:<11} {:<22} {:<22} {}×{n} in this second{}",
                     format!(
                         "{} +1s",
@@ -383,48 +357,38 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         window.borrow_mut().record(o);
         let id = ids.borrow_mut().get(o.tgid, &o.comm);
         let key = ConnectKey::of(o);
-        let (flushed, print) =
-            budget
-                .borrow_mut()
-                .admit(o.ts_ns / 1_000_000_000, &key, &o.result.id());
+        let (flushed, print) = budget.admit(o.ts_ns, &key, &o.result.id());
         print_aggregates(flushed);
         if print {
-            if args.json {
-                emit(outcome_json(&clock, o, &id).to_string());
+            if args.out.json {
+                out.emit(outcome_json(&clock, o, &id).to_string());
             } else {
-                if !header.replace(true) {
-                    emit(CONNECT_HEADER.into());
-                }
-                emit(outcome_text(&clock, o, &id));
+                out.header_once(CONNECT_HEADER);
+                out.emit(outcome_text(&clock, o, &id));
             }
         }
     };
     let on_tick = || {
-        let lines = budget
-            .borrow_mut()
-            .flush_until(Clock::now_mono_ns() / 1_000_000_000);
-        print_aggregates(lines);
-        let _ = out.borrow_mut().flush();
+        print_aggregates(budget.due());
+        out.flush();
     };
     let on_summary = |t: &ConnectTotals, final_run: bool| {
-        if final_run {
-            let lines = budget.borrow_mut().flush_all();
-            print_aggregates(lines);
-        }
-        let (dur, a) = if final_run {
-            (started.elapsed().as_secs_f64(), agg.borrow())
+        print_aggregates(budget.at_summary(final_run));
+        let dur = windows.seconds(final_run);
+        let a = if final_run {
+            agg.borrow()
         } else {
-            (window_start.get().elapsed().as_secs_f64(), window.borrow())
+            window.borrow()
         };
-        if args.json {
+        if args.out.json {
             let rows: Vec<_> = a
                 .ranked()
                 .into_iter()
                 .map(|(k, s)| stats_json(k, s, dur, &ids.borrow_mut().get(k.tgid, &s.comm)))
                 .collect();
-            emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
+            out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
-            emit(format!(
+            out.emit(format!(
                 "── connect summary over {dur:.1} s ── kernel counted: ok {}, refused {}, timeout {}, EADDRNOTAVAIL {}, other {}, SYN retransmits {} ── lost events: {}, missed runs: {}",
                 t.ok,
                 t.refused,
@@ -436,7 +400,7 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 t.missed_runs
             ));
             for (k, s) in a.ranked() {
-                emit(stats_text(
+                out.emit(stats_text(
                     k,
                     s,
                     dur,
@@ -447,9 +411,9 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         drop(a);
         if !final_run {
             window.borrow_mut().clear();
-            window_start.set(Instant::now());
+            windows.next();
         }
-        let _ = out.borrow_mut().flush();
+        out.flush();
     };
     let hooks = session.hooks_line();
     let ready = || {
@@ -467,8 +431,8 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         )
     };
     session.run(
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         on_event,
         on_tick,
         on_summary,

@@ -1,16 +1,14 @@
 //! `tcpq trace overflow`: every connection refused at a listening socket, live, with the
 //! listener's process, and a per-listener summary with the cause and the fix.
-use std::{
-    collections::{HashMap, HashSet},
-    io::Write as _,
-    time::{Duration, Instant},
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tcpq_common::names;
 
+use super::trace_out::{TraceOut, Windows};
 use crate::{
+    cli::TraceOverflowArgs,
     decode::{ListenRecord, OverflowEvent, decode_listen},
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     listen::{
@@ -24,27 +22,16 @@ use crate::{
     snapshot::{counters, netns, procs},
 };
 
-#[derive(Debug, Clone)]
-pub struct TraceOverflowArgs {
-    pub port: Option<u16>,
-    pub pid: Option<String>,
-    pub json: bool,
-    pub duration: Option<Duration>,
-    pub lines_per_sec: u32,
-    pub summary_every: Duration,
-}
-
 struct Tracer {
     args: TraceOverflowArgs,
     clock: Clock,
-    out: crate::outbox::Lines,
+    out: TraceOut,
     dir: ListenerDirectory,
     agg: OverflowAggregator,
     limiter: LineLimiter,
     pid_filter: Option<HashSet<u32>>,
     host_netns: u32,
-    started: Instant,
-    window_started: Instant,
+    windows: Windows,
     accepts: Option<BpfHashMap<MapData, u32, u64>>,
     accepts_run_base: HashMap<u32, u64>,
     accepts_window_base: HashMap<u32, u64>,
@@ -59,7 +46,6 @@ struct Tracer {
     decode_errors: u64,
     /// Per-listener counts of events that skipped the ring.
     unsent: UnsentReader,
-    header_printed: bool,
 }
 
 fn read_accepts(map: &BpfHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
@@ -67,18 +53,6 @@ fn read_accepts(map: &BpfHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
 }
 
 impl Tracer {
-    fn emit(&mut self, line: String) {
-        if self
-            .out
-            .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\n"))
-            .is_err()
-        {
-            // stdout closed (e.g. `| head`): nothing more to say.
-            std::process::exit(0);
-        }
-    }
-
     /// `--pid`: a listener passes when one of its owners is a selected pid or, for a name,
     /// is a process of that name (including ones started after tcpq).
     fn passes_filter(&self, owners: &[procs::Owner]) -> bool {
@@ -132,16 +106,13 @@ impl Tracer {
         let (flushed, admit) = self.limiter.admit(ev.ts_ns / 1_000_000_000, &ev);
         self.print_aggregates(flushed);
         if admit == Admit::Print {
-            if self.args.json {
+            if self.args.out.json {
                 let v = output::event_json(&self.clock, &ev, info.as_deref());
-                self.emit(v.to_string());
+                self.out.emit(v.to_string());
             } else {
-                if !self.header_printed {
-                    self.header_printed = true;
-                    self.emit(output::TEXT_HEADER.to_string());
-                }
+                self.out.header_once(output::TEXT_HEADER);
                 let t = output::event_text(&self.clock, &ev, info.as_deref());
-                self.emit(t);
+                self.out.emit(t);
             }
         }
     }
@@ -172,12 +143,12 @@ impl Tracer {
             let info = self
                 .dir
                 .lookup(l.key.netns, l.key.cookie, l.key.laddr, l.key.lport);
-            let s = if self.args.json {
+            let s = if self.args.out.json {
                 output::aggregate_json(&self.clock, &l, info.as_deref()).to_string()
             } else {
                 output::aggregate_text(&self.clock, &l, info.as_deref())
             };
-            self.emit(s);
+            self.out.emit(s);
         }
     }
 
@@ -186,7 +157,7 @@ impl Tracer {
         let now_sec = Clock::now_mono_ns() / 1_000_000_000;
         let lines = self.limiter.flush_until(now_sec);
         self.print_aggregates(lines);
-        let _ = self.out.flush();
+        self.out.flush();
         for ns in std::mem::take(&mut self.active_netns) {
             if let Ok(c) = counters::read_in(ns) {
                 self.netns_counters_last.insert(ns, c);
@@ -203,12 +174,7 @@ impl Tracer {
             Vec::new()
         };
         self.print_aggregates(lines);
-        let duration_s = if final_run {
-            self.started.elapsed()
-        } else {
-            self.window_started.elapsed()
-        }
-        .as_secs_f64();
+        let duration_s = self.windows.seconds(final_run);
         let accepts_now = self.accepts.as_ref().map(read_accepts);
         let ranked: Vec<ListenerAgg> = self
             .agg
@@ -326,7 +292,7 @@ impl Tracer {
                 findings: f.clone(),
             })
             .collect();
-        let text = if self.args.json {
+        let text = if self.args.out.json {
             output::summary_json(
                 &self.clock,
                 Clock::now_mono_ns(),
@@ -339,11 +305,11 @@ impl Tracer {
         } else {
             output::summary_text(duration_s, facts, kernel_totals, &views)
         };
-        self.emit(text.trim_end().to_string());
-        let _ = self.out.flush();
+        self.out.emit(text.trim_end().to_string());
+        self.out.flush();
         // next window
         self.agg.reset_window();
-        self.window_started = Instant::now();
+        self.windows.next();
         if let Some(now) = accepts_now {
             self.accepts_window_base = now;
         }
@@ -430,14 +396,13 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     let base = accepts.as_ref().map(read_accepts).unwrap_or_default();
     let t = std::cell::RefCell::new(Tracer {
         clock: Clock::new(),
-        out: crate::outbox::Lines::stdout(args.json)?,
+        out: TraceOut::stdout(args.out.json)?,
         dir: ListenerDirectory::new(),
         agg: OverflowAggregator::new(10_000),
-        limiter: LineLimiter::new(args.lines_per_sec),
+        limiter: LineLimiter::new(args.out.lines_per_sec),
         pid_filter,
         host_netns: netns::current().unwrap_or(0),
-        started: Instant::now(),
-        window_started: Instant::now(),
+        windows: Windows::start(),
         accepts,
         accepts_run_base: base.clone(),
         accepts_window_base: base,
@@ -447,7 +412,6 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         active_netns: HashSet::new(),
         netns_sysctls: HashMap::new(),
         decode_errors: 0,
-        header_printed: false,
         unsent,
         args: args.clone(),
     });
@@ -456,8 +420,8 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     }
     super::ring::run(
         ring,
-        args.duration,
-        args.summary_every,
+        args.out.duration,
+        args.out.summary_interval,
         |bytes| t.borrow_mut().handle(bytes),
         || t.borrow_mut().tick(),
         |final_run| {
