@@ -961,27 +961,38 @@ fn link_loaded(
 }
 
 /// The kernel's BTF as aya reads it (fentry/fexit name their target by its type): parsed on
-/// first use only (an fentry/fexit program tried), once per process — `tcpq check` loads
-/// each family in turn, and parsing vmlinux's BTF is seconds under emulation.
+/// first use only (an fentry/fexit program tried) and dropped with the load — aya's parsed
+/// form of vmlinux's BTF is ~20 MiB, which a long-running export must not keep.
 struct KernelTypes {
     path: PathBuf,
+    btf: Option<Result<aya::Btf, String>>,
 }
 
 impl KernelTypes {
     fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, btf: None }
     }
 
-    fn get(&mut self) -> Result<&'static aya::Btf, String> {
-        static PARSED: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
+    fn get(&mut self) -> Result<&aya::Btf, String> {
         let path = &self.path;
-        PARSED
-            .get_or_init(|| {
+        self.btf
+            .get_or_insert_with(|| {
                 aya::Btf::parse_file(path, aya::Endianness::default())
                     .map_err(|e| format!("read kernel BTF {}: {e}", path.display()))
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Frees the parsed BTF and gives the heap pages it held back to the kernel: its hundreds
+    /// of thousands of small allocations otherwise stay in the process's RSS (+13 MiB measured)
+    /// for as long as a live command runs.
+    fn release(&mut self) {
+        if self.btf.take().is_some() {
+            // SAFETY: malloc_trim only returns free heap memory to the kernel; no pointer
+            // handed out by the allocator is affected.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 
@@ -1422,6 +1433,7 @@ pub fn load(families: &[Family], opts: &LoadOptions) -> Result<Loaded> {
         status.state = state;
         hooks.push(status);
     }
+    kernel_types.release();
     for (slot, bits) in armed_parts.iter().enumerate() {
         write_armed_parts(&mut ebpf, slot as u32, *bits).map_err(|e| anyhow!(e))?;
     }
