@@ -1,7 +1,8 @@
-//! The scenarios of `tcpq lab NAME`: reproducible incidents in network namespaces of their own, so a user can
-//! check on their own kernel that tcpq sees what it should. The integration tests use the same
-//! generators. Everything a lab creates (namespaces, veth, nft tables) is removed on exit,
-//! including on Ctrl-C. Sysctls are only ever set inside the lab's own namespaces.
+//! The scenarios of `tcpq lab NAME`: reproducible incidents in network namespaces of their
+//! own, so a user can check on their own kernel that tcpq sees what it should. The integration
+//! tests use the same generators. Everything a lab creates (namespaces, veth, nft tables) is
+//! removed on exit, including on Ctrl-C. Sysctls are only ever set inside the lab's own
+//! namespaces, but for the conntrack lab's global nf_conntrack_max (restored on exit).
 use std::{
     collections::VecDeque,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},

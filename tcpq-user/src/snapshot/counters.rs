@@ -41,7 +41,6 @@ impl ListenSysctls {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
