@@ -55,3 +55,24 @@ pub fn load_conntrack() {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_value_is_back_after_a_panic() {
+        let file = std::env::temp_dir().join(format!("tcpq-lab-sysctl-{}", std::process::id()));
+        std::fs::write(&file, "65536\n").unwrap();
+        let path: &'static str = Box::leak(file.to_string_lossy().into_owned().into_boxed_str());
+        let unwound = std::panic::catch_unwind(|| {
+            let guard = GlobalSysctl::set(path, "64").unwrap();
+            assert_eq!(guard.previous(), "65536");
+            assert_eq!(std::fs::read_to_string(path).unwrap(), "64");
+            panic!("a lab failing while the value is lowered");
+        });
+        assert!(unwound.is_err());
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "65536");
+        let _ = std::fs::remove_file(path);
+    }
+}
