@@ -67,7 +67,8 @@ impl Netns {
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
-        let guard = NetnsGuard::create_or_use(&name)
+        // Fresh: a leftover of a killed run with the same name is not reused.
+        let guard = NetnsGuard::fresh(&name)
             .unwrap_or_else(|e| panic!("create network namespace {name}: {e:#}"));
         Self { name, guard }
     }
