@@ -43,7 +43,7 @@ pub enum LabName {
     Storm,
 }
 
-/// `tcpq lab` arguments (the lab's defaults per incident: `lab`'s `impl LabArgs`).
+/// `tcpq lab` arguments (the lab's defaults per incident: tcpq-lab's `impl Lab`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
     /// Which incident.
@@ -101,6 +101,50 @@ pub struct LabArgs {
     /// Print the lab's facts as NDJSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl LabName {
+    /// The scenario tcpq-lab runs for this name.
+    pub fn scenario(self) -> tcpq_lab::Scenario {
+        use tcpq_lab::Scenario as S;
+        match self {
+            Self::Overflow => S::Overflow,
+            Self::Synflood => S::Synflood,
+            Self::Ports => S::Ports,
+            Self::Conntrack => S::Conntrack,
+            Self::SlowAccept => S::SlowAccept,
+            Self::Workers => S::Workers,
+            Self::CloseWait => S::CloseWait,
+            Self::StaleUpstream => S::StaleUpstream,
+            Self::FailingUpstream => S::FailingUpstream,
+            Self::ConnectionLimit => S::ConnectionLimit,
+            Self::Storm => S::Storm,
+        }
+    }
+}
+
+impl LabArgs {
+    /// The lab these options describe, for `tcpq_lab::run`.
+    pub fn lab(&self) -> tcpq_lab::Lab {
+        tcpq_lab::Lab {
+            scenario: self.name.scenario(),
+            netns: self.netns.clone(),
+            port: self.port,
+            backlog: self.backlog,
+            duration: self.duration,
+            syncookies: self.syncookies,
+            max_syn_backlog: self.max_syn_backlog,
+            abort_on_overflow: self.abort_on_overflow,
+            ct_max: self.ct_max,
+            ipv6: self.ipv6,
+            accept_rate: self.accept_rate,
+            rate: self.rate,
+            somaxconn: self.somaxconn,
+            clients: self.clients,
+            process_name: self.process_name.clone(),
+            json: self.json,
+        }
+    }
 }
 
 /// A comm: at most 15 bytes (TASK_COMM_LEN - 1), no NUL, not empty.
@@ -559,5 +603,15 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["tcpq", "trace", "overflow", "--port", "99999"]).is_err());
         assert!(Cli::try_parse_from(["tcpq", "lab", "nosuchlab"]).is_err());
+    }
+
+    /// The facts line names the lab as tcpq-lab does: the same word the command line takes.
+    #[test]
+    fn every_lab_name_is_its_scenario_name() {
+        use clap::ValueEnum as _;
+        for name in LabName::value_variants() {
+            let typed = name.to_possible_value().expect("a visible lab name");
+            assert_eq!(typed.get_name(), name.scenario().name());
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! Layout: `kernel` (load/attach, BTF, tracefs, environment: the only kernel plumbing),
 //! `decode` (ring records → events), `snapshot` (sock_diag, /proc, counters, sysctls),
 //! `model` (aggregation), `listen` (listener directory and diagnosis), `output` (text/JSON),
-//! `cmd` (subcommands), `lab` (incident generators).
+//! `cmd` (subcommands); `tcpq lab`'s incident generators are the tcpq-lab crate.
 pub mod accept;
 pub mod cli;
 pub mod cmd;
@@ -14,7 +14,6 @@ pub mod fixes;
 #[cfg(test)]
 mod fuzz;
 pub mod kernel;
-pub mod lab;
 pub mod limit;
 pub mod listen;
 pub mod live;

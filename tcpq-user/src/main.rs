@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcpq::{
     cli::{self, Cli, Command, TraceWhat},
-    cmd, lab,
+    cmd, stop,
 };
 
 /// Errors are one line (`tcpq: …`) and exit 2; tcpq never panics on bad input.
@@ -59,7 +59,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diagnose(opts) => cmd::diagnose::run(opts)?,
         Command::Top(opts) => cmd::top::run(opts)?,
         Command::Export(opts) => cmd::export::run(opts)?,
-        Command::Lab(opts) => lab::run(opts).map(|()| 0)?,
+        Command::Lab(opts) => {
+            stop::install();
+            tcpq_lab::run(&opts.lab(), tcpq_lab::Stop::when(stop::requested)).map(|()| 0)?
+        }
     };
     Ok(code as u8)
 }

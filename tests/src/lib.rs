@@ -11,6 +11,10 @@ use std::{
 };
 
 use serde_json::Value;
+use tcpq_lab::{
+    netns::NetnsGuard,
+    sysctl::{self, GlobalSysctl},
+};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -49,10 +53,11 @@ pub fn tcpq() -> Command {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A named network namespace owned by the test; deleted on drop (also its `-cli` sibling that
-/// `tcpq lab synflood` creates), even when the test panics.
+/// A named network namespace owned by the test (tcpq-lab's guard); deleted on drop (also its
+/// `-cli` sibling that `tcpq lab synflood` creates), even when the test panics.
 pub struct Netns {
     pub name: String,
+    guard: NetnsGuard,
 }
 
 impl Netns {
@@ -62,70 +67,44 @@ impl Netns {
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        Self { name }
+        // Fresh: a leftover of a killed run with the same name is not reused.
+        let guard = NetnsGuard::fresh(&name)
+            .unwrap_or_else(|e| panic!("create network namespace {name}: {e:#}"));
+        Self { name, guard }
+    }
+    /// The network namespace of process `pid` (a container's) named `name` on the host; the
+    /// name is removed on drop.
+    pub fn attach(name: &str, pid: u32) -> Self {
+        let guard = NetnsGuard::attach(name, pid)
+            .unwrap_or_else(|e| panic!("name the network namespace of {pid}: {e:#}"));
+        Self {
+            name: name.to_string(),
+            guard,
+        }
     }
     pub fn inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(format!("/run/netns/{}", self.name))
-            .expect("netns file")
-            .ino()
+        match self.guard.inode() {
+            0 => panic!("no netns file for {}", self.name),
+            inode => u64::from(inode),
+        }
     }
     /// TcpExt/Tcp counters of this namespace, read with the kernel's own /proc files (not tcpq).
     pub fn counters(&self) -> HashMap<String, u64> {
         self.counters_of(&self.name)
     }
     pub fn counters_of(&self, name: &str) -> HashMap<String, u64> {
-        let mut all = HashMap::new();
-        for f in ["/proc/net/netstat", "/proc/net/snmp"] {
-            let out = Command::new("ip")
-                .args(["netns", "exec", name, "cat", f])
-                .output()
-                .expect("ip netns exec");
-            assert!(out.status.success(), "read {f} in {name}");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let lines: Vec<&str> = text.lines().collect();
-            for pair in lines.chunks(2) {
-                if let [h, v] = pair {
-                    let (p, hs) = h.split_once(':').unwrap();
-                    let (_, vs) = v.split_once(':').unwrap();
-                    for (k, val) in hs.split_whitespace().zip(vs.split_whitespace()) {
-                        all.insert(
-                            format!("{p}:{k}"),
-                            val.parse::<i64>().unwrap_or(0).max(0) as u64,
-                        );
-                    }
-                }
-            }
-        }
-        all
+        tcpq_lab::netns::counters_of(name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for n in [self.name.clone(), format!("{}-cli", self.name)] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &n])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // The guard deletes the namespace itself.
+        tcpq_lab::netns::delete(&format!("{}-cli", self.name));
     }
 }
 
-pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
-    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use tcpq_lab::counters::delta;
 
 /// A running `tcpq trace overflow --json …`.
 pub struct Tracer {
@@ -415,22 +394,9 @@ pub fn first_line(child: &mut std::process::Child) -> String {
 
 /// Applies an nft script inside a namespace.
 pub fn nft_in(ns: &Netns, script: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft (cargo xtask setup installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft script failed: {script}"
-    );
+    if let Err(e) = tcpq_lab::netns::nft_in(&ns.name, script) {
+        panic!("nft script failed ({e:#}): {script}");
+    }
 }
 
 /// tcpq's count equals the kernel's over the same interval — except that records whose
@@ -451,18 +417,11 @@ pub fn assert_count_matches(what: &str, tcpq: u64, kernel: u64, summary: &Value)
     }
 }
 
-const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// The global nf_conntrack_max, as the kernel prints it (trimmed).
-/// The global nf_conntrack_max. nf_conntrack is loaded first where it is a module (Debian's
-/// kernels: no sysctl until something needs conntrack), so the value read is the one a lab
-/// will find and restore.
+/// The global nf_conntrack_max, as the kernel prints it (trimmed). nf_conntrack is loaded
+/// first where it is a module, so the value read is the one a lab will find and restore.
 pub fn ct_max() -> String {
-    let _ = Command::new("modprobe")
-        .args(["-q", "nf_conntrack"])
-        .stderr(Stdio::null())
-        .status();
-    std::fs::read_to_string(CT_MAX)
+    sysctl::load_conntrack();
+    std::fs::read_to_string(sysctl::CONNTRACK_MAX)
         .unwrap_or_default()
         .trim()
         .to_string()
@@ -470,18 +429,15 @@ pub fn ct_max() -> String {
 
 /// Restores the global nf_conntrack_max when dropped, also when the test panics while a lab
 /// that lowered it still runs (the lab is then killed and cannot restore it itself).
-pub struct CtMaxRestore(String);
+pub struct CtMaxRestore {
+    _restores_on_drop: Option<GlobalSysctl>,
+}
 
 impl CtMaxRestore {
     pub fn save() -> Self {
-        Self(ct_max())
-    }
-}
-
-impl Drop for CtMaxRestore {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let _ = std::fs::write(CT_MAX, &self.0);
+        sysctl::load_conntrack();
+        Self {
+            _restores_on_drop: GlobalSysctl::save(sysctl::CONNTRACK_MAX).ok(),
         }
     }
 }

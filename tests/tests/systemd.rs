@@ -496,14 +496,7 @@ fn the_deb_unit_runs_hardened_under_systemd_in_nspawn_and_counts_exactly() {
     assert_eq!(container.property("UnitFileState"), "enabled");
 
     // The container's network namespace, named on the host for its counters.
-    let ns = Netns {
-        name: format!("tqt-systemd-{}", std::process::id()),
-    };
-    let out = Command::new("ip")
-        .args(["netns", "attach", &ns.name, &leader.to_string()])
-        .output()
-        .expect("ip netns attach");
-    assert!(out.status.success(), "ip netns attach: {out:?}");
+    let ns = Netns::attach(&format!("tqt-systemd-{}", std::process::id()), leader);
     assert_eq!(ns.inode(), net_ns);
     let netns_path = PathBuf::from("/run/netns").join(&ns.name);
     wait_for(

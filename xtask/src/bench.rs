@@ -16,7 +16,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{ensure_package, is_root, output_of, root_dir, run, setup};
+use tcpq_lab::{
+    netns::{self, NetnsGuard},
+    sysctl::{self, GlobalSysctl},
+};
+
+use crate::{ensure_package, is_root, output_of, root_dir, run, setup, tcpq_bin};
 
 mod soak;
 
@@ -135,26 +140,14 @@ fn programs_run_ns(pid: u32) -> (f64, f64) {
 
 /// A kernel counter (e.g. `TcpExt` `ListenOverflows`) of the bench namespace.
 fn ns_counter(table: &str, name: &str) -> Result<u64> {
-    let text =
-        output_of(Command::new("ip").args(["netns", "exec", BENCH_NS, "cat", "/proc/net/netstat"]))
-            .context("read /proc/net/netstat in the bench namespace")?;
-    let prefix = format!("{table}:");
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
-    let (Some(names), Some(values)) = (rows.first(), rows.get(1)) else {
-        bail!("no {table} rows in /proc/net/netstat");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .with_context(|| format!("no counter {table}:{name}"))
+    netns::counters_of(BENCH_NS)?
+        .get(&format!("{table}:{name}"))
+        .copied()
+        .with_context(|| format!("no counter {table}:{name} in the bench namespace"))
 }
 
 /// The release build `bench` makes.
-fn tcpq_bin() -> std::path::PathBuf {
-    root_dir().join("target/release/tcpq")
-}
+const PROFILE: &str = "release";
 
 /// A tcpq process whose banner has been seen (every hook attached).
 struct Running {
@@ -168,7 +161,7 @@ struct Running {
 
 /// Starts `tcpq ARGS`; `collect` keeps its stdout (else it goes to /dev/null).
 fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Running> {
-    let bin = tcpq_bin();
+    let bin = tcpq_bin(PROFILE);
     let started = Instant::now();
     let mut child = Command::new("taskset")
         .args(["-c", TCPQ_CPU])
@@ -429,7 +422,7 @@ fn storm(secs: u64) -> Result<Storm> {
     let before = ns_counter("TcpExt", "ListenOverflows")?;
     let running = start_tcpq(&["top", "--json", "-d", "1"], &[], true)?;
     thread::sleep(Duration::from_millis(500));
-    let bin = tcpq_bin();
+    let bin = tcpq_bin(PROFILE);
     let port = STORM_PORT.to_string();
     let dur = format!("{secs}s");
     let lab = Command::new(&bin)
@@ -531,16 +524,6 @@ print('ready', flush=True)
 sys.stdin.read()
 "#;
 
-/// The big namespace anew (a leftover of an interrupted run removed first), loopback up.
-fn fresh_big_ns() -> Result<()> {
-    let _ = Command::new("ip")
-        .args(["netns", "del", BIG_NS])
-        .stderr(Stdio::null())
-        .status();
-    run(Command::new("ip").args(["netns", "add", BIG_NS]))?;
-    run(Command::new("ip").args(["-n", BIG_NS, "link", "set", "lo", "up"]))
-}
-
 /// Runs `cmd args…` inside the big namespace.
 fn in_big_ns(cmd: &str, args: &[&str]) -> Result<()> {
     run(Command::new("ip")
@@ -549,7 +532,8 @@ fn in_big_ns(cmd: &str, args: &[&str]) -> Result<()> {
 }
 
 fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables> {
-    fresh_big_ns()?;
+    // Anew (a leftover of an interrupted run removed first); deleted when this returns.
+    let _ns = NetnsGuard::fresh(BIG_NS)?;
     // Room for the TIME_WAITs (per namespace; the default is sized by memory).
     in_big_ns(
         "sysctl",
@@ -558,7 +542,7 @@ fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables
             &format!("net.ipv4.tcp_max_tw_buckets={}", time_wait * 2 + 1024),
         ],
     )?;
-    let result = (|| -> Result<BigTables> {
+    (|| -> Result<BigTables> {
         let mut py = build_in_big_ns(
             BIG_TABLES_PY,
             &[listeners.to_string(), time_wait.to_string()],
@@ -570,9 +554,7 @@ fn big_tables(listeners: usize, time_wait: usize, secs: u64) -> Result<BigTables
         let (_, mut big) = measured?;
         (big.listeners, big.time_wait) = (listeners, time_wait);
         Ok(big)
-    })();
-    let _ = Command::new("ip").args(["netns", "del", BIG_NS]).status();
-    result
+    })()
 }
 
 /// Runs a Python `script` with `args` in the big namespace until it prints "ready" (what it
@@ -657,31 +639,8 @@ fn big_tables_both(quick: bool) -> Result<(BigTables, BigConntrack)> {
     Ok((big, big_conntrack(entries, secs)?))
 }
 
-/// A global sysctl set for as long as this lives (the bench's own runs: tcpq never sets one);
-/// the previous value is put back on drop, also on a panic.
-struct GlobalSysctl {
-    path: &'static str,
-    previous: String,
-}
-
 /// bpftrace has no BPF_ENABLE_STATS fd of its own: its programs are counted with this on.
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-/// Global (read-only outside the initial namespace): raised for the big conntrack table.
-const CT_MAX_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-impl GlobalSysctl {
-    fn set(path: &'static str, value: &str) -> Result<Self, String> {
-        let previous = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
-        std::fs::write(path, value).map_err(|e| format!("set {path} to {value}: {e}"))?;
-        Ok(Self { path, previous })
-    }
-}
-
-impl Drop for GlobalSysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.path, self.previous.trim());
-    }
-}
 
 /// `entries` UDP flows (one socket to 127.1.x.y:1024-61023, unanswered) in the big namespace's
 /// conntrack table, then a packet every 10 ms that a rule drops until stdin closes: with drops,
@@ -713,15 +672,15 @@ struct BigConntrack {
 }
 
 fn big_conntrack(entries: u64, secs: u64) -> Result<BigConntrack> {
-    // A module on most kernels, built in on some: either way its sysctl must exist.
-    let _ = Command::new("modprobe")
-        .arg("nf_conntrack")
-        .stderr(Stdio::null())
-        .status();
-    let _max = GlobalSysctl::set(CT_MAX_SYSCTL, &(entries + entries / 4 + 65536).to_string())
-        .map_err(anyhow::Error::msg)?;
-    fresh_big_ns()?;
-    let result = (|| -> Result<BigConntrack> {
+    // A module on most kernels, built in on some: either way its sysctl must exist. Global
+    // (read-only outside the initial namespace): raised for the big table, restored on drop.
+    sysctl::load_conntrack();
+    let _max = GlobalSysctl::set(
+        sysctl::CONNTRACK_MAX,
+        &(entries + entries / 4 + 65536).to_string(),
+    )?;
+    let _ns = NetnsGuard::fresh(BIG_NS)?;
+    (|| -> Result<BigConntrack> {
         in_big_ns(
             "nft",
             &[
@@ -762,9 +721,7 @@ fn big_conntrack(entries: u64, secs: u64) -> Result<BigConntrack> {
             shown,
             big,
         })
-    })();
-    let _ = Command::new("ip").args(["netns", "del", BIG_NS]).status();
-    result
+    })()
 }
 
 /// The same signals as tcpq's hooks, gathered the plain way: bpftrace one-liners on the
@@ -928,7 +885,8 @@ fn armed_comparison(scenario: Scenario, secs: u64, pairs: usize) -> Result<Armed
         if bt_err.is_some() {
             continue;
         }
-        let measured = GlobalSysctl::set(BPF_STATS_SYSCTL, "1").and_then(|_stats| {
+        let stats = GlobalSysctl::set(BPF_STATS_SYSCTL, "1").map_err(|e| format!("{e:#}"));
+        let measured = stats.and_then(|_stats| {
             let tool = Bpftrace::start()?;
             let _ = wrk_rps_at(scenario.port, 1);
             let measured = account(tool.child.id(), scenario.port, secs).map(|(_, a)| a);
@@ -1171,16 +1129,13 @@ fn profile(secs: u64, who: Profiled) -> Result<Vec<(&'static str, f64)>, String>
 /// Starts nginx in the bench namespace; stops it and removes the namespace on drop.
 struct BenchNs {
     conf: std::path::PathBuf,
+    /// Deleted after nginx stopped (fields drop after `drop`).
+    _ns: NetnsGuard,
 }
 
 impl BenchNs {
     fn start() -> Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", BENCH_NS])
-            .stderr(Stdio::null())
-            .status();
-        run(Command::new("ip").args(["netns", "add", BENCH_NS]))?;
-        run(Command::new("ip").args(["-n", BENCH_NS, "link", "set", "lo", "up"]))?;
+        let netns = NetnsGuard::fresh(BENCH_NS)?;
         let dir = std::env::temp_dir().join("tcpq-bench");
         std::fs::create_dir_all(&dir)?;
         let d = dir.display();
@@ -1191,7 +1146,7 @@ impl BenchNs {
                 "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n server {{ listen 127.0.0.1:{NGINX_PORT} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n server {{ listen 127.0.0.1:{OVERFLOW_PORT} backlog=8; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
             ),
         )?;
-        let ns = Self { conf };
+        let ns = Self { conf, _ns: netns };
         run(Command::new("ip")
             .args([
                 "netns", "exec", BENCH_NS, "taskset", "-c", NGINX_CPU, "nginx", "-c",
@@ -1210,7 +1165,6 @@ impl Drop for BenchNs {
             .stderr(Stdio::null())
             .status();
         thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("ip").args(["netns", "del", BENCH_NS]).status();
     }
 }
 

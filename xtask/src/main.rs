@@ -43,6 +43,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        // Every command but vm (which has its own) only prints the usage with --help: `bench
+        // --help` must not start a benchmark.
+        Some(cmd) if cmd != "vm" && args.iter().any(|a| a == "--help" || a == "-h") => {
+            println!("{}", usage());
+            return;
+        }
         Some("setup") => setup(),
         Some("build") => setup().and_then(|_| build()),
         Some("test") => test(),
@@ -59,9 +65,7 @@ fn main() {
         }),
         Some("vm") => vm::vm(&args[1..]),
         _ => {
-            eprintln!(
-                "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus, podman, runc, systemd-container (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
-            );
+            eprintln!("{}", usage());
             std::process::exit(2);
         }
     };
@@ -69,6 +73,12 @@ fn main() {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask <setup|build|test|dist|bench|vm|demo>\n  setup  install nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, iproute2, nftables, nginx, wrk, capsh, tmux, prometheus, podman, runc, systemd-container (idempotent)\n  build  build tcpq (and its kernel object)\n  dist   release binary, man pages, shell completions, a .deb with the tcpq-export systemd unit and an OCI image archive (localhost/tcpq:VERSION), in target/dist/\n  test   every test: unit tests, then the integration tests (as root: real programs in network namespaces)\n  bench  tcpq's cost under nginx + wrk, against bpftrace; rewrites BENCHMARKS.md (--quick: one short pair, prints only; --armed: only the cost while every family traces; --tables: only the big tables, rewriting their sections of BENCHMARKS.md; --soak [--soak-secs N]: only `tcpq export` for N s, default 600, while every lab comes and goes, prints only — the full run ends with it)\n  vm     --kernel 6.1|6.12 [-- CMD…]: run CMD (default: tcpq check and the listen, connect and conntrack tests) on Debian's kernel in qemu (TCG) over this machine's root\n  demo   reproduce an accept-queue overflow in a namespace and show `tcpq trace overflow` naming it (root)"
+    )
 }
 
 /// `--soak-secs N` of `cargo xtask bench` (600 when absent).
@@ -259,8 +269,10 @@ fn build() -> Result<()> {
         .args(["build", "--package", "tcpq-user"]))
 }
 
-fn tcpq_bin() -> PathBuf {
-    root_dir().join("target/debug/tcpq")
+/// The tcpq binary of a cargo profile: "debug" (`build`, the integration tests' TCPQ_BIN) or
+/// "release" (`dist`, `bench`).
+fn tcpq_bin(profile: &str) -> PathBuf {
+    root_dir().join("target").join(profile).join("tcpq")
 }
 
 fn test() -> Result<()> {
@@ -288,7 +300,7 @@ fn test() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root_dir())
         .args(["test", "--package", "tcpq-tests", "--", "--test-threads=1"])
-        .env("TCPQ_BIN", tcpq_bin())
+        .env("TCPQ_BIN", tcpq_bin("debug"))
         // setup installed every tool the tests use: a missing one is a failure, not a skip.
         .env("TCPQ_TOOLS_REQUIRED", "1"))?;
     eprintln!("xtask: all tests passed");
@@ -301,7 +313,7 @@ fn demo() -> Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs and creates a network namespace: run it as root");
     }
-    let bin = tcpq_bin();
+    let bin = tcpq_bin("debug");
     println!("== tcpq check ==");
     run(Command::new(&bin).arg("check"))?;
     println!(

@@ -105,7 +105,7 @@ fn matrix() -> Result<()> {
     let out = Command::new("sh")
         .current_dir(root_dir())
         .env("PATH", path)
-        .env("TCPQ_BIN", crate::tcpq_bin())
+        .env("TCPQ_BIN", crate::tcpq_bin("debug"))
         .args(["-c", &script])
         .stderr(Stdio::inherit())
         .output()

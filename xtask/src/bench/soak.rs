@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{start_tcpq, tcpq_bin, vm_rss_kib};
+use super::{PROFILE, start_tcpq, tcpq_bin, vm_rss_kib};
 
 /// The labs cycled through, with their arguments (short runs: the point is churn — namespaces,
 /// listeners, processes and destinations that come and go). `storm` is rate-limited: the
@@ -269,7 +269,7 @@ struct LabTally {
 
 /// Runs `tcpq lab NAME ARGS` to its end (interrupted past LAB_LIMIT); the error names it.
 fn run_lab(name: &str, args: &[&str]) -> Result<()> {
-    let bin = tcpq_bin();
+    let bin = tcpq_bin(PROFILE);
     let mut cmd = if GLOBAL_LABS.contains(&name) {
         let mut c = Command::new("flock");
         c.args(["-w", "60", GLOBAL_LOCK]).arg(&bin);
