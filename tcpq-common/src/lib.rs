@@ -79,8 +79,27 @@ pub mod names {
     pub const PROG_SKB_KFREE: &str = "skb_kfree";
 }
 
-/// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
-/// the kernel increments for every classified packet whether or not the event fit in the ring.
+/// The head of every ring record (`ListenEvent`, `ListenCallEvent`, `ConnectEvent`,
+/// `DropEvent`, `AcceptEvent`): userspace reads it first to dispatch on `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of `kind::*`: tells the record's type and meaning.
+    pub kind: u16,
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Network namespace inode (`sock_net(sk)->ns.inum`).
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+
+/// Every record kind of every ring (`EventHeader::kind`), in one place so that two families
+/// cannot pick the same value. The listen values (1..=16) are also the index into the per-CPU
+/// `LISTEN_COUNTS` array, which the kernel increments for every classified packet whether or
+/// not the event fit in the ring.
 pub mod kind {
     /// SYN dropped because the accept queue is full (`tcp_conn_request`, LINUX_MIB_LISTENOVERFLOWS).
     pub const SYN_DROP: u16 = 1;
@@ -123,6 +142,23 @@ pub mod kind {
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.
     pub const COUNT_SLOTS: u32 = 17;
+
+    /// Connect family (`CONNECT_EVENTS`, `ConnectEvent`): a connect() that failed inside the
+    /// syscall before any SYN left (EADDRNOTAVAIL, ENETUNREACH, …) or a blocking connect()
+    /// whose handshake ended inside the syscall.
+    pub const CONNECT_SYSCALL: u16 = 32;
+    /// A handshake that ended after a non-blocking connect() returned EINPROGRESS.
+    pub const CONNECT_HANDSHAKE: u16 = 33;
+
+    /// Drop family (`DROP_EVENTS`, `DropEvent`): a packet netfilter dropped.
+    pub const DROP_NETFILTER: u16 = 48;
+    /// Any other TCP drop (`tcpq trace drops`), with its `skb_drop_reason`.
+    pub const DROP_TCP: u16 = 49;
+
+    /// Accept family (`ACCEPT_EVENTS`, `AcceptEvent`): accept() returned a connection.
+    pub const ACCEPTED: u16 = 64;
+    /// accept() failed (`AcceptEvent::result` is the negative errno).
+    pub const ACCEPT_FAILED: u16 = 65;
 }
 
 /// Index into the per-CPU `LOST_EVENTS` array: one slot per hook that writes a ring buffer.
@@ -138,12 +174,6 @@ pub mod hook {
 
 /// Outbound connects (`CONNECT_EVENTS`, `ConnectEvent`).
 pub mod connect {
-    /// A connect() that failed inside the syscall before any SYN left (EADDRNOTAVAIL,
-    /// ENETUNREACH, …) or a blocking connect() whose handshake ended inside the syscall.
-    pub const SYSCALL: u16 = 32;
-    /// A handshake that ended after a non-blocking connect() returned EINPROGRESS.
-    pub const HANDSHAKE: u16 = 33;
-
     /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried).
     pub const COUNT_OK: u32 = 0;
     pub const COUNT_REFUSED: u32 = 1;
@@ -159,11 +189,8 @@ pub mod connect {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
-    /// `connect::SYSCALL` or `connect::HANDSHAKE`.
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::CONNECT_SYSCALL` or `kind::CONNECT_HANDSHAKE`.
+    pub header: EventHeader,
     /// Time spent in the connect() syscall (0 if unknown).
     pub syscall_ns: u64,
     /// SYN sent → ESTABLISHED/CLOSE (0 when no SYN left).
@@ -186,9 +213,6 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 
 /// Packets dropped by netfilter (`DROP_EVENTS`, `DropEvent`).
 pub mod drop {
-    pub const NETFILTER: u16 = 48;
-    /// Any other TCP drop (`tcpq trace drops`), with its `skb_drop_reason`.
-    pub const TCP: u16 = 49;
     /// `DROP_CONFIG` slot: 1 = also report every TCP drop, not only netfilter's.
     pub const CONFIG_ALL_TCP: u32 = 0;
     pub const CONFIG_SLOTS: u32 = 1;
@@ -206,10 +230,8 @@ pub mod drop {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::DROP_NETFILTER` or `kind::DROP_TCP`.
+    pub header: EventHeader,
     /// Locally generated packets (skb->sk set): the sending process; else 0.
     pub tgid: u32,
     /// The `enum skb_drop_reason` value (names come from the running kernel's BTF).
@@ -231,20 +253,12 @@ pub struct DropEvent {
 
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
 
-/// Accepted connections and accept() failures (`ACCEPT_EVENTS`, `AcceptEvent`).
-pub mod accept {
-    pub const ACCEPTED: u16 = 64;
-    pub const FAILED: u16 = 65;
-}
-
 /// One accept()/accept4() that returned a connection (with its accept-queue wait) or failed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AcceptEvent {
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::ACCEPTED` or `kind::ACCEPT_FAILED`.
+    pub header: EventHeader,
     /// Time from the child becoming ESTABLISHED (queued) to accept() returning it; 0 if unknown.
     pub wait_ns: u64,
     pub tgid: u32,
@@ -513,14 +527,8 @@ const _: () = assert!(core::mem::size_of::<ListenerTally>() == 128);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenEvent {
-    /// One of `kind::*` (first field of every record in `LISTEN_EVENTS`).
-    pub kind: u16,
-    /// AF_INET (2) or AF_INET6 (10).
-    pub family: u16,
-    /// Network namespace inode (`sock_net(sk)->ns.inum`).
-    pub netns: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
-    pub ts_ns: u64,
+    /// `kind` is one of the listen `kind::*` values.
+    pub header: EventHeader,
     /// Socket cookie of the listener (`sock_gen_cookie`, as in sock_diag); 0 if unknown.
     pub cookie: u64,
     pub laddr: [u8; 16],
@@ -543,12 +551,8 @@ pub struct ListenEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenCallEvent {
-    /// Always `kind::LISTEN_CALL`.
-    pub kind: u16,
-    /// AF_INET / AF_INET6 of the socket; 0 when the fd could not be resolved.
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind` is always `kind::LISTEN_CALL`; `family` is 0 when the fd could not be resolved.
+    pub header: EventHeader,
     pub tgid: u32,
     pub fd: u32,
     /// The listen() argument, as passed (an int; negative values are clamped by the kernel).
@@ -564,12 +568,21 @@ const _: () = assert!(core::mem::size_of::<ListenEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<ListenEvent>() == 8);
 
+// Every record starts with its header: userspace peeks at it before knowing the type.
+const _: () = assert!(core::mem::offset_of!(ListenEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(ListenCallEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(DropEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(AcceptEvent, header) == 0);
+
 /// The largest record in `LISTEN_EVENTS`; userspace rejects shorter records.
 pub const MAX_LISTEN_RECORD: usize = 72;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenCallEvent {}
@@ -591,6 +604,7 @@ mod pod {
     unsafe impl aya::Pod for super::AcceptKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AcceptTotals {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AbortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AbortTally {}

@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use tcpq_common::{
     AbortKey, AbortTally, AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued,
-    IN_ACCEPT_SLOTS, InAccept, SLOW_WAIT_US, accept as a, socket_slot, thread_slot, wait_bucket,
+    EventHeader, IN_ACCEPT_SLOTS, InAccept, SLOW_WAIT_US, kind, socket_slot, thread_slot,
+    wait_bucket,
 };
 
 use crate::{
@@ -290,8 +291,15 @@ fn exit(ret: i64) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut ev = AcceptEvent {
-        kind: if ret >= 0 { a::ACCEPTED } else { a::FAILED },
-        ts_ns: now,
+        header: EventHeader {
+            kind: if ret >= 0 {
+                kind::ACCEPTED
+            } else {
+                kind::ACCEPT_FAILED
+            },
+            ts_ns: now,
+            ..EventHeader::default()
+        },
         tgid: (id >> 32) as u32,
         result: ret as i32,
         listen_fd,
@@ -309,10 +317,10 @@ fn exit(ret: i64) {
     if local == 0 {
         return;
     }
-    ev.netns = sk_netns(local);
-    ev.family = kread(local, OFF_SK_FAMILY.load());
+    ev.header.netns = sk_netns(local);
+    ev.header.family = kread(local, OFF_SK_FAMILY.load());
     ev.lport = kread(local, OFF_SK_NUM.load());
-    if ev.family == 10 {
+    if ev.header.family == 10 {
         ev.laddr = kread_addr16(local, OFF_SK_V6_RCV_SADDR.load());
     } else {
         let l: [u8; 4] = kread(local, OFF_SK_RCV_SADDR.load());
@@ -323,7 +331,7 @@ fn exit(ret: i64) {
         ev.wait_ns = queue_wait(child, now);
         let dport: u16 = kread(child, OFF_SK_DPORT.load());
         ev.rport = u16::from_be(dport);
-        if ev.family == 10 {
+        if ev.header.family == 10 {
             ev.raddr = kread_addr16(child, OFF_SK_V6_DADDR.load());
         } else {
             let r: [u8; 4] = kread(child, OFF_SK_DADDR.load());

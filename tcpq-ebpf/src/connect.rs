@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
-use tcpq_common::{ConnectEvent, connect as c};
+use tcpq_common::{ConnectEvent, EventHeader, connect as c, kind};
 
 use crate::{
     listen::fd_to_sk,
@@ -132,10 +132,10 @@ fn local_port(sk: u64) -> u16 {
 /// Addresses and remote port of a connecting socket (the local port: `local_port`).
 #[inline(always)]
 fn fill_from_sk(ev: &mut ConnectEvent, sk: u64) {
-    ev.family = kread(sk, OFF_SK_FAMILY.load());
+    ev.header.family = kread(sk, OFF_SK_FAMILY.load());
     let dport: u16 = kread(sk, OFF_SK_DPORT.load());
     ev.dport = u16::from_be(dport);
-    if ev.family == AF_INET6 {
+    if ev.header.family == AF_INET6 {
         ev.saddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
         ev.daddr = kread_addr16(sk, OFF_SK_V6_DADDR.load());
     } else {
@@ -254,13 +254,13 @@ fn connect_end(ret: i64) -> Result<(), i64> {
             return Ok(());
         }
         let mut ev = hs.ev;
-        ev.ts_ns = now;
+        ev.header.ts_ns = now;
         ev.syscall_ns = dur;
         if ret == -EINPROGRESS {
             // Non-blocking, but the handshake already ended inside the call (loopback).
-            ev.kind = c::HANDSHAKE;
+            ev.header.kind = kind::CONNECT_HANDSHAKE;
         } else {
-            ev.kind = c::SYSCALL;
+            ev.header.kind = kind::CONNECT_SYSCALL;
             ev.result = ret as i32;
         }
         let _ = SYN_START.remove(sk);
@@ -273,9 +273,12 @@ fn connect_end(ret: i64) -> Result<(), i64> {
     // Failed before a handshake was tracked (e.g. connect() on a socket tcpq never saw go to
     // SYN_SENT), or succeeded without one: report the syscall alone.
     let mut ev = ConnectEvent {
-        kind: c::SYSCALL,
-        family: start.family,
-        ts_ns: now,
+        header: EventHeader {
+            kind: kind::CONNECT_SYSCALL,
+            family: start.family,
+            ts_ns: now,
+            ..EventHeader::default()
+        },
         syscall_ns: dur,
         tgid: (id >> 32) as u32,
         result: ret as i32,
@@ -285,7 +288,7 @@ fn connect_end(ret: i64) -> Result<(), i64> {
         ..ConnectEvent::default()
     };
     if sk != 0 {
-        ev.netns = sk_netns(sk);
+        ev.header.netns = sk_netns(sk);
         ev.sport = kread(sk, OFF_SK_NUM.load());
     }
     emit(&ev);
@@ -327,10 +330,10 @@ pub fn on_failed_handshake(sk: u64) {
     // SAFETY: this CPU's scratch slot, used by `sock_state` alone (see STATE_SCRATCH).
     let ev = unsafe { &mut (*scratch).ev };
     start_record(ev, sk);
-    ev.kind = c::HANDSHAKE;
+    ev.header.kind = kind::CONNECT_HANDSHAKE;
     ev.result = -EADDRNOTAVAIL;
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(ev);
 }
 
@@ -340,7 +343,7 @@ fn start_record(ev: &mut ConnectEvent, sk: u64) {
     let id = bpf_get_current_pid_tgid();
     *ev = ConnectEvent::default();
     ev.tgid = (id >> 32) as u32;
-    ev.netns = sk_netns(sk);
+    ev.header.netns = sk_netns(sk);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     fill_from_sk(ev, sk);
 }
@@ -415,8 +418,8 @@ fn end_handshake(sk: u64, established: bool) {
         hs.done = 1; // sys_exit_connect reports it, with the syscall's own result
         return;
     }
-    hs.ev.kind = c::HANDSHAKE;
-    hs.ev.ts_ns = now;
+    hs.ev.header.kind = kind::CONNECT_HANDSHAKE;
+    hs.ev.header.ts_ns = now;
     hs.ev.syscall_ns = hs.syscall_ns;
     emit(&hs.ev);
     let _ = SYN_START.remove(sk);

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpq_common::{DropEvent, drop as d, state_hooks};
+use tcpq_common::{DropEvent, EventHeader, drop as d, kind, state_hooks};
 
 use crate::{
     offsets::*,
@@ -117,21 +117,28 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     // SAFETY: this CPU's scratch slot, used by `skb_kfree` alone (see DROP_SCRATCH).
     let ev = unsafe { &mut *scratch };
     *ev = DropEvent {
-        kind: if is_nf { d::NETFILTER } else { d::TCP },
+        header: EventHeader {
+            kind: if is_nf {
+                kind::DROP_NETFILTER
+            } else {
+                kind::DROP_TCP
+            },
+            ..EventHeader::default()
+        },
         reason,
         ..DropEvent::default()
     };
     let l4_off: u64;
     match hdr[0] >> 4 {
         4 => {
-            ev.family = 2;
+            ev.header.family = 2;
             ev.proto = hdr[9];
             ev.saddr[..4].copy_from_slice(&hdr[12..16]);
             ev.daddr[..4].copy_from_slice(&hdr[16..20]);
             l4_off = ((hdr[0] & 0x0f) as u64) * 4;
         }
         6 => {
-            ev.family = 10;
+            ev.header.family = 10;
             ev.proto = hdr[6];
             ev.saddr.copy_from_slice(&hdr[8..24]);
             ev.daddr.copy_from_slice(&hdr[24..40]);
@@ -170,17 +177,17 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
                 ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
             }
         }
-        ev.netns = sk_netns(sk);
+        ev.header.netns = sk_netns(sk);
     } else {
         ev.direction = d::DIR_IN;
         let dev: u64 = kread(skb, OFF_SKB_DEV.load());
         let net: u64 = kread(dev, OFF_DEV_NET.load());
-        ev.netns = kread(net, OFF_NET_INUM.load());
+        ev.header.netns = kread(net, OFF_NET_INUM.load());
     }
     // The conntrack count lives in net_generic() data since 5.x: userspace samples
     // nf_conntrack_count per namespace instead.
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     match DROP_EVENTS.reserve::<DropEvent>(0) {
         Some(mut entry) => {
             // SAFETY: the reservation holds one DropEvent; `ev` is a valid one (map to ring,

@@ -20,7 +20,8 @@ use aya_ebpf::{
     },
 };
 use tcpq_common::{
-    ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS, config, hook, kind,
+    EventHeader, ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS, config,
+    hook, kind,
 };
 
 use crate::{
@@ -344,13 +345,13 @@ static ZERO_TALLY: Array<ListenerTally> = Array::with_max_entries(1, 0);
 #[inline(always)]
 fn tally_unsent(ev: &ListenEvent) {
     bump(&LISTEN_COUNTS, kind::UNSENT as u32);
-    let kind = ev.kind as usize;
+    let kind = ev.header.kind as usize;
     if kind >= TALLY_KINDS {
         return;
     }
     let key = ListenerTallyKey {
-        netns: ev.netns,
-        family: ev.family,
+        netns: ev.header.netns,
+        family: ev.header.family,
         lport: ev.lport,
         cookie: ev.cookie,
         laddr: ev.laddr,
@@ -376,7 +377,7 @@ fn tally_unsent(ev: &ListenEvent) {
     if let Some(c) = t.counts.get_mut(kind) {
         *c += 1;
     }
-    t.last_ts_ns = ev.ts_ns;
+    t.last_ts_ns = ev.header.ts_ns;
     t.queue = ev.queue;
     t.backlog = ev.backlog;
     t.synq = ev.synq;
@@ -384,7 +385,7 @@ fn tally_unsent(ev: &ListenEvent) {
 
 #[inline(always)]
 fn emit(ev: &ListenEvent, hook_slot: u32) {
-    if !within_budget(ev.ts_ns) {
+    if !within_budget(ev.header.ts_ns) {
         tally_unsent(ev);
         return;
     }
@@ -405,7 +406,7 @@ fn emit(ev: &ListenEvent, hook_slot: u32) {
 /// Listener-side state shared by every hook that reports on a listening socket.
 #[inline(always)]
 fn fill_listener(ev: &mut ListenEvent, sk: u64) {
-    ev.netns = sk_netns(sk);
+    ev.header.netns = sk_netns(sk);
     fill_queues(ev, sk);
 }
 
@@ -465,7 +466,7 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
                 return Ok(());
             }
             l4 = ((b0 & 0x0f) as usize) * 4;
-            ev.family = AF_INET;
+            ev.header.family = AF_INET;
             let src: [u8; 4] = ctx.load(12)?;
             let dst: [u8; 4] = ctx.load(16)?;
             ev.raddr[..4].copy_from_slice(&src);
@@ -477,7 +478,7 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
                 return Ok(()); // extension headers: not worth the cost here
             }
             l4 = 40;
-            ev.family = AF_INET6;
+            ev.header.family = AF_INET6;
             ev.raddr = ctx.load(8)?;
             ev.laddr = ctx.load(24)?;
         }
@@ -519,13 +520,13 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         return Ok(());
     }
     // sock_net(sk)->ns.inum, read only now: the packets skipped above never need it.
-    ev.netns = kread(net, OFF_NET_INUM.load());
+    ev.header.netns = kread(net, OFF_NET_INUM.load());
 
     if confirm {
         // Record the packet; the verdict comes from what the kernel then does with it.
         // SAFETY: as in `listen_ingress`: the socket cookie of skb->sk (the listener).
         ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        ev.kind = if is_syn {
+        ev.header.kind = if is_syn {
             kind::SYN_DROP
         } else {
             kind::ACK_DROP
@@ -609,11 +610,11 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         return Ok(());
     };
 
-    ev.kind = k;
+    ev.header.kind = k;
     // SAFETY: the context pointer is valid for the helper; skb->sk is the listener here.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, k as u32);
     emit(&ev, hook::LISTEN_INGRESS);
     Ok(())
@@ -642,7 +643,7 @@ fn sk_addrs(skc: u64) -> (u16, [u8; 16], [u8; 16]) {
 /// Fills local/remote addresses from a sock_common (a request sock: remote = client).
 #[inline(always)]
 fn fill_tuple_from_common(ev: &mut ListenEvent, skc: u64) {
-    (ev.family, ev.laddr, ev.raddr) = sk_addrs(skc);
+    (ev.header.family, ev.laddr, ev.raddr) = sk_addrs(skc);
     ev.lport = kread(skc, OFF_SK_NUM.load());
     let dport: u16 = kread(skc, OFF_SK_DPORT.load());
     ev.rport = u16::from_be(dport);
@@ -669,10 +670,10 @@ fn try_synack_retransmit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     fill_listener(&mut ev, sk);
-    ev.kind = kind::SYNACK_RETRANS;
+    ev.header.kind = kind::SYNACK_RETRANS;
     ev.cookie = kread(sk, OFF_SK_COOKIE.load());
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, kind::SYNACK_RETRANS as u32);
     emit(&ev, hook::SYNACK_RETRANS);
     Ok(())
@@ -711,11 +712,11 @@ fn try_send_reset(sk: u64, skb: u64) -> Result<(), i64> {
     let ip = head + nh as u64;
     let b0: u8 = kread(ip, 0);
     if b0 >> 4 == 6 {
-        ev.family = AF_INET6;
+        ev.header.family = AF_INET6;
         ev.raddr = kread_addr16(ip, 8);
         ev.laddr = kread_addr16(ip, 24);
     } else {
-        ev.family = AF_INET;
+        ev.header.family = AF_INET;
         let s: [u8; 4] = kread(ip, 12);
         let d: [u8; 4] = kread(ip, 16);
         ev.raddr[..4].copy_from_slice(&s);
@@ -728,10 +729,10 @@ fn try_send_reset(sk: u64, skb: u64) -> Result<(), i64> {
     if filter != 0 && filter != ev.lport as u32 {
         return Ok(());
     }
-    ev.kind = kind::OVERFLOW_RESET;
+    ev.header.kind = kind::OVERFLOW_RESET;
     ev.cookie = kread(sk, OFF_SK_COOKIE.load());
     // SAFETY: no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, kind::OVERFLOW_RESET as u32);
     emit(&ev, hook::SEND_RESET);
     Ok(())
@@ -802,11 +803,13 @@ pub fn listen_kprobe(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn listen_call(fd: u64, backlog: i32) {
     let mut ev = ListenCallEvent {
-        kind: kind::LISTEN_CALL,
-        family: 0,
-        netns: current_netns(),
-        // SAFETY: no arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        header: EventHeader {
+            kind: kind::LISTEN_CALL,
+            family: 0,
+            netns: current_netns(),
+            // SAFETY: no arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
         backlog,
@@ -817,9 +820,9 @@ fn listen_call(fd: u64, backlog: i32) {
     };
     let sk = fd_to_sk(fd);
     if sk != 0 {
-        ev.family = kread(sk, OFF_SK_FAMILY.load());
+        ev.header.family = kread(sk, OFF_SK_FAMILY.load());
         ev.lport = kread(sk, OFF_SK_NUM.load());
-        if ev.family == AF_INET6 {
+        if ev.header.family == AF_INET6 {
             ev.laddr = kread_addr16(sk, OFF_SK_V6_RCV_SADDR.load());
         } else {
             let l: [u8; 4] = kread(sk, OFF_SK_RCV_SADDR.load());
@@ -1042,13 +1045,16 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
         let dev: u64 = kread(skb, OFF_SKB_DEV.load());
         let net: u64 = kread(dev, OFF_DEV_NET.load());
         let mut ev = ListenEvent {
-            kind: kind::COOKIE,
-            family: if kread::<u8>(t.ip, 0) >> 4 == 6 {
-                AF_INET6
-            } else {
-                AF_INET
+            header: EventHeader {
+                kind: kind::COOKIE,
+                family: if kread::<u8>(t.ip, 0) >> 4 == 6 {
+                    AF_INET6
+                } else {
+                    AF_INET
+                },
+                netns: kread(net, OFF_NET_INUM.load()),
+                ts_ns: 0,
             },
-            netns: kread(net, OFF_NET_INUM.load()),
             laddr: saddr,
             raddr: daddr,
             lport: t.sport,
@@ -1056,7 +1062,7 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
             ..ListenEvent::default()
         };
         // SAFETY: no arguments.
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         bump(&LISTEN_COUNTS, kind::COOKIE as u32);
         bump(&LISTEN_COUNTS, kind::COOKIE_UNMATCHED as u32);
         emit(&ev, hook::OUTCOME);
@@ -1217,9 +1223,9 @@ fn resolve(p: &mut Pending, freed: u32) {
     } else {
         return;
     };
-    p.ev.kind = k;
+    p.ev.header.kind = k;
     // SAFETY: no arguments.
-    p.ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    p.ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, k as u32);
     emit(&p.ev, hook::OUTCOME);
 }
