@@ -8,7 +8,8 @@
 pub mod names {
     pub const LISTEN_EVENTS: &str = "LISTEN_EVENTS";
     pub const LISTEN_COUNTS: &str = "LISTEN_COUNTS";
-    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    /// Per-CPU array indexed by `lost::*`: records no ring had room for, every family's.
+    pub const RING_LOST: &str = "RING_LOST";
     pub const ACCEPTS_BY_TGID: &str = "ACCEPTS_BY_TGID";
 
     pub const PROG_LISTEN_INGRESS: &str = "listen_ingress";
@@ -60,7 +61,6 @@ pub mod names {
 
     pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
     pub const IN_ACCEPT: &str = "IN_ACCEPT";
-    pub const ACCEPT_LOST: &str = "ACCEPT_LOST";
     pub const ACCEPT_TOTALS: &str = "ACCEPT_TOTALS";
     pub const ENQUEUE_SINCE: &str = "ENQUEUE_SINCE";
     pub const PROG_ACCEPT_ENQUEUE: &str = "accept_enqueue";
@@ -161,28 +161,42 @@ pub mod kind {
     pub const ACCEPT_FAILED: u16 = 65;
 }
 
-/// Index into the per-CPU `LOST_EVENTS` array: one slot per hook that writes a ring buffer.
-pub mod hook {
+/// Index into the per-CPU `RING_LOST` array: records that did not fit in their ring, one slot
+/// per hook that writes one (the kernel's one `emit` counts them). A family's "lost events"
+/// are the sum of its slots.
+pub mod lost {
+    /// Listen family (`LISTEN_EVENTS`): the slots `LISTEN` spans, one per hook.
     pub const LISTEN_INGRESS: u32 = 0;
     pub const SYNACK_RETRANS: u32 = 1;
     pub const SEND_RESET: u32 = 2;
     pub const SYS_ENTER_LISTEN: u32 = 3;
     /// Events emitted when a packet's outcome is confirmed (consume_skb / kfree_skb).
     pub const OUTCOME: u32 = 4;
-    pub const SLOTS: u32 = 5;
+    /// Every listen slot.
+    pub const LISTEN: core::ops::Range<u32> = 0..5;
+    /// Connect family (`CONNECT_EVENTS`).
+    pub const CONNECT: u32 = 5;
+    /// Drop family (`DROP_EVENTS`).
+    pub const DROP: u32 = 6;
+    /// Accept family (`ACCEPT_EVENTS`).
+    pub const ACCEPT: u32 = 7;
+    /// Accepts the live commands could not count because `ACCEPT_TOTALS` was full (no ring
+    /// involved; they count with the accept family's losses).
+    pub const ACCEPT_TOTALS_FULL: u32 = 8;
+    pub const SLOTS: u32 = 9;
 }
 
 /// Outbound connects (`CONNECT_EVENTS`, `ConnectEvent`).
 pub mod connect {
-    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried).
+    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried; records
+    /// the ring had no room for: `RING_LOST[lost::CONNECT]`).
     pub const COUNT_OK: u32 = 0;
     pub const COUNT_REFUSED: u32 = 1;
     pub const COUNT_TIMEOUT: u32 = 2;
     pub const COUNT_EADDRNOTAVAIL: u32 = 3;
     pub const COUNT_OTHER: u32 = 4;
     pub const COUNT_SYN_RETRANS: u32 = 5;
-    pub const COUNT_LOST: u32 = 6;
-    pub const COUNT_SLOTS: u32 = 7;
+    pub const COUNT_SLOTS: u32 = 6;
 }
 
 /// One connect() outcome. Addresses in network byte order (IPv4 in the first 4 bytes).
@@ -216,11 +230,10 @@ pub mod drop {
     /// `DROP_CONFIG` slot: 1 = also report every TCP drop, not only netfilter's.
     pub const CONFIG_ALL_TCP: u32 = 0;
     pub const CONFIG_SLOTS: u32 = 1;
-    /// `DROP_COUNTS` slots.
-    pub const COUNT_LOST: u32 = 0;
+    /// `DROP_COUNTS` slots (records the ring had no room for: `RING_LOST[lost::DROP]`).
     /// Frees whose IP header could not be read (no event sent).
-    pub const COUNT_UNPARSED: u32 = 1;
-    pub const COUNT_SLOTS: u32 = 2;
+    pub const COUNT_UNPARSED: u32 = 0;
+    pub const COUNT_SLOTS: u32 = 1;
     /// `DropEvent::direction`.
     pub const DIR_IN: u8 = 0;
     pub const DIR_OUT: u8 = 1;

@@ -5,12 +5,12 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, RingBuf},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use tcpq_common::{
     AbortKey, AbortTally, AcceptEvent, AcceptKey, AcceptTotals, ENQUEUED_SLOT_BITS, Enqueued,
-    EventHeader, IN_ACCEPT_SLOTS, InAccept, SLOW_WAIT_US, kind, socket_slot, thread_slot,
+    EventHeader, IN_ACCEPT_SLOTS, InAccept, SLOW_WAIT_US, kind, lost, socket_slot, thread_slot,
     wait_bucket,
 };
 
@@ -18,6 +18,7 @@ use crate::{
     listen::fd_to_sk,
     offsets::*,
     read::{kread, kread_addr16, sk_netns},
+    shared::emit::{count_lost, emit},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -28,11 +29,6 @@ const ERESTARTSYS: i64 = 512;
 
 #[map]
 static ACCEPT_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
-
-/// Slot 0: accept records that did not fit in the ring buffer; slot 1: accepts not counted
-/// because ACCEPT_TOTALS was full.
-#[map]
-static ACCEPT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// When each child socket was queued, by `socket_slot` (see `tcpq_common::Enqueued`).
 #[map]
@@ -200,14 +196,6 @@ pub fn accept_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
-#[inline(always)]
-fn count_lost(slot: u32) {
-    if let Some(p) = ACCEPT_LOST.get_ptr_mut(slot) {
-        // SAFETY: this CPU's slot.
-        unsafe { *p += 1 };
-    }
-}
-
 /// One accept of `child` by process `tgid`, added to its (listener, process) totals.
 #[inline(always)]
 fn tally(child: u64, tgid: u32) {
@@ -238,7 +226,7 @@ fn tally(child: u64, tgid: u32) {
             let _ = ACCEPT_TOTALS.insert(&key, zero, 1);
             match ACCEPT_TOTALS.get_ptr_mut(&key) {
                 Some(t) => t,
-                None => return count_lost(1), // the table is full
+                None => return count_lost(lost::ACCEPT_TOTALS_FULL),
             }
         }
     };
@@ -338,13 +326,7 @@ fn exit(ret: i64) {
             ev.raddr[..4].copy_from_slice(&r);
         }
     }
-    match ACCEPT_EVENTS.reserve::<AcceptEvent>(0) {
-        Some(mut entry) => {
-            entry.write(ev);
-            entry.submit(0);
-        }
-        None => count_lost(0),
-    }
+    emit(&ACCEPT_EVENTS, &ev, lost::ACCEPT);
 }
 
 /// The `ret` field of sys_exit_accept{,4}.

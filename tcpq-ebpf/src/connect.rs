@@ -10,12 +10,13 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
-use tcpq_common::{ConnectEvent, EventHeader, connect as c, kind};
+use tcpq_common::{ConnectEvent, EventHeader, connect as c, kind, lost};
 
 use crate::{
     listen::fd_to_sk,
     offsets::*,
     read::{kread, kread_addr16, sk_netns},
+    shared,
 };
 
 const AF_INET: u16 = 2;
@@ -97,18 +98,11 @@ fn count_result(result: i32) {
     });
 }
 
+/// Counts `ev`'s result, then sends it (often from a map value: see `shared::emit`).
 #[inline(always)]
 fn emit(ev: &ConnectEvent) {
     count_result(ev.result);
-    match CONNECT_EVENTS.reserve::<ConnectEvent>(0) {
-        Some(mut entry) => {
-            // SAFETY: the reservation holds one ConnectEvent; `ev` is a valid one. Copied
-            // memory to memory (a map value often), not through a stack temporary.
-            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
-            entry.submit(0);
-        }
-        None => count(c::COUNT_LOST),
-    }
+    shared::emit::emit(&CONNECT_EVENTS, ev, lost::CONNECT);
 }
 
 #[inline(always)]

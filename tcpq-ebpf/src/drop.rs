@@ -6,11 +6,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcpq_common::{DropEvent, EventHeader, drop as d, kind, state_hooks};
+use tcpq_common::{DropEvent, EventHeader, drop as d, kind, lost, state_hooks};
 
 use crate::{
     offsets::*,
     read::{kread, kread_bytes, sk_netns},
+    shared::emit::emit,
 };
 
 #[map]
@@ -188,14 +189,6 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     // nf_conntrack_count per namespace instead.
     // SAFETY: no arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
-    match DROP_EVENTS.reserve::<DropEvent>(0) {
-        Some(mut entry) => {
-            // SAFETY: the reservation holds one DropEvent; `ev` is a valid one (map to ring,
-            // no stack temporary).
-            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
-            entry.submit(0);
-        }
-        None => count(d::COUNT_LOST),
-    }
+    emit(&DROP_EVENTS, ev, lost::DROP);
     Ok(())
 }

@@ -20,13 +20,14 @@ use aya_ebpf::{
     },
 };
 use tcpq_common::{
-    EventHeader, ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS, config,
-    hook, kind,
+    EventHeader, ListenCallEvent, ListenEvent, ListenerTally, ListenerTallyKey, TALLY_KINDS,
+    config, kind, lost,
 };
 
 use crate::{
     offsets::*,
     read::{kread, kread_addr16, kread_bytes, sk_netns},
+    shared,
 };
 
 const TCP_LISTEN: u32 = 10;
@@ -44,10 +45,6 @@ static LISTEN_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// Exact per-kind counts, incremented before the ring buffer is tried.
 #[map]
 static LISTEN_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT_SLOTS, 0);
-
-/// Ring buffer records that did not fit, per hook.
-#[map]
-static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(hook::SLOTS, 0);
 
 /// Successful accept()/accept4() calls per process, for "is the application accepting at all".
 #[map]
@@ -384,22 +381,15 @@ fn tally_unsent(ev: &ListenEvent) {
 }
 
 #[inline(always)]
-fn emit(ev: &ListenEvent, hook_slot: u32) {
+fn emit(ev: &ListenEvent, lost_slot: u32) {
     if !within_budget(ev.header.ts_ns) {
         tally_unsent(ev);
         return;
     }
-    match LISTEN_EVENTS.reserve::<ListenEvent>(0) {
-        Some(mut entry) => {
-            // SAFETY: the reservation holds one ListenEvent; `ev` is a valid one (often a map
-            // value: copied memory to memory, no stack temporary).
-            unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
-            entry.submit(0);
-        }
-        None => {
-            bump(&LOST_EVENTS, hook_slot);
-            tally_unsent(ev);
-        }
+    // Often a map value (see `shared::emit`); a record the ring had no room for is still
+    // counted on its listener.
+    if !shared::emit::emit(&LISTEN_EVENTS, ev, lost_slot) {
+        tally_unsent(ev);
     }
 }
 
@@ -616,7 +606,7 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     // SAFETY: no arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, k as u32);
-    emit(&ev, hook::LISTEN_INGRESS);
+    emit(&ev, lost::LISTEN_INGRESS);
     Ok(())
 }
 
@@ -675,7 +665,7 @@ fn try_synack_retransmit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: no arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, kind::SYNACK_RETRANS as u32);
-    emit(&ev, hook::SYNACK_RETRANS);
+    emit(&ev, lost::SYNACK_RETRANS);
     Ok(())
 }
 
@@ -734,7 +724,7 @@ fn try_send_reset(sk: u64, skb: u64) -> Result<(), i64> {
     // SAFETY: no arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, kind::OVERFLOW_RESET as u32);
-    emit(&ev, hook::SEND_RESET);
+    emit(&ev, lost::SEND_RESET);
     Ok(())
 }
 
@@ -830,13 +820,7 @@ fn listen_call(fd: u64, backlog: i32) {
         }
     }
     bump(&LISTEN_COUNTS, kind::LISTEN_CALL as u32);
-    match LISTEN_EVENTS.reserve::<ListenCallEvent>(0) {
-        Some(mut entry) => {
-            entry.write(ev);
-            entry.submit(0);
-        }
-        None => bump(&LOST_EVENTS, hook::SYS_ENTER_LISTEN),
-    }
+    shared::emit::emit(&LISTEN_EVENTS, &ev, lost::SYS_ENTER_LISTEN);
 }
 
 /// An accept() that returned `ret`: counted per process when it succeeded.
@@ -1065,7 +1049,7 @@ pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         bump(&LISTEN_COUNTS, kind::COOKIE as u32);
         bump(&LISTEN_COUNTS, kind::COOKIE_UNMATCHED as u32);
-        emit(&ev, hook::OUTCOME);
+        emit(&ev, lost::OUTCOME);
     }
     0
 }
@@ -1227,7 +1211,7 @@ fn resolve(p: &mut Pending, freed: u32) {
     // SAFETY: no arguments.
     p.ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     bump(&LISTEN_COUNTS, k as u32);
-    emit(&p.ev, hook::OUTCOME);
+    emit(&p.ev, lost::OUTCOME);
 }
 
 /// `skb:consume_skb(skb, location)`: tcp_rcv_state_process() consumes every SYN a listener

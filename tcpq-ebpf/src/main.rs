@@ -10,6 +10,7 @@ mod drop;
 mod listen;
 mod offsets;
 mod read;
+mod shared;
 mod state;
 
 #[cfg(not(test))]

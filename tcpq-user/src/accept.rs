@@ -3,9 +3,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use hdrhistogram::Histogram;
-use tcpq_common::{
-    AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, kind, wait_bucket_floor,
-};
+use tcpq_common::{AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, kind, wait_bucket_floor};
 
 use crate::{
     connect::errno_name,
