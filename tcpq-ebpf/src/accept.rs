@@ -15,9 +15,9 @@ use tcpq_common::{
 };
 
 use crate::{
-    listen::fd_to_sk,
+    shared::sock::fd_to_sk,
     offsets::*,
-    read::{kread, kread_addr16, sk_netns},
+    shared::read::{kread, kread_addr16, sk_netns},
     shared::emit::{count_lost, emit},
 };
 

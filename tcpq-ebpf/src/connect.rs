@@ -13,15 +13,14 @@ use aya_ebpf::{
 use tcpq_common::{ConnectEvent, EventHeader, connect as c, kind, lost};
 
 use crate::{
-    listen::fd_to_sk,
+    shared::sock::{fd_to_sk, is_tcp},
     offsets::*,
-    read::{kread, kread_addr16, sk_netns},
+    shared::read::{kread, kread_addr16, sk_netns},
     shared,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -68,7 +67,7 @@ pub struct Handshake {
 }
 
 #[map]
-static SYN_START: LruHashMap<u64, Handshake> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static SYN_START: LruHashMap<u64, Handshake> = LruHashMap::with_max_entries(65536, 0);
 
 /// Where `sock_state` builds a handshake record or a failure before copying it into SYN_START or
 /// the ring: not on the stack, which kernels before 6.13 (no private stacks) limit to 512 bytes
@@ -103,12 +102,6 @@ fn count_result(result: i32) {
 fn emit(ev: &ConnectEvent) {
     count_result(ev.result);
     shared::emit::emit(&CONNECT_EVENTS, ev, lost::CONNECT);
-}
-
-#[inline(always)]
-fn is_tcp(sk: u64) -> bool {
-    let proto: u16 = kread(sk, OFF_SK_PROTOCOL.load());
-    proto == IPPROTO_TCP
 }
 
 /// The local port of a connecting socket (0 before inet_hash_connect() chose one).
@@ -340,16 +333,6 @@ fn start_record(ev: &mut ConnectEvent, sk: u64) {
     ev.header.netns = sk_netns(sk);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     fill_from_sk(ev, sk);
-}
-
-/// The process that started the handshake of `sk` (while it is in SYN_SENT).
-#[inline(always)]
-pub fn handshake_owner(sk: u64) -> Option<(u32, [u8; 16])> {
-    SYN_START.get_ptr(sk).map(|hs| {
-        // SAFETY: map value pointer, copied out at once.
-        let ev = unsafe { (*hs).ev };
-        (ev.tgid, ev.comm)
-    })
 }
 
 #[inline(always)]

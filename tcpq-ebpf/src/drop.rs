@@ -10,7 +10,7 @@ use tcpq_common::{DropEvent, EventHeader, drop as d, kind, lost, state_hooks};
 
 use crate::{
     offsets::*,
-    read::{kread, kread_bytes, sk_netns},
+    shared::read::{kread, kread_bytes, sk_netns},
     shared::emit::emit,
 };
 
@@ -65,7 +65,7 @@ fn owner_of(sk: u64) -> Option<(u32, [u8; 16])> {
     // The connect family's record of this very handshake first; else this family's own (the
     // live commands arm them independently; userspace clears SOCK_OWNER when it disarms it).
     if STATE_HOOKS.load() & state_hooks::CONNECT != 0
-        && let Some(o) = crate::connect::handshake_owner(sk)
+        && let Some(o) = crate::shared::owner::handshake_owner(sk)
     {
         return Some(o);
     }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, bpf_sock},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
     macros::{cgroup_skb, fentry, fexit, kprobe, map, raw_tracepoint, tracepoint},
@@ -26,7 +26,10 @@ use tcpq_common::{
 
 use crate::{
     offsets::*,
-    read::{kread, kread_addr16, kread_bytes, sk_netns},
+    shared::{
+        read::{kread, kread_addr16, kread_bytes, sk_netns},
+        sock::{current_netns, fd_to_sk, sk_addrs},
+    },
     shared,
 };
 
@@ -613,23 +616,6 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
 // ---------------------------------------------------------------------------------------------
 // Raw tracepoints on the listener: SYN-ACK retransmits and overflow resets
 
-/// (family, local address, remote address) of a sock_common; IPv4 in the first 4 bytes.
-#[inline(always)]
-fn sk_addrs(skc: u64) -> (u16, [u8; 16], [u8; 16]) {
-    let family: u16 = kread(skc, OFF_SK_FAMILY.load());
-    if family == AF_INET6 {
-        return (
-            family,
-            kread_addr16(skc, OFF_SK_V6_RCV_SADDR.load()),
-            kread_addr16(skc, OFF_SK_V6_DADDR.load()),
-        );
-    }
-    let (mut l, mut r) = ([0u8; 16], [0u8; 16]);
-    l[..4].copy_from_slice(&kread::<[u8; 4]>(skc, OFF_SK_RCV_SADDR.load()));
-    r[..4].copy_from_slice(&kread::<[u8; 4]>(skc, OFF_SK_DADDR.load()));
-    (family, l, r)
-}
-
 /// Fills local/remote addresses from a sock_common (a request sock: remote = client).
 #[inline(always)]
 fn fill_tuple_from_common(ev: &mut ListenEvent, skc: u64) {
@@ -730,34 +716,6 @@ fn try_send_reset(sk: u64, skb: u64) -> Result<(), i64> {
 
 // ---------------------------------------------------------------------------------------------
 // Syscall tracepoints: the listen() argument and the accept rate
-
-fn current_netns() -> u32 {
-    // SAFETY: no arguments; the result is only used as an address for probe reads.
-    let task = unsafe { bpf_get_current_task() };
-    let nsproxy: u64 = kread(task, OFF_TASK_NSPROXY.load());
-    let net: u64 = kread(nsproxy, OFF_NSPROXY_NET_NS.load());
-    kread(net, OFF_NET_INUM.load())
-}
-
-/// The `struct sock` behind descriptor `fd` of the current task (0 if it cannot be read).
-#[inline(always)]
-pub fn fd_to_sk(fd: u64) -> u64 {
-    // SAFETY: no arguments; used only as an address for probe reads.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = kread(task, OFF_TASK_FILES.load());
-    let fdt: u64 = kread(files, OFF_FILES_FDT.load());
-    let max: u32 = kread(fdt, OFF_FDT_MAX_FDS.load());
-    if fd >= max as u64 {
-        return 0;
-    }
-    let fds: u64 = kread(fdt, OFF_FDT_FD.load());
-    if fds == 0 {
-        return 0;
-    }
-    let file: u64 = kread(fds + fd * 8, 0);
-    let socket: u64 = kread(file, OFF_FILE_PRIVATE_DATA.load());
-    kread(socket, OFF_SOCKET_SK.load())
-}
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {

@@ -9,7 +9,6 @@ mod connect;
 mod drop;
 mod listen;
 mod offsets;
-mod read;
 mod shared;
 mod state;
 
