@@ -494,7 +494,8 @@ pub const OWNER_SIZE: usize = 24;
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {
     /// 1: every hook of the outcome family is attached, so the ingress hook only records the
-    /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf listen.rs).
+    /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf
+    /// listen/outcome.rs).
     pub const CONFIRM: u32 = 0;
     /// Ring records each CPU may write per `BUDGET_WINDOW_NS` (0: no limit). Beyond it, events
     /// are counted per listener in `LISTEN_UNSENT` only: exact counts, no per-client line.

@@ -74,6 +74,7 @@ pub fn accept_fexit(ctx: FExitContext) -> u32 {
     }
     0
 }
+
 /// accept() returning `ret` (a descriptor or -errno) in the current thread.
 #[inline(always)]
 fn exit(ret: i64) {

@@ -51,6 +51,7 @@ pub fn on_failed_handshake(sk: u64) {
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(ev);
 }
+
 #[inline(always)]
 fn start_handshake(sk: u64) {
     let Some(scratch) = STATE_SCRATCH.get_ptr_mut(0) else {

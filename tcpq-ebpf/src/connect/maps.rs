@@ -50,6 +50,7 @@ pub(crate) static SYN_START: LruHashMap<u64, Handshake> = LruHashMap::with_max_e
 #[map]
 pub(super) static STATE_SCRATCH: PerCpuArray<Handshake> = PerCpuArray::with_max_entries(1, 0);
 
+/// Counts one event in `CONNECT_COUNTS[slot]`.
 #[inline(always)]
 pub(super) fn count(slot: u32) {
     if let Some(p) = CONNECT_COUNTS.get_ptr_mut(slot) {

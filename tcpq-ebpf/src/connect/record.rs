@@ -56,6 +56,7 @@ pub(super) fn fill_from_sk(ev: &mut ConnectEvent, sk: u64) {
         ev.daddr[..4].copy_from_slice(&d);
     }
 }
+
 /// Fills `ev` afresh for a handshake `sk` starts in the current task's context.
 #[inline(always)]
 pub(super) fn start_record(ev: &mut ConnectEvent, sk: u64) {

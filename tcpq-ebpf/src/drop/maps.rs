@@ -27,6 +27,8 @@ const _: () = assert!(core::mem::size_of::<Owner>() == tcpq_common::OWNER_SIZE);
 
 #[map]
 pub(super) static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Counts one event in `DROP_COUNTS[slot]`.
 #[inline(always)]
 pub(super) fn count(slot: u32) {
     if let Some(p) = DROP_COUNTS.get_ptr_mut(slot) {

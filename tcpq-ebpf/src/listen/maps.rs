@@ -96,6 +96,7 @@ pub(super) static LISTEN_HOT_PORT: Array<u64> = Array::with_max_entries(2, 0);
 /// verifier inlines bpf_jiffies64() into a load (kernel/bpf/verifier.c, do_misc_fixups()), a
 /// clock read costs tens of ns in a VM, on every packet the outcome hooks see.
 pub(super) const RECENT_JIFFIES: u64 = 1000;
+
 /// Events that did not go through the ring, counted per listener so that every per-listener
 /// count stays exact under a storm: over the line budget, or the ring was full.
 #[map]
@@ -108,6 +109,7 @@ pub(super) const BPF_NOEXIST: u64 = 1;
 /// This CPU's line budget: [start of the current window, records written in it].
 #[map]
 pub(super) static LISTEN_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// One all-zero tally, never written: the initial value of a LISTEN_UNSENT entry.
 #[map]
 pub(super) static ZERO_TALLY: Array<ListenerTally> = Array::with_max_entries(1, 0);

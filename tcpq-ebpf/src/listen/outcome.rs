@@ -82,6 +82,7 @@ fn ip_addrs(ip: u64) -> Option<([u8; 16], [u8; 16])> {
     }
     Some((s, d))
 }
+
 /// `net:net_dev_queue(struct sk_buff *skb)`: a SYN-ACK for the pending SYN leaves.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn outcome_xmit(ctx: RawTracePointContext) -> i32 {
@@ -238,6 +239,7 @@ pub fn on_state_child(sk: u64, old: i32, new: i32) {
         p.active = 0; // accepted into the accept queue
     }
 }
+
 /// How the pending packet was freed.
 const FREED_CONSUMED: u32 = 0;
 /// kfree_skb with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (tcp_check_req()).

@@ -23,6 +23,7 @@ pub(super) fn records_recent() -> bool {
         .get(1)
         .is_some_and(|t| *t != 0 && jiffies().wrapping_sub(*t) <= RECENT_JIFFIES)
 }
+
 /// Upper bound of the per-CPU slot scans; NR_CPUS (a verifier-known constant) is the real one,
 /// and bpf_map_lookup_percpu_elem returns NULL past the last CPU anyway.
 const MAX_CPUS: u32 = 128;
@@ -148,10 +149,12 @@ pub(super) fn backlog_pending(key: &TupleKey, now: u64) -> Option<&'static mut P
     }
     Some(p)
 }
+
 #[inline(always)]
 pub(super) fn confirm_mode() -> bool {
     LISTEN_CONFIG.get(config::CONFIRM).is_some_and(|v| *v == 1)
 }
+
 #[inline(always)]
 pub(super) fn pending() -> Option<&'static mut Pending> {
     let p = PENDING.get_ptr_mut(0)?;

@@ -19,6 +19,7 @@ pub(super) fn far_from_limits(ev: &ListenEvent, syncookies: u8) -> bool {
     let margin = min.max(ev.backlog / 2);
     ev.queue.saturating_add(margin) < ev.backlog && ev.synq.saturating_add(margin) < ev.backlog
 }
+
 /// Listener-side state shared by every hook that reports on a listening socket.
 #[inline(always)]
 pub(super) fn fill_listener(ev: &mut ListenEvent, sk: u64) {
@@ -48,6 +49,7 @@ pub(super) fn reqq_full_at(synq: u32, backlog: u32) -> bool {
         synq > backlog
     }
 }
+
 /// The listener's `sk_drops` (tcp_listendrop() bumps it for every listen drop), or 0 when
 /// OFF_SK_DROPS is not set (kernels with SKB_DROP_REASON_TCP_LISTEN_OVERFLOW: not needed).
 /// On 6.18 sk_drops_inc() counts in `sk_drop_counters` when a protocol set one (UDP); TCP

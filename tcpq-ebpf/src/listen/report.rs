@@ -9,6 +9,7 @@ use super::maps::{
 };
 use crate::shared;
 
+/// Adds one to this CPU's `slot` of `map`.
 #[inline(always)]
 pub(super) fn bump(map: &PerCpuArray<u64>, slot: u32) {
     if let Some(p) = map.get_ptr_mut(slot) {
@@ -16,6 +17,7 @@ pub(super) fn bump(map: &PerCpuArray<u64>, slot: u32) {
         unsafe { *p += 1 };
     }
 }
+
 /// Whether this CPU may write one more ring record in the current budget window.
 #[inline(always)]
 fn within_budget(now: u64) -> bool {
@@ -38,6 +40,7 @@ fn within_budget(now: u64) -> bool {
     state[1] += 1;
     true
 }
+
 /// Counts `ev` in LISTEN_UNSENT (its kind on its listener).
 #[inline(always)]
 fn tally_unsent(ev: &ListenEvent) {
