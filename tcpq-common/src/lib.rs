@@ -8,7 +8,8 @@
 pub mod names {
     pub const LISTEN_EVENTS: &str = "LISTEN_EVENTS";
     pub const LISTEN_COUNTS: &str = "LISTEN_COUNTS";
-    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    /// Per-CPU array indexed by `lost::*`: records no ring had room for, every family's.
+    pub const RING_LOST: &str = "RING_LOST";
     pub const ACCEPTS_BY_TGID: &str = "ACCEPTS_BY_TGID";
 
     pub const PROG_LISTEN_INGRESS: &str = "listen_ingress";
@@ -60,7 +61,6 @@ pub mod names {
 
     pub const ACCEPT_EVENTS: &str = "ACCEPT_EVENTS";
     pub const IN_ACCEPT: &str = "IN_ACCEPT";
-    pub const ACCEPT_LOST: &str = "ACCEPT_LOST";
     pub const ACCEPT_TOTALS: &str = "ACCEPT_TOTALS";
     pub const ENQUEUE_SINCE: &str = "ENQUEUE_SINCE";
     pub const PROG_ACCEPT_ENQUEUE: &str = "accept_enqueue";
@@ -79,8 +79,27 @@ pub mod names {
     pub const PROG_SKB_KFREE: &str = "skb_kfree";
 }
 
-/// `ListenEvent::kind` values. Also the index into the per-CPU `LISTEN_COUNTS` array, which
-/// the kernel increments for every classified packet whether or not the event fit in the ring.
+/// The head of every ring record (`ListenEvent`, `ListenCallEvent`, `ConnectEvent`,
+/// `DropEvent`, `AcceptEvent`): userspace reads it first to dispatch on `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of `kind::*`: tells the record's type and meaning.
+    pub kind: u16,
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Network namespace inode (`sock_net(sk)->ns.inum`).
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+
+/// Every record kind of every ring (`EventHeader::kind`), in one place so that two families
+/// cannot pick the same value. The listen values (1..=16) are also the index into the per-CPU
+/// `LISTEN_COUNTS` array, which the kernel increments for every classified packet whether or
+/// not the event fit in the ring.
 pub mod kind {
     /// SYN dropped because the accept queue is full (`tcp_conn_request`, LINUX_MIB_LISTENOVERFLOWS).
     pub const SYN_DROP: u16 = 1;
@@ -123,47 +142,69 @@ pub mod kind {
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.
     pub const COUNT_SLOTS: u32 = 17;
+
+    /// Connect family (`CONNECT_EVENTS`, `ConnectEvent`): a connect() that failed inside the
+    /// syscall before any SYN left (EADDRNOTAVAIL, ENETUNREACH, …) or a blocking connect()
+    /// whose handshake ended inside the syscall.
+    pub const CONNECT_SYSCALL: u16 = 32;
+    /// A handshake that ended after a non-blocking connect() returned EINPROGRESS.
+    pub const CONNECT_HANDSHAKE: u16 = 33;
+
+    /// Drop family (`DROP_EVENTS`, `DropEvent`): a packet netfilter dropped.
+    pub const DROP_NETFILTER: u16 = 48;
+    /// Any other TCP drop (`tcpq trace drops`), with its `skb_drop_reason`.
+    pub const DROP_TCP: u16 = 49;
+
+    /// Accept family (`ACCEPT_EVENTS`, `AcceptEvent`): accept() returned a connection.
+    pub const ACCEPTED: u16 = 64;
+    /// accept() failed (`AcceptEvent::result` is the negative errno).
+    pub const ACCEPT_FAILED: u16 = 65;
 }
 
-/// Index into the per-CPU `LOST_EVENTS` array: one slot per hook that writes a ring buffer.
-pub mod hook {
+/// Index into the per-CPU `RING_LOST` array: records that did not fit in their ring, one slot
+/// per hook that writes one (the kernel's one `emit` counts them). A family's "lost events"
+/// are the sum of its slots.
+pub mod lost {
+    /// Listen family (`LISTEN_EVENTS`): the slots `LISTEN` spans, one per hook.
     pub const LISTEN_INGRESS: u32 = 0;
     pub const SYNACK_RETRANS: u32 = 1;
     pub const SEND_RESET: u32 = 2;
     pub const SYS_ENTER_LISTEN: u32 = 3;
     /// Events emitted when a packet's outcome is confirmed (consume_skb / kfree_skb).
     pub const OUTCOME: u32 = 4;
-    pub const SLOTS: u32 = 5;
+    /// Every listen slot.
+    pub const LISTEN: core::ops::Range<u32> = 0..5;
+    /// Connect family (`CONNECT_EVENTS`).
+    pub const CONNECT: u32 = 5;
+    /// Drop family (`DROP_EVENTS`).
+    pub const DROP: u32 = 6;
+    /// Accept family (`ACCEPT_EVENTS`).
+    pub const ACCEPT: u32 = 7;
+    /// Accepts the live commands could not count because `ACCEPT_TOTALS` was full (no ring
+    /// involved; they count with the accept family's losses).
+    pub const ACCEPT_TOTALS_FULL: u32 = 8;
+    pub const SLOTS: u32 = 9;
 }
 
 /// Outbound connects (`CONNECT_EVENTS`, `ConnectEvent`).
 pub mod connect {
-    /// A connect() that failed inside the syscall before any SYN left (EADDRNOTAVAIL,
-    /// ENETUNREACH, …) or a blocking connect() whose handshake ended inside the syscall.
-    pub const SYSCALL: u16 = 32;
-    /// A handshake that ended after a non-blocking connect() returned EINPROGRESS.
-    pub const HANDSHAKE: u16 = 33;
-
-    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried).
+    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried; records
+    /// the ring had no room for: `RING_LOST[lost::CONNECT]`).
     pub const COUNT_OK: u32 = 0;
     pub const COUNT_REFUSED: u32 = 1;
     pub const COUNT_TIMEOUT: u32 = 2;
     pub const COUNT_EADDRNOTAVAIL: u32 = 3;
     pub const COUNT_OTHER: u32 = 4;
     pub const COUNT_SYN_RETRANS: u32 = 5;
-    pub const COUNT_LOST: u32 = 6;
-    pub const COUNT_SLOTS: u32 = 7;
+    pub const COUNT_SLOTS: u32 = 6;
 }
 
 /// One connect() outcome. Addresses in network byte order (IPv4 in the first 4 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
-    /// `connect::SYSCALL` or `connect::HANDSHAKE`.
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::CONNECT_SYSCALL` or `kind::CONNECT_HANDSHAKE`.
+    pub header: EventHeader,
     /// Time spent in the connect() syscall (0 if unknown).
     pub syscall_ns: u64,
     /// SYN sent → ESTABLISHED/CLOSE (0 when no SYN left).
@@ -186,17 +227,13 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 
 /// Packets dropped by netfilter (`DROP_EVENTS`, `DropEvent`).
 pub mod drop {
-    pub const NETFILTER: u16 = 48;
-    /// Any other TCP drop (`tcpq trace drops`), with its `skb_drop_reason`.
-    pub const TCP: u16 = 49;
     /// `DROP_CONFIG` slot: 1 = also report every TCP drop, not only netfilter's.
     pub const CONFIG_ALL_TCP: u32 = 0;
     pub const CONFIG_SLOTS: u32 = 1;
-    /// `DROP_COUNTS` slots.
-    pub const COUNT_LOST: u32 = 0;
+    /// `DROP_COUNTS` slots (records the ring had no room for: `RING_LOST[lost::DROP]`).
     /// Frees whose IP header could not be read (no event sent).
-    pub const COUNT_UNPARSED: u32 = 1;
-    pub const COUNT_SLOTS: u32 = 2;
+    pub const COUNT_UNPARSED: u32 = 0;
+    pub const COUNT_SLOTS: u32 = 1;
     /// `DropEvent::direction`.
     pub const DIR_IN: u8 = 0;
     pub const DIR_OUT: u8 = 1;
@@ -206,10 +243,8 @@ pub mod drop {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::DROP_NETFILTER` or `kind::DROP_TCP`.
+    pub header: EventHeader,
     /// Locally generated packets (skb->sk set): the sending process; else 0.
     pub tgid: u32,
     /// The `enum skb_drop_reason` value (names come from the running kernel's BTF).
@@ -231,20 +266,12 @@ pub struct DropEvent {
 
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
 
-/// Accepted connections and accept() failures (`ACCEPT_EVENTS`, `AcceptEvent`).
-pub mod accept {
-    pub const ACCEPTED: u16 = 64;
-    pub const FAILED: u16 = 65;
-}
-
 /// One accept()/accept4() that returned a connection (with its accept-queue wait) or failed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AcceptEvent {
-    pub kind: u16,
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind::ACCEPTED` or `kind::ACCEPT_FAILED`.
+    pub header: EventHeader,
     /// Time from the child becoming ESTABLISHED (queued) to accept() returning it; 0 if unknown.
     pub wait_ns: u64,
     pub tgid: u32,
@@ -467,7 +494,8 @@ pub const OWNER_SIZE: usize = 24;
 /// Slots of the `LISTEN_CONFIG` array, written by userspace after attaching.
 pub mod config {
     /// 1: every hook of the outcome family is attached, so the ingress hook only records the
-    /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf listen.rs).
+    /// packet and the verdict is taken from what the kernel then did (see tcpq-ebpf
+    /// listen/outcome.rs).
     pub const CONFIRM: u32 = 0;
     /// Ring records each CPU may write per `BUDGET_WINDOW_NS` (0: no limit). Beyond it, events
     /// are counted per listener in `LISTEN_UNSENT` only: exact counts, no per-client line.
@@ -513,14 +541,8 @@ const _: () = assert!(core::mem::size_of::<ListenerTally>() == 128);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenEvent {
-    /// One of `kind::*` (first field of every record in `LISTEN_EVENTS`).
-    pub kind: u16,
-    /// AF_INET (2) or AF_INET6 (10).
-    pub family: u16,
-    /// Network namespace inode (`sock_net(sk)->ns.inum`).
-    pub netns: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
-    pub ts_ns: u64,
+    /// `kind` is one of the listen `kind::*` values.
+    pub header: EventHeader,
     /// Socket cookie of the listener (`sock_gen_cookie`, as in sock_diag); 0 if unknown.
     pub cookie: u64,
     pub laddr: [u8; 16],
@@ -543,12 +565,8 @@ pub struct ListenEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenCallEvent {
-    /// Always `kind::LISTEN_CALL`.
-    pub kind: u16,
-    /// AF_INET / AF_INET6 of the socket; 0 when the fd could not be resolved.
-    pub family: u16,
-    pub netns: u32,
-    pub ts_ns: u64,
+    /// `kind` is always `kind::LISTEN_CALL`; `family` is 0 when the fd could not be resolved.
+    pub header: EventHeader,
     pub tgid: u32,
     pub fd: u32,
     /// The listen() argument, as passed (an int; negative values are clamped by the kernel).
@@ -564,12 +582,21 @@ const _: () = assert!(core::mem::size_of::<ListenEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<ListenEvent>() == 8);
 
+// Every record starts with its header: userspace peeks at it before knowing the type.
+const _: () = assert!(core::mem::offset_of!(ListenEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(ListenCallEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(DropEvent, header) == 0);
+const _: () = assert!(core::mem::offset_of!(AcceptEvent, header) == 0);
+
 /// The largest record in `LISTEN_EVENTS`; userspace rejects shorter records.
 pub const MAX_LISTEN_RECORD: usize = 72;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenCallEvent {}
@@ -591,6 +618,7 @@ mod pod {
     unsafe impl aya::Pod for super::AcceptKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AcceptTotals {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AbortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AbortTally {}

@@ -9,7 +9,7 @@ mod connect;
 mod drop;
 mod listen;
 mod offsets;
-mod read;
+mod shared;
 mod state;
 
 #[cfg(not(test))]

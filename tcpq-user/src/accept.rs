@@ -3,13 +3,11 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use hdrhistogram::Histogram;
-use tcpq_common::{
-    AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, accept as a, wait_bucket_floor,
-};
+use tcpq_common::{AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, kind, wait_bucket_floor};
 
 use crate::{
     connect::errno_name,
-    decode::{DecodeError, addr, comm_str},
+    decode::{DecodeError, addr, comm_str, read_event},
     listen::{diagnose::Finding, owner::App},
     snapshot::procs::Owner,
 };
@@ -30,28 +28,20 @@ pub struct Accepted {
 }
 
 pub fn decode_accept(bytes: &[u8]) -> Result<Accepted, DecodeError> {
-    let need = std::mem::size_of::<AcceptEvent>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need,
-        });
-    }
-    // SAFETY: length checked; AcceptEvent is a #[repr(C)] integer-only wire type.
-    let e: AcceptEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let result = match e.kind {
-        a::ACCEPTED => Ok((e.wait_ns > 0).then_some(e.wait_ns)),
-        a::FAILED => Err(-e.result),
+    let e: AcceptEvent = read_event(bytes)?;
+    let result = match e.header.kind {
+        kind::ACCEPTED => Ok((e.wait_ns > 0).then_some(e.wait_ns)),
+        kind::ACCEPT_FAILED => Err(-e.result),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(Accepted {
-        ts_ns: e.ts_ns,
-        netns: e.netns,
+        ts_ns: e.header.ts_ns,
+        netns: e.header.netns,
         tgid: e.tgid,
         comm: comm_str(&e.comm),
-        laddr: addr(e.family, &e.laddr),
+        laddr: addr(e.header.family, &e.laddr),
         lport: e.lport,
-        raddr: addr(e.family, &e.raddr),
+        raddr: addr(e.header.family, &e.raddr),
         rport: e.rport,
         listen_fd: e.listen_fd,
         result,

@@ -1,7 +1,7 @@
 //! Ring-buffer records → typed events. Pure: no kernel access, unit-tested on byte vectors.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tcpq_common::{ListenCallEvent, ListenEvent, kind};
+use tcpq_common::{EventHeader, ListenCallEvent, ListenEvent, kind};
 
 use crate::model::OverflowKind;
 
@@ -55,7 +55,9 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// The wire record `T` at the start of a ring-buffer record: every family's decoder reads
+/// through this one length check.
+pub fn read_event<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -66,6 +68,11 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     // SAFETY: length checked above; T is a #[repr(C)] integer-only wire type for which every bit
     // pattern is valid; read_unaligned copes with any alignment of the ring buffer slice.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The header every record starts with, to dispatch on its kind before reading the rest.
+pub fn header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
+    read_event(bytes)
 }
 
 pub fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
@@ -87,35 +94,30 @@ pub fn comm_str(raw: &[u8; 16]) -> String {
 }
 
 pub fn decode_listen(bytes: &[u8]) -> Result<ListenRecord, DecodeError> {
-    if bytes.len() < 2 {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need: 2,
-        });
-    }
-    let k = u16::from_ne_bytes([bytes[0], bytes[1]]);
+    let k = header(bytes)?.kind;
     if k == kind::LISTEN_CALL {
-        let e: ListenCallEvent = read_pod(bytes)?;
+        let e: ListenCallEvent = read_event(bytes)?;
         return Ok(ListenRecord::ListenCall(ListenCall {
-            ts_ns: e.ts_ns,
-            netns: e.netns,
+            ts_ns: e.header.ts_ns,
+            netns: e.header.netns,
             tgid: e.tgid,
             fd: e.fd,
             backlog: e.backlog,
             comm: comm_str(&e.comm),
-            local: (e.family != 0 && e.lport != 0).then(|| (addr(e.family, &e.laddr), e.lport)),
+            local: (e.header.family != 0 && e.lport != 0)
+                .then(|| (addr(e.header.family, &e.laddr), e.lport)),
         }));
     }
     let kind = OverflowKind::from_wire(k).ok_or(DecodeError::UnknownKind(k))?;
-    let e: ListenEvent = read_pod(bytes)?;
+    let e: ListenEvent = read_event(bytes)?;
     Ok(ListenRecord::Overflow(OverflowEvent {
         kind,
-        ts_ns: e.ts_ns,
-        netns: e.netns,
+        ts_ns: e.header.ts_ns,
+        netns: e.header.netns,
         cookie: e.cookie,
-        laddr: addr(e.family, &e.laddr),
+        laddr: addr(e.header.family, &e.laddr),
         lport: e.lport,
-        raddr: addr(e.family, &e.raddr),
+        raddr: addr(e.header.family, &e.raddr),
         rport: e.rport,
         queue: e.queue,
         backlog: e.backlog,
@@ -138,10 +140,12 @@ mod tests {
     #[test]
     fn decodes_syn_drop_v4() {
         let mut e = ListenEvent {
-            kind: kind::SYN_DROP,
-            family: 2,
-            netns: 4026531840,
-            ts_ns: 5,
+            header: EventHeader {
+                kind: kind::SYN_DROP,
+                family: 2,
+                netns: 4026531840,
+                ts_ns: 5,
+            },
             cookie: 77,
             lport: 8080,
             rport: 40000,
@@ -168,8 +172,11 @@ mod tests {
     #[test]
     fn decodes_v6_and_mapped() {
         let mut e = ListenEvent {
-            kind: kind::COOKIE,
-            family: 10,
+            header: EventHeader {
+                kind: kind::COOKIE,
+                family: 10,
+                ..Default::default()
+            },
             ..Default::default()
         };
         e.laddr = Ipv6Addr::LOCALHOST.octets();
@@ -187,7 +194,10 @@ mod tests {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"nginx");
         let e = ListenCallEvent {
-            kind: kind::LISTEN_CALL,
+            header: EventHeader {
+                kind: kind::LISTEN_CALL,
+                ..Default::default()
+            },
             tgid: 42,
             fd: 6,
             backlog: 511,
@@ -214,7 +224,10 @@ mod tests {
             Err(DecodeError::Short { .. })
         ));
         let e = ListenEvent {
-            kind: 99,
+            header: EventHeader {
+                kind: 99,
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(

@@ -256,6 +256,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::DROP_EVENTS)?;
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+    let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
     let out = TraceOut::stdout(args.out.json)?;
@@ -368,7 +369,7 @@ pub fn run_trace(args: TraceConntrackArgs) -> Result<()> {
     let on_summary = |final_run: bool| {
         print_aggregates(budget.at_summary(final_run));
         let dur = started.elapsed().as_secs_f64();
-        let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let lost = sum_per_cpu(&ring_lost, tcpq_common::lost::DROP);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
         let nss: Vec<u32> = first.borrow().keys().copied().collect();
@@ -617,6 +618,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     }
     let ring = loaded.take_ring(names::DROP_EVENTS)?;
     let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+    let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
     let reasons = drop_reason_names();
     let name = |r: u32| {
         reasons
@@ -697,7 +699,7 @@ pub fn run_drops(args: TraceDropsArgs) -> Result<()> {
     };
     let on_summary = |final_run: bool| {
         print_aggregates(budget.at_summary(final_run));
-        let lost = sum_per_cpu(&counts, d::COUNT_LOST);
+        let lost = sum_per_cpu(&ring_lost, tcpq_common::lost::DROP);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
         let dur = started.elapsed().as_secs_f64();

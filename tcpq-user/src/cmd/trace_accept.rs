@@ -86,7 +86,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     };
     let mut loaded = probe::load(&[Family::Accept], &opts)?;
     let ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
-    let lost_map = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
+    let lost_map = loaded.take_per_cpu_counters(names::RING_LOST)?;
     let in_accept: BpfArray<MapData, InAccept> = BpfArray::try_from(
         loaded
             .ebpf
@@ -159,7 +159,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         print_aggregates(budget.at_summary(final_run));
         // The array walk (65,536 slots) only when a listener's holders are unknown.
         let mut idle_now: Option<HashMap<(u32, u32), u64>> = None;
-        let lost = crate::kernel::probe::sum_per_cpu(&lost_map, 0);
+        let lost = crate::kernel::probe::sum_per_cpu(&lost_map, tcpq_common::lost::ACCEPT);
         let missed = loaded.missed_runs();
         let dur = windows.seconds(final_run);
         let stats = if final_run {

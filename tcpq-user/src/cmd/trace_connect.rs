@@ -84,7 +84,12 @@ pub struct ConnectTotals {
     pub missed_runs: u64,
 }
 
-pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
+/// The exact counts (`CONNECT_COUNTS`) and the records the ring had no room for
+/// (`RING_LOST`).
+pub fn totals(
+    m: &PerCpuArray<MapData, u64>,
+    ring_lost: &PerCpuArray<MapData, u64>,
+) -> ConnectTotals {
     ConnectTotals {
         ok: sum_per_cpu(m, c::COUNT_OK),
         refused: sum_per_cpu(m, c::COUNT_REFUSED),
@@ -92,7 +97,7 @@ pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
         eaddrnotavail: sum_per_cpu(m, c::COUNT_EADDRNOTAVAIL),
         other: sum_per_cpu(m, c::COUNT_OTHER),
         syn_retrans: sum_per_cpu(m, c::COUNT_SYN_RETRANS),
-        lost: sum_per_cpu(m, c::COUNT_LOST),
+        lost: sum_per_cpu(ring_lost, tcpq_common::lost::CONNECT),
         missed_runs: 0,
     }
 }
@@ -227,6 +232,7 @@ pub struct ConnectSession {
     pub loaded: probe::Loaded,
     pub ring: aya::maps::RingBuf<MapData>,
     pub counts: PerCpuArray<MapData, u64>,
+    pub ring_lost: PerCpuArray<MapData, u64>,
 }
 
 impl ConnectSession {
@@ -234,10 +240,12 @@ impl ConnectSession {
         let mut loaded = probe::load(&[Family::Connect], &LoadOptions::default())?;
         let ring = loaded.take_ring(names::CONNECT_EVENTS)?;
         let counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
+        let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
         Ok(Self {
             loaded,
             ring,
             counts,
+            ring_lost,
         })
     }
 
@@ -268,6 +276,7 @@ impl ConnectSession {
             loaded,
             ring,
             counts,
+            ring_lost,
         } = self;
         super::ring::run(
             ring,
@@ -282,7 +291,7 @@ impl ConnectSession {
             |final_run| {
                 let t = ConnectTotals {
                     missed_runs: loaded.missed_runs(),
-                    ..totals(&counts)
+                    ..totals(&counts, &ring_lost)
                 };
                 on_summary(&t, final_run)
             },

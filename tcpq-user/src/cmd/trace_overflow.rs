@@ -339,7 +339,7 @@ fn run_facts(
     missed_runs: u64,
 ) -> output::RunFacts {
     output::RunFacts {
-        lost: (0..tcpq_common::hook::SLOTS)
+        lost: tcpq_common::lost::LISTEN
             .map(|i| sum_per_cpu(lost, i))
             .sum(),
         confirmed,
@@ -372,7 +372,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     )?;
     let ring = loaded.take_ring(names::LISTEN_EVENTS)?;
     let counts = loaded.take_per_cpu_counters(names::LISTEN_COUNTS)?;
-    let lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
+    let lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
     let accepts = if loaded.attached(names::PROG_SYS_EXIT_ACCEPT4) {
         let map = loaded
             .ebpf

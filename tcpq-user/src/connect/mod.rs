@@ -4,9 +4,9 @@ pub mod ports;
 
 use std::net::IpAddr;
 
-use tcpq_common::{ConnectEvent, connect as c};
+use tcpq_common::{ConnectEvent, kind};
 
-use crate::decode::{DecodeError, addr, comm_str};
+use crate::decode::{DecodeError, addr, comm_str, read_event};
 
 /// How a connect ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,26 +72,19 @@ pub struct ConnectOutcome {
 }
 
 pub fn decode_connect(bytes: &[u8]) -> Result<ConnectOutcome, DecodeError> {
-    let need = std::mem::size_of::<ConnectEvent>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need,
-        });
-    }
-    // SAFETY: length checked; ConnectEvent is a #[repr(C)] integer-only wire type.
-    let e: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if e.kind != c::SYSCALL && e.kind != c::HANDSHAKE {
-        return Err(DecodeError::UnknownKind(e.kind));
+    let e: ConnectEvent = read_event(bytes)?;
+    let k = e.header.kind;
+    if k != kind::CONNECT_SYSCALL && k != kind::CONNECT_HANDSHAKE {
+        return Err(DecodeError::UnknownKind(k));
     }
     Ok(ConnectOutcome {
-        ts_ns: e.ts_ns,
-        netns: e.netns,
+        ts_ns: e.header.ts_ns,
+        netns: e.header.netns,
         tgid: e.tgid,
         comm: comm_str(&e.comm),
-        saddr: addr(e.family, &e.saddr),
+        saddr: addr(e.header.family, &e.saddr),
         sport: e.sport,
-        daddr: addr(e.family, &e.daddr),
+        daddr: addr(e.header.family, &e.daddr),
         dport: e.dport,
         result: ConnectResult::from_raw(e.result),
         syscall_ns: (e.syscall_ns > 0).then_some(e.syscall_ns),
@@ -118,8 +111,11 @@ mod tests {
     #[test]
     fn decodes_event() {
         let mut e = ConnectEvent {
-            kind: c::HANDSHAKE,
-            family: 2,
+            header: tcpq_common::EventHeader {
+                kind: kind::CONNECT_HANDSHAKE,
+                family: 2,
+                ..Default::default()
+            },
             tgid: 7,
             result: -111,
             sport: 40000,

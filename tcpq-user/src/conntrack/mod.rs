@@ -5,10 +5,10 @@ pub mod ctnetlink;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
-use tcpq_common::{DropEvent, drop as d};
+use tcpq_common::{DropEvent, drop as d, kind};
 
 use crate::{
-    decode::{DecodeError, addr, comm_str},
+    decode::{DecodeError, addr, comm_str, read_event},
     listen::diagnose::Finding,
 };
 
@@ -33,29 +33,22 @@ pub struct NfDrop {
 }
 
 pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
-    let need = std::mem::size_of::<DropEvent>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need,
-        });
-    }
-    // SAFETY: length checked; DropEvent is a #[repr(C)] integer-only wire type.
-    let e: DropEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if e.kind != d::NETFILTER && e.kind != d::TCP {
-        return Err(DecodeError::UnknownKind(e.kind));
+    let e: DropEvent = read_event(bytes)?;
+    let k = e.header.kind;
+    if k != kind::DROP_NETFILTER && k != kind::DROP_TCP {
+        return Err(DecodeError::UnknownKind(k));
     }
     Ok(NfDrop {
-        netfilter: e.kind == d::NETFILTER,
+        netfilter: k == kind::DROP_NETFILTER,
         reason: e.reason,
-        ts_ns: e.ts_ns,
-        netns: e.netns,
+        ts_ns: e.header.ts_ns,
+        netns: e.header.netns,
         tgid: e.tgid,
         comm: comm_str(&e.comm),
         proto: e.proto,
-        saddr: addr(e.family, &e.saddr),
+        saddr: addr(e.header.family, &e.saddr),
         sport: e.sport,
-        daddr: addr(e.family, &e.daddr),
+        daddr: addr(e.header.family, &e.daddr),
         dport: e.dport,
         has_ct: e.has_ct != 0,
         outbound: e.direction == d::DIR_OUT,

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use tcpq_common::{AcceptKey, AcceptTotals, hook, names};
+use tcpq_common::{AcceptKey, AcceptTotals, lost, names};
 
 use crate::{
     accept::{AcceptStats, decode_accept},
@@ -175,12 +175,10 @@ pub struct Session {
     connect_ring: RingBuf<MapData>,
     drop_ring: RingBuf<MapData>,
     accept_ring: RingBuf<MapData>,
-    listen_lost: PerCpuArray<MapData, u64>,
+    /// Records no ring had room for, every family's (`lost::*` slots).
+    ring_lost: PerCpuArray<MapData, u64>,
     /// Run-wide listen counters (unresolved and parked records).
     listen_counts: PerCpuArray<MapData, u64>,
-    connect_counts: PerCpuArray<MapData, u64>,
-    drop_counts: PerCpuArray<MapData, u64>,
-    accept_lost: PerCpuArray<MapData, u64>,
     accept_totals: AcceptTotalsReader,
     listen_unsent: UnsentReader,
     /// Resets on close per process and port (tier 1), and the running totals at the start of
@@ -358,11 +356,8 @@ impl Session {
         let connect_ring = loaded.take_ring(names::CONNECT_EVENTS)?;
         let drop_ring = loaded.take_ring(names::DROP_EVENTS)?;
         let accept_ring = loaded.take_ring(names::ACCEPT_EVENTS)?;
-        let listen_lost = loaded.take_per_cpu_counters(names::LOST_EVENTS)?;
+        let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
         let listen_counts = loaded.take_per_cpu_counters(names::LISTEN_COUNTS)?;
-        let connect_counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
-        let drop_counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
-        let accept_lost = loaded.take_per_cpu_counters(names::ACCEPT_LOST)?;
         let accept_totals = AcceptTotalsReader::open(&mut loaded)?;
         let listen_unsent = UnsentReader::open(&mut loaded)?;
         let aborts = crate::limit::AbortReader::open(&mut loaded);
@@ -374,11 +369,8 @@ impl Session {
             connect_ring,
             drop_ring,
             accept_ring,
-            listen_lost,
+            ring_lost,
             listen_counts,
-            connect_counts,
-            drop_counts,
-            accept_lost,
             accept_totals,
             listen_unsent,
             aborts,
@@ -683,13 +675,12 @@ impl Session {
 
     pub fn lost(&self) -> Lost {
         Lost {
-            listen: (0..hook::SLOTS)
-                .map(|i| sum_per_cpu(&self.listen_lost, i))
-                .sum(),
-            connect: sum_per_cpu(&self.connect_counts, tcpq_common::connect::COUNT_LOST),
-            drop: sum_per_cpu(&self.drop_counts, tcpq_common::drop::COUNT_LOST),
-            // Ring full (slot 0) or ACCEPT_TOTALS full (slot 1).
-            accept: sum_per_cpu(&self.accept_lost, 0) + sum_per_cpu(&self.accept_lost, 1),
+            listen: lost::LISTEN.map(|i| sum_per_cpu(&self.ring_lost, i)).sum(),
+            connect: sum_per_cpu(&self.ring_lost, lost::CONNECT),
+            drop: sum_per_cpu(&self.ring_lost, lost::DROP),
+            // Ring full, or ACCEPT_TOTALS full.
+            accept: sum_per_cpu(&self.ring_lost, lost::ACCEPT)
+                + sum_per_cpu(&self.ring_lost, lost::ACCEPT_TOTALS_FULL),
             missed_runs: self.loaded.missed_runs(),
             unresolved: crate::listen::unresolved_records(&self.listen_counts),
         }
