@@ -7,18 +7,18 @@ proptest! {
 
     #[test]
     fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..160)) {
-        let _ = crate::decode::decode_listen(&bytes);
-        let _ = crate::connect::decode_connect(&bytes);
-        let _ = crate::conntrack::decode_drop(&bytes);
-        let _ = crate::accept::decode_accept(&bytes);
+        let _ = crate::family::listen::decode::decode_listen(&bytes);
+        let _ = crate::family::connect::decode::decode_connect(&bytes);
+        let _ = crate::family::conntrack::decode::decode_drop(&bytes);
+        let _ = crate::family::accept::decode::decode_accept(&bytes);
     }
 
     #[test]
     fn text_parsers_never_panic(text in ".{0,400}") {
         let _ = crate::snapshot::counters::parse_pairs(&text);
-        let _ = crate::conntrack::parse_stat(&text);
-        let _ = crate::conntrack::parse_entries(&text);
-        let _ = crate::connect::ports::PortRange::parse(&text, &text);
+        let _ = crate::family::conntrack::aggregate::parse_stat(&text);
+        let _ = crate::family::conntrack::aggregate::parse_entries(&text);
+        let _ = crate::family::connect::diagnose::PortRange::parse(&text, &text);
         let _ = crate::kernel::tracefs::parse_format(&text);
         let _ = crate::kernel::env::parse_cap_eff(&text);
         let _ = crate::kernel::env::parse_release(&text);
@@ -45,10 +45,15 @@ proptest! {
 fn tables_stay_bounded_under_a_million_tuples() {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use crate::{
-        connect::{ConnectOutcome, ConnectResult, model::ConnectAggregator},
-        decode::OverflowEvent,
-        model::{ClientSet, LineLimiter, OverflowAggregator, OverflowKind},
+    use crate::family::{
+        connect::{
+            aggregate::ConnectAggregator,
+            decode::{ConnectOutcome, ConnectResult},
+        },
+        listen::{
+            aggregate::{ClientSet, LineLimiter, OverflowAggregator},
+            decode::{OverflowEvent, OverflowKind},
+        },
     };
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)));
     let mut agg = OverflowAggregator::new(10_000);
@@ -69,7 +74,7 @@ fn tables_stay_bounded_under_a_million_tuples() {
             synq: 0,
         };
         agg.record(&ev);
-        if limiter.admit(5, &ev).1 == crate::model::Admit::Print {
+        if limiter.admit(5, &ev).1 == crate::family::listen::aggregate::Admit::Print {
             printed += 1;
         }
     }

@@ -14,17 +14,17 @@ use super::trace_connect::PidFilter;
 use super::trace_out::{Budget, TraceOut};
 use crate::{
     cli::{ConntrackArgs, TraceConntrackArgs, TraceDropsArgs},
-    conntrack::{
-        CtEvidence, NfDrop, decode_drop, diagnose_conntrack, drop_kind, parse_entries, parse_stat,
-        proto_name, top_consumers,
+    family::conntrack::{
+        aggregate::{parse_entries, parse_stat, top_consumers},
+        decode::{NfDrop, decode_drop, drop_kind, proto_name},
+        diagnose::{CtEvidence, diagnose_conntrack},
     },
     kernel::{
         env::Privileges,
         probe::{self, Family, LoadOptions, sum_per_cpu},
     },
-    listen::resolve::ListenerDirectory,
-    output::{Clock, endpoint},
-    snapshot::{container::Identity, counters::read_sysctl, netns},
+    render::{Clock, endpoint},
+    snapshot::{container::Identity, counters::read_sysctl, listeners::ListenerDirectory, netns},
 };
 
 /// What /proc says about one namespace's conntrack table.
@@ -37,7 +37,7 @@ pub struct CtSnapshot {
     pub established_timeout: u64,
     pub stat: BTreeMap<String, u64>,
     /// Entries from ctnetlink, or parsed from /proc/net/nf_conntrack when that fails.
-    pub entries: Vec<crate::conntrack::CtEntry>,
+    pub entries: Vec<crate::family::conntrack::aggregate::CtEntry>,
     /// "ctnetlink" or "procfs".
     pub entries_source: &'static str,
 }
@@ -81,7 +81,7 @@ impl CtSnapshot {
         if !wanted {
             return self;
         }
-        match crate::conntrack::ctnetlink::dump() {
+        match crate::family::conntrack::ctnetlink::dump() {
             Ok(e) => {
                 self.entries = e;
                 self.entries_source = "ctnetlink";
@@ -109,7 +109,7 @@ pub const LIVE_SAMPLE: usize = 50_000;
 /// A namespace's top consumers as the live modes see them.
 #[derive(Debug, Clone, Default)]
 pub struct LiveConsumers {
-    pub top: crate::conntrack::TopConsumers,
+    pub top: crate::family::conntrack::aggregate::TopConsumers,
     /// Entries counted, and whether the table had more (a sample).
     pub read: usize,
     pub sampled: bool,
@@ -177,8 +177,8 @@ pub fn consumers_here(established_timeout: u64) -> LiveConsumers {
 
 /// At most `limit` entries of the calling thread's namespace: ctnetlink, else the first lines
 /// of /proc/net/nf_conntrack (read line by line: a big table's file is 100+ MB of text).
-fn sample_entries_here(limit: usize) -> (Vec<crate::conntrack::CtEntry>, bool) {
-    if let Ok(found) = crate::conntrack::ctnetlink::dump_first(limit) {
+fn sample_entries_here(limit: usize) -> (Vec<crate::family::conntrack::aggregate::CtEntry>, bool) {
+    if let Ok(found) = crate::family::conntrack::ctnetlink::dump_first(limit) {
         return found;
     }
     use std::io::BufRead as _;
@@ -189,7 +189,7 @@ fn sample_entries_here(limit: usize) -> (Vec<crate::conntrack::CtEntry>, bool) {
     let entries = lines
         .by_ref()
         .take(limit)
-        .filter_map(|l| crate::conntrack::parse_entry(&l))
+        .filter_map(|l| crate::family::conntrack::aggregate::parse_entry(&l))
         .collect();
     (entries, lines.next().is_some())
 }

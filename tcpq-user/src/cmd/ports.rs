@@ -14,15 +14,15 @@ use serde_json::json;
 use super::trace_connect::{ConnectSession, DstFilter, PidFilter};
 use crate::{
     cli::PortsArgs,
-    connect::{
-        model::{ConnectAggregator, ConnectStats},
-        ports::{
+    family::connect::{
+        aggregate::{ConnectAggregator, ConnectStats},
+        diagnose::{
             PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
             group_usage, utilisation,
         },
     },
     kernel::env::Privileges,
-    output::endpoint,
+    render::endpoint,
     snapshot::{container::Identities, counters::read_sysctl, netns, procs, sockdiag},
 };
 
@@ -255,7 +255,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                     "tcp_tw_reuse": sys.tw_reuse,
                     "connects": stats.as_ref().map(|s| s.attempts),
                     "connect_rate": stats.as_ref().map(|s| if duration_s > 0.0 { (s.attempts as f64 / duration_s * 10.0).round() / 10.0 } else { 0.0 }),
-                    "eaddrnotavail": stats.as_ref().map(|s| s.count(crate::connect::ConnectResult::Errno(99))),
+                    "eaddrnotavail": stats.as_ref().map(|s| s.count(crate::family::connect::decode::ConnectResult::Errno(99))),
                     "syscall": stats.as_ref().and_then(|s| q(&s.syscall_ns)),
                     "causes": findings,
                 })
@@ -321,7 +321,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 stats
                     .as_ref()
                     .map(|s| s
-                        .count(crate::connect::ConnectResult::Errno(99))
+                        .count(crate::family::connect::decode::ConnectResult::Errno(99))
                         .to_string())
                     .unwrap_or_else(|| "-".into()),
                 q,

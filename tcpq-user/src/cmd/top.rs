@@ -75,7 +75,7 @@ impl Producer {
         let leaks = self
             .session
             .slow
-            .socket_causes(crate::sockets::DEFAULT_IDLE);
+            .socket_causes(crate::family::sockets::diagnose::DEFAULT_IDLE);
         causes.extend(leaks.into_iter().map(|mut c| {
             c.finding.impact = (c.finding.impact as f64 * secs) as u64;
             c

@@ -15,14 +15,18 @@ use tcpq_common::{InAccept, names};
 use super::trace_connect::PidFilter;
 use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
-    accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
     cli::TraceAcceptArgs,
+    diagnosis::owner::app_of_owners,
+    family::accept::{
+        aggregate::AcceptStats,
+        decode::{Accepted, decode_accept},
+        diagnose::{AcceptEvidence, diagnose_accept},
+    },
     kernel::probe::{self, Family, LoadOptions},
-    listen::owner::app_of_owners,
-    listen::resolve::ListenerDirectory,
-    output::{Clock, endpoint},
+    render::{Clock, endpoint},
     snapshot::{
         container::{Identities, Identity},
+        listeners::ListenerDirectory,
         procs,
     },
 };
@@ -46,7 +50,7 @@ fn idle_acceptors(map: &BpfArray<MapData, InAccept>) -> HashMap<(u32, u32), u64>
 fn result_and_wait(e: &Accepted) -> (String, Option<u64>) {
     match e.result {
         Ok(w) => ("ok".to_string(), w),
-        Err(errno) => (crate::connect::errno_name(errno), None),
+        Err(errno) => (crate::wire::errno_name(errno), None),
     }
 }
 

@@ -10,12 +10,12 @@ use tcpq_common::{connect as c, names};
 use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
     cli::TraceConnectArgs,
-    connect::{
-        ConnectOutcome, decode_connect,
-        model::{ConnectAggregator, ConnectKey, ConnectStats},
+    family::connect::{
+        aggregate::{ConnectAggregator, ConnectKey, ConnectStats},
+        decode::{ConnectOutcome, decode_connect},
     },
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
-    output::{Clock, endpoint},
+    render::{Clock, endpoint},
     snapshot::{
         container::{Identities, Identity},
         procs,
@@ -118,8 +118,8 @@ fn fmt_ms(ns: Option<u64>) -> String {
 
 pub fn outcome_json(clock: &Clock, o: &ConnectOutcome, id: &Identity) -> serde_json::Value {
     let cause = match o.result {
-        crate::connect::ConnectResult::Ok => serde_json::Value::Null,
-        crate::connect::ConnectResult::Errno(99) => json!("ports_exhausted"),
+        crate::family::connect::decode::ConnectResult::Ok => serde_json::Value::Null,
+        crate::family::connect::decode::ConnectResult::Errno(99) => json!("ports_exhausted"),
         _ => json!("connect_failures"),
     };
     json!({
@@ -469,7 +469,7 @@ mod tests {
             sport: 40001,
             daddr: "10.0.0.9".parse().unwrap(),
             dport: 5432,
-            result: crate::connect::ConnectResult::Refused,
+            result: crate::family::connect::decode::ConnectResult::Refused,
             syscall_ns: Some(20_000),
             handshake_ns: Some(90_000),
             syn_retrans: 0,

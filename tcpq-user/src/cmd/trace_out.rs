@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{connect::model::LineBudget, listen::diagnose::Finding, outbox::Lines, output::Clock};
+use crate::{aggregate::LineBudget, diagnosis::Finding, outbox::Lines, render::Clock};
 
 /// A trace command's stdout, shared by its event, tick and summary callbacks.
 pub struct TraceOut {

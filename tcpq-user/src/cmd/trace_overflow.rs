@@ -9,17 +9,17 @@ use tcpq_common::names;
 use super::trace_out::{TraceOut, Windows};
 use crate::{
     cli::TraceOverflowArgs,
-    decode::{ListenRecord, OverflowEvent, decode_listen},
-    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
-    listen::{
+    diagnosis::owner::app_of_owners,
+    family::listen::{
+        aggregate::{Admit, KindCounts, LineLimiter, ListenerAgg, OverflowAggregator},
+        decode::{ListenRecord, OverflowEvent, OverflowKind, decode_listen},
         diagnose::{ListenerEvidence, diagnose_listener},
-        owner::app_of_owners,
-        resolve::ListenerDirectory,
+        render::{self as output, ListenerSummary},
         unsent::UnsentReader,
     },
-    model::{Admit, KindCounts, LineLimiter, ListenerAgg, OverflowAggregator, OverflowKind},
-    output::{self, Clock, ListenerSummary},
-    snapshot::{counters, netns, procs},
+    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
+    render::Clock,
+    snapshot::{counters, listeners::ListenerDirectory, netns, procs},
 };
 
 struct Tracer {
@@ -138,7 +138,7 @@ impl Tracer {
         }
     }
 
-    fn print_aggregates(&mut self, lines: Vec<crate::model::AggregateLine>) {
+    fn print_aggregates(&mut self, lines: Vec<crate::family::listen::aggregate::AggregateLine>) {
         for l in lines {
             let info = self
                 .dir
@@ -344,7 +344,7 @@ fn run_facts(
             .sum(),
         confirmed,
         other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
-        unresolved: crate::listen::unresolved_records(counts),
+        unresolved: crate::family::listen::unresolved_records(counts),
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
         missed_runs,

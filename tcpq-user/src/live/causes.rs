@@ -8,29 +8,31 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use serde_json::{Value, json};
 
 use crate::{
-    accept::{AcceptEvidence, diagnose_accept},
     cmd::conntrack::{live_consumers, snapshot_in},
-    connect::{
-        ConnectResult,
-        model::failed_by_destination,
-        ports::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
-    },
-    conntrack::{CtEvidence, diagnose_conntrack},
-    listen::{
-        diagnose::{Finding, ListenerEvidence, diagnose_listener},
-        owner::app_of_owners,
-        resolve::ListenerDirectory,
+    diagnosis::{Finding, owner::app_of_owners},
+    family::{
+        accept::diagnose::{AcceptEvidence, diagnose_accept},
+        connect::{
+            aggregate::failed_by_destination,
+            decode::ConnectResult,
+            diagnose::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
+        },
+        conntrack::diagnose::{CtEvidence, diagnose_conntrack},
+        listen::{
+            aggregate::ListenerKey,
+            diagnose::{ListenerEvidence, diagnose_listener},
+        },
+        sockets::diagnose::{
+            CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale,
+            group_stale,
+        },
     },
     live::{
         session::{AcceptorSample, Aggregates},
         slow::{PortsRead, SlowReads, read_ports},
     },
-    model::ListenerKey,
-    output::endpoint,
-    snapshot::{counters, netns, procs, sockdiag},
-    sockets::{
-        CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale,
-    },
+    render::endpoint,
+    snapshot::{counters, listeners::ListenerDirectory, netns, procs, sockdiag},
 };
 
 /// One ranked cause.
@@ -68,7 +70,7 @@ pub fn find_causes(
     slow: Option<&SlowReads>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
-    let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
+    let owner_of = |info: Option<&std::rc::Rc<crate::snapshot::listeners::ListenerInfo>>| {
         info.and_then(|i| i.primary().cloned())
     };
 
@@ -124,7 +126,7 @@ pub fn find_causes(
                 process: owner.as_ref().map(|o| o.comm.clone()),
                 pid: owner.as_ref().map(|o| o.pid),
                 port: Some(lport),
-                evidence: json!({"netns": ns, "counts": crate::output::counts_json(&a.total), "queue": a.last_queue, "backlog": a.backlog, "listen_arg": ev.listen_arg, "somaxconn": ev.sysctls.somaxconn, "accepts": acc}),
+                evidence: json!({"netns": ns, "counts": crate::family::listen::render::counts_json(&a.total), "queue": a.last_queue, "backlog": a.backlog, "listen_arg": ev.listen_arg, "somaxconn": ev.sysctls.somaxconn, "accepts": acc}),
                 finding: f,
             });
         }
@@ -260,7 +262,7 @@ pub fn find_causes(
                         && id.lport == *lport
                         && (id.laddr == *laddr || id.laddr.is_unspecified())
                 })
-                .map(|(_, t)| crate::accept::QueuePressure {
+                .map(|(_, t)| crate::family::accept::diagnose::QueuePressure {
                     refused: t.refused_interval,
                     queue_peak: t.queue_peak,
                     backlog: t.backlog,
@@ -268,7 +270,9 @@ pub fn find_causes(
                 .next()
                 // Tier 0 watches every listener: one it did not list never queued a
                 // connection at a reading, under no pressure.
-                .or(Some(crate::accept::QueuePressure::default())),
+                .or(Some(
+                    crate::family::accept::diagnose::QueuePressure::default(),
+                )),
         };
         let owner = holders.first().cloned().or_else(|| {
             s.acceptors.iter().next().map(|(p, c)| procs::Owner {

@@ -9,10 +9,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    connect::model::ConnectStats,
+    family::{
+        connect::aggregate::ConnectStats,
+        listen::{aggregate::KindCounts, decode::OverflowKind},
+    },
     live::{causes::Cause, session::Aggregates},
-    model::{KindCounts, OverflowKind},
-    output::endpoint,
+    render::endpoint,
     snapshot::container,
 };
 

@@ -13,18 +13,23 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tcpq_common::{AcceptKey, AcceptTotals, hook, names};
 
 use crate::{
-    accept::{AcceptStats, decode_accept},
-    connect::{decode_connect, model::ConnectAggregator},
-    conntrack::{decode_drop, drop_kind},
-    decode::{ListenRecord, addr, decode_listen},
+    family::{
+        accept::{aggregate::AcceptStats, decode::decode_accept},
+        connect::{aggregate::ConnectAggregator, decode::decode_connect},
+        conntrack::decode::{decode_drop, drop_kind},
+        listen::{
+            aggregate::OverflowAggregator,
+            decode::{ListenRecord, decode_listen},
+            unsent::UnsentReader,
+        },
+    },
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
-    listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     live::{
         engine::{self, Arm, FamilyView, ListenerId, ListenerTotals, Step, Tier0},
         slow::SlowReads,
     },
-    model::OverflowAggregator,
-    snapshot::{netns, nswatch::NsWatcher, procs},
+    snapshot::{listeners::ListenerDirectory, netns, nswatch::NsWatcher, procs},
+    wire::addr,
 };
 
 /// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
@@ -576,7 +581,7 @@ impl Session {
         while let Some(item) = self.connect_ring.next() {
             agg.events += 1;
             if let Ok(o) = decode_connect(&item) {
-                if o.result == crate::connect::ConnectResult::Errno(99) {
+                if o.result == crate::family::connect::decode::ConnectResult::Errno(99) {
                     self.engine.failed_port_searches += 1; // EADDRNOTAVAIL (tier 1)
                 }
                 agg.connects.record(&o);
@@ -691,7 +696,7 @@ impl Session {
             // Ring full (slot 0) or ACCEPT_TOTALS full (slot 1).
             accept: sum_per_cpu(&self.accept_lost, 0) + sum_per_cpu(&self.accept_lost, 1),
             missed_runs: self.loaded.missed_runs(),
-            unresolved: crate::listen::unresolved_records(&self.listen_counts),
+            unresolved: crate::family::listen::unresolved_records(&self.listen_counts),
         }
     }
 }

@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     cmd::conntrack::{LiveConsumers, consumers_here, reuse_for as consumers_reuse_for},
-    connect::ports::{DestUsage, PortRange},
+    family::connect::diagnose::{DestUsage, PortRange},
     live::causes::Cause,
     snapshot::netns,
 };
@@ -225,7 +225,7 @@ pub fn read_ports(ns: u32, dests: &BTreeSet<(IpAddr, u16)>) -> Option<PortsRead>
     netns::run_in(ns, || -> Option<PortsRead> {
         let socks = crate::snapshot::sockdiag::dump_to(dests).ok()?;
         let ports = crate::cmd::ports::read_port_sysctls().ok()?;
-        let groups = crate::connect::ports::group_usage(
+        let groups = crate::family::connect::diagnose::group_usage(
             &socks,
             &ports.range,
             &Default::default(),
@@ -353,7 +353,7 @@ impl SlowReads {
                 Key::Sockets,
                 Box::new(move || {
                     let at = Instant::now();
-                    let earlier = crate::sockets::CloseWaitSeen {
+                    let earlier = crate::family::sockets::diagnose::CloseWaitSeen {
                         cookies,
                         ago_s: seen_at
                             .map_or(0.0, |t| at.saturating_duration_since(t).as_secs_f64()),

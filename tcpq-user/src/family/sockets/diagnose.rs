@@ -8,7 +8,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    connect::ports::state_name, listen::diagnose::Finding, snapshot::sockdiag::DiagSocket,
+    diagnosis::{Finding, cause},
+    snapshot::sockdiag::{DiagSocket, state_name},
 };
 
 /// The stale threshold where no `--idle` is given (top, export; `--idle`'s default).
@@ -144,7 +145,7 @@ pub fn analyse(
                 cw_fds.extend(fds.iter().copied());
                 p.close_wait_sockets.push((s.cookie, fds.clone()));
                 *cw_remote
-                    .entry(crate::output::endpoint(s.raddr, s.rport))
+                    .entry(crate::render::endpoint(s.raddr, s.rport))
                     .or_insert(0) += 1;
             }
             _ => {}
@@ -188,7 +189,7 @@ fn is_accepted(s: &DiagSocket, listeners: &[(IpAddr, u16)]) -> bool {
 pub fn time_wait_by_remote(sockets: &[DiagSocket], k: usize) -> Vec<(String, u64)> {
     let mut m: BTreeMap<String, u64> = BTreeMap::new();
     for s in sockets.iter().filter(|s| s.state == 6) {
-        *m.entry(crate::output::endpoint(s.raddr, s.rport))
+        *m.entry(crate::render::endpoint(s.raddr, s.rport))
             .or_insert(0) += 1;
     }
     let mut v: Vec<(String, u64)> = m.into_iter().collect();
@@ -283,7 +284,7 @@ pub fn diagnose_stale(g: &StaleUpstream, idle_s: f64, client_timeout: &str) -> O
     let remote = g
         .raddr
         .parse()
-        .map(|a| crate::output::endpoint(a, g.rport))
+        .map(|a| crate::render::endpoint(a, g.rport))
         .unwrap_or_else(|_| format!("{}:{}", g.raddr, g.rport));
     let acked = n - g.unacknowledged;
     let mut text = format!(
@@ -323,7 +324,7 @@ pub fn diagnose_stale(g: &StaleUpstream, idle_s: f64, client_timeout: &str) -> O
         g.raddr, g.rport
     ));
     Some(Finding {
-        cause: "stale_established",
+        cause: cause::STALE_ESTABLISHED,
         impact: n,
         text,
         fix,
@@ -380,7 +381,7 @@ pub fn diagnose_close_wait(
         text.push_str(&format!("; each holds a descriptor (limit {limit})"));
     }
     Some(Finding {
-        cause: "close_wait_leak",
+        cause: cause::CLOSE_WAIT_LEAK,
         impact: n,
         text,
         fix: vec![
