@@ -12,17 +12,22 @@ pub fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
 }
 
-/// Up to `per_second` lines per key per second; beyond, exact counts per (key, class) are
-/// returned when the second ends.
+/// Up to `per_second` lines per key per second; beyond, the events of each (key, class) fold
+/// into one accumulator (`A`: an exact count by default), returned when the second ends. The
+/// trace commands count per key and class; `trace overflow` folds more per listener and kind
+/// (`family::listen::aggregate::Suppressed`).
 #[derive(Debug)]
-pub struct LineBudget<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> {
+pub struct LineBudget<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord, A = u64> {
     per_second: u32,
     second: u64,
     printed: HashMap<K, u32>,
-    suppressed: HashMap<(K, C), u64>,
+    suppressed: HashMap<(K, C), A>,
 }
 
-impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> LineBudget<K, C> {
+/// The accumulators of finished seconds: (second, key, class, accumulator), by key then class.
+pub type Folded<K, C, A = u64> = Vec<(u64, K, C, A)>;
+
+impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord, A: Default> LineBudget<K, C, A> {
     pub fn new(per_second: u32) -> Self {
         Self {
             per_second,
@@ -32,29 +37,52 @@ impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> LineBudget<K, C> {
         }
     }
 
-    /// Returns the aggregates of finished seconds and whether to print this event.
-    pub fn admit(&mut self, second: u64, key: &K, class: &C) -> (Vec<(u64, K, C, u64)>, bool) {
+    /// Returns the accumulators of finished seconds and whether to print this event; an event
+    /// not printed is folded into its (key, class) accumulator by `fold`.
+    pub fn admit_with(
+        &mut self,
+        second: u64,
+        key: &K,
+        class: &C,
+        fold: impl FnOnce(&mut A),
+    ) -> (Folded<K, C, A>, bool) {
         let flushed = self.flush_until(second);
         let n = self.printed.entry(key.clone()).or_insert(0);
         if *n < self.per_second {
             *n += 1;
             return (flushed, true);
         }
-        *self
-            .suppressed
-            .entry((key.clone(), class.clone()))
-            .or_insert(0) += 1;
+        self.fold_unprinted(second, key, class, fold);
         (flushed, false)
     }
 
-    pub fn flush_until(&mut self, second: u64) -> Vec<(u64, K, C, u64)> {
+    /// Events that never get a line of their own (the kernel counted them without a record):
+    /// folded into their (key, class) accumulator for `second`, using none of the key's lines.
+    pub fn fold_unprinted(
+        &mut self,
+        second: u64,
+        key: &K,
+        class: &C,
+        fold: impl FnOnce(&mut A),
+    ) -> Folded<K, C, A> {
+        let flushed = self.flush_until(second);
+        fold(
+            self.suppressed
+                .entry((key.clone(), class.clone()))
+                .or_default(),
+        );
+        flushed
+    }
+
+    /// Ends every second before `second` and returns their accumulators.
+    pub fn flush_until(&mut self, second: u64) -> Folded<K, C, A> {
         if second <= self.second {
             return Vec::new();
         }
         let done = self.second;
         self.second = second;
         self.printed.clear();
-        let mut out: Vec<(u64, K, C, u64)> = self
+        let mut out: Folded<K, C, A> = self
             .suppressed
             .drain()
             .map(|((k, c), n)| (done, k, c, n))
@@ -63,9 +91,17 @@ impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> LineBudget<K, C> {
         out
     }
 
-    pub fn flush_all(&mut self) -> Vec<(u64, K, C, u64)> {
+    /// Flushes everything (exit).
+    pub fn flush_all(&mut self) -> Folded<K, C, A> {
         let next = self.second + 1;
         self.flush_until(next)
+    }
+}
+
+impl<K: Hash + Eq + Clone + Ord, C: Hash + Eq + Clone + Ord> LineBudget<K, C> {
+    /// [`LineBudget::admit_with`] counting the events not printed.
+    pub fn admit(&mut self, second: u64, key: &K, class: &C) -> (Folded<K, C>, bool) {
+        self.admit_with(second, key, class, |n| *n += 1)
     }
 }
 

@@ -51,13 +51,13 @@ fn tables_stay_bounded_under_a_million_tuples() {
             decode::{ConnectOutcome, ConnectResult},
         },
         listen::{
-            aggregate::{ClientSet, LineLimiter, OverflowAggregator},
+            aggregate::{ClientSet, ListenLines, OverflowAggregator},
             decode::{OverflowEvent, OverflowKind},
         },
     };
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)));
     let mut agg = OverflowAggregator::new(10_000);
-    let mut limiter = LineLimiter::new(20);
+    let mut limiter = ListenLines::new(20);
     let mut printed = 0u64;
     for i in 0..1_000_000u32 {
         let ev = OverflowEvent {
@@ -74,7 +74,7 @@ fn tables_stay_bounded_under_a_million_tuples() {
             synq: 0,
         };
         agg.record(&ev);
-        if limiter.admit(5, &ev).1 == crate::family::listen::aggregate::Admit::Print {
+        if limiter.admit_event(5, &ev).1 == crate::family::listen::aggregate::Admit::Print {
             printed += 1;
         }
     }
@@ -90,7 +90,7 @@ fn tables_stay_bounded_under_a_million_tuples() {
             .values()
             .all(|l| l.clients.len() <= ClientSet::CAP)
     );
-    let aggregated: u64 = limiter.flush_all().iter().map(|l| l.count).sum();
+    let aggregated: u64 = limiter.all_lines().iter().map(|l| l.count).sum();
     assert_eq!(
         printed + aggregated,
         1_000_000,

@@ -12,6 +12,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     cli::{HooksMode, TopArgs},
+    diagnosis::rank,
     live::{
         causes::{Cause, find_causes},
         frame::{self, Frame, History},
@@ -80,7 +81,7 @@ impl Producer {
             c.finding.impact = (c.finding.impact as f64 * secs) as u64;
             c
         }));
-        causes.sort_by_key(|c| std::cmp::Reverse(c.finding.impact));
+        rank(&mut causes, |c| c.finding.impact);
         let lost = self.session.lost().total();
         let header = gather::header(&self.session, lost, lost.saturating_sub(self.last_lost));
         self.last_lost = lost;
