@@ -25,7 +25,7 @@ proptest! {
         let _ = crate::snapshot::procs::accept_fd_of(&text);
         let _ = crate::cli::parse_duration(&text);
         let _ = crate::cli::parse_port(&text);
-        let _ = crate::cmd::trace_connect::DstFilter::parse(&text);
+        let _ = crate::cmd::filter::DstFilter::parse(&text);
     }
 
     #[test]

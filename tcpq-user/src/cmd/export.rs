@@ -26,9 +26,11 @@ use tokio::{
 
 use crate::{
     cli::{ExportArgs, HooksMode},
-    cmd::top::Producer,
     kernel::privilege,
-    live::metrics::{Metrics, Owner},
+    live::{
+        metrics::{Metrics, Owner},
+        producer::{Producer, next_due},
+    },
     stop,
 };
 
@@ -167,7 +169,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         if !go_on || stop::requested() || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        deadline = crate::cmd::top::next_due(deadline, args.interval, Instant::now());
+        deadline = next_due(deadline, args.interval, Instant::now());
     }
     Ok(0)
 }

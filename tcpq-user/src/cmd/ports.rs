@@ -6,42 +6,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use netlink_packet_sock_diag::inet::StateFlags;
 use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
-use super::trace_connect::{ConnectSession, DstFilter, PidFilter};
+use super::{
+    connect_session::ConnectSession,
+    filter::{DstFilter, PidFilter},
+};
 use crate::{
     cli::PortsArgs,
+    family::connect::snapshot::{PortSysctls, read_port_sysctls},
     family::connect::{
         aggregate::{ConnectAggregator, ConnectStats},
         diagnose::{
-            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
-            group_usage, utilisation,
+            PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports, group_usage,
+            utilisation,
         },
     },
     kernel::env::Privileges,
     render::endpoint,
-    snapshot::{container::Identities, counters::read_sysctl, netns, procs, sockdiag},
+    snapshot::{container::Identities, netns, procs, sockdiag},
 };
-
-/// Port-related sysctls of the calling thread's namespace.
-#[derive(Debug, Clone)]
-pub(crate) struct PortSysctls {
-    pub range: PortRange,
-    pub tw_reuse: Option<u32>,
-}
-
-pub(crate) fn read_port_sysctls() -> Result<PortSysctls> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .context("read ip_local_port_range")?;
-    let reserved =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    let range = PortRange::parse(&range, &reserved).context("parse ip_local_port_range")?;
-    let tw_reuse = read_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse");
-    Ok(PortSysctls { range, tw_reuse })
-}
 
 fn socket_inodes(pids: &HashSet<u32>) -> HashSet<u64> {
     let mut out = HashSet::new();

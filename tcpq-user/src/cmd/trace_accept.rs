@@ -12,7 +12,7 @@ use aya::maps::{Array as BpfArray, MapData};
 use serde_json::json;
 use tcpq_common::{InAccept, names};
 
-use super::trace_connect::PidFilter;
+use super::filter::PidFilter;
 use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
     cli::TraceAcceptArgs,

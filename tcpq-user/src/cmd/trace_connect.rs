@@ -1,107 +1,23 @@
 //! `tcpq trace connect`: every outbound connect outcome (result, source port, time in the
 //! syscall, handshake latency, SYN retransmits), and the shared collector used by `tcpq ports`.
-use std::{collections::HashSet, net::IpAddr, time::Duration};
 
-use anyhow::{Result, bail};
-use aya::maps::{MapData, PerCpuArray};
+use anyhow::Result;
 use serde_json::json;
-use tcpq_common::{connect as c, names};
 
 use super::trace_out::{Budget, TraceOut, Windows};
+use super::{
+    connect_session::{ConnectSession, ConnectTotals},
+    filter::{DstFilter, PidFilter},
+};
 use crate::{
     cli::TraceConnectArgs,
     family::connect::{
         aggregate::{ConnectAggregator, ConnectKey, ConnectStats},
-        decode::{ConnectOutcome, decode_connect},
+        decode::ConnectOutcome,
     },
-    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
     render::{Clock, endpoint},
-    snapshot::{
-        container::{Identities, Identity},
-        procs,
-    },
+    snapshot::container::{Identities, Identity},
 };
-
-/// `--dst ADDR[:PORT]` (IPv6 as `[addr]:port` or bare).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DstFilter {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-}
-
-impl DstFilter {
-    pub fn parse(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if let Ok(addr) = s.parse::<IpAddr>() {
-            return Ok(Self { addr, port: None });
-        }
-        if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-            return Ok(Self {
-                addr: sa.ip(),
-                port: Some(sa.port()),
-            });
-        }
-        bail!(
-            "invalid --dst '{s}': use an address with an optional port, e.g. 127.0.0.1:9000 or [::1]:9000"
-        )
-    }
-    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
-        self.addr == addr && self.port.is_none_or(|p| p == port)
-    }
-}
-
-/// `--pid PID|NAME`, kept as the pids found at start plus the name (for processes started later).
-#[derive(Debug, Clone)]
-pub struct PidFilter {
-    pub pids: HashSet<u32>,
-    pub name: Option<String>,
-}
-
-impl PidFilter {
-    pub fn resolve(arg: &str) -> Result<Self> {
-        let owners = procs::resolve_pid_arg(arg)?;
-        Ok(Self {
-            pids: owners.iter().map(|o| o.pid).collect(),
-            name: arg.parse::<u32>().is_err().then(|| arg.trim().to_string()),
-        })
-    }
-    pub fn matches(&self, tgid: u32, comm: &str) -> bool {
-        self.pids.contains(&tgid) || self.name.as_deref().is_some_and(|n| n == comm)
-    }
-}
-
-/// Exact kernel-side totals.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConnectTotals {
-    pub ok: u64,
-    pub refused: u64,
-    pub timeout: u64,
-    pub eaddrnotavail: u64,
-    pub other: u64,
-    pub syn_retrans: u64,
-    pub lost: u64,
-    /// Program runs the kernel skipped (already running on that CPU).
-    pub missed_runs: u64,
-}
-
-pub fn totals(m: &PerCpuArray<MapData, u64>) -> ConnectTotals {
-    ConnectTotals {
-        ok: sum_per_cpu(m, c::COUNT_OK),
-        refused: sum_per_cpu(m, c::COUNT_REFUSED),
-        timeout: sum_per_cpu(m, c::COUNT_TIMEOUT),
-        eaddrnotavail: sum_per_cpu(m, c::COUNT_EADDRNOTAVAIL),
-        other: sum_per_cpu(m, c::COUNT_OTHER),
-        syn_retrans: sum_per_cpu(m, c::COUNT_SYN_RETRANS),
-        lost: sum_per_cpu(m, c::COUNT_LOST),
-        missed_runs: 0,
-    }
-}
-
-impl ConnectTotals {
-    pub fn json(&self) -> serde_json::Value {
-        json!({"ok": self.ok, "refused": self.refused, "timeout": self.timeout, "EADDRNOTAVAIL": self.eaddrnotavail, "other": self.other, "syn_retrans": self.syn_retrans})
-    }
-}
 
 fn us(ns: Option<u64>) -> serde_json::Value {
     ns.map(|v| json!((v as f64 / 1000.0 * 10.0).round() / 10.0))
@@ -220,77 +136,6 @@ pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64, id: &Iden
         q(&s.handshake_ns),
         s.syn_retrans
     )
-}
-
-/// A loaded connect family: its ring buffer and exact counters.
-pub struct ConnectSession {
-    pub loaded: probe::Loaded,
-    pub ring: aya::maps::RingBuf<MapData>,
-    pub counts: PerCpuArray<MapData, u64>,
-}
-
-impl ConnectSession {
-    pub fn open() -> Result<Self> {
-        let mut loaded = probe::load(&[Family::Connect], &LoadOptions::default())?;
-        let ring = loaded.take_ring(names::CONNECT_EVENTS)?;
-        let counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
-        Ok(Self {
-            loaded,
-            ring,
-            counts,
-        })
-    }
-
-    pub fn hooks_line(&self) -> String {
-        self.loaded
-            .hooks
-            .iter()
-            .map(|h| match &h.state {
-                HookState::Attached | HookState::Standby => format!("{} ✓", h.spec.program),
-                HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Runs until `duration`, Ctrl-C/SIGTERM/SIGHUP; `on_event` for every outcome, `on_tick`
-    /// every second, `on_summary` every `summary_every`.
-    pub fn run(
-        self,
-        duration: Option<Duration>,
-        summary_every: Duration,
-        mut on_event: impl FnMut(&ConnectOutcome),
-        mut on_tick: impl FnMut(),
-        mut on_summary: impl FnMut(&ConnectTotals, bool),
-        ready: impl FnOnce(),
-    ) -> Result<()> {
-        let ConnectSession {
-            loaded,
-            ring,
-            counts,
-        } = self;
-        super::ring::run(
-            ring,
-            duration,
-            summary_every,
-            |bytes| {
-                if let Ok(o) = decode_connect(bytes) {
-                    on_event(&o);
-                }
-            },
-            &mut on_tick,
-            |final_run| {
-                let t = ConnectTotals {
-                    missed_runs: loaded.missed_runs(),
-                    ..totals(&counts)
-                };
-                on_summary(&t, final_run)
-            },
-            ready,
-        )?;
-        drop(loaded);
-        Ok(())
-    }
 }
 
 pub fn run(args: TraceConnectArgs) -> Result<()> {

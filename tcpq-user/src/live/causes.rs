@@ -2,13 +2,11 @@
 //! diagnosis (listen, ports, conntrack, accept, sockets), ranked by impact. Shared by
 //! `diagnose`, `top` and `export`; snapshots are read in the namespace the events came from.
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 
 use netlink_packet_sock_diag::inet::StateFlags;
 use serde_json::{Value, json};
 
 use crate::{
-    cmd::conntrack::{live_consumers, snapshot_in},
     diagnosis::{Finding, owner::app_of_owners},
     family::{
         accept::diagnose::{AcceptEvidence, diagnose_accept},
@@ -17,7 +15,10 @@ use crate::{
             decode::ConnectResult,
             diagnose::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
         },
-        conntrack::diagnose::{CtEvidence, diagnose_conntrack},
+        conntrack::{
+            diagnose::{CtEvidence, diagnose_conntrack},
+            snapshot::{live_consumers, snapshot_in},
+        },
         listen::{
             aggregate::ListenerKey,
             diagnose::{ListenerEvidence, diagnose_listener},
@@ -28,33 +29,13 @@ use crate::{
         },
     },
     live::{
-        session::{AcceptorSample, Aggregates},
+        cause::Cause,
+        session::{Aggregates, sample_acceptors},
         slow::{PortsRead, SlowReads, read_ports},
     },
     render::endpoint,
     snapshot::{counters, listeners::ListenerDirectory, netns, procs, sockdiag},
 };
-
-/// One ranked cause.
-#[derive(Debug, Clone)]
-pub struct Cause {
-    pub finding: Finding,
-    /// Listener address:port, "process → destination", "netns N" or "pid N".
-    pub place: String,
-    pub process: Option<String>,
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    /// The process's cgroup (v2) when it is not the root: its container.
-    pub cgroup: Option<String>,
-    pub evidence: Value,
-}
-
-impl Cause {
-    pub fn to_json(&self) -> Value {
-        let (pod, container) = crate::snapshot::container::identify(self.cgroup.as_deref());
-        json!({"cause": self.finding.cause, "where": self.place, "process": self.process, "pid": self.pid, "port": self.port, "cgroup": self.cgroup, "pod": pod, "container": container, "impact": self.finding.impact, "text": self.finding.text, "evidence": self.evidence, "fix": self.finding.fix})
-    }
-}
 
 /// Every cause the interval's evidence supports, highest impact first.
 pub fn find_causes(
@@ -454,23 +435,4 @@ pub fn socket_causes(
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
     (causes, CloseWaitSeen::of(&scan, 0.0).cookies)
-}
-
-/// Who holds a listener and how many of their threads sit in accept() right now.
-pub fn sample_acceptors(
-    dir: &mut ListenerDirectory,
-    ns: u32,
-    laddr: IpAddr,
-    lport: u16,
-) -> Option<AcceptorSample> {
-    let info = dir.lookup(ns, 0, laddr, lport)?;
-    let idle = info
-        .owners
-        .iter()
-        .map(|o| procs::threads_in_accept(o.pid, info.inode))
-        .sum();
-    Some(AcceptorSample {
-        holders: info.owners.clone(),
-        min_idle: idle,
-    })
 }

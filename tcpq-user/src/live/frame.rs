@@ -13,7 +13,7 @@ use crate::{
         connect::aggregate::ConnectStats,
         listen::{aggregate::KindCounts, decode::OverflowKind},
     },
-    live::{causes::Cause, session::Aggregates},
+    live::{cause::Cause, session::Aggregates},
     render::endpoint,
     snapshot::container,
 };

@@ -21,7 +21,7 @@ use prometheus_client::{
 use crate::{
     family::listen::decode::OverflowKind,
     live::{
-        causes::Cause,
+        cause::Cause,
         session::{Aggregates, Lost},
     },
     render::endpoint,

@@ -154,6 +154,25 @@ pub struct AcceptorSample {
     pub min_idle: u64,
 }
 
+/// Who holds a listener and how many of their threads sit in accept() right now.
+pub fn sample_acceptors(
+    dir: &mut ListenerDirectory,
+    ns: u32,
+    laddr: IpAddr,
+    lport: u16,
+) -> Option<AcceptorSample> {
+    let info = dir.lookup(ns, 0, laddr, lport)?;
+    let idle = info
+        .owners
+        .iter()
+        .map(|o| procs::threads_in_accept(o.pid, info.inode))
+        .sum();
+    Some(AcceptorSample {
+        holders: info.owners.clone(),
+        min_idle: idle,
+    })
+}
+
 /// Events lost in the kernel (ring buffer full), per hook family, since the session started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Lost {
@@ -592,7 +611,11 @@ impl Session {
             if let Ok(d) = decode_drop(&item)
                 && d.netfilter
             {
-                let in_use = crate::cmd::conntrack::ct_in_use(&self.ct_active, d.netns, d.has_ct);
+                let in_use = crate::family::conntrack::snapshot::ct_in_use(
+                    &self.ct_active,
+                    d.netns,
+                    d.has_ct,
+                );
                 let kind = drop_kind(d.has_ct, in_use);
                 if kind == "table_full" {
                     self.engine.table_full_drops += 1;
@@ -633,8 +656,7 @@ impl Session {
         self.fold_accept_totals();
         let keys: Vec<(u32, IpAddr, u16)> = self.agg.accepts.keys().copied().collect();
         for (ns, laddr, lport) in keys {
-            let Some(now) = crate::live::causes::sample_acceptors(&mut self.dir, ns, laddr, lport)
-            else {
+            let Some(now) = sample_acceptors(&mut self.dir, ns, laddr, lport) else {
                 continue;
             };
             match self.agg.acceptors.get_mut(&(ns, laddr, lport)) {

@@ -3,3 +3,4 @@
 pub mod aggregate;
 pub mod decode;
 pub mod diagnose;
+pub mod snapshot;

@@ -4,3 +4,4 @@ pub mod aggregate;
 pub mod ctnetlink;
 pub mod decode;
 pub mod diagnose;
+pub mod snapshot;
