@@ -14,5 +14,7 @@ pub mod sockets;
 pub mod top;
 pub mod trace_accept;
 pub mod trace_connect;
+pub mod trace_conntrack;
+pub mod trace_drops;
 pub mod trace_out;
 pub mod trace_overflow;

@@ -138,27 +138,36 @@ pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64, id: &Iden
     )
 }
 
+/// What `trace connect` keeps between its events, ticks and summaries.
+struct ConnectState {
+    total: ConnectAggregator,
+    window: ConnectAggregator,
+    /// Each process's pod and container, resolved at its first connect.
+    ids: Identities,
+}
+
 pub fn run(args: TraceConnectArgs) -> Result<()> {
     let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
     let dst = args.dst.as_deref().map(DstFilter::parse).transpose()?;
     let session = ConnectSession::open()?;
     let clock = Clock::new();
     let out = TraceOut::stdout(args.out.json)?;
-    let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
-    let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
+    let state = std::cell::RefCell::new(ConnectState {
+        total: ConnectAggregator::new(20_000),
+        window: ConnectAggregator::new(20_000),
+        ids: Identities::new(),
+    });
     let budget: Budget<ConnectKey, String> = Budget::new(args.out.lines_per_sec);
     let windows = Windows::start();
-    // Each process's pod and container, resolved at its first connect.
-    let ids = std::cell::RefCell::new(Identities::new());
-    let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
+    let print_aggregates = |st: &mut ConnectState, lines: Vec<(u64, ConnectKey, String, u64)>| {
         for (second, k, result, n) in lines {
-            let comm = agg
-                .borrow()
+            let comm = st
+                .total
                 .by_key
                 .get(&k)
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
-            let id = ids.borrow_mut().get(k.tgid, &comm);
+            let id = st.ids.get(k.tgid, &comm);
             if args.out.json {
                 let cause = match result.as_str() {
                     "ok" => serde_json::Value::Null,
@@ -198,12 +207,13 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         if args.failed && !o.result.is_failure() {
             return;
         }
-        agg.borrow_mut().record(o);
-        window.borrow_mut().record(o);
-        let id = ids.borrow_mut().get(o.tgid, &o.comm);
+        let mut st = state.borrow_mut();
+        st.total.record(o);
+        st.window.record(o);
+        let id = st.ids.get(o.tgid, &o.comm);
         let key = ConnectKey::of(o);
         let (flushed, print) = budget.admit(o.ts_ns, &key, &o.result.id());
-        print_aggregates(flushed);
+        print_aggregates(&mut st, flushed);
         if print {
             if args.out.json {
                 out.emit(outcome_json(&clock, o, &id).to_string());
@@ -214,22 +224,20 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        print_aggregates(budget.due());
+        print_aggregates(&mut state.borrow_mut(), budget.due());
         out.flush();
     };
     let on_summary = |t: &ConnectTotals, final_run: bool| {
-        print_aggregates(budget.at_summary(final_run));
+        let mut guard = state.borrow_mut();
+        let st = &mut *guard;
+        print_aggregates(st, budget.at_summary(final_run));
         let dur = windows.seconds(final_run);
-        let a = if final_run {
-            agg.borrow()
-        } else {
-            window.borrow()
-        };
+        let a = if final_run { &st.total } else { &st.window };
         if args.out.json {
             let rows: Vec<_> = a
                 .ranked()
                 .into_iter()
-                .map(|(k, s)| stats_json(k, s, dur, &ids.borrow_mut().get(k.tgid, &s.comm)))
+                .map(|(k, s)| stats_json(k, s, dur, &st.ids.get(k.tgid, &s.comm)))
                 .collect();
             out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
@@ -245,17 +253,11 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 t.missed_runs
             ));
             for (k, s) in a.ranked() {
-                out.emit(stats_text(
-                    k,
-                    s,
-                    dur,
-                    &ids.borrow_mut().get(k.tgid, &s.comm),
-                ));
+                out.emit(stats_text(k, s, dur, &st.ids.get(k.tgid, &s.comm)));
             }
         }
-        drop(a);
         if !final_run {
-            window.borrow_mut().clear();
+            st.window.clear();
             windows.next();
         }
         out.flush();

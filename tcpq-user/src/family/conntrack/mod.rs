@@ -4,4 +4,5 @@ pub mod aggregate;
 pub mod ctnetlink;
 pub mod decode;
 pub mod diagnose;
+pub mod render;
 pub mod snapshot;
