@@ -494,7 +494,7 @@ mod tests {
             };
             assert_eq!(
                 idle,
-                crate::family::sockets::diagnose::DEFAULT_IDLE,
+                crate::family::sockets::aggregate::DEFAULT_IDLE,
                 "{sub}"
             );
             let cli = Cli::try_parse_from(["tcpq", sub, "--idle", "1500ms"]).unwrap();

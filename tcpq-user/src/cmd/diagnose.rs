@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::{DiagnoseArgs, HooksMode},
-    family::sockets::diagnose::CloseWaitSeen,
+    family::sockets::aggregate::CloseWaitSeen,
     live::{
         causes::{find_causes, scan_sockets},
         session::Session,

@@ -14,7 +14,10 @@ use serde_json::json;
 use crate::{
     cli::SocketsArgs,
     diagnosis::owner::app_of_owners,
-    family::sockets::diagnose::{CloseWaitSeen, analyse, diagnose_sockets, time_wait_by_remote},
+    family::sockets::{
+        aggregate::{CloseWaitSeen, analyse, time_wait_by_remote},
+        diagnose::diagnose_sockets,
+    },
     snapshot::{container::Identities, netns, procs, sockdiag},
 };
 

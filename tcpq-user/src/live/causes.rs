@@ -23,9 +23,9 @@ use crate::{
             aggregate::ListenerKey,
             diagnose::{ListenerEvidence, diagnose_listener},
         },
-        sockets::diagnose::{
-            CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale,
-            group_stale,
+        sockets::{
+            aggregate::{CloseWaitSeen, ProcessSockets, analyse, group_stale},
+            diagnose::{diagnose_close_wait, diagnose_stale},
         },
     },
     live::{

@@ -11,7 +11,7 @@ use super::{
     gather,
     session::{Aggregates, LiveOptions, Session},
 };
-use crate::{diagnosis::rank, family::sockets::diagnose::DEFAULT_IDLE, stop};
+use crate::{diagnosis::rank, family::sockets::aggregate::DEFAULT_IDLE, stop};
 
 /// One interval's results.
 pub struct Tick {

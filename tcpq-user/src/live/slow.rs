@@ -23,7 +23,7 @@ use crate::{
     family::{
         connect::diagnose::{DestUsage, PortRange},
         conntrack::snapshot::{LiveConsumers, consumers_here, reuse_for as consumers_reuse_for},
-        sockets::diagnose::CloseWaitSeen,
+        sockets::aggregate::CloseWaitSeen,
     },
     live::cause::Cause,
     snapshot::netns,
