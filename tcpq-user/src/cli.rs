@@ -536,7 +536,11 @@ mod tests {
                 | Command::Diagnose(DiagnoseArgs { idle, .. }) => idle.idle,
                 _ => unreachable!(),
             };
-            assert_eq!(idle, crate::sockets::DEFAULT_IDLE, "{sub}");
+            assert_eq!(
+                idle,
+                crate::family::sockets::aggregate::DEFAULT_IDLE,
+                "{sub}"
+            );
             let cli = Cli::try_parse_from(["tcpq", sub, "--idle", "1500ms"]).unwrap();
             let idle = match cli.command {
                 Command::Sockets(SocketsArgs { idle, .. })

@@ -7,25 +7,25 @@ proptest! {
 
     #[test]
     fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..160)) {
-        let _ = crate::decode::decode_listen(&bytes);
-        let _ = crate::connect::decode_connect(&bytes);
-        let _ = crate::conntrack::decode_drop(&bytes);
-        let _ = crate::accept::decode_accept(&bytes);
+        let _ = crate::family::listen::decode::decode_listen(&bytes);
+        let _ = crate::family::connect::decode::decode_connect(&bytes);
+        let _ = crate::family::conntrack::decode::decode_drop(&bytes);
+        let _ = crate::family::accept::decode::decode_accept(&bytes);
     }
 
     #[test]
     fn text_parsers_never_panic(text in ".{0,400}") {
         let _ = crate::snapshot::counters::parse_pairs(&text);
-        let _ = crate::conntrack::parse_stat(&text);
-        let _ = crate::conntrack::parse_entries(&text);
-        let _ = crate::connect::ports::PortRange::parse(&text, &text);
+        let _ = crate::family::conntrack::aggregate::parse_stat(&text);
+        let _ = crate::family::conntrack::aggregate::parse_entries(&text);
+        let _ = crate::family::connect::diagnose::PortRange::parse(&text, &text);
         let _ = crate::kernel::tracefs::parse_format(&text);
         let _ = crate::kernel::env::parse_cap_eff(&text);
         let _ = crate::kernel::env::parse_release(&text);
         let _ = crate::snapshot::procs::accept_fd_of(&text);
         let _ = crate::cli::parse_duration(&text);
         let _ = crate::cli::parse_port(&text);
-        let _ = crate::cmd::trace_connect::DstFilter::parse(&text);
+        let _ = crate::cmd::filter::DstFilter::parse(&text);
     }
 
     #[test]
@@ -45,14 +45,19 @@ proptest! {
 fn tables_stay_bounded_under_a_million_tuples() {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use crate::{
-        connect::{ConnectOutcome, ConnectResult, model::ConnectAggregator},
-        decode::OverflowEvent,
-        model::{ClientSet, LineLimiter, OverflowAggregator, OverflowKind},
+    use crate::family::{
+        connect::{
+            aggregate::ConnectAggregator,
+            decode::{ConnectOutcome, ConnectResult},
+        },
+        listen::{
+            aggregate::{ClientSet, ListenLines, OverflowAggregator},
+            decode::{OverflowEvent, OverflowKind},
+        },
     };
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)));
     let mut agg = OverflowAggregator::new(10_000);
-    let mut limiter = LineLimiter::new(20);
+    let mut limiter = ListenLines::new(20);
     let mut printed = 0u64;
     for i in 0..1_000_000u32 {
         let ev = OverflowEvent {
@@ -69,7 +74,7 @@ fn tables_stay_bounded_under_a_million_tuples() {
             synq: 0,
         };
         agg.record(&ev);
-        if limiter.admit(5, &ev).1 == crate::model::Admit::Print {
+        if limiter.admit_event(5, &ev).1 == crate::family::listen::aggregate::Admit::Print {
             printed += 1;
         }
     }
@@ -85,7 +90,7 @@ fn tables_stay_bounded_under_a_million_tuples() {
             .values()
             .all(|l| l.clients.len() <= ClientSet::CAP)
     );
-    let aggregated: u64 = limiter.flush_all().iter().map(|l| l.count).sum();
+    let aggregated: u64 = limiter.all_lines().iter().map(|l| l.count).sum();
     assert_eq!(
         printed + aggregated,
         1_000_000,

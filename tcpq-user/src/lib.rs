@@ -1,28 +1,26 @@
 //! tcpq: why TCP connections fail on a loaded Linux server.
 //!
 //! Layout: `kernel` (load/attach, BTF, tracefs, environment: the only kernel plumbing),
-//! `decode` (ring records → events), `snapshot` (sock_diag, /proc, counters, sysctls),
-//! `model` (aggregation), `listen` (listener directory and diagnosis), `output` (text/JSON),
-//! `cmd` (subcommands); `tcpq lab`'s incident generators are the tcpq-lab crate.
-pub mod accept;
+//! `family` (one home per hook family: decode, aggregate, diagnose, render), `snapshot`
+//! (sock_diag, /proc, counters, sysctls, the listener directory), the families' shared
+//! `wire`, `aggregate`, `diagnosis` and `render`, `live` (the live commands' core), `cmd`
+//! (subcommands); `tcpq lab`'s incident generators are the tcpq-lab crate.
+pub mod aggregate;
 pub mod cli;
 pub mod cmd;
-pub mod connect;
-pub mod conntrack;
-pub mod decode;
+pub mod diagnosis;
+pub mod family;
 pub mod fixes;
 #[cfg(test)]
 mod fuzz;
 pub mod kernel;
 pub mod limit;
-pub mod listen;
 pub mod live;
-pub mod model;
 pub mod outbox;
-pub mod output;
+pub mod render;
 pub mod snapshot;
-pub mod sockets;
 pub mod stop;
+pub mod wire;
 
 /// An error chain as one line: the first line of each cause (verifier logs and BTF dumps are
 /// multi-line), duplicates removed, capped in length.

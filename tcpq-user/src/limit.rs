@@ -13,8 +13,8 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use tcpq_common::{AbortKey, AbortTally, names};
 
 use crate::{
+    diagnosis::{Finding, cause, owner::App},
     kernel::probe::Loaded,
-    listen::{diagnose::Finding, owner::App},
     snapshot::{netns, procs, sockdiag},
 };
 
@@ -34,7 +34,7 @@ pub fn sum_cpus(values: &[AbortTally]) -> Tally {
     let comm = values
         .iter()
         .find(|v| v.comm[0] != 0)
-        .map(|v| crate::decode::comm_str(&v.comm))
+        .map(|v| crate::wire::comm_str(&v.comm))
         .unwrap_or_default();
     Tally {
         count: values.iter().map(|v| v.count).sum(),
@@ -211,7 +211,7 @@ pub fn diagnose_connection_limit(ev: &LimitEvidence) -> Option<Finding> {
         ev.resets as f64 / ev.duration_s.max(0.001),
     );
     Some(Finding {
-        cause: "connection_limit",
+        cause: cause::CONNECTION_LIMIT,
         impact: ev.resets,
         text,
         fix: ev

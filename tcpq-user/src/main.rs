@@ -47,9 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let code = match cli.command {
         Command::Check(opts) => cmd::check::run(opts)?,
         Command::Trace(TraceWhat::Accept(opts)) => cmd::trace_accept::run(opts).map(|()| 0)?,
-        Command::Trace(TraceWhat::Drops(opts)) => cmd::conntrack::run_drops(opts).map(|()| 0)?,
+        Command::Trace(TraceWhat::Drops(opts)) => cmd::trace_drops::run(opts).map(|()| 0)?,
         Command::Trace(TraceWhat::Conntrack(opts)) => {
-            cmd::conntrack::run_trace(opts).map(|()| 0)?
+            cmd::trace_conntrack::run(opts).map(|()| 0)?
         }
         Command::Trace(TraceWhat::Connect(opts)) => cmd::trace_connect::run(opts).map(|()| 0)?,
         Command::Trace(TraceWhat::Overflow(opts)) => cmd::trace_overflow::run(opts).map(|()| 0)?,

@@ -287,7 +287,12 @@ fn listeners_closed_together_leave_every_refusal_to_the_one_refusing() {
     let drops = delta(&before, &after, "TcpExt:ListenDrops");
     let unattributed: u64 = frames
         .iter()
-        .flat_map(|f| f["refused_unattributed"].as_array().cloned().unwrap_or_default())
+        .flat_map(|f| {
+            f["refused_unattributed"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter(|u| u["netns"].as_u64() == Some(inode))
         .map(|u| u["refused"].as_u64().unwrap_or(0))
         .sum();
@@ -298,7 +303,11 @@ fn listeners_closed_together_leave_every_refusal_to_the_one_refusing() {
         of("9301", "refused")
     );
     assert!(drops > 100, "the listener refused: {drops}");
-    assert_eq!(of("9301", "refused"), 0, "the healthy listener refused nothing");
+    assert_eq!(
+        of("9301", "refused"),
+        0,
+        "the healthy listener refused nothing"
+    );
     assert_eq!(of("9300", "refused"), drops, "refused == ListenDrops");
     assert_eq!(of("9300", "uncertain"), 0, "only one of them was refusing");
     assert_eq!(unattributed, 0);

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::{DiagnoseArgs, HooksMode},
+    family::sockets::aggregate::CloseWaitSeen,
     live::{
         causes::{find_causes, scan_sockets},
         session::Session,
     },
-    sockets::CloseWaitSeen,
     stop,
 };
 

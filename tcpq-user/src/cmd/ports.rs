@@ -6,42 +6,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use netlink_packet_sock_diag::inet::StateFlags;
 use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
-use super::trace_connect::{ConnectSession, DstFilter, PidFilter};
+use super::{
+    connect_session::ConnectSession,
+    filter::{DstFilter, PidFilter},
+};
 use crate::{
     cli::PortsArgs,
-    connect::{
-        model::{ConnectAggregator, ConnectStats},
-        ports::{
-            PortRange, PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports,
-            group_usage, utilisation,
+    family::connect::snapshot::{PortSysctls, read_port_sysctls},
+    family::connect::{
+        aggregate::{ConnectAggregator, ConnectStats},
+        diagnose::{
+            PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports, group_usage,
+            utilisation,
         },
     },
     kernel::env::Privileges,
-    output::endpoint,
-    snapshot::{container::Identities, counters::read_sysctl, netns, procs, sockdiag},
+    render::endpoint,
+    snapshot::{container::Identities, netns, procs, sockdiag},
 };
-
-/// Port-related sysctls of the calling thread's namespace.
-#[derive(Debug, Clone)]
-pub(crate) struct PortSysctls {
-    pub range: PortRange,
-    pub tw_reuse: Option<u32>,
-}
-
-pub(crate) fn read_port_sysctls() -> Result<PortSysctls> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .context("read ip_local_port_range")?;
-    let reserved =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    let range = PortRange::parse(&range, &reserved).context("parse ip_local_port_range")?;
-    let tw_reuse = read_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse");
-    Ok(PortSysctls { range, tw_reuse })
-}
 
 fn socket_inodes(pids: &HashSet<u32>) -> HashSet<u64> {
     let mut out = HashSet::new();
@@ -255,7 +242,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                     "tcp_tw_reuse": sys.tw_reuse,
                     "connects": stats.as_ref().map(|s| s.attempts),
                     "connect_rate": stats.as_ref().map(|s| if duration_s > 0.0 { (s.attempts as f64 / duration_s * 10.0).round() / 10.0 } else { 0.0 }),
-                    "eaddrnotavail": stats.as_ref().map(|s| s.count(crate::connect::ConnectResult::Errno(99))),
+                    "eaddrnotavail": stats.as_ref().map(|s| s.count(crate::family::connect::decode::ConnectResult::Errno(99))),
                     "syscall": stats.as_ref().and_then(|s| q(&s.syscall_ns)),
                     "causes": findings,
                 })
@@ -321,7 +308,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 stats
                     .as_ref()
                     .map(|s| s
-                        .count(crate::connect::ConnectResult::Errno(99))
+                        .count(crate::family::connect::decode::ConnectResult::Errno(99))
                         .to_string())
                     .unwrap_or_else(|| "-".into()),
                 q,

@@ -13,9 +13,12 @@ use serde_json::json;
 
 use crate::{
     cli::SocketsArgs,
-    listen::owner::app_of_owners,
+    diagnosis::owner::app_of_owners,
+    family::sockets::{
+        aggregate::{CloseWaitSeen, analyse, time_wait_by_remote},
+        diagnose::diagnose_sockets,
+    },
     snapshot::{container::Identities, netns, procs, sockdiag},
-    sockets::{CloseWaitSeen, analyse, diagnose_sockets, time_wait_by_remote},
 };
 
 /// How long `sockets` waits before looking again at the CLOSE_WAIT sockets it found.

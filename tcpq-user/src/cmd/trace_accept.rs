@@ -12,17 +12,21 @@ use aya::maps::{Array as BpfArray, MapData};
 use serde_json::json;
 use tcpq_common::{InAccept, names};
 
-use super::trace_connect::PidFilter;
+use super::filter::PidFilter;
 use super::trace_out::{Budget, TraceOut, Windows};
 use crate::{
-    accept::{AcceptEvidence, AcceptStats, Accepted, decode_accept, diagnose_accept},
     cli::TraceAcceptArgs,
+    diagnosis::owner::app_of_owners,
+    family::accept::{
+        aggregate::AcceptStats,
+        decode::{Accepted, decode_accept},
+        diagnose::{AcceptEvidence, diagnose_accept},
+    },
     kernel::probe::{self, Family, LoadOptions},
-    listen::owner::app_of_owners,
-    listen::resolve::ListenerDirectory,
-    output::{Clock, endpoint},
+    render::{Clock, endpoint},
     snapshot::{
         container::{Identities, Identity},
+        listeners::ListenerDirectory,
         procs,
     },
 };
@@ -46,7 +50,7 @@ fn idle_acceptors(map: &BpfArray<MapData, InAccept>) -> HashMap<(u32, u32), u64>
 fn result_and_wait(e: &Accepted) -> (String, Option<u64>) {
     match e.result {
         Ok(w) => ("ok".to_string(), w),
-        Err(errno) => (crate::connect::errno_name(errno), None),
+        Err(errno) => (crate::wire::errno_name(errno), None),
     }
 }
 
@@ -77,6 +81,18 @@ pub fn accepted_text(clock: &Clock, e: &Accepted, id: &Identity) -> String {
     )
 }
 
+/// What `trace accept` keeps between its records and summaries.
+#[derive(Default)]
+struct AcceptState {
+    total: BTreeMap<ListenerId, AcceptStats>,
+    window: BTreeMap<ListenerId, AcceptStats>,
+    /// Which (tgid, fd) pairs accept on each listener (for idle acceptors).
+    fds: HashMap<ListenerId, HashSet<(u32, u32)>>,
+    dir: ListenerDirectory,
+    /// Each acceptor's pod and container, resolved at its first accept.
+    ids: Identities,
+}
+
 pub fn run(args: TraceAcceptArgs) -> Result<()> {
     let pid_filter = args.pid.as_deref().map(PidFilter::resolve).transpose()?;
     // Resets on close are read by the live commands (connection_limit), not here.
@@ -95,14 +111,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
     )?;
     let clock = Clock::new();
     let out = TraceOut::stdout(args.out.json)?;
-    let total: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
-    let window: RefCell<BTreeMap<ListenerId, AcceptStats>> = RefCell::new(BTreeMap::new());
-    // Which (tgid, fd) pairs accept on each listener (for idle acceptors).
-    let fds: RefCell<HashMap<ListenerId, HashSet<(u32, u32)>>> = RefCell::new(HashMap::new());
+    let state = RefCell::new(AcceptState::default());
     let budget: Budget<ListenerId, &'static str> = Budget::new(args.out.lines_per_sec);
-    let dir = RefCell::new(ListenerDirectory::new());
-    // Each acceptor's pod and container, resolved at its first accept.
-    let ids = RefCell::new(Identities::new());
     let windows = Windows::start();
     let print_aggregates = |lines: Vec<(u64, ListenerId, &'static str, u64)>| {
         for (second, (ns, laddr, lport), what, n) in lines {
@@ -131,19 +141,17 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             return;
         }
         let id: ListenerId = (e.netns, e.laddr, e.lport);
-        total.borrow_mut().entry(id).or_default().record(&e);
-        window.borrow_mut().entry(id).or_default().record(&e);
-        fds.borrow_mut()
-            .entry(id)
-            .or_default()
-            .insert((e.tgid, e.listen_fd));
+        let mut st = state.borrow_mut();
+        st.total.entry(id).or_default().record(&e);
+        st.window.entry(id).or_default().record(&e);
+        st.fds.entry(id).or_default().insert((e.tgid, e.listen_fd));
         let what = if e.result.is_ok() { "ok" } else { "error" };
         let (flushed, print) = budget.admit(e.ts_ns, &id, &what);
         print_aggregates(flushed);
         if !print {
             return;
         }
-        let id = ids.borrow_mut().get(e.tgid, &e.comm);
+        let id = st.ids.get(e.tgid, &e.comm);
         if args.out.json {
             out.emit(accepted_json(&clock, &e, &id).to_string());
         } else {
@@ -162,13 +170,14 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         let lost = crate::kernel::probe::sum_per_cpu(&lost_map, tcpq_common::lost::ACCEPT);
         let missed = loaded.missed_runs();
         let dur = windows.seconds(final_run);
+        let mut st = state.borrow_mut();
         let stats = if final_run {
-            total.borrow().clone()
+            st.total.clone()
         } else {
-            window.borrow().clone()
+            st.window.clone()
         };
         for ((ns, laddr, lport), s) in &stats {
-            let info = dir.borrow_mut().lookup(*ns, 0, *laddr, *lport);
+            let info = st.dir.lookup(*ns, 0, *laddr, *lport);
             let holders: Vec<procs::Owner> =
                 info.as_ref().map(|i| i.owners.clone()).unwrap_or_default();
             // Idle acceptors: threads of the holders sitting in accept() on this socket right now
@@ -182,8 +191,8 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
                         .sum(),
                 ),
                 _ => {
-                    let pairs = fds
-                        .borrow()
+                    let pairs = st
+                        .fds
                         .get(&(*ns, *laddr, *lport))
                         .cloned()
                         .unwrap_or_default();
@@ -251,7 +260,7 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
             }
         }
         if !final_run {
-            window.borrow_mut().clear();
+            st.window.clear();
             windows.next();
         }
         out.flush();

@@ -1,112 +1,23 @@
 //! `tcpq trace connect`: every outbound connect outcome (result, source port, time in the
 //! syscall, handshake latency, SYN retransmits), and the shared collector used by `tcpq ports`.
-use std::{collections::HashSet, net::IpAddr, time::Duration};
 
-use anyhow::{Result, bail};
-use aya::maps::{MapData, PerCpuArray};
+use anyhow::Result;
 use serde_json::json;
-use tcpq_common::{connect as c, names};
 
 use super::trace_out::{Budget, TraceOut, Windows};
+use super::{
+    connect_session::{ConnectSession, ConnectTotals},
+    filter::{DstFilter, PidFilter},
+};
 use crate::{
     cli::TraceConnectArgs,
-    connect::{
-        ConnectOutcome, decode_connect,
-        model::{ConnectAggregator, ConnectKey, ConnectStats},
+    family::connect::{
+        aggregate::{ConnectAggregator, ConnectKey, ConnectStats},
+        decode::ConnectOutcome,
     },
-    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
-    output::{Clock, endpoint},
-    snapshot::{
-        container::{Identities, Identity},
-        procs,
-    },
+    render::{Clock, endpoint},
+    snapshot::container::{Identities, Identity},
 };
-
-/// `--dst ADDR[:PORT]` (IPv6 as `[addr]:port` or bare).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DstFilter {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-}
-
-impl DstFilter {
-    pub fn parse(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if let Ok(addr) = s.parse::<IpAddr>() {
-            return Ok(Self { addr, port: None });
-        }
-        if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-            return Ok(Self {
-                addr: sa.ip(),
-                port: Some(sa.port()),
-            });
-        }
-        bail!(
-            "invalid --dst '{s}': use an address with an optional port, e.g. 127.0.0.1:9000 or [::1]:9000"
-        )
-    }
-    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
-        self.addr == addr && self.port.is_none_or(|p| p == port)
-    }
-}
-
-/// `--pid PID|NAME`, kept as the pids found at start plus the name (for processes started later).
-#[derive(Debug, Clone)]
-pub struct PidFilter {
-    pub pids: HashSet<u32>,
-    pub name: Option<String>,
-}
-
-impl PidFilter {
-    pub fn resolve(arg: &str) -> Result<Self> {
-        let owners = procs::resolve_pid_arg(arg)?;
-        Ok(Self {
-            pids: owners.iter().map(|o| o.pid).collect(),
-            name: arg.parse::<u32>().is_err().then(|| arg.trim().to_string()),
-        })
-    }
-    pub fn matches(&self, tgid: u32, comm: &str) -> bool {
-        self.pids.contains(&tgid) || self.name.as_deref().is_some_and(|n| n == comm)
-    }
-}
-
-/// Exact kernel-side totals.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConnectTotals {
-    pub ok: u64,
-    pub refused: u64,
-    pub timeout: u64,
-    pub eaddrnotavail: u64,
-    pub other: u64,
-    pub syn_retrans: u64,
-    pub lost: u64,
-    /// Program runs the kernel skipped (already running on that CPU).
-    pub missed_runs: u64,
-}
-
-/// The exact counts (`CONNECT_COUNTS`) and the records the ring had no room for
-/// (`RING_LOST`).
-pub fn totals(
-    m: &PerCpuArray<MapData, u64>,
-    ring_lost: &PerCpuArray<MapData, u64>,
-) -> ConnectTotals {
-    ConnectTotals {
-        ok: sum_per_cpu(m, c::COUNT_OK),
-        refused: sum_per_cpu(m, c::COUNT_REFUSED),
-        timeout: sum_per_cpu(m, c::COUNT_TIMEOUT),
-        eaddrnotavail: sum_per_cpu(m, c::COUNT_EADDRNOTAVAIL),
-        other: sum_per_cpu(m, c::COUNT_OTHER),
-        syn_retrans: sum_per_cpu(m, c::COUNT_SYN_RETRANS),
-        lost: sum_per_cpu(ring_lost, tcpq_common::lost::CONNECT),
-        missed_runs: 0,
-    }
-}
-
-impl ConnectTotals {
-    pub fn json(&self) -> serde_json::Value {
-        json!({"ok": self.ok, "refused": self.refused, "timeout": self.timeout, "EADDRNOTAVAIL": self.eaddrnotavail, "other": self.other, "syn_retrans": self.syn_retrans})
-    }
-}
 
 fn us(ns: Option<u64>) -> serde_json::Value {
     ns.map(|v| json!((v as f64 / 1000.0 * 10.0).round() / 10.0))
@@ -123,8 +34,8 @@ fn fmt_ms(ns: Option<u64>) -> String {
 
 pub fn outcome_json(clock: &Clock, o: &ConnectOutcome, id: &Identity) -> serde_json::Value {
     let cause = match o.result {
-        crate::connect::ConnectResult::Ok => serde_json::Value::Null,
-        crate::connect::ConnectResult::Errno(99) => json!("ports_exhausted"),
+        crate::family::connect::decode::ConnectResult::Ok => serde_json::Value::Null,
+        crate::family::connect::decode::ConnectResult::Errno(99) => json!("ports_exhausted"),
         _ => json!("connect_failures"),
     };
     json!({
@@ -227,79 +138,12 @@ pub fn stats_text(key: &ConnectKey, s: &ConnectStats, duration_s: f64, id: &Iden
     )
 }
 
-/// A loaded connect family: its ring buffer and exact counters.
-pub struct ConnectSession {
-    pub loaded: probe::Loaded,
-    pub ring: aya::maps::RingBuf<MapData>,
-    pub counts: PerCpuArray<MapData, u64>,
-    pub ring_lost: PerCpuArray<MapData, u64>,
-}
-
-impl ConnectSession {
-    pub fn open() -> Result<Self> {
-        let mut loaded = probe::load(&[Family::Connect], &LoadOptions::default())?;
-        let ring = loaded.take_ring(names::CONNECT_EVENTS)?;
-        let counts = loaded.take_per_cpu_counters(names::CONNECT_COUNTS)?;
-        let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
-        Ok(Self {
-            loaded,
-            ring,
-            counts,
-            ring_lost,
-        })
-    }
-
-    pub fn hooks_line(&self) -> String {
-        self.loaded
-            .hooks
-            .iter()
-            .map(|h| match &h.state {
-                HookState::Attached | HookState::Standby => format!("{} ✓", h.spec.program),
-                HookState::Unavailable(why) => format!("{} ✗ ({why})", h.spec.program),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Runs until `duration`, Ctrl-C/SIGTERM/SIGHUP; `on_event` for every outcome, `on_tick`
-    /// every second, `on_summary` every `summary_every`.
-    pub fn run(
-        self,
-        duration: Option<Duration>,
-        summary_every: Duration,
-        mut on_event: impl FnMut(&ConnectOutcome),
-        mut on_tick: impl FnMut(),
-        mut on_summary: impl FnMut(&ConnectTotals, bool),
-        ready: impl FnOnce(),
-    ) -> Result<()> {
-        let ConnectSession {
-            loaded,
-            ring,
-            counts,
-            ring_lost,
-        } = self;
-        super::ring::run(
-            ring,
-            duration,
-            summary_every,
-            |bytes| {
-                if let Ok(o) = decode_connect(bytes) {
-                    on_event(&o);
-                }
-            },
-            &mut on_tick,
-            |final_run| {
-                let t = ConnectTotals {
-                    missed_runs: loaded.missed_runs(),
-                    ..totals(&counts, &ring_lost)
-                };
-                on_summary(&t, final_run)
-            },
-            ready,
-        )?;
-        drop(loaded);
-        Ok(())
-    }
+/// What `trace connect` keeps between its events, ticks and summaries.
+struct ConnectState {
+    total: ConnectAggregator,
+    window: ConnectAggregator,
+    /// Each process's pod and container, resolved at its first connect.
+    ids: Identities,
 }
 
 pub fn run(args: TraceConnectArgs) -> Result<()> {
@@ -308,21 +152,22 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
     let session = ConnectSession::open()?;
     let clock = Clock::new();
     let out = TraceOut::stdout(args.out.json)?;
-    let agg = std::cell::RefCell::new(ConnectAggregator::new(20_000));
-    let window = std::cell::RefCell::new(ConnectAggregator::new(20_000));
+    let state = std::cell::RefCell::new(ConnectState {
+        total: ConnectAggregator::new(20_000),
+        window: ConnectAggregator::new(20_000),
+        ids: Identities::new(),
+    });
     let budget: Budget<ConnectKey, String> = Budget::new(args.out.lines_per_sec);
     let windows = Windows::start();
-    // Each process's pod and container, resolved at its first connect.
-    let ids = std::cell::RefCell::new(Identities::new());
-    let print_aggregates = |lines: Vec<(u64, ConnectKey, String, u64)>| {
+    let print_aggregates = |st: &mut ConnectState, lines: Vec<(u64, ConnectKey, String, u64)>| {
         for (second, k, result, n) in lines {
-            let comm = agg
-                .borrow()
+            let comm = st
+                .total
                 .by_key
                 .get(&k)
                 .map(|s| s.comm.clone())
                 .unwrap_or_default();
-            let id = ids.borrow_mut().get(k.tgid, &comm);
+            let id = st.ids.get(k.tgid, &comm);
             if args.out.json {
                 let cause = match result.as_str() {
                     "ok" => serde_json::Value::Null,
@@ -362,12 +207,13 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         if args.failed && !o.result.is_failure() {
             return;
         }
-        agg.borrow_mut().record(o);
-        window.borrow_mut().record(o);
-        let id = ids.borrow_mut().get(o.tgid, &o.comm);
+        let mut st = state.borrow_mut();
+        st.total.record(o);
+        st.window.record(o);
+        let id = st.ids.get(o.tgid, &o.comm);
         let key = ConnectKey::of(o);
         let (flushed, print) = budget.admit(o.ts_ns, &key, &o.result.id());
-        print_aggregates(flushed);
+        print_aggregates(&mut st, flushed);
         if print {
             if args.out.json {
                 out.emit(outcome_json(&clock, o, &id).to_string());
@@ -378,22 +224,20 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
         }
     };
     let on_tick = || {
-        print_aggregates(budget.due());
+        print_aggregates(&mut state.borrow_mut(), budget.due());
         out.flush();
     };
     let on_summary = |t: &ConnectTotals, final_run: bool| {
-        print_aggregates(budget.at_summary(final_run));
+        let mut guard = state.borrow_mut();
+        let st = &mut *guard;
+        print_aggregates(st, budget.at_summary(final_run));
         let dur = windows.seconds(final_run);
-        let a = if final_run {
-            agg.borrow()
-        } else {
-            window.borrow()
-        };
+        let a = if final_run { &st.total } else { &st.window };
         if args.out.json {
             let rows: Vec<_> = a
                 .ranked()
                 .into_iter()
-                .map(|(k, s)| stats_json(k, s, dur, &ids.borrow_mut().get(k.tgid, &s.comm)))
+                .map(|(k, s)| stats_json(k, s, dur, &st.ids.get(k.tgid, &s.comm)))
                 .collect();
             out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "connect_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": t.lost, "missed_runs": t.missed_runs, "kernel_counts": t.json(), "destinations": rows}).to_string());
         } else {
@@ -409,17 +253,11 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
                 t.missed_runs
             ));
             for (k, s) in a.ranked() {
-                out.emit(stats_text(
-                    k,
-                    s,
-                    dur,
-                    &ids.borrow_mut().get(k.tgid, &s.comm),
-                ));
+                out.emit(stats_text(k, s, dur, &st.ids.get(k.tgid, &s.comm)));
             }
         }
-        drop(a);
         if !final_run {
-            window.borrow_mut().clear();
+            st.window.clear();
             windows.next();
         }
         out.flush();
@@ -478,7 +316,7 @@ mod tests {
             sport: 40001,
             daddr: "10.0.0.9".parse().unwrap(),
             dport: 5432,
-            result: crate::connect::ConnectResult::Refused,
+            result: crate::family::connect::decode::ConnectResult::Refused,
             syscall_ns: Some(20_000),
             handshake_ns: Some(90_000),
             syn_retrans: 0,

@@ -11,7 +11,12 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{connect::model::LineBudget, listen::diagnose::Finding, outbox::Lines, output::Clock};
+use crate::{
+    aggregate::{Folded, LineBudget},
+    diagnosis::Finding,
+    outbox::Lines,
+    render::Clock,
+};
 
 /// A trace command's stdout, shared by its event, tick and summary callbacks.
 pub struct TraceOut {
@@ -65,7 +70,7 @@ impl TraceOut {
 }
 
 /// Aggregate lines as `LineBudget` returns them: (second, key, class, events).
-pub type Aggregates<K, C> = Vec<(u64, K, C, u64)>;
+pub type Aggregates<K, C> = Folded<K, C>;
 
 /// A trace command's `LineBudget` (`--lines-per-sec` per key), shared by its callbacks. Each
 /// call returns the aggregate lines now due, for the command to print.

@@ -9,17 +9,17 @@ use tcpq_common::names;
 use super::trace_out::{TraceOut, Windows};
 use crate::{
     cli::TraceOverflowArgs,
-    decode::{ListenRecord, OverflowEvent, decode_listen},
-    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
-    listen::{
+    diagnosis::owner::app_of_owners,
+    family::listen::{
+        aggregate::{Admit, KindCounts, ListenLines, ListenerAgg, OverflowAggregator},
+        decode::{ListenRecord, OverflowEvent, OverflowKind, decode_listen},
         diagnose::{ListenerEvidence, diagnose_listener},
-        owner::app_of_owners,
-        resolve::ListenerDirectory,
+        render::{self as output, ListenerSummary},
         unsent::UnsentReader,
     },
-    model::{Admit, KindCounts, LineLimiter, ListenerAgg, OverflowAggregator, OverflowKind},
-    output::{self, Clock, ListenerSummary},
-    snapshot::{counters, netns, procs},
+    kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
+    render::Clock,
+    snapshot::{counters, listeners::ListenerDirectory, netns, procs},
 };
 
 struct Tracer {
@@ -28,7 +28,7 @@ struct Tracer {
     out: TraceOut,
     dir: ListenerDirectory,
     agg: OverflowAggregator,
-    limiter: LineLimiter,
+    limiter: ListenLines,
     pid_filter: Option<HashSet<u32>>,
     host_netns: u32,
     windows: Windows,
@@ -103,7 +103,7 @@ impl Tracer {
             return;
         }
         self.agg.record(&ev);
-        let (flushed, admit) = self.limiter.admit(ev.ts_ns / 1_000_000_000, &ev);
+        let (flushed, admit) = self.limiter.admit_event(ev.ts_ns / 1_000_000_000, &ev);
         self.print_aggregates(flushed);
         if admit == Admit::Print {
             if self.args.out.json {
@@ -138,7 +138,7 @@ impl Tracer {
         }
     }
 
-    fn print_aggregates(&mut self, lines: Vec<crate::model::AggregateLine>) {
+    fn print_aggregates(&mut self, lines: Vec<crate::family::listen::aggregate::AggregateLine>) {
         for l in lines {
             let info = self
                 .dir
@@ -155,7 +155,7 @@ impl Tracer {
     fn tick(&mut self) {
         self.fold_unsent();
         let now_sec = Clock::now_mono_ns() / 1_000_000_000;
-        let lines = self.limiter.flush_until(now_sec);
+        let lines = self.limiter.lines_until(now_sec);
         self.print_aggregates(lines);
         self.out.flush();
         for ns in std::mem::take(&mut self.active_netns) {
@@ -169,7 +169,7 @@ impl Tracer {
     fn summary(&mut self, kernel_totals: &KindCounts, facts: &output::RunFacts, final_run: bool) {
         self.fold_unsent();
         let lines = if final_run {
-            self.limiter.flush_all()
+            self.limiter.all_lines()
         } else {
             Vec::new()
         };
@@ -344,7 +344,7 @@ fn run_facts(
             .sum(),
         confirmed,
         other_drops: sum_per_cpu(counts, tcpq_common::kind::OTHER_DROP as u32),
-        unresolved: crate::listen::unresolved_records(counts),
+        unresolved: crate::family::listen::unresolved_records(counts),
         cookies_unmatched: sum_per_cpu(counts, tcpq_common::kind::COOKIE_UNMATCHED as u32),
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
         missed_runs,
@@ -399,7 +399,7 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
         out: TraceOut::stdout(args.out.json)?,
         dir: ListenerDirectory::new(),
         agg: OverflowAggregator::new(10_000),
-        limiter: LineLimiter::new(args.out.lines_per_sec),
+        limiter: ListenLines::new(args.out.lines_per_sec),
         pid_filter,
         host_netns: netns::current().unwrap_or(0),
         windows: Windows::start(),

@@ -2,57 +2,40 @@
 //! diagnosis (listen, ports, conntrack, accept, sockets), ranked by impact. Shared by
 //! `diagnose`, `top` and `export`; snapshots are read in the namespace the events came from.
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 
 use netlink_packet_sock_diag::inet::StateFlags;
 use serde_json::{Value, json};
 
 use crate::{
-    accept::{AcceptEvidence, diagnose_accept},
-    cmd::conntrack::{live_consumers, snapshot_in},
-    connect::{
-        ConnectResult,
-        model::failed_by_destination,
-        ports::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
-    },
-    conntrack::{CtEvidence, diagnose_conntrack},
-    listen::{
-        diagnose::{Finding, ListenerEvidence, diagnose_listener},
-        owner::app_of_owners,
-        resolve::ListenerDirectory,
+    diagnosis::{Finding, owner::app_of_owners},
+    family::{
+        accept::diagnose::{AcceptEvidence, diagnose_accept},
+        connect::{
+            aggregate::failed_by_destination,
+            decode::ConnectResult,
+            diagnose::{PortsEvidence, dest_label, diagnose_connect_failures, diagnose_ports},
+        },
+        conntrack::{
+            diagnose::{CtEvidence, diagnose_conntrack},
+            snapshot::{live_consumers, snapshot_in},
+        },
+        listen::{
+            aggregate::ListenerKey,
+            diagnose::{ListenerEvidence, diagnose_listener},
+        },
+        sockets::{
+            aggregate::{CloseWaitSeen, ProcessSockets, analyse, group_stale},
+            diagnose::{diagnose_close_wait, diagnose_stale},
+        },
     },
     live::{
-        session::{AcceptorSample, Aggregates},
+        cause::Cause,
+        session::{Aggregates, sample_acceptors},
         slow::{PortsRead, SlowReads, read_ports},
     },
-    model::ListenerKey,
-    output::endpoint,
-    snapshot::{counters, netns, procs, sockdiag},
-    sockets::{
-        CloseWaitSeen, ProcessSockets, analyse, diagnose_close_wait, diagnose_stale, group_stale,
-    },
+    render::endpoint,
+    snapshot::{counters, listeners::ListenerDirectory, netns, procs, sockdiag},
 };
-
-/// One ranked cause.
-#[derive(Debug, Clone)]
-pub struct Cause {
-    pub finding: Finding,
-    /// Listener address:port, "process → destination", "netns N" or "pid N".
-    pub place: String,
-    pub process: Option<String>,
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    /// The process's cgroup (v2) when it is not the root: its container.
-    pub cgroup: Option<String>,
-    pub evidence: Value,
-}
-
-impl Cause {
-    pub fn to_json(&self) -> Value {
-        let (pod, container) = crate::snapshot::container::identify(self.cgroup.as_deref());
-        json!({"cause": self.finding.cause, "where": self.place, "process": self.process, "pid": self.pid, "port": self.port, "cgroup": self.cgroup, "pod": pod, "container": container, "impact": self.finding.impact, "text": self.finding.text, "evidence": self.evidence, "fix": self.finding.fix})
-    }
-}
 
 /// Every cause the interval's evidence supports, highest impact first.
 pub fn find_causes(
@@ -68,7 +51,7 @@ pub fn find_causes(
     slow: Option<&SlowReads>,
 ) -> Vec<Cause> {
     let mut causes: Vec<Cause> = Vec::new();
-    let owner_of = |info: Option<&std::rc::Rc<crate::listen::resolve::ListenerInfo>>| {
+    let owner_of = |info: Option<&std::rc::Rc<crate::snapshot::listeners::ListenerInfo>>| {
         info.and_then(|i| i.primary().cloned())
     };
 
@@ -124,7 +107,7 @@ pub fn find_causes(
                 process: owner.as_ref().map(|o| o.comm.clone()),
                 pid: owner.as_ref().map(|o| o.pid),
                 port: Some(lport),
-                evidence: json!({"netns": ns, "counts": crate::output::counts_json(&a.total), "queue": a.last_queue, "backlog": a.backlog, "listen_arg": ev.listen_arg, "somaxconn": ev.sysctls.somaxconn, "accepts": acc}),
+                evidence: json!({"netns": ns, "counts": crate::family::listen::render::counts_json(&a.total), "queue": a.last_queue, "backlog": a.backlog, "listen_arg": ev.listen_arg, "somaxconn": ev.sysctls.somaxconn, "accepts": acc}),
                 finding: f,
             });
         }
@@ -260,7 +243,7 @@ pub fn find_causes(
                         && id.lport == *lport
                         && (id.laddr == *laddr || id.laddr.is_unspecified())
                 })
-                .map(|(_, t)| crate::accept::QueuePressure {
+                .map(|(_, t)| crate::family::accept::diagnose::QueuePressure {
                     refused: t.refused_interval,
                     queue_peak: t.queue_peak,
                     backlog: t.backlog,
@@ -268,7 +251,9 @@ pub fn find_causes(
                 .next()
                 // Tier 0 watches every listener: one it did not list never queued a
                 // connection at a reading, under no pressure.
-                .or(Some(crate::accept::QueuePressure::default())),
+                .or(Some(
+                    crate::family::accept::diagnose::QueuePressure::default(),
+                )),
         };
         let owner = holders.first().cloned().or_else(|| {
             s.acceptors.iter().next().map(|(p, c)| procs::Owner {
@@ -450,23 +435,4 @@ pub fn socket_causes(
         c.cgroup = c.pid.and_then(procs::cgroup_path);
     }
     (causes, CloseWaitSeen::of(&scan, 0.0).cookies)
-}
-
-/// Who holds a listener and how many of their threads sit in accept() right now.
-pub fn sample_acceptors(
-    dir: &mut ListenerDirectory,
-    ns: u32,
-    laddr: IpAddr,
-    lport: u16,
-) -> Option<AcceptorSample> {
-    let info = dir.lookup(ns, 0, laddr, lport)?;
-    let idle = info
-        .owners
-        .iter()
-        .map(|o| procs::threads_in_accept(o.pid, info.inode))
-        .sum();
-    Some(AcceptorSample {
-        holders: info.owners.clone(),
-        min_idle: idle,
-    })
 }

@@ -279,7 +279,7 @@ impl Tier0 {
                         sig.listen = Some(format!(
                             "{} refused at {} (netns {})",
                             delta,
-                            crate::output::endpoint(s.laddr, s.lport),
+                            crate::render::endpoint(s.laddr, s.lport),
                             r.inum
                         ));
                     } else if s.send_queue > 0 && s.recv_queue * 2 > s.send_queue {
@@ -287,7 +287,7 @@ impl Tier0 {
                             "accept queue {}/{} at {} (netns {})",
                             s.recv_queue,
                             s.send_queue,
-                            crate::output::endpoint(s.laddr, s.lport),
+                            crate::render::endpoint(s.laddr, s.lport),
                             r.inum
                         ));
                     } else if t.queued_readings >= QUEUED_READINGS {
@@ -296,7 +296,7 @@ impl Tier0 {
                             t.queued_readings,
                             s.recv_queue,
                             s.send_queue,
-                            crate::output::endpoint(s.laddr, s.lport),
+                            crate::render::endpoint(s.laddr, s.lport),
                             r.inum
                         ));
                     }

@@ -9,10 +9,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    connect::model::ConnectStats,
-    live::{causes::Cause, session::Aggregates},
-    model::{KindCounts, OverflowKind},
-    output::endpoint,
+    family::{
+        connect::aggregate::ConnectStats,
+        listen::{aggregate::KindCounts, decode::OverflowKind},
+    },
+    live::{cause::Cause, session::Aggregates},
+    render::endpoint,
     snapshot::container,
 };
 

@@ -7,12 +7,12 @@ use std::{
 };
 
 use crate::{
-    cmd::conntrack::snapshot_in,
+    family::conntrack::snapshot::snapshot_in,
     kernel::probe::HookState,
     live::{
-        causes::{Cause, sample_acceptors},
+        cause::Cause,
         frame::{ConntrackRow, Header, ListenerSnap, PortSnap, Snapshots, rate_per_s},
-        session::{Aggregates, Session},
+        session::{Aggregates, Session, sample_acceptors},
         slow::SlowReads,
     },
     snapshot::procs,

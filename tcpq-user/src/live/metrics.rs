@@ -19,12 +19,12 @@ use prometheus_client::{
 };
 
 use crate::{
+    family::listen::decode::OverflowKind,
     live::{
-        causes::Cause,
+        cause::Cause,
         session::{Aggregates, Lost},
     },
-    model::OverflowKind,
-    output::endpoint,
+    render::endpoint,
 };
 
 /// Listener owners remembered (beyond it, a listener whose owner is not found this interval is

@@ -13,18 +13,23 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tcpq_common::{AcceptKey, AcceptTotals, lost, names};
 
 use crate::{
-    accept::{AcceptStats, decode_accept},
-    connect::{decode_connect, model::ConnectAggregator},
-    conntrack::{decode_drop, drop_kind},
-    decode::{ListenRecord, addr, decode_listen},
+    family::{
+        accept::{aggregate::AcceptStats, decode::decode_accept},
+        connect::{aggregate::ConnectAggregator, decode::decode_connect},
+        conntrack::decode::{decode_drop, drop_kind},
+        listen::{
+            aggregate::OverflowAggregator,
+            decode::{ListenRecord, decode_listen},
+            unsent::UnsentReader,
+        },
+    },
     kernel::probe::{self, Family, HookStatus, LoadOptions, Loaded, sum_per_cpu},
-    listen::{resolve::ListenerDirectory, unsent::UnsentReader},
     live::{
         engine::{self, Arm, FamilyView, ListenerId, ListenerTotals, Step, Tier0},
         slow::SlowReads,
     },
-    model::OverflowAggregator,
-    snapshot::{netns, nswatch::NsWatcher, procs},
+    snapshot::{listeners::ListenerDirectory, netns, nswatch::NsWatcher, procs},
+    wire::addr,
 };
 
 /// Bounds of the userspace tables per interval (evictions are counted by the aggregators).
@@ -147,6 +152,25 @@ impl Aggregates {
 pub struct AcceptorSample {
     pub holders: Vec<crate::snapshot::procs::Owner>,
     pub min_idle: u64,
+}
+
+/// Who holds a listener and how many of their threads sit in accept() right now.
+pub fn sample_acceptors(
+    dir: &mut ListenerDirectory,
+    ns: u32,
+    laddr: IpAddr,
+    lport: u16,
+) -> Option<AcceptorSample> {
+    let info = dir.lookup(ns, 0, laddr, lport)?;
+    let idle = info
+        .owners
+        .iter()
+        .map(|o| procs::threads_in_accept(o.pid, info.inode))
+        .sum();
+    Some(AcceptorSample {
+        holders: info.owners.clone(),
+        min_idle: idle,
+    })
 }
 
 /// Events lost in the kernel (ring buffer full), per hook family, since the session started.
@@ -568,7 +592,7 @@ impl Session {
         while let Some(item) = self.connect_ring.next() {
             agg.events += 1;
             if let Ok(o) = decode_connect(&item) {
-                if o.result == crate::connect::ConnectResult::Errno(99) {
+                if o.result == crate::family::connect::decode::ConnectResult::Errno(99) {
                     self.engine.failed_port_searches += 1; // EADDRNOTAVAIL (tier 1)
                 }
                 agg.connects.record(&o);
@@ -579,7 +603,11 @@ impl Session {
             if let Ok(d) = decode_drop(&item)
                 && d.netfilter
             {
-                let in_use = crate::cmd::conntrack::ct_in_use(&self.ct_active, d.netns, d.has_ct);
+                let in_use = crate::family::conntrack::snapshot::ct_in_use(
+                    &self.ct_active,
+                    d.netns,
+                    d.has_ct,
+                );
                 let kind = drop_kind(d.has_ct, in_use);
                 if kind == "table_full" {
                     self.engine.table_full_drops += 1;
@@ -620,8 +648,7 @@ impl Session {
         self.fold_accept_totals();
         let keys: Vec<(u32, IpAddr, u16)> = self.agg.accepts.keys().copied().collect();
         for (ns, laddr, lport) in keys {
-            let Some(now) = crate::live::causes::sample_acceptors(&mut self.dir, ns, laddr, lport)
-            else {
+            let Some(now) = sample_acceptors(&mut self.dir, ns, laddr, lport) else {
                 continue;
             };
             match self.agg.acceptors.get_mut(&(ns, laddr, lport)) {
@@ -682,7 +709,7 @@ impl Session {
             accept: sum_per_cpu(&self.ring_lost, lost::ACCEPT)
                 + sum_per_cpu(&self.ring_lost, lost::ACCEPT_TOTALS_FULL),
             missed_runs: self.loaded.missed_runs(),
-            unresolved: crate::listen::unresolved_records(&self.listen_counts),
+            unresolved: crate::family::listen::unresolved_records(&self.listen_counts),
         }
     }
 }

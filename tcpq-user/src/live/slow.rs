@@ -12,7 +12,7 @@
 //! there is nothing to read; a stop (the `Worker` dropped) wakes it, and a read in progress
 //! ends with the process.
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     hash::Hash,
     net::IpAddr,
     sync::{Arc, Condvar, Mutex, MutexGuard},
@@ -20,9 +20,12 @@ use std::{
 };
 
 use crate::{
-    cmd::conntrack::{LiveConsumers, consumers_here, reuse_for as consumers_reuse_for},
-    connect::ports::{DestUsage, PortRange},
-    live::causes::Cause,
+    family::{
+        connect::diagnose::{DestUsage, PortRange},
+        conntrack::snapshot::{LiveConsumers, consumers_here, reuse_for as consumers_reuse_for},
+        sockets::aggregate::CloseWaitSeen,
+    },
+    live::cause::Cause,
     snapshot::netns,
 };
 
@@ -224,8 +227,8 @@ impl PortsRead {
 pub fn read_ports(ns: u32, dests: &BTreeSet<(IpAddr, u16)>) -> Option<PortsRead> {
     netns::run_in(ns, || -> Option<PortsRead> {
         let socks = crate::snapshot::sockdiag::dump_to(dests).ok()?;
-        let ports = crate::cmd::ports::read_port_sysctls().ok()?;
-        let groups = crate::connect::ports::group_usage(
+        let ports = crate::family::connect::snapshot::read_port_sysctls().ok()?;
+        let groups = crate::family::connect::diagnose::group_usage(
             &socks,
             &ports.range,
             &Default::default(),
@@ -264,6 +267,10 @@ pub fn ports_stale(
         }
     }
 }
+
+/// Scans the sockets (stale upstreams idle over the threshold, CLOSE_WAIT leaks against the
+/// sockets seen earlier): its causes and the CLOSE_WAIT sockets it saw.
+pub type SocketScanner = fn(Duration, &CloseWaitSeen) -> (Vec<Cause>, HashSet<u64>);
 
 /// A socket scan's findings and the CLOSE_WAIT sockets it saw (for the next one).
 #[derive(Debug, Clone, Default)]
@@ -336,8 +343,9 @@ impl SlowReads {
         })
     }
 
-    /// The last socket scan's causes, asking for a new scan every SOCKET_SCAN_EVERY.
-    pub fn socket_causes(&self, idle: Duration) -> Vec<Cause> {
+    /// The last socket scan's causes, asking for a new scan (`scan`, off this thread) every
+    /// SOCKET_SCAN_EVERY.
+    pub fn socket_causes(&self, idle: Duration, scan: SocketScanner) -> Vec<Cause> {
         let now = Instant::now();
         let last = self.sockets.get(&());
         if last
@@ -353,12 +361,12 @@ impl SlowReads {
                 Key::Sockets,
                 Box::new(move || {
                     let at = Instant::now();
-                    let earlier = crate::sockets::CloseWaitSeen {
+                    let earlier = CloseWaitSeen {
                         cookies,
                         ago_s: seen_at
                             .map_or(0.0, |t| at.saturating_duration_since(t).as_secs_f64()),
                     };
-                    let (causes, close_wait) = crate::live::causes::socket_causes(idle, &earlier);
+                    let (causes, close_wait) = scan(idle, &earlier);
                     out.put((), SocketScan { causes, close_wait }, at);
                 }),
             );

@@ -1,5 +1,6 @@
 pub mod container;
 pub mod counters;
+pub mod listeners;
 pub mod netns;
 pub mod nswatch;
 pub mod procs;

@@ -15,7 +15,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::CtEntry;
+use super::aggregate::CtEntry;
 
 /// TCP conntrack states (enum tcp_conntrack).
 fn tcp_state(s: u8) -> &'static str {

@@ -1,6 +1,9 @@
+//! The listen family: refused, cookied and reset connections at a listener (`tcp_listen_*`
+//! tracepoints and the cgroup_skb hooks), and the listen() calls that set its backlog.
+pub mod aggregate;
+pub mod decode;
 pub mod diagnose;
-pub mod owner;
-pub mod resolve;
+pub mod render;
 pub mod unsent;
 
 /// Listen records the kernel side could not decide: a record whose outcome never came

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
 use tcpq_common::{ListenerTally, ListenerTallyKey, TALLY_KINDS, names};
 
-use crate::{decode::OverflowEvent, model::OverflowKind};
+use super::decode::{OverflowEvent, OverflowKind};
 
 /// Sum of one listener's per-CPU tallies: counts add up, the queue snapshot is the newest.
 pub fn sum_cpus<'a>(values: impl IntoIterator<Item = &'a ListenerTally>) -> ListenerTally {
@@ -64,9 +64,9 @@ impl UnsentTracker {
                         ts_ns: tally.last_ts_ns,
                         netns: key.netns,
                         cookie: key.cookie,
-                        laddr: crate::decode::addr(key.family, &key.laddr),
+                        laddr: crate::wire::addr(key.family, &key.laddr),
                         lport: key.lport,
-                        raddr: crate::decode::addr(key.family, &[0; 16]),
+                        raddr: crate::wire::addr(key.family, &[0; 16]),
                         rport: 0,
                         queue: tally.queue,
                         backlog: tally.backlog,

@@ -1,9 +1,131 @@
-//! Ring-buffer records → typed events. Pure: no kernel access, unit-tested on byte vectors.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Listen ring records → typed events, and the kinds of listen-path event. Pure: no kernel
+//! access, unit-tested on byte vectors.
+use std::net::IpAddr;
 
-use tcpq_common::{EventHeader, ListenCallEvent, ListenEvent, kind};
+#[cfg(test)]
+use tcpq_common::EventHeader;
+use tcpq_common::{ListenCallEvent, ListenEvent, kind};
 
-use crate::model::OverflowKind;
+use crate::{
+    diagnosis::cause,
+    snapshot::listeners::ListenCall,
+    wire::{DecodeError, addr, comm_str, header, read_event},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OverflowKind {
+    Syn,
+    Ack,
+    Synq,
+    Cookie,
+    SynackRetrans,
+    Reset,
+    /// SYN dropped by the tcp_max_syn_backlog rule (tcp_syncookies=0).
+    SynBacklog,
+}
+
+impl OverflowKind {
+    pub const ALL: [OverflowKind; 7] = [
+        OverflowKind::Syn,
+        OverflowKind::Ack,
+        OverflowKind::Synq,
+        OverflowKind::Cookie,
+        OverflowKind::SynackRetrans,
+        OverflowKind::Reset,
+        OverflowKind::SynBacklog,
+    ];
+
+    pub fn from_wire(k: u16) -> Option<Self> {
+        Some(match k {
+            kind::SYN_DROP => OverflowKind::Syn,
+            kind::ACK_DROP => OverflowKind::Ack,
+            kind::SYNQ_DROP => OverflowKind::Synq,
+            kind::COOKIE => OverflowKind::Cookie,
+            kind::SYNACK_RETRANS => OverflowKind::SynackRetrans,
+            kind::OVERFLOW_RESET => OverflowKind::Reset,
+            kind::SYN_BACKLOG_DROP => OverflowKind::SynBacklog,
+            _ => return None,
+        })
+    }
+
+    pub fn wire(self) -> u16 {
+        match self {
+            OverflowKind::Syn => kind::SYN_DROP,
+            OverflowKind::Ack => kind::ACK_DROP,
+            OverflowKind::Synq => kind::SYNQ_DROP,
+            OverflowKind::Cookie => kind::COOKIE,
+            OverflowKind::SynackRetrans => kind::SYNACK_RETRANS,
+            OverflowKind::Reset => kind::OVERFLOW_RESET,
+            OverflowKind::SynBacklog => kind::SYN_BACKLOG_DROP,
+        }
+    }
+
+    /// Stable id used in text and JSON (`kind`).
+    pub fn id(self) -> &'static str {
+        match self {
+            OverflowKind::Syn => "syn",
+            OverflowKind::Ack => "ack",
+            OverflowKind::Synq => "synq",
+            OverflowKind::Cookie => "cookie",
+            OverflowKind::SynackRetrans => "synack_retrans",
+            OverflowKind::Reset => "reset",
+            OverflowKind::SynBacklog => "syn_backlog",
+        }
+    }
+
+    /// JSON `event` name.
+    pub fn event(self) -> &'static str {
+        match self {
+            OverflowKind::SynackRetrans => "synack_retransmit",
+            OverflowKind::Reset => "overflow_reset",
+            _ => "overflow",
+        }
+    }
+
+    /// Cause id (DESIGN.md) this kind is evidence for.
+    pub fn cause(self) -> &'static str {
+        match self {
+            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => {
+                cause::ACCEPT_QUEUE_FULL
+            }
+            OverflowKind::Synq | OverflowKind::SynBacklog => cause::SYN_QUEUE_FULL,
+            OverflowKind::Cookie => cause::SYN_COOKIES,
+            OverflowKind::Reset => cause::OVERFLOW_RESETS,
+        }
+    }
+
+    /// Does this kind mean a connection attempt was refused (dropped or reset)?
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            OverflowKind::Syn
+                | OverflowKind::Ack
+                | OverflowKind::Synq
+                | OverflowKind::Reset
+                | OverflowKind::SynBacklog
+        )
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            OverflowKind::Syn => "SYN dropped: accept queue full",
+            OverflowKind::Ack => {
+                "final ACK dropped: accept queue full (client thinks it is connected)"
+            }
+            OverflowKind::Synq => "SYN dropped: SYN queue full, syncookies off",
+            OverflowKind::Cookie => "SYN answered with a syncookie: SYN queue full",
+            OverflowKind::SynackRetrans => "SYN-ACK retransmitted",
+            OverflowKind::Reset => "reset sent: accept queue full, tcp_abort_on_overflow=1",
+            OverflowKind::SynBacklog => {
+                "SYN dropped: SYN queue over 3/4 of tcp_max_syn_backlog, syncookies off"
+            }
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenRecord {
@@ -26,71 +148,6 @@ pub struct OverflowEvent {
     pub queue: u32,
     pub backlog: u32,
     pub synq: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenCall {
-    pub ts_ns: u64,
-    pub netns: u32,
-    pub tgid: u32,
-    pub fd: u32,
-    pub backlog: i32,
-    pub comm: String,
-    /// The socket's bound address, when the kernel could resolve the fd.
-    pub local: Option<(IpAddr, u16)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DecodeError {
-    Short { len: usize, need: usize },
-    UnknownKind(u16),
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecodeError::Short { len, need } => write!(f, "record of {len} bytes, need {need}"),
-            DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
-        }
-    }
-}
-
-/// The wire record `T` at the start of a ring-buffer record: every family's decoder reads
-/// through this one length check.
-pub fn read_event<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let need = std::mem::size_of::<T>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need,
-        });
-    }
-    // SAFETY: length checked above; T is a #[repr(C)] integer-only wire type for which every bit
-    // pattern is valid; read_unaligned copes with any alignment of the ring buffer slice.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// The header every record starts with, to dispatch on its kind before reading the rest.
-pub fn header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
-    read_event(bytes)
-}
-
-pub fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == 10 {
-        let v6 = Ipv6Addr::from(*raw);
-        // Show IPv4-mapped addresses as IPv4, like ss does.
-        match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        }
-    } else {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    }
-}
-
-pub fn comm_str(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 pub fn decode_listen(bytes: &[u8]) -> Result<ListenRecord, DecodeError> {
@@ -127,6 +184,8 @@ pub fn decode_listen(bytes: &[u8]) -> Result<ListenRecord, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {

@@ -2,11 +2,13 @@
 //! Pure; every rule is unit-tested.
 use std::net::IpAddr;
 
-use serde::Serialize;
-
-use super::owner::{App, relisten};
+use super::{aggregate::KindCounts, decode::OverflowKind};
 use crate::{
-    model::{KindCounts, OverflowKind},
+    diagnosis::{
+        Finding, cause,
+        owner::{App, relisten},
+        rank,
+    },
     snapshot::{counters::ListenSysctls, procs::Owner},
 };
 
@@ -35,16 +37,6 @@ pub struct ListenerEvidence {
     pub clients: usize,
     /// The owner's program, for fixes in its own syntax (`owner::app_of_owners`).
     pub app: App,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
-    /// Cause id (DESIGN.md).
-    pub cause: &'static str,
-    /// Refused connections (or cookies) attributable to it: used to rank, worst first.
-    pub impact: u64,
-    pub text: String,
-    pub fix: Vec<String>,
 }
 
 /// Which limit made the effective backlog what it is.
@@ -306,7 +298,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
         let not_accepting = e.accepts == Some(0);
         if not_accepting {
             out.push(Finding {
-                cause: "app_not_accepting",
+                cause: cause::APP_NOT_ACCEPTING,
                 impact: overflow,
                 text: format!(
                     "{} accepted 0 connections in {:.0} s while its accept queue on :{} was full ({}/{}): the application is not calling accept(); {detail}",
@@ -328,7 +320,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
                 _ => String::new(),
             };
             out.push(Finding {
-                cause: "accept_queue_full",
+                cause: cause::ACCEPT_QUEUE_FULL,
                 impact: overflow,
                 text: format!(
                     "accept queue of {} on :{} full ({}/{}): {detail}; {why}{accept_note}",
@@ -362,7 +354,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
         fix.push(syncookies_fix(&prefix));
         fix.push(HALF_OPEN_HINT.into());
         out.push(Finding {
-            cause: "syn_queue_full",
+            cause: cause::SYN_QUEUE_FULL,
             impact: synq,
             text: format!(
                 "{} SYNs to :{} dropped: SYN queue full{} and tcp_syncookies=0; the SYN queue has the accept queue's limit: {why}",
@@ -384,7 +376,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             .unwrap_or_else(|| "net.ipv4.tcp_max_syn_backlog".into());
         let raise = (e.backlog.max(max.unwrap_or(0)) * 2).next_power_of_two();
         out.push(Finding {
-            cause: "syn_queue_full",
+            cause: cause::SYN_QUEUE_FULL,
             impact: syn_backlog,
             text: format!(
                 "{} SYNs to :{} dropped: tcp_syncookies=0 and the SYN queue held more than 3/4 of tcp_max_syn_backlog ({} half-open requests; {limit}) — below the listener's backlog of {}: the namespace's tcp_max_syn_backlog rule refused them, not the listener's queue",
@@ -431,7 +423,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             _ => ("SYN queue full".into(), sizing),
         };
         out.push(Finding {
-            cause: "syn_cookies",
+            cause: cause::SYN_COOKIES,
             impact: cookie,
             text: format!(
                 "{} SYNs to :{} answered with syncookies (SYN queue full{}, \"Possible SYN flooding\"): {verdict}; the SYN queue has the accept queue's limit: {why}",
@@ -443,7 +435,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
 
     if resets > 0 {
         out.push(Finding {
-            cause: "overflow_resets",
+            cause: cause::OVERFLOW_RESETS,
             impact: resets,
             text: format!(
                 "{resets} clients of :{} got a RST instead of a retry: tcp_abort_on_overflow=1 turns every accept-queue overflow into a connection error",
@@ -457,7 +449,7 @@ pub fn diagnose_listener(e: &ListenerEvidence) -> Vec<Finding> {
             )],
         });
     }
-    out.sort_by_key(|f| std::cmp::Reverse(f.impact));
+    rank(&mut out, |f| f.impact);
     out
 }
 

@@ -1,129 +1,13 @@
-//! Aggregation of listen-path events: per listener totals, per-window counts and the
-//! per-second line limiter that keeps output readable at high rates without losing counts.
+//! Aggregation of listen-path events: per listener totals, per-window counts and the lines
+//! the per-second line budget folds (readable output at high rates without losing counts).
 //! Pure and unit-tested.
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
 };
 
-use tcpq_common::kind;
-
-use crate::decode::OverflowEvent;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OverflowKind {
-    Syn,
-    Ack,
-    Synq,
-    Cookie,
-    SynackRetrans,
-    Reset,
-    /// SYN dropped by the tcp_max_syn_backlog rule (tcp_syncookies=0).
-    SynBacklog,
-}
-
-impl OverflowKind {
-    pub const ALL: [OverflowKind; 7] = [
-        OverflowKind::Syn,
-        OverflowKind::Ack,
-        OverflowKind::Synq,
-        OverflowKind::Cookie,
-        OverflowKind::SynackRetrans,
-        OverflowKind::Reset,
-        OverflowKind::SynBacklog,
-    ];
-
-    pub fn from_wire(k: u16) -> Option<Self> {
-        Some(match k {
-            kind::SYN_DROP => OverflowKind::Syn,
-            kind::ACK_DROP => OverflowKind::Ack,
-            kind::SYNQ_DROP => OverflowKind::Synq,
-            kind::COOKIE => OverflowKind::Cookie,
-            kind::SYNACK_RETRANS => OverflowKind::SynackRetrans,
-            kind::OVERFLOW_RESET => OverflowKind::Reset,
-            kind::SYN_BACKLOG_DROP => OverflowKind::SynBacklog,
-            _ => return None,
-        })
-    }
-
-    pub fn wire(self) -> u16 {
-        match self {
-            OverflowKind::Syn => kind::SYN_DROP,
-            OverflowKind::Ack => kind::ACK_DROP,
-            OverflowKind::Synq => kind::SYNQ_DROP,
-            OverflowKind::Cookie => kind::COOKIE,
-            OverflowKind::SynackRetrans => kind::SYNACK_RETRANS,
-            OverflowKind::Reset => kind::OVERFLOW_RESET,
-            OverflowKind::SynBacklog => kind::SYN_BACKLOG_DROP,
-        }
-    }
-
-    /// Stable id used in text and JSON (`kind`).
-    pub fn id(self) -> &'static str {
-        match self {
-            OverflowKind::Syn => "syn",
-            OverflowKind::Ack => "ack",
-            OverflowKind::Synq => "synq",
-            OverflowKind::Cookie => "cookie",
-            OverflowKind::SynackRetrans => "synack_retrans",
-            OverflowKind::Reset => "reset",
-            OverflowKind::SynBacklog => "syn_backlog",
-        }
-    }
-
-    /// JSON `event` name.
-    pub fn event(self) -> &'static str {
-        match self {
-            OverflowKind::SynackRetrans => "synack_retransmit",
-            OverflowKind::Reset => "overflow_reset",
-            _ => "overflow",
-        }
-    }
-
-    /// Cause id (DESIGN.md) this kind is evidence for.
-    pub fn cause(self) -> &'static str {
-        match self {
-            OverflowKind::Syn | OverflowKind::Ack | OverflowKind::SynackRetrans => {
-                "accept_queue_full"
-            }
-            OverflowKind::Synq | OverflowKind::SynBacklog => "syn_queue_full",
-            OverflowKind::Cookie => "syn_cookies",
-            OverflowKind::Reset => "overflow_resets",
-        }
-    }
-
-    /// Does this kind mean a connection attempt was refused (dropped or reset)?
-    pub fn is_refusal(self) -> bool {
-        matches!(
-            self,
-            OverflowKind::Syn
-                | OverflowKind::Ack
-                | OverflowKind::Synq
-                | OverflowKind::Reset
-                | OverflowKind::SynBacklog
-        )
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            OverflowKind::Syn => "SYN dropped: accept queue full",
-            OverflowKind::Ack => {
-                "final ACK dropped: accept queue full (client thinks it is connected)"
-            }
-            OverflowKind::Synq => "SYN dropped: SYN queue full, syncookies off",
-            OverflowKind::Cookie => "SYN answered with a syncookie: SYN queue full",
-            OverflowKind::SynackRetrans => "SYN-ACK retransmitted",
-            OverflowKind::Reset => "reset sent: accept queue full, tcp_abort_on_overflow=1",
-            OverflowKind::SynBacklog => {
-                "SYN dropped: SYN queue over 3/4 of tcp_max_syn_backlog, syncookies off"
-            }
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+use super::decode::{OverflowEvent, OverflowKind};
+use crate::aggregate::{Folded, LineBudget};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KindCounts([u64; 7]);
@@ -389,104 +273,69 @@ pub struct AggregateLine {
     pub backlog: u32,
 }
 
+/// What one listener's events of one kind that got no line of their own add up to in a second.
 #[derive(Debug, Default)]
-struct SecondState {
-    printed: u32,
-    suppressed: HashMap<OverflowKind, (u64, HashSet<IpAddr>, u32, u32)>,
+pub struct Suppressed {
+    count: u64,
+    clients: HashSet<IpAddr>,
+    last_queue: u32,
+    backlog: u32,
 }
 
-/// Prints up to `per_second` lines per listener per second; the rest become one aggregated line
-/// per listener and kind, with the exact count, when the second ends.
-#[derive(Debug)]
-pub struct LineLimiter {
-    per_second: u32,
-    second: u64,
-    state: HashMap<ListenerKey, SecondState>,
-}
+/// `trace overflow`'s line budget: up to `per_second` lines per listener per second; the rest
+/// become one aggregated line per listener and kind, with the exact count, when the second ends.
+pub type ListenLines = LineBudget<ListenerKey, OverflowKind, Suppressed>;
 
-impl LineLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            second: 0,
-            state: HashMap::new(),
-        }
-    }
-
+impl LineBudget<ListenerKey, OverflowKind, Suppressed> {
     /// Call with the event's second (monotonic); returns the lines of finished seconds first.
-    pub fn admit(&mut self, second: u64, ev: &OverflowEvent) -> (Vec<AggregateLine>, Admit) {
-        let flushed = if second > self.second {
-            self.flush_until(second)
-        } else {
-            Vec::new()
-        };
-        let st = self.state.entry(ListenerKey::of(ev)).or_default();
-        if st.printed < self.per_second {
-            st.printed += 1;
-            return (flushed, Admit::Print);
-        }
-        let e = st
-            .suppressed
-            .entry(ev.kind)
-            .or_insert_with(|| (0, HashSet::new(), 0, 0));
-        e.0 += 1;
-        if e.1.len() < 1024 {
-            e.1.insert(ev.raddr);
-        }
-        e.2 = ev.queue;
-        e.3 = ev.backlog;
-        (flushed, Admit::Suppress)
+    pub fn admit_event(&mut self, second: u64, ev: &OverflowEvent) -> (Vec<AggregateLine>, Admit) {
+        let (flushed, print) = self.admit_with(second, &ListenerKey::of(ev), &ev.kind, |s| {
+            s.count += 1;
+            if s.clients.len() < 1024 {
+                s.clients.insert(ev.raddr);
+            }
+            s.last_queue = ev.queue;
+            s.backlog = ev.backlog;
+        });
+        let admit = if print { Admit::Print } else { Admit::Suppress };
+        (aggregate_lines(flushed), admit)
     }
 
     /// `n` events the kernel counted without a ring record (`LISTEN_UNSENT`): they join the
     /// aggregated line of their listener and kind for `second`; no line of their own.
     pub fn add_unsent(&mut self, second: u64, ev: &OverflowEvent, n: u64) -> Vec<AggregateLine> {
-        let flushed = if second > self.second {
-            self.flush_until(second)
-        } else {
-            Vec::new()
-        };
-        let st = self.state.entry(ListenerKey::of(ev)).or_default();
-        let e = st
-            .suppressed
-            .entry(ev.kind)
-            .or_insert_with(|| (0, HashSet::new(), 0, 0));
-        e.0 += n;
-        e.2 = ev.queue;
-        e.3 = ev.backlog;
-        flushed
+        let flushed = self.fold_unprinted(second, &ListenerKey::of(ev), &ev.kind, |s| {
+            s.count += n;
+            s.last_queue = ev.queue;
+            s.backlog = ev.backlog;
+        });
+        aggregate_lines(flushed)
     }
 
     /// Ends every second before `second` and returns their aggregated lines.
-    pub fn flush_until(&mut self, second: u64) -> Vec<AggregateLine> {
-        if second <= self.second {
-            return Vec::new();
-        }
-        let done = self.second;
-        self.second = second;
-        let mut out = Vec::new();
-        for (key, st) in self.state.drain() {
-            for (kind, (count, clients, q, b)) in st.suppressed {
-                out.push(AggregateLine {
-                    second: done,
-                    key,
-                    kind,
-                    count,
-                    clients: clients.len(),
-                    last_queue: q,
-                    backlog: b,
-                });
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key).then(a.kind.cmp(&b.kind)));
-        out
+    pub fn lines_until(&mut self, second: u64) -> Vec<AggregateLine> {
+        aggregate_lines(self.flush_until(second))
     }
 
-    /// Flushes everything (exit).
-    pub fn flush_all(&mut self) -> Vec<AggregateLine> {
-        let next = self.second + 1;
-        self.flush_until(next)
+    /// Every aggregated line left (exit).
+    pub fn all_lines(&mut self) -> Vec<AggregateLine> {
+        aggregate_lines(self.flush_all())
     }
+}
+
+fn aggregate_lines(folded: Folded<ListenerKey, OverflowKind, Suppressed>) -> Vec<AggregateLine> {
+    folded
+        .into_iter()
+        .map(|(second, key, kind, s)| AggregateLine {
+            second,
+            key,
+            kind,
+            count: s.count,
+            clients: s.clients.len(),
+            last_queue: s.last_queue,
+            backlog: s.backlog,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -619,24 +468,24 @@ mod tests {
 
     #[test]
     fn limiter_keeps_exact_counts() {
-        let mut l = LineLimiter::new(3);
+        let mut l = ListenLines::new(3);
         let mut printed = 0;
         let mut aggregated = 0;
         for i in 0..10u8 {
-            let (flushed, admit) = l.admit(5, &ev(OverflowKind::Syn, 80, i));
+            let (flushed, admit) = l.admit_event(5, &ev(OverflowKind::Syn, 80, i));
             assert!(flushed.is_empty() || i == 0);
             if admit == Admit::Print {
                 printed += 1;
             }
         }
         // next second flushes the aggregate of second 5
-        let (flushed, admit) = l.admit(6, &ev(OverflowKind::Syn, 80, 1));
+        let (flushed, admit) = l.admit_event(6, &ev(OverflowKind::Syn, 80, 1));
         assert_eq!(admit, Admit::Print);
         assert_eq!(flushed.len(), 1);
         aggregated += flushed[0].count;
         assert_eq!(flushed[0].second, 5);
         assert_eq!(flushed[0].clients, 7);
         assert_eq!(printed + aggregated, 10);
-        assert!(l.flush_all().is_empty());
+        assert!(l.all_lines().is_empty());
     }
 }

@@ -9,15 +9,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    decode::ListenCall,
-    snapshot::{
-        container::Identities,
-        netns,
-        procs::{self, Owner},
-        sockdiag,
-    },
+use crate::snapshot::{
+    container::Identities,
+    netns,
+    procs::{self, Owner},
+    sockdiag,
 };
+
+/// A `listen(fd, backlog)` call the listen family decoded: the argument the application passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenCall {
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    pub backlog: i32,
+    pub comm: String,
+    /// The socket's bound address, when the kernel could resolve the fd.
+    pub local: Option<(IpAddr, u16)>,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerInfo {

@@ -1,12 +1,9 @@
-//! Outbound connects: decoding, aggregation per process → destination, and the ports verdict.
-pub mod model;
-pub mod ports;
-
+//! Outbound connects: `connect()` ring records → typed outcomes. Pure and unit-tested.
 use std::net::IpAddr;
 
 use tcpq_common::{ConnectEvent, kind};
 
-use crate::decode::{DecodeError, addr, comm_str, read_event};
+use crate::wire::{DecodeError, addr, comm_str, errno_name, read_event};
 
 /// How a connect ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,16 +37,6 @@ impl ConnectResult {
 
     pub fn is_failure(self) -> bool {
         self != ConnectResult::Ok
-    }
-}
-
-/// The errno's symbolic name (nix knows every Linux errno), or `errno N`.
-pub fn errno_name(e: i32) -> String {
-    let n = nix::errno::Errno::from_raw(e);
-    if n == nix::errno::Errno::UnknownErrno {
-        format!("errno {e}")
-    } else {
-        format!("{n:?}")
     }
 }
 

@@ -1,135 +1,11 @@
-//! Accept side: decode, per-listener stats (queue wait histogram, errors, acceptors) and the
-//! verdict. Pure and unit-tested.
-use std::{collections::BTreeMap, net::IpAddr};
+//! Accept side: the verdict on one listener's accepts. Pure and unit-tested.
+use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
-use tcpq_common::{AcceptEvent, AcceptTotals, SLOW_WAIT_US, WAIT_BUCKETS, kind, wait_bucket_floor};
-
+use super::aggregate::SLOW_WAIT_NS;
 use crate::{
-    connect::errno_name,
-    decode::{DecodeError, addr, comm_str, read_event},
-    listen::{diagnose::Finding, owner::App},
+    diagnosis::{Finding, cause, owner::App},
     snapshot::procs::Owner,
 };
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub ts_ns: u64,
-    pub netns: u32,
-    pub tgid: u32,
-    pub comm: String,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
-    pub listen_fd: u32,
-    /// Ok(wait in the queue, if known) or Err(errno).
-    pub result: Result<Option<u64>, i32>,
-}
-
-pub fn decode_accept(bytes: &[u8]) -> Result<Accepted, DecodeError> {
-    let e: AcceptEvent = read_event(bytes)?;
-    let result = match e.header.kind {
-        kind::ACCEPTED => Ok((e.wait_ns > 0).then_some(e.wait_ns)),
-        kind::ACCEPT_FAILED => Err(-e.result),
-        k => return Err(DecodeError::UnknownKind(k)),
-    };
-    Ok(Accepted {
-        ts_ns: e.header.ts_ns,
-        netns: e.header.netns,
-        tgid: e.tgid,
-        comm: comm_str(&e.comm),
-        laddr: addr(e.header.family, &e.laddr),
-        lport: e.lport,
-        raddr: addr(e.header.family, &e.raddr),
-        rport: e.rport,
-        listen_fd: e.listen_fd,
-        result,
-    })
-}
-
-#[derive(Debug, Clone)]
-pub struct AcceptStats {
-    pub accepts: u64,
-    /// Accepts that waited at least `SLOW_WAIT_NS` (exact, also when the waits come as the
-    /// kernel's histogram buckets).
-    pub slow: u64,
-    pub wait_ns: Histogram<u64>,
-    pub errors: BTreeMap<String, u64>,
-    pub acceptors: BTreeMap<u32, String>,
-}
-
-impl Default for AcceptStats {
-    fn default() -> Self {
-        Self {
-            accepts: 0,
-            slow: 0,
-            wait_ns: crate::connect::model::histogram(),
-            errors: BTreeMap::new(),
-            acceptors: BTreeMap::new(),
-        }
-    }
-}
-
-impl AcceptStats {
-    pub fn record(&mut self, e: &Accepted) {
-        if self.acceptors.len() < 1024 {
-            self.acceptors
-                .entry(e.tgid)
-                .or_insert_with(|| e.comm.clone());
-        }
-        match e.result {
-            Ok(wait) => {
-                self.accepts += 1;
-                if let Some(w) = wait {
-                    self.slow += (w >= SLOW_WAIT_NS) as u64;
-                    let _ = self.wait_ns.record(w.clamp(1_000, 3_600_000_000_000));
-                }
-            }
-            Err(errno) => *self.errors.entry(errno_name(errno)).or_insert(0) += 1,
-        }
-    }
-
-    /// What the kernel counted for process `tgid` (`comm`) on this listener between two
-    /// readings of its running totals (`ACCEPT_TOTALS`); each wait bucket is recorded at its
-    /// middle. Returns the accepts added.
-    pub fn add_totals(
-        &mut self,
-        tgid: u32,
-        comm: impl FnOnce() -> String,
-        before: &AcceptTotals,
-        now: &AcceptTotals,
-    ) -> u64 {
-        let accepts = now.accepts.wrapping_sub(before.accepts) as u64;
-        if accepts == 0 {
-            return 0;
-        }
-        if self.acceptors.len() < 1024 {
-            self.acceptors.entry(tgid).or_insert_with(comm);
-        }
-        self.accepts += accepts;
-        self.slow += now.slow.wrapping_sub(before.slow) as u64;
-        for (i, (n, b)) in now.buckets.iter().zip(before.buckets.iter()).enumerate() {
-            let d = n.wrapping_sub(*b) as u64;
-            if d > 0 {
-                let _ = self
-                    .wait_ns
-                    .record_n(bucket_middle_ns(i).clamp(1_000, 3_600_000_000_000), d);
-            }
-        }
-        accepts
-    }
-
-    pub fn wait_quantiles(&self) -> Option<(u64, u64, u64)> {
-        (!self.wait_ns.is_empty()).then(|| {
-            (
-                self.wait_ns.value_at_quantile(0.5),
-                self.wait_ns.value_at_quantile(0.99),
-                self.wait_ns.max(),
-            )
-        })
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct AcceptEvidence {
@@ -152,20 +28,6 @@ pub struct AcceptEvidence {
     /// What tier 0 saw of the listener over the interval (None: not watched, e.g. `trace
     /// accept`).
     pub pressure: Option<QueuePressure>,
-}
-
-/// A wait that users feel: 100 ms in the accept queue.
-pub const SLOW_WAIT_NS: u64 = SLOW_WAIT_US * 1000;
-
-/// The middle of wait bucket `idx` (`tcpq_common::wait_bucket`), in ns; the last, open-ended
-/// bucket is taken at its floor.
-pub fn bucket_middle_ns(idx: usize) -> u64 {
-    let low = wait_bucket_floor(idx);
-    if idx + 1 >= WAIT_BUCKETS {
-        return low * 1000;
-    }
-    let high = wait_bucket_floor(idx + 1);
-    (low + high) * 500
 }
 
 /// A listener's accept queue over an interval, from tier 0.
@@ -222,7 +84,7 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
         }
         fix.push("if the count of open descriptors keeps growing, look for a leak: `tcpq sockets --pid PID` (CLOSE_WAIT)".into());
         out.push(Finding {
-            cause: "accept_errors",
+            cause: cause::ACCEPT_ERRORS,
             impact: fd_errors,
             text: format!(
                 "accept() on :{} failed {fd_errors} times, out of file descriptors: {}; the connections stay queued and overflow",
@@ -240,7 +102,7 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
         .collect();
     if !other.is_empty() {
         out.push(Finding {
-            cause: "accept_errors",
+            cause: cause::ACCEPT_ERRORS,
             impact: e.errors.values().sum::<u64>() - fd_errors,
             text: format!("accept() on :{} failed: {}", e.lport, other.join(", ")),
             fix: vec!["ENOBUFS/ENOMEM: the kernel is short of memory; ECONNABORTED: clients gave up while queued".into()],
@@ -291,7 +153,7 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
             ));
         }
         out.push(Finding {
-            cause: "app_not_accepting",
+            cause: cause::APP_NOT_ACCEPTING,
             // The connections that suffered: those that waited 100 ms or more, and those
             // refused outright.
             impact: (e.slow + e.pressure.map_or(0, |p| p.refused)).max(1),
@@ -304,7 +166,12 @@ pub fn diagnose_accept(e: &AcceptEvidence) -> Vec<Finding> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tcpq_common::AcceptTotals;
+
+    use super::{
+        super::{aggregate::*, decode::*},
+        *,
+    };
 
     fn owner(pid: u32) -> Owner {
         Owner {

@@ -1,70 +1,18 @@
 //! Rendering of listen-path events, aggregated lines and summaries as text (ss-like columns) or
 //! NDJSON (field names documented in README.md: a public interface). Pure.
-use std::{
-    net::IpAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::{
-    decode::OverflowEvent,
-    listen::{diagnose::Finding, resolve::ListenerInfo},
-    model::{AggregateLine, KindCounts, OverflowKind},
+use super::{
+    aggregate::{AggregateLine, KindCounts},
+    decode::{OverflowEvent, OverflowKind},
 };
-
-/// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_minus_mono_ns: i128,
-}
-
-fn clock_ns(id: nix::time::ClockId) -> i128 {
-    nix::time::clock_gettime(id)
-        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-        .unwrap_or(0)
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let mono = clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
-        let wall = clock_ns(nix::time::ClockId::CLOCK_REALTIME);
-        Self {
-            wall_minus_mono_ns: wall - mono,
-        }
-    }
-    pub fn fixed(wall_minus_mono_ns: i128) -> Self {
-        Self { wall_minus_mono_ns }
-    }
-    pub fn now_mono_ns() -> u64 {
-        clock_ns(nix::time::ClockId::CLOCK_MONOTONIC).max(0) as u64
-    }
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        let ns = (mono_ns as i128 + self.wall_minus_mono_ns).max(0) as u128;
-        UNIX_EPOCH + Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
-    }
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        humantime::format_rfc3339_micros(self.wall(mono_ns)).to_string()
-    }
-    /// `HH:MM:SS.micro` (UTC) for text lines.
-    pub fn short(&self, mono_ns: u64) -> String {
-        let s = self.rfc3339(mono_ns);
-        s.get(11..26).unwrap_or(&s).to_string()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-pub fn endpoint(a: IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-    }
-}
+use crate::{
+    diagnosis::Finding,
+    render::{Clock, endpoint},
+    snapshot::listeners::ListenerInfo,
+};
 
 fn process_label(info: Option<&ListenerInfo>) -> String {
     match info.and_then(|i| i.primary()) {

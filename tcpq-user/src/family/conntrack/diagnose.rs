@@ -1,183 +1,6 @@
-//! Conntrack: netfilter drops (table full vs a rule), the table's state per namespace, its top
-//! consumers, and what to change. Parsers and diagnosis are pure and unit-tested.
-pub mod ctnetlink;
-
-use std::{collections::BTreeMap, net::IpAddr};
-
-use serde::Serialize;
-use tcpq_common::{DropEvent, drop as d, kind};
-
-use crate::{
-    decode::{DecodeError, addr, comm_str, read_event},
-    listen::diagnose::Finding,
-};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NfDrop {
-    /// false: a TCP drop for another reason (`tcpq trace drops`).
-    pub netfilter: bool,
-    /// `enum skb_drop_reason` value.
-    pub reason: u32,
-    pub ts_ns: u64,
-    pub netns: u32,
-    pub tgid: u32,
-    pub comm: String,
-    pub proto: u8,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub has_ct: bool,
-    pub outbound: bool,
-    pub tcp_flags: u8,
-}
-
-pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
-    let e: DropEvent = read_event(bytes)?;
-    let k = e.header.kind;
-    if k != kind::DROP_NETFILTER && k != kind::DROP_TCP {
-        return Err(DecodeError::UnknownKind(k));
-    }
-    Ok(NfDrop {
-        netfilter: k == kind::DROP_NETFILTER,
-        reason: e.reason,
-        ts_ns: e.header.ts_ns,
-        netns: e.header.netns,
-        tgid: e.tgid,
-        comm: comm_str(&e.comm),
-        proto: e.proto,
-        saddr: addr(e.header.family, &e.saddr),
-        sport: e.sport,
-        daddr: addr(e.header.family, &e.daddr),
-        dport: e.dport,
-        has_ct: e.has_ct != 0,
-        outbound: e.direction == d::DIR_OUT,
-        tcp_flags: e.tcp_flags,
-    })
-}
-
-/// `table_full` when netfilter dropped a packet that got no conntrack entry (nf_conntrack_in()
-/// could not create one: the kernel's `drop` stat counts exactly these); `rule` when it had one
-/// (a rule after conntrack dropped it) or conntrack is not in use. A rule in a hook that runs
-/// before conntrack (raw table) also leaves no entry: summaries show the kernel's `drop` stat
-/// next to tcpq's count so such a difference is visible.
-pub fn drop_kind(has_ct: bool, conntrack_in_use: bool) -> &'static str {
-    if has_ct || !conntrack_in_use {
-        "rule"
-    } else {
-        "table_full"
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => format!("proto {n}"),
-    }
-}
-
-/// Sum of the per-CPU columns of /proc/net/stat/nf_conntrack (hex values).
-pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return BTreeMap::new();
-    };
-    let names: Vec<&str> = header.split_whitespace().collect();
-    let mut out: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
-    for line in lines {
-        for (name, v) in names.iter().zip(line.split_whitespace()) {
-            if let Ok(v) = u64::from_str_radix(v, 16) {
-                // `entries` is global (repeated per CPU): keep it once.
-                if *name == "entries" {
-                    out.insert(name.to_string(), v);
-                } else {
-                    *out.entry(name.to_string()).or_insert(0) += v;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// One line of /proc/net/nf_conntrack (the original direction).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CtEntry {
-    pub proto: String,
-    /// Seconds left before the entry expires.
-    pub timeout: u64,
-    pub state: Option<String>,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-}
-
-pub fn parse_entries(text: &str) -> Vec<CtEntry> {
-    text.lines().filter_map(parse_entry).collect()
-}
-
-pub fn parse_entry(line: &str) -> Option<CtEntry> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    // ipv4 2 tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… …
-    let proto = f.get(2)?.to_string();
-    let timeout = f.get(4)?.parse().ok()?;
-    let state = f.get(5).filter(|s| !s.contains('=')).map(|s| s.to_string());
-    let mut src = None;
-    let mut dst = None;
-    let mut sport = None;
-    let mut dport = None;
-    for kv in &f[5..] {
-        let Some((k, v)) = kv.split_once('=') else {
-            continue;
-        };
-        match k {
-            "src" if src.is_none() => src = v.parse().ok(),
-            "dst" if dst.is_none() => dst = v.parse().ok(),
-            "sport" if sport.is_none() => sport = v.parse().ok(),
-            "dport" if dport.is_none() => dport = v.parse().ok(),
-            _ => {}
-        }
-    }
-    Some(CtEntry {
-        proto,
-        timeout,
-        state,
-        src: src?,
-        dst: dst?,
-        sport,
-        dport,
-    })
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct TopConsumers {
-    pub by_source: Vec<(String, u64)>,
-    /// The same by source network (/24 for IPv4, /64 for IPv6): many addresses of one client
-    /// network (a NAT pool, a scanner) hold a share no single address shows.
-    pub by_source_net: Vec<(String, u64)>,
-    pub by_dport: Vec<(String, u64)>,
-    pub by_state: Vec<(String, u64)>,
-    /// ESTABLISHED entries idle longer than an hour (timeout refreshed by traffic).
-    pub idle_established: u64,
-}
-
-/// `addr`'s network as a per-source limit would group it: /24 (IPv4) or /64 (IPv6).
-pub fn source_net(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{net}/64")
-        }
-    }
-}
+//! Conntrack: the table's state per namespace and what to change. Pure and unit-tested.
+use super::aggregate::TopConsumers;
+use crate::diagnosis::{Finding, cause};
 
 /// The rules that stop tracking a local service's loopback traffic, both directions: on
 /// loopback a flow is tracked where its packets are sent — the output hook, for the requests
@@ -218,39 +41,6 @@ fn per_source_limit(who: &str, n: u64, count: u64, max: u64) -> Option<String> {
     Some(format!(
         "{who} holds {n} of {count} entries: cap what one source may open — nft add table inet filter; nft 'add chain inet filter in {{ type filter hook input priority 0; }}'; nft 'add set inet filter per_source {{ type {family}; flags dynamic; }}'; nft add rule inet filter in ct state new add @per_source {{ {nft_key} ct count over {limit} }} reject — or iptables -A INPUT -m conntrack --ctstate NEW -m connlimit --connlimit-above {limit} --connlimit-mask {mask} -j REJECT"
     ))
-}
-
-pub fn top_consumers(entries: &[CtEntry], established_timeout: u64, k: usize) -> TopConsumers {
-    let mut src: BTreeMap<String, u64> = BTreeMap::new();
-    let mut net: BTreeMap<String, u64> = BTreeMap::new();
-    let mut dport: BTreeMap<String, u64> = BTreeMap::new();
-    let mut state: BTreeMap<String, u64> = BTreeMap::new();
-    let mut idle = 0;
-    for e in entries {
-        *src.entry(e.src.to_string()).or_insert(0) += 1;
-        *net.entry(source_net(e.src)).or_insert(0) += 1;
-        if let Some(p) = e.dport {
-            *dport.entry(format!("{}/{p}", e.proto)).or_insert(0) += 1;
-        }
-        let st = e.state.clone().unwrap_or_else(|| e.proto.clone());
-        if st == "ESTABLISHED" && established_timeout.saturating_sub(e.timeout) > 3600 {
-            idle += 1;
-        }
-        *state.entry(st).or_insert(0) += 1;
-    }
-    let top = |m: BTreeMap<String, u64>| {
-        let mut v: Vec<(String, u64)> = m.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.truncate(k);
-        v
-    };
-    TopConsumers {
-        by_source: top(src),
-        by_source_net: top(net),
-        by_dport: top(dport),
-        by_state: top(state),
-        idle_established: idle,
-    }
 }
 
 /// Evidence about one namespace's table.
@@ -324,7 +114,7 @@ pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
         }
         fix.push("if no rule needs connection state (no `ct state`, NAT or conntrack match), stop loading conntrack for this namespace".into());
         out.push(Finding {
-            cause: "conntrack_full",
+            cause: cause::CONNTRACK_FULL,
             impact: e.table_full_drops.max(1),
             text: format!(
                 "conntrack table {}: {} of {} entries ({} free){}; {}{}{}",
@@ -356,7 +146,7 @@ pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
         });
     } else if e.established_timeout >= 86_400 && e.top.idle_established > 0 {
         out.push(Finding {
-            cause: "conntrack_full",
+            cause: cause::CONNTRACK_FULL,
             impact: e.top.idle_established,
             text: format!(
                 "{} ESTABLISHED entries idle for more than an hour are kept for up to {:.1} days (nf_conntrack_tcp_timeout_established={}): the table will fill",
@@ -377,7 +167,10 @@ pub fn diagnose_conntrack(e: &CtEvidence) -> Vec<Finding> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::{aggregate::*, decode::*},
+        *,
+    };
 
     #[test]
     fn source_networks_group_a_client_pool() {

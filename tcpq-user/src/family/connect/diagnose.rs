@@ -7,8 +7,11 @@ use std::{
 
 use serde::Serialize;
 
-use super::{ConnectResult, model::ConnectStats};
-use crate::{listen::diagnose::Finding, snapshot::sockdiag::DiagSocket};
+use super::{aggregate::ConnectStats, decode::ConnectResult};
+use crate::{
+    diagnosis::{Finding, cause},
+    snapshot::sockdiag::{DiagSocket, state_name},
+};
 
 /// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,24 +61,6 @@ impl PortRange {
     /// Ports connect() may pick.
     pub fn usable(&self) -> u32 {
         (self.lo..=self.hi).filter(|p| self.contains(*p)).count() as u32
-    }
-}
-
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
     }
 }
 
@@ -209,7 +194,7 @@ pub fn diagnose_connect_failures(failed: &ConnectStats, dest: &str) -> Option<Fi
         .map(|(r, n)| format!("{} {n}", r.id()))
         .collect();
     Some(Finding {
-        cause: "connect_failures",
+        cause: cause::CONNECT_FAILURES,
         impact: n,
         text: format!("{n} connects to {dest} failed: {}", parts.join(", ")),
         fix: vec![format!(
@@ -298,14 +283,14 @@ pub fn diagnose_ports(e: &PortsEvidence) -> Vec<Finding> {
         }
         fix.push("more source addresses: each (source IP, destination) pair has its own range (nginx `proxy_bind` over several local IPs)".into());
         out.push(Finding {
-            cause: "ports_exhausted",
+            cause: cause::PORTS_EXHAUSTED,
             impact: eaddr.max(used),
             text,
             fix,
         });
     } else if used >= 1000 && tw * 2 >= used {
         out.push(Finding {
-            cause: "time_wait_pileup",
+            cause: cause::TIME_WAIT_PILEUP,
             impact: tw,
             text: format!("{tw} TIME_WAIT sockets to {dest} ({:.0} % of the {usable} usable ports): connections are opened per request and closed by this side", util * 100.0),
             fix: vec!["reuse connections (keepalive / connection pooling) before the range runs out".into()],
@@ -339,14 +324,14 @@ mod tests {
 
     #[test]
     fn connect_failures_leave_port_searches_to_ports_exhausted() {
-        let mut agg = crate::connect::model::ConnectAggregator::new(10);
+        let mut agg = crate::family::connect::aggregate::ConnectAggregator::new(10);
         for (result, n) in [
             (ConnectResult::Refused, 5),
             (ConnectResult::Errno(99), 3),
             (ConnectResult::Ok, 2),
         ] {
             for _ in 0..n {
-                agg.record(&crate::connect::ConnectOutcome {
+                agg.record(&crate::family::connect::decode::ConnectOutcome {
                     ts_ns: 0,
                     netns: 1,
                     tgid: 4,
@@ -420,9 +405,9 @@ mod tests {
         let range = PortRange::parse("40000 40015", "").unwrap();
         let socks: Vec<DiagSocket> = (0..16).map(|i| sock(6, 40000 + i, 9000, 0)).collect();
         let g = group_usage(&socks, &range, &HashSet::new(), &BTreeSet::new(), true);
-        let mut stats_src = crate::connect::model::ConnectAggregator::new(4);
+        let mut stats_src = crate::family::connect::aggregate::ConnectAggregator::new(4);
         for _ in 0..5 {
-            stats_src.record(&crate::connect::ConnectOutcome {
+            stats_src.record(&crate::family::connect::decode::ConnectOutcome {
                 ts_ns: 0,
                 netns: 1,
                 tgid: 1,

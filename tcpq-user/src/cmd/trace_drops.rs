@@ -1,0 +1,172 @@
+//! `tcpq trace drops`: every TCP packet the kernel dropped, with the reason by name.
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use anyhow::Result;
+use serde_json::json;
+use tcpq_common::{drop as d, names};
+
+use super::trace_out::{Budget, TraceOut};
+use crate::{
+    cli::TraceDropsArgs,
+    family::conntrack::decode::{decode_drop, proto_name},
+    family::conntrack::render::process_text,
+    kernel::probe::{self, Family, LoadOptions, sum_per_cpu},
+    render::{Clock, endpoint},
+    snapshot::listeners::ListenerDirectory,
+};
+
+/// Drop-reason names of the running kernel (`enum skb_drop_reason`, prefix stripped).
+pub fn drop_reason_names() -> HashMap<u32, String> {
+    let path = crate::kernel::env::btf_path();
+    crate::kernel::btf::KernelBtf::load(&path)
+        .and_then(|b| b.enum_members("skb_drop_reason"))
+        .map(|m| {
+            m.into_iter()
+                .map(|(n, v)| {
+                    (
+                        v as u32,
+                        n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+type ReasonKey = (u32, u32, std::net::IpAddr, u16);
+
+/// `tcpq trace drops`: every TCP packet the kernel dropped, with the reason by name.
+pub fn run(args: TraceDropsArgs) -> Result<()> {
+    let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
+    {
+        let map = loaded
+            .ebpf
+            .map_mut(names::DROP_CONFIG)
+            .ok_or_else(|| anyhow::anyhow!("kernel object has no map {}", names::DROP_CONFIG))?;
+        let mut cfg: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map)?;
+        cfg.set(d::CONFIG_ALL_TCP, 1, 0)?;
+    }
+    let ring = loaded.take_ring(names::DROP_EVENTS)?;
+    let counts = loaded.take_per_cpu_counters(names::DROP_COUNTS)?;
+    let ring_lost = loaded.take_per_cpu_counters(names::RING_LOST)?;
+    let reasons = drop_reason_names();
+    let name = |r: u32| {
+        reasons
+            .get(&r)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {r}"))
+    };
+    let n_reasons = reasons.len();
+    let clock = Clock::new();
+    let out = TraceOut::stdout(args.out.json)?;
+    let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
+    let budget: Budget<ReasonKey, u32> = Budget::new(args.out.lines_per_sec);
+    let dir = RefCell::new(ListenerDirectory::new());
+    let started = Instant::now();
+    let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
+        for (second, (ns, _, daddr, dport), reason, n) in lines {
+            if args.out.json {
+                out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "drop", "aggregated": true, "reason": name(reason), "count": n, "netns": ns, "daddr": daddr.to_string(), "dport": dport}).to_string());
+            } else {
+                out.emit(format!(
+                    "{} +1s  {ns}  {}×{n} → {}",
+                    clock.short(second * 1_000_000_000).get(..8).unwrap_or(""),
+                    name(reason),
+                    endpoint(daddr, dport)
+                ));
+            }
+        }
+    };
+    let on_record = |bytes: &[u8]| {
+        let Ok(e) = decode_drop(bytes) else { return };
+        let reason = name(e.reason);
+        *by_reason.borrow_mut().entry(reason.clone()).or_insert(0) += 1;
+        let (pid, comm) = if e.outbound {
+            (e.tgid, e.comm.clone())
+        } else {
+            match dir
+                .borrow_mut()
+                .lookup(e.netns, 0, e.daddr, e.dport)
+                .and_then(|i| i.primary().cloned())
+            {
+                Some(o) => (o.pid, o.comm),
+                None => (0, String::new()),
+            }
+        };
+        let id = dir.borrow_mut().identities.get(pid, &comm);
+        let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
+        let (flushed, print) = budget.admit(e.ts_ns, &key, &e.reason);
+        print_aggregates(flushed);
+        if !print {
+            return;
+        }
+        if args.out.json {
+            out.emit(json!({
+                "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
+                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
+                "pod": id.pod, "container": id.container,
+                "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
+                "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
+                "tcp_flags": e.tcp_flags,
+            }).to_string());
+        } else {
+            out.header_once("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS");
+            out.emit(format!(
+                "{:<16} {:<11} {:<26} {:<4} {:<22} {:<22} {}",
+                clock.short(e.ts_ns),
+                e.netns,
+                reason,
+                if e.outbound { "out" } else { "in" },
+                endpoint(e.saddr, e.sport),
+                endpoint(e.daddr, e.dport),
+                process_text(pid, &comm, &id)
+            ));
+        }
+    };
+    let on_tick = || {
+        print_aggregates(budget.due());
+        out.flush();
+    };
+    let on_summary = |final_run: bool| {
+        print_aggregates(budget.at_summary(final_run));
+        let lost = sum_per_cpu(&ring_lost, tcpq_common::lost::DROP);
+        let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
+        let missed = loaded.missed_runs();
+        let dur = started.elapsed().as_secs_f64();
+        let r = by_reason.borrow();
+        if args.out.json {
+            out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
+        } else {
+            let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.emit(format!(
+                "── drops over {dur:.1} s: {} ── lost events: {lost}, missed runs: {missed}, unparsed: {unparsed}",
+                if parts.is_empty() {
+                    "none".into()
+                } else {
+                    parts.join(", ")
+                }
+            ));
+        }
+        out.flush();
+    };
+    super::ring::run(
+        ring,
+        args.out.duration,
+        args.out.summary_interval,
+        on_record,
+        on_tick,
+        on_summary,
+        || {
+            eprintln!(
+                "tcpq: tracing TCP drops by reason ({n_reasons} reasons known from BTF) — Ctrl-C to stop"
+            )
+        },
+    )?;
+    drop(loaded);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Conntrack: the table's counters and entries (/proc/net/stat/nf_conntrack,
+//! /proc/net/nf_conntrack) parsed, and its top consumers. Pure and unit-tested.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+/// Sum of the per-CPU columns of /proc/net/stat/nf_conntrack (hex values).
+pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return BTreeMap::new();
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let mut out: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
+    for line in lines {
+        for (name, v) in names.iter().zip(line.split_whitespace()) {
+            if let Ok(v) = u64::from_str_radix(v, 16) {
+                // `entries` is global (repeated per CPU): keep it once.
+                if *name == "entries" {
+                    out.insert(name.to_string(), v);
+                } else {
+                    *out.entry(name.to_string()).or_insert(0) += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One line of /proc/net/nf_conntrack (the original direction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtEntry {
+    pub proto: String,
+    /// Seconds left before the entry expires.
+    pub timeout: u64,
+    pub state: Option<String>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+pub fn parse_entries(text: &str) -> Vec<CtEntry> {
+    text.lines().filter_map(parse_entry).collect()
+}
+
+pub fn parse_entry(line: &str) -> Option<CtEntry> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // ipv4 2 tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… …
+    let proto = f.get(2)?.to_string();
+    let timeout = f.get(4)?.parse().ok()?;
+    let state = f.get(5).filter(|s| !s.contains('=')).map(|s| s.to_string());
+    let mut src = None;
+    let mut dst = None;
+    let mut sport = None;
+    let mut dport = None;
+    for kv in &f[5..] {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        match k {
+            "src" if src.is_none() => src = v.parse().ok(),
+            "dst" if dst.is_none() => dst = v.parse().ok(),
+            "sport" if sport.is_none() => sport = v.parse().ok(),
+            "dport" if dport.is_none() => dport = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(CtEntry {
+        proto,
+        timeout,
+        state,
+        src: src?,
+        dst: dst?,
+        sport,
+        dport,
+    })
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TopConsumers {
+    pub by_source: Vec<(String, u64)>,
+    /// The same by source network (/24 for IPv4, /64 for IPv6): many addresses of one client
+    /// network (a NAT pool, a scanner) hold a share no single address shows.
+    pub by_source_net: Vec<(String, u64)>,
+    pub by_dport: Vec<(String, u64)>,
+    pub by_state: Vec<(String, u64)>,
+    /// ESTABLISHED entries idle longer than an hour (timeout refreshed by traffic).
+    pub idle_established: u64,
+}
+
+/// `addr`'s network as a per-source limit would group it: /24 (IPv4) or /64 (IPv6).
+pub fn source_net(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
+pub fn top_consumers(entries: &[CtEntry], established_timeout: u64, k: usize) -> TopConsumers {
+    let mut src: BTreeMap<String, u64> = BTreeMap::new();
+    let mut net: BTreeMap<String, u64> = BTreeMap::new();
+    let mut dport: BTreeMap<String, u64> = BTreeMap::new();
+    let mut state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut idle = 0;
+    for e in entries {
+        *src.entry(e.src.to_string()).or_insert(0) += 1;
+        *net.entry(source_net(e.src)).or_insert(0) += 1;
+        if let Some(p) = e.dport {
+            *dport.entry(format!("{}/{p}", e.proto)).or_insert(0) += 1;
+        }
+        let st = e.state.clone().unwrap_or_else(|| e.proto.clone());
+        if st == "ESTABLISHED" && established_timeout.saturating_sub(e.timeout) > 3600 {
+            idle += 1;
+        }
+        *state.entry(st).or_insert(0) += 1;
+    }
+    let top = |m: BTreeMap<String, u64>| {
+        let mut v: Vec<(String, u64)> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    };
+    TopConsumers {
+        by_source: top(src),
+        by_source_net: top(net),
+        by_dport: top(dport),
+        by_state: top(state),
+        idle_established: idle,
+    }
+}

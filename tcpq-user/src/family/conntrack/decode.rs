@@ -1,0 +1,74 @@
+//! Conntrack: netfilter drop ring records → typed events, table full vs a rule. Pure and
+//! unit-tested.
+use std::net::IpAddr;
+
+use tcpq_common::{DropEvent, drop as d, kind};
+
+use crate::wire::{DecodeError, addr, comm_str, read_event};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfDrop {
+    /// false: a TCP drop for another reason (`tcpq trace drops`).
+    pub netfilter: bool,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub proto: u8,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub has_ct: bool,
+    pub outbound: bool,
+    pub tcp_flags: u8,
+}
+
+pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
+    let e: DropEvent = read_event(bytes)?;
+    let k = e.header.kind;
+    if k != kind::DROP_NETFILTER && k != kind::DROP_TCP {
+        return Err(DecodeError::UnknownKind(k));
+    }
+    Ok(NfDrop {
+        netfilter: k == kind::DROP_NETFILTER,
+        reason: e.reason,
+        ts_ns: e.header.ts_ns,
+        netns: e.header.netns,
+        tgid: e.tgid,
+        comm: comm_str(&e.comm),
+        proto: e.proto,
+        saddr: addr(e.header.family, &e.saddr),
+        sport: e.sport,
+        daddr: addr(e.header.family, &e.daddr),
+        dport: e.dport,
+        has_ct: e.has_ct != 0,
+        outbound: e.direction == d::DIR_OUT,
+        tcp_flags: e.tcp_flags,
+    })
+}
+
+/// `table_full` when netfilter dropped a packet that got no conntrack entry (nf_conntrack_in()
+/// could not create one: the kernel's `drop` stat counts exactly these); `rule` when it had one
+/// (a rule after conntrack dropped it) or conntrack is not in use. A rule in a hook that runs
+/// before conntrack (raw table) also leaves no entry: summaries show the kernel's `drop` stat
+/// next to tcpq's count so such a difference is visible.
+pub fn drop_kind(has_ct: bool, conntrack_in_use: bool) -> &'static str {
+    if has_ct || !conntrack_in_use {
+        "rule"
+    } else {
+        "table_full"
+    }
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => format!("proto {n}"),
+    }
+}
