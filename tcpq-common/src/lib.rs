@@ -131,13 +131,15 @@ pub mod kind {
     /// SYN queue holds more than 3/4 of net.ipv4.tcp_max_syn_backlog (below the listener's
     /// backlog); counted by the kernel only in LINUX_MIB_LISTENDROPS.
     pub const SYN_BACKLOG_DROP: u16 = 12;
-    /// Count only: records kept by tuple (BACKLOG_PENDING) because their CPU's slot could not
-    /// hold them (the listener was owned, or the slot's record was still unresolved when the
-    /// next packet came).
+    /// Count only: final-ACK records kept by tuple (BACKLOG_PENDING) because their CPU's slot
+    /// was needed for the next packet while their outcome was still unseen.
     pub const PARKED: u16 = 13;
     /// Count only: parked records whose outcome was then seen. PARKED − PARK_RESOLVED are
     /// records whose outcome tcpq never saw (part of `unresolved`).
     pub const PARK_RESOLVED: u16 = 14;
+    /// Count only: SYN records still open when the next packet reached their CPU's slot, decided
+    /// then as consumed (no outcome hook saw their free; see `listen::outcome::settle_unfinished`).
+    pub const LATE_RESOLVED: u16 = 15;
     /// `listen(fd, backlog)` entered (`syscalls:sys_enter_listen`); a `ListenCallEvent`.
     pub const LISTEN_CALL: u16 = 16;
     /// Size of the `LISTEN_COUNTS` array.

@@ -41,8 +41,6 @@ offsets!(
     OFF_SK_MAX_ACK_BACKLOG,
     OFF_SK_PROTOCOL,
     OFF_SK_ERR,
-    // sock.sk_lock.owned: sock_owned_by_user() (packets then go to the socket backlog)
-    OFF_SK_LOCK_OWNED,
     // sock.sk_drops, bumped by tcp_listendrop() for every listen drop. Set only on kernels
     // without SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (0 otherwise: not read): a final ACK freed
     // unlabelled there counts as an overflow only if it moved while the ACK was processed.

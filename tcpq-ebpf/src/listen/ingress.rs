@@ -9,7 +9,8 @@ use aya_ebpf::programs::SkBuffContext;
 use tcpq_common::{ListenEvent, kind, lost};
 
 use super::maps::{LISTEN_COUNTS, LISTEN_HOT_PORT, PENDING, Pending};
-use super::pending::{confirm_mode, jiffies, park};
+use super::outcome::settle_unfinished;
+use super::pending::{confirm_mode, jiffies};
 use super::queues::{far_from_limits, fill_queues, listen_drops, reqq_full};
 use super::report::{bump, emit};
 use super::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN, TH_ACK, TH_FIN, TH_RST, TH_SYN};
@@ -149,16 +150,15 @@ fn try_listen_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
                 }
             }
         }
-        let owned: i32 = kread(tp, OFF_SK_LOCK_OWNED.load());
-        if owned != 0 {
-            park(&rec, now);
-        } else if let Some(p) = PENDING.get_ptr_mut(0) {
+        // No special case for a listener owned by a process (sock_owned_by_user()): since
+        // Linux 4.4 tcp_v4_rcv()/tcp_v6_rcv() hand a LISTEN socket's packets to
+        // tcp_v*_do_rcv() at once, without the socket lock ("listeners are lockless"), so the
+        // packet is decided on this CPU now like any other.
+        if let Some(p) = PENDING.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; softirq packet processing does not nest on one CPU.
             let p = unsafe { &mut *p };
             if p.active != 0 {
-                // Still unresolved: the listener was taken by a process between our look and
-                // the kernel's (lock_sock() in accept()), so that packet waits in the backlog.
-                park(p, now);
+                settle_unfinished(p, now);
             }
             *p = rec;
         }

@@ -24,8 +24,9 @@ pub(super) static LISTEN_CONFIG: Array<u32> = Array::with_max_entries(config::SL
 /// The SYN or ACK a listener is processing on this CPU, between the cgroup_skb ingress hook
 /// (which runs in tcp_filter(), just before the kernel decides) and the end of that
 /// processing (consume_skb / kfree_skb of the same packet). Softirq processing of one packet
-/// is not interleaved with another on the same CPU, so one slot per CPU suffices — except when
-/// the listener is owned by a process and the packet waits in its backlog (BACKLOG_PENDING).
+/// is not interleaved with another on the same CPU, so one slot per CPU suffices (listeners are
+/// lockless: their packets never wait in a socket backlog). A record still open when the next
+/// packet comes is settled then (`outcome::settle_unfinished`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
@@ -64,9 +65,8 @@ pub struct TupleKey {
     pub _pad: u32,
 }
 
-/// SYNs/ACKs that found their listener owned by a process (sock_owned_by_user()):
-/// tcp_v4_rcv() queues them to the socket backlog and release_sock() processes them later, in
-/// the owner's context, after other packets may have used this CPU's slot. Keyed by tuple.
+/// Final-ACK records whose outcome (a child, or a labelled free) was still unseen when the next
+/// packet needed their CPU's slot: kept by tuple for a late outcome (`outcome::settle_unfinished`).
 #[map]
 pub(super) static BACKLOG_PENDING: LruHashMap<TupleKey, Pending> =
     LruHashMap::with_max_entries(4096, 0);

@@ -1,5 +1,5 @@
 //! Packets recorded at ingress until their outcome is seen: this CPU's slot, other CPUs' slots
-//! (a packet processed from a listener's backlog on the owner's CPU) and records parked by tuple.
+//! (an outcome that surfaces on another CPU) and final-ACK records parked by tuple.
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use tcpq_common::{config, kind};
 
@@ -29,8 +29,7 @@ pub(super) fn records_recent() -> bool {
 const MAX_CPUS: u32 = 128;
 
 /// The first CPU slot holding an unresolved record for these ports and, when given, these
-/// (client, listener) addresses. A record found on another CPU means the packet was queued to
-/// the listener's backlog there and release_sock() runs here (the owner's CPU).
+/// (client, listener) addresses: an outcome seen on another CPU than its packet's record.
 #[inline(always)]
 fn scan_cpus(rport: u16, lport: u16, addrs: Option<&TupleKey>) -> Option<&'static mut Pending> {
     let map = core::ptr::addr_of!(PENDING) as *mut core::ffi::c_void;
@@ -84,7 +83,8 @@ pub(super) fn hot_port() -> u16 {
     LISTEN_HOT_PORT.get(0).map(|p| *p as u16).unwrap_or(0)
 }
 
-/// Keeps a record for a packet processed later from the listener's backlog.
+/// Keeps a final-ACK record by tuple while its outcome is still unseen (see
+/// `outcome::settle_unfinished`).
 #[inline(always)]
 pub(super) fn park(rec: &Pending, now: u64) {
     let key = TupleKey {

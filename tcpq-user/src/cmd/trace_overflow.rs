@@ -349,6 +349,7 @@ fn run_facts(
         unsent: sum_per_cpu(counts, tcpq_common::kind::UNSENT as u32),
         missed_runs,
         far_from_limits: sum_per_cpu(counts, tcpq_common::kind::FAR_FROM_LIMITS as u32),
+        late_resolved: sum_per_cpu(counts, tcpq_common::kind::LATE_RESOLVED as u32),
     }
 }
 

@@ -182,7 +182,6 @@ pub const OFFSET_GLOBALS: &[(&str, &str)] = &[
     ("OFF_SK_MAX_ACK_BACKLOG", "sock.sk_max_ack_backlog"),
     ("OFF_SK_PROTOCOL", "sock.sk_protocol"),
     ("OFF_SK_ERR", "sock.sk_err"),
-    ("OFF_SK_LOCK_OWNED", "sock.sk_lock.owned"),
     ("OFF_INET_SPORT", "inet_sock.inet_sport"),
     (
         "OFF_ICSK_QLEN",

@@ -192,6 +192,9 @@ pub struct RunFacts {
     pub missed_runs: u64,
     /// SYNs/ACKs not followed through: every queue of their listener was far below its limit.
     pub far_from_limits: u64,
+    /// SYN records whose free no outcome hook saw, decided as consumed when the next packet
+    /// reached their CPU (kernel `kind::LATE_RESOLVED`).
+    pub late_resolved: u64,
 }
 
 /// ` ── what: n` for a summary line, nothing when n is 0.
@@ -314,6 +317,7 @@ pub fn summary_json(
         "unsent_events": facts.unsent,
         "missed_runs": facts.missed_runs,
         "far_from_limits": facts.far_from_limits,
+        "late_resolved": facts.late_resolved,
         "kernel_counts": counts_json(kernel_totals),
         "listeners": ls,
     })
