@@ -56,10 +56,10 @@ pub fn run(args: PortsArgs) -> Result<i32> {
     let mut traced: Option<ConnectAggregator> = None;
     let started = Instant::now();
     // Each connecting process's pod and container, resolved while it is alive.
-    let ids = std::cell::RefCell::new(Identities::new());
+    let mut ids = Identities::new();
     if privileges.can_load_bpf() && !args.duration.is_zero() {
         let session = ConnectSession::open()?;
-        let agg = std::cell::RefCell::new(ConnectAggregator::new(50_000));
+        let mut agg = ConnectAggregator::new(50_000);
         session.run(
             Some(args.duration),
             args.duration + Duration::from_secs(3600),
@@ -73,8 +73,8 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 if dst.is_some_and(|d| !d.matches(o.daddr, o.dport)) {
                     return;
                 }
-                agg.borrow_mut().record(o);
-                ids.borrow_mut().get(o.tgid, &o.comm);
+                agg.record(o);
+                ids.get(o.tgid, &o.comm);
             },
             || {},
             |_, _| {},
@@ -85,7 +85,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
                 )
             },
         )?;
-        traced = Some(agg.into_inner());
+        traced = Some(agg);
     } else if !privileges.can_load_bpf() {
         eprintln!(
             "tcpq: snapshot only — connect() failures (EADDRNOTAVAIL), rates and connect() time need root: run with sudo"
@@ -194,7 +194,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             let first = pid_list.first().or(pids_seen.first()).copied();
             let id = first.map(|p| {
                 let c = comm.clone().or_else(|| procs::comm(p)).unwrap_or_default();
-                ids.borrow_mut().get(p, &c)
+                ids.get(p, &c)
             });
             let ev = PortsEvidence {
                 usage: &g,

@@ -26,6 +26,27 @@ use crate::{
 
 type DropKey = (u32, u32, std::net::IpAddr, u16);
 
+/// What `trace conntrack` keeps between its records and summaries.
+#[derive(Default)]
+struct ConntrackState {
+    /// Per namespace: the first snapshot (for stat deltas), the latest count/max sample, counts.
+    first: HashMap<u32, CtSnapshot>,
+    sample: HashMap<u32, (u64, u64)>,
+    kinds: BTreeMap<(u32, &'static str), u64>,
+    dir: ListenerDirectory,
+    comms: HashMap<u32, String>,
+}
+
+impl ConntrackState {
+    fn note_ns(&mut self, ns: u32) {
+        if !self.first.contains_key(&ns) {
+            let s = snapshot_in(ns, false);
+            self.sample.insert(ns, (s.count, s.max));
+            self.first.insert(ns, s);
+        }
+    }
+}
+
 pub fn run(args: TraceConntrackArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
     let ring = loaded.take_ring(names::DROP_EVENTS)?;
@@ -34,30 +55,18 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
     let clock = Clock::new();
     let host = netns::current().unwrap_or(0);
     let out = TraceOut::stdout(args.out.json)?;
-    // Per namespace: the first snapshot (for stat deltas), the latest count/max sample, counts.
-    let first: RefCell<HashMap<u32, CtSnapshot>> = RefCell::new(HashMap::new());
-    let sample: RefCell<HashMap<u32, (u64, u64)>> = RefCell::new(HashMap::new());
-    let kinds: RefCell<BTreeMap<(u32, &'static str), u64>> = RefCell::new(BTreeMap::new());
-    let dir = RefCell::new(ListenerDirectory::new());
+    let state = RefCell::new(ConntrackState::default());
     let budget: Budget<DropKey, &'static str> = Budget::new(args.out.lines_per_sec);
     let started = Instant::now();
-    let comms: RefCell<HashMap<u32, String>> = RefCell::new(HashMap::new());
+    // Namespaces seen using conntrack: apart from the state, in the RefCell `ct_in_use` takes
+    // (the live session keeps the same set).
     let active: RefCell<std::collections::HashSet<u32>> =
         RefCell::new(std::collections::HashSet::new());
-    let note_ns = |ns: u32| {
-        if !first.borrow().contains_key(&ns) {
-            let s = snapshot_in(ns, false);
-            sample.borrow_mut().insert(ns, (s.count, s.max));
-            first.borrow_mut().insert(ns, s);
-        }
-    };
     let print_aggregates = |lines: Vec<(u64, DropKey, &'static str, u64)>| {
+        let mut st = state.borrow_mut();
         for (second, (ns, pid, daddr, dport), kind, n) in lines {
-            let comm = comms.borrow().get(&pid).cloned();
-            let id = dir
-                .borrow_mut()
-                .identities
-                .get(pid, comm.as_deref().unwrap_or(""));
+            let comm = st.comms.get(&pid).cloned();
+            let id = st.dir.identities.get(pid, comm.as_deref().unwrap_or(""));
             if args.out.json {
                 out.emit(json!({"ts": clock.rfc3339(second * 1_000_000_000), "event": "conntrack_drop", "aggregated": true, "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "count": n, "netns": ns, "pid": (pid != 0).then_some(pid), "comm": comm, "pod": id.pod, "container": id.container, "daddr": daddr.to_string(), "dport": dport}).to_string());
             } else {
@@ -74,17 +83,18 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         let Ok(e): Result<NfDrop, _> = decode_drop(bytes) else {
             return;
         };
-        note_ns(e.netns);
-        let (count, max) = sample.borrow().get(&e.netns).copied().unwrap_or((0, 0));
+        let mut st = state.borrow_mut();
+        st.note_ns(e.netns);
+        let (count, max) = st.sample.get(&e.netns).copied().unwrap_or((0, 0));
         let in_use = ct_in_use(&active, e.netns, e.has_ct);
         let kind = drop_kind(e.has_ct, in_use);
-        *kinds.borrow_mut().entry((e.netns, kind)).or_insert(0) += 1;
+        *st.kinds.entry((e.netns, kind)).or_insert(0) += 1;
         // Inbound drops happen in softirq: the owner is the listener of the destination port.
         let (pid, comm) = if e.outbound {
             (e.tgid, e.comm.clone())
         } else {
-            match dir
-                .borrow_mut()
+            match st
+                .dir
                 .lookup(e.netns, 0, e.daddr, e.dport)
                 .and_then(|i| i.primary().cloned())
             {
@@ -92,11 +102,12 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
                 None => (0, String::new()),
             }
         };
-        if pid != 0 && !comms.borrow().contains_key(&pid) && comms.borrow().len() < 65536 {
-            comms.borrow_mut().insert(pid, comm.clone());
+        if pid != 0 && !st.comms.contains_key(&pid) && st.comms.len() < 65536 {
+            st.comms.insert(pid, comm.clone());
         }
         // Resolved at the process's first drop, while it is alive (its aggregated lines come later).
-        let id = dir.borrow_mut().identities.get(pid, &comm);
+        let id = st.dir.identities.get(pid, &comm);
+        drop(st); // print_aggregates borrows the state
         let key: DropKey = (e.netns, pid, e.daddr, e.dport);
         let (flushed, print) = budget.admit(e.ts_ns, &key, &kind);
         print_aggregates(flushed);
@@ -131,11 +142,12 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
     };
     let on_tick = || {
         print_aggregates(budget.due());
-        let nss: Vec<u32> = first.borrow().keys().copied().collect();
+        let mut st = state.borrow_mut();
+        let nss: Vec<u32> = st.first.keys().copied().collect();
         for ns in nss {
             let s = snapshot_in(ns, false);
             if s.in_use {
-                sample.borrow_mut().insert(ns, (s.count, s.max));
+                st.sample.insert(ns, (s.count, s.max));
             }
         }
         out.flush();
@@ -146,10 +158,11 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         let lost = sum_per_cpu(&ring_lost, tcpq_common::lost::DROP);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
-        let nss: Vec<u32> = first.borrow().keys().copied().collect();
+        let st = state.borrow();
+        let nss: Vec<u32> = st.first.keys().copied().collect();
         for ns in nss {
             let now = snapshot_in(ns, true);
-            let before = first.borrow().get(&ns).cloned().unwrap_or_default();
+            let before = st.first.get(&ns).cloned().unwrap_or_default();
             let delta = |k: &str| {
                 now.stat
                     .get(k)
@@ -157,12 +170,8 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
                     .unwrap_or(0)
                     .saturating_sub(before.stat.get(k).copied().unwrap_or(0))
             };
-            let tf = kinds
-                .borrow()
-                .get(&(ns, "table_full"))
-                .copied()
-                .unwrap_or(0);
-            let rule = kinds.borrow().get(&(ns, "rule")).copied().unwrap_or(0);
+            let tf = st.kinds.get(&(ns, "table_full")).copied().unwrap_or(0);
+            let rule = st.kinds.get(&(ns, "rule")).copied().unwrap_or(0);
             let ev = evidence(
                 &now,
                 tf,

@@ -39,6 +39,13 @@ pub fn drop_reason_names() -> HashMap<u32, String> {
 
 type ReasonKey = (u32, u32, std::net::IpAddr, u16);
 
+/// What `trace drops` keeps between its records and summaries.
+#[derive(Default)]
+struct DropsState {
+    by_reason: BTreeMap<String, u64>,
+    dir: ListenerDirectory,
+}
+
 /// `tcpq trace drops`: every TCP packet the kernel dropped, with the reason by name.
 pub fn run(args: TraceDropsArgs) -> Result<()> {
     let mut loaded = probe::load(&[Family::Drop], &LoadOptions::default())?;
@@ -64,9 +71,8 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
     let n_reasons = reasons.len();
     let clock = Clock::new();
     let out = TraceOut::stdout(args.out.json)?;
-    let by_reason: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
+    let state = RefCell::new(DropsState::default());
     let budget: Budget<ReasonKey, u32> = Budget::new(args.out.lines_per_sec);
-    let dir = RefCell::new(ListenerDirectory::new());
     let started = Instant::now();
     let print_aggregates = |lines: Vec<(u64, ReasonKey, u32, u64)>| {
         for (second, (ns, _, daddr, dport), reason, n) in lines {
@@ -85,12 +91,13 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
     let on_record = |bytes: &[u8]| {
         let Ok(e) = decode_drop(bytes) else { return };
         let reason = name(e.reason);
-        *by_reason.borrow_mut().entry(reason.clone()).or_insert(0) += 1;
+        let mut st = state.borrow_mut();
+        *st.by_reason.entry(reason.clone()).or_insert(0) += 1;
         let (pid, comm) = if e.outbound {
             (e.tgid, e.comm.clone())
         } else {
-            match dir
-                .borrow_mut()
+            match st
+                .dir
                 .lookup(e.netns, 0, e.daddr, e.dport)
                 .and_then(|i| i.primary().cloned())
             {
@@ -98,7 +105,7 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
                 None => (0, String::new()),
             }
         };
-        let id = dir.borrow_mut().identities.get(pid, &comm);
+        let id = st.dir.identities.get(pid, &comm);
         let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
         let (flushed, print) = budget.admit(e.ts_ns, &key, &e.reason);
         print_aggregates(flushed);
@@ -138,7 +145,8 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
         let dur = started.elapsed().as_secs_f64();
-        let r = by_reason.borrow();
+        let st = state.borrow();
+        let r = &st.by_reason;
         if args.out.json {
             out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "drop_summary", "duration_s": (dur * 10.0).round() / 10.0, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "reasons": *r}).to_string());
         } else {
