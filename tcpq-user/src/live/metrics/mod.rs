@@ -36,6 +36,7 @@ pub struct Owner {
 
 /// The label value for "every other value" once a family is at its bound.
 pub const OTHER: &str = "other";
+
 /// The `listener` label of a namespace's refusals that no listener could be named for.
 pub const UNATTRIBUTED: &str = "unattributed";
 
@@ -140,6 +141,7 @@ pub struct Metrics {
     /// series instead of starting one with `process=""`.
     known_owners: HashMap<(u32, u16), Owner>,
 }
+
 fn seconds_histogram() -> Histogram {
     // 10 µs … ~84 s.
     Histogram::new(exponential_buckets(1e-5, 2.0, 24))

@@ -9,6 +9,7 @@ fn series_value(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
 #[test]
 fn empty_interval_encodes_and_counters_only_grow() {
     let mut m = Metrics::new(3);

@@ -44,6 +44,7 @@ fn observe_ns(into: &Histogram, from: &hdrhistogram::Histogram<u64>) {
         }
     }
 }
+
 impl Metrics {
     /// Adds one interval. `owners` names a listener's owner ((netns, port) → process, pod,
     /// container); `pods` the pod and container of a connecting process (pid → (pod, container)).
