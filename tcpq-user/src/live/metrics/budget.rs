@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use super::OTHER;
 
+/// Admits at most `cap` distinct label values; the rest map to `other`.
 #[derive(Debug, Clone)]
 pub struct LabelBudget {
     cap: usize,
