@@ -2,7 +2,20 @@
 //!
 //! Everything here is `#[repr(C)]` with fixed-width fields and explicit padding: no enums or
 //! bools cross the ring buffers, only integers whose meaning is given by the consts below.
+//! Here: map and program names, the `EventHeader` every ring record starts with, every record
+//! `kind`, the `RING_LOST` slots and the shared programs' knobs; each family's own types are in
+//! `listen`, `connect`, `drop` and `accept` (re-exported here).
 #![no_std]
+
+pub mod accept;
+pub mod connect;
+pub mod drop;
+pub mod listen;
+
+pub use accept::*;
+pub use connect::ConnectEvent;
+pub use drop::DropEvent;
+pub use listen::*;
 
 /// Names of maps and programs, shared so that a rename cannot silently break the loader.
 pub mod names {
@@ -188,240 +201,6 @@ pub mod lost {
     pub const SLOTS: u32 = 9;
 }
 
-/// Outbound connects (`CONNECT_EVENTS`, `ConnectEvent`).
-pub mod connect {
-    /// `CONNECT_COUNTS` slots (exact, per-CPU, incremented before the ring is tried; records
-    /// the ring had no room for: `RING_LOST[lost::CONNECT]`).
-    pub const COUNT_OK: u32 = 0;
-    pub const COUNT_REFUSED: u32 = 1;
-    pub const COUNT_TIMEOUT: u32 = 2;
-    pub const COUNT_EADDRNOTAVAIL: u32 = 3;
-    pub const COUNT_OTHER: u32 = 4;
-    pub const COUNT_SYN_RETRANS: u32 = 5;
-    pub const COUNT_SLOTS: u32 = 6;
-}
-
-/// One connect() outcome. Addresses in network byte order (IPv4 in the first 4 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectEvent {
-    /// `kind::CONNECT_SYSCALL` or `kind::CONNECT_HANDSHAKE`.
-    pub header: EventHeader,
-    /// Time spent in the connect() syscall (0 if unknown).
-    pub syscall_ns: u64,
-    /// SYN sent → ESTABLISHED/CLOSE (0 when no SYN left).
-    pub handshake_ns: u64,
-    pub tgid: u32,
-    /// 0 on success, else a negative errno (from the syscall, or `-sk_err` of the handshake;
-    /// -103 ECONNABORTED when the application closed the socket before the handshake ended).
-    pub result: i32,
-    pub sport: u16,
-    pub dport: u16,
-    /// SYN retransmissions during the handshake.
-    pub syn_retrans: u16,
-    pub _pad: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub comm: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
-
-/// Packets dropped by netfilter (`DROP_EVENTS`, `DropEvent`).
-pub mod drop {
-    /// `DROP_CONFIG` slot: 1 = also report every TCP drop, not only netfilter's.
-    pub const CONFIG_ALL_TCP: u32 = 0;
-    pub const CONFIG_SLOTS: u32 = 1;
-    /// `DROP_COUNTS` slots (records the ring had no room for: `RING_LOST[lost::DROP]`).
-    /// Frees whose IP header could not be read (no event sent).
-    pub const COUNT_UNPARSED: u32 = 0;
-    pub const COUNT_SLOTS: u32 = 1;
-    /// `DropEvent::direction`.
-    pub const DIR_IN: u8 = 0;
-    pub const DIR_OUT: u8 = 1;
-}
-
-/// A packet freed with SKB_DROP_REASON_NETFILTER_DROP.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropEvent {
-    /// `kind::DROP_NETFILTER` or `kind::DROP_TCP`.
-    pub header: EventHeader,
-    /// Locally generated packets (skb->sk set): the sending process; else 0.
-    pub tgid: u32,
-    /// The `enum skb_drop_reason` value (names come from the running kernel's BTF).
-    pub reason: u32,
-    pub sport: u16,
-    pub dport: u16,
-    /// IPPROTO_TCP, IPPROTO_UDP, …
-    pub proto: u8,
-    /// 1 when the skb carried a conntrack entry (`skb->_nfct`): a rule dropped it.
-    pub has_ct: u8,
-    /// `drop::DIR_IN` / `drop::DIR_OUT`.
-    pub direction: u8,
-    /// TCP flags (0 for other protocols).
-    pub tcp_flags: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub comm: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
-
-/// One accept()/accept4() that returned a connection (with its accept-queue wait) or failed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AcceptEvent {
-    /// `kind::ACCEPTED` or `kind::ACCEPT_FAILED`.
-    pub header: EventHeader,
-    /// Time from the child becoming ESTABLISHED (queued) to accept() returning it; 0 if unknown.
-    pub wait_ns: u64,
-    pub tgid: u32,
-    /// Negative errno for `FAILED`, else the new fd.
-    pub result: i32,
-    /// The listening socket's fd in the acceptor.
-    pub listen_fd: u32,
-    pub lport: u16,
-    pub rport: u16,
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-    pub comm: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 88);
-
-/// A thread inside accept()/accept4(): `IN_ACCEPT` is an array with one slot per thread id
-/// modulo `IN_ACCEPT_SLOTS` (`thread_slot`), not a hash map: entering writes a slot, leaving
-/// clears its `pid_tgid` — no allocation, bucket lock or delete per call. A slot whose
-/// `pid_tgid` is not the caller's belongs to another thread (ids that collide): the listening fd
-/// is then unknown for that call, nothing else. Blocked there long means an idle acceptor.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InAccept {
-    /// The thread inside accept() now (0: none).
-    pub pid_tgid: u64,
-    pub ts_ns: u64,
-    pub fd: u32,
-    pub _pad: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<InAccept>() == 24);
-
-/// Slots of `IN_ACCEPT` (a power of two: thread ids are handed out in sequence, so threads
-/// alive together rarely share a slot).
-pub const IN_ACCEPT_SLOTS: u32 = 1 << 16;
-
-/// The `IN_ACCEPT` slot of thread `tid`.
-#[inline(always)]
-pub const fn thread_slot(tid: u32) -> u32 {
-    tid & (IN_ACCEPT_SLOTS - 1)
-}
-
-/// When a child socket entered its listener's accept queue: `ENQUEUED` is an array indexed by
-/// `socket_slot(sk)`, written when the child becomes ESTABLISHED and read when accept()
-/// returns it (a store and a load: no hash insert per connection, no lookup at every close). A
-/// slot holding another socket (two queued children that collide, or a slot taken over) leaves
-/// that accept's wait unknown; a slot written before the family was armed last is ignored
-/// (`ENQUEUE_SINCE`), so a reused socket address cannot find a stale time.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Enqueued {
-    pub sk: u64,
-    pub ts_ns: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<Enqueued>() == 16);
-
-/// log2 of the `ENQUEUED` slots (4 MiB: what the LRU hash it replaces held for 64k sockets).
-pub const ENQUEUED_SLOT_BITS: u32 = 18;
-
-/// The `ENQUEUED` slot of socket address `sk` (Fibonacci hashing: socket addresses are
-/// slab-aligned, their low bits are all alike).
-#[inline(always)]
-pub const fn socket_slot(sk: u64) -> u32 {
-    (sk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ENQUEUED_SLOT_BITS)) as u32
-}
-
-/// Buckets of an accept-wait histogram (`AcceptTotals::buckets`): `wait_bucket`.
-pub const WAIT_BUCKETS: usize = 104;
-
-/// The histogram bucket of a wait of `us` microseconds: exact below 4 µs, then four buckets
-/// per power of two (each at most 25 % wide), the last one open-ended (from ~58 s).
-#[inline(always)]
-pub const fn wait_bucket(us: u64) -> usize {
-    if us < 4 {
-        return us as usize;
-    }
-    let log2 = 63 - us.leading_zeros();
-    let idx = 4 * (log2 as usize - 1) + ((us >> (log2 - 2)) & 3) as usize;
-    if idx < WAIT_BUCKETS {
-        idx
-    } else {
-        WAIT_BUCKETS - 1
-    }
-}
-
-/// The least wait (µs) that falls in bucket `idx`.
-pub const fn wait_bucket_floor(idx: usize) -> u64 {
-    if idx < 4 {
-        return idx as u64;
-    }
-    let log2 = idx / 4 + 1;
-    ((4 + (idx % 4)) as u64) << (log2 - 2)
-}
-
-/// Accepts of the live commands, counted in the kernel per (listener, accepting process)
-/// instead of one ring record each (`ACCEPT_TOTALS`; the ACCEPT_AGGREGATE knob): `top`,
-/// `export` and `diagnose` show rates and wait quantiles, not each connection. Failures
-/// still come as records (`AcceptEvent`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AcceptKey {
-    pub netns: u32,
-    pub tgid: u32,
-    pub family: u16,
-    pub lport: u16,
-    /// The CPU that counted: each CPU adds to its own entry (the eBPF target has no atomic
-    /// add in Rust), userspace sums them.
-    pub cpu: u32,
-    pub laddr: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<AcceptKey>() == 32);
-
-/// Running totals of one `AcceptKey` (they only grow: userspace takes differences; u32s that
-/// wrap, which differences read every interval absorb).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AcceptTotals {
-    pub accepts: u32,
-    /// Accepts whose queue wait is unknown (queued before tcpq looked, or a slot collision).
-    pub unknown_wait: u32,
-    /// Accepts that waited at least `SLOW_WAIT_US` (exact; the buckets are coarser).
-    pub slow: u32,
-    pub _pad: u32,
-    /// Waits by `wait_bucket` (µs).
-    pub buckets: [u32; WAIT_BUCKETS],
-}
-
-const _: () = assert!(core::mem::size_of::<AcceptTotals>() == 16 + 4 * WAIT_BUCKETS);
-
-impl Default for AcceptTotals {
-    fn default() -> Self {
-        Self {
-            accepts: 0,
-            unknown_wait: 0,
-            slow: 0,
-            _pad: 0,
-            buckets: [0; WAIT_BUCKETS],
-        }
-    }
-}
-
-/// A wait this long (100 ms) is one the application made a client suffer (`app_not_accepting`'s
-/// impact).
-pub const SLOW_WAIT_US: u64 = 100_000;
-
 /// Bits of the STATE_HOOKS knob: the families `sock_state` (the one program on
 /// `sock:inet_sock_set_state`) serves.
 pub mod state_hooks {
@@ -456,32 +235,6 @@ pub mod reset_hooks {
     pub const ABORT_CLOSE: u32 = 2;
 }
 
-/// Who reset connections on close (`ABORTS_ON_CLOSE` key): the namespace, the socket's local
-/// port (for an accepted connection: the listener's) and the closing process.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AbortKey {
-    pub netns: u32,
-    pub tgid: u32,
-    /// `inet_sport` in host byte order (`inet_num` is already 0 then: inet_put_port()).
-    pub lport: u16,
-    /// AF_INET / AF_INET6.
-    pub family: u16,
-    pub _pad: u32,
-}
-
-/// Resets on close counted for one `AbortKey` on one CPU (userspace sums the CPUs), with the
-/// closing task's comm when the entry was made.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AbortTally {
-    pub count: u64,
-    pub comm: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<AbortKey>() == 16);
-const _: () = assert!(core::mem::size_of::<AbortTally>() == 24);
-
 /// Bits of the KFREE_HOOKS knob: the families `skb_kfree` serves.
 pub mod kfree_hooks {
     /// drop: packets netfilter dropped (leaves on the drop reason).
@@ -506,93 +259,11 @@ pub mod config {
     pub const BUDGET_WINDOW_NS: u64 = 100_000_000;
 }
 
-/// A listener as the kernel counts it in `LISTEN_UNSENT` (the `ListenEvent` identity fields).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ListenerTallyKey {
-    pub netns: u32,
-    pub family: u16,
-    pub lport: u16,
-    pub cookie: u64,
-    pub laddr: [u8; 16],
-}
-
-/// Events of one listener that did not go through the ring, per `kind::*` below
-/// `TALLY_KINDS`, with the last queue snapshot. Per CPU; userspace sums the CPUs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenerTally {
-    pub counts: [u64; TALLY_KINDS],
-    pub last_ts_ns: u64,
-    pub queue: u32,
-    pub backlog: u32,
-    pub synq: u32,
-    pub _pad: u32,
-}
-
-/// Kinds 0..TALLY_KINDS are tallied (every kind that refuses or answers a connection).
-pub const TALLY_KINDS: usize = 13;
-
-const _: () = assert!(core::mem::size_of::<ListenerTallyKey>() == 32);
-const _: () = assert!(core::mem::size_of::<ListenerTally>() == 128);
-
-/// A connection refused (or answered with a cookie) at a listening socket.
-///
-/// Written by the cgroup_skb ingress hook (SYN/ACK/SYNQ/COOKIE), `tcp_retransmit_synack`
-/// and `tcp_send_reset`. Addresses are in network byte order, IPv4 in the first 4 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenEvent {
-    /// `kind` is one of the listen `kind::*` values.
-    pub header: EventHeader,
-    /// Socket cookie of the listener (`sock_gen_cookie`, as in sock_diag); 0 if unknown.
-    pub cookie: u64,
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-    /// Local (listener) port, host byte order.
-    pub lport: u16,
-    /// Remote (client) port, host byte order.
-    pub rport: u16,
-    /// `sk_ack_backlog`: connections waiting in the accept queue.
-    pub queue: u32,
-    /// `sk_max_ack_backlog`: the effective backlog, min(listen() argument, somaxconn).
-    pub backlog: u32,
-    /// `icsk_accept_queue.qlen`: request sockets in SYN_RECV (the SYN queue).
-    pub synq: u32,
-}
-
-/// `listen(fd, backlog)` as the application called it (before somaxconn caps it), with the
-/// socket's local address read through the fd table at the call: the caller may be gone by the
-/// time userspace sees the record (nginx listens, then daemonizes and the parent exits).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenCallEvent {
-    /// `kind` is always `kind::LISTEN_CALL`; `family` is 0 when the fd could not be resolved.
-    pub header: EventHeader,
-    pub tgid: u32,
-    pub fd: u32,
-    /// The listen() argument, as passed (an int; negative values are clamped by the kernel).
-    pub backlog: i32,
-    /// Local port the socket is bound to, host byte order (0 if unknown).
-    pub lport: u16,
-    pub _pad0: u16,
-    pub comm: [u8; 16],
-    pub laddr: [u8; 16],
-}
-
-const _: () = assert!(core::mem::size_of::<ListenEvent>() == 72);
-const _: () = assert!(core::mem::size_of::<ListenCallEvent>() == 64);
-const _: () = assert!(core::mem::align_of::<ListenEvent>() == 8);
-
-// Every record starts with its header: userspace peeks at it before knowing the type.
-const _: () = assert!(core::mem::offset_of!(ListenEvent, header) == 0);
-const _: () = assert!(core::mem::offset_of!(ListenCallEvent, header) == 0);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, header) == 0);
-const _: () = assert!(core::mem::offset_of!(DropEvent, header) == 0);
-const _: () = assert!(core::mem::offset_of!(AcceptEvent, header) == 0);
 
-/// The largest record in `LISTEN_EVENTS`; userspace rejects shorter records.
-pub const MAX_LISTEN_RECORD: usize = 72;
+const _: () = assert!(core::mem::offset_of!(DropEvent, header) == 0);
+
+const _: () = assert!(core::mem::offset_of!(AcceptEvent, header) == 0);
 
 #[cfg(feature = "user")]
 mod pod {
