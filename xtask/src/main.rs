@@ -292,6 +292,8 @@ fn test() -> Result<()> {
         "--package",
         "tcpq-user",
         "--package",
+        "tcpq-lab",
+        "--package",
         "xtask",
     ]))?;
     // The package test installs the .deb of `dist` and the systemd test boots it (release build:
