@@ -130,13 +130,19 @@ impl Tracer {
 
     /// Any tracing subcommand (`trace connect --json …`).
     pub fn start_cmd(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = tcpq()
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = tcpq();
+        cmd.args(args).envs(env.iter().copied());
+        Self::from_command(cmd)
+    }
+
+    /// A tracing command started some other way (e.g. under `ip netns exec`, which execs tcpq:
+    /// the child is tcpq itself), waited for like any other.
+    pub fn from_command(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn tcpq trace overflow");
+            .expect("spawn tcpq trace");
         let mut stdout = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || {
             let mut out = String::new();

@@ -379,32 +379,17 @@ fn runs_inside_ip_netns_exec_without_a_cgroup2_mount() {
     assert!(!host_mounts.contains("/run/tcpq/cgroup2"), "{host_mounts}");
 
     // And the cgroup_skb hook attached through it sees the overflow: tcpq's count is the kernel's.
-    let mut tracer = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, &bin])
-        .args(["trace", "overflow", "--json", "--duration", "6"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Read as it writes: a pipe nobody reads fills, and tcpq then drops lines (output_stalled)
-    // rather than stop collecting.
-    let mut stdout = tracer.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-        text
-    });
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Waits for tcpq's "tracing" line (its hooks attached), not a fixed time: under load it
+    // took 1.7 s to attach and a fixed 2 s wait then missed the lab's first refusals.
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, &bin])
+        .args(["trace", "overflow", "--json"]);
+    let tracer = Tracer::from_command(cmd);
     let before = ns.counters();
     run_lab(&ns, &["overflow", "--duration", "2"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let after = ns.counters();
-    let _ = tracer.wait().unwrap();
-    let text = reader.join().unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines = tracer.stop();
     let counts = counts_by_kind(&lines, inode);
     let overflows = delta(&before, &after, "TcpExt:ListenOverflows");
     assert!(overflows > 0, "the lab overflowed");
