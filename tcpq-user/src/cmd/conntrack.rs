@@ -95,13 +95,7 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
     }
     let now = snapshot_in(ns, true);
     let dur = started.elapsed().as_secs_f64();
-    let delta = |k: &str| {
-        now.stat
-            .get(k)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(before.stat.get(k).copied().unwrap_or(0))
-    };
+    let delta = |k: &str| now.stat_since(&before, k);
     let (tf, rule) = traced.unwrap_or((delta("drop"), 0));
     let ev = evidence(
         &now,

@@ -163,13 +163,7 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         for ns in nss {
             let now = snapshot_in(ns, true);
             let before = st.first.get(&ns).cloned().unwrap_or_default();
-            let delta = |k: &str| {
-                now.stat
-                    .get(k)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(before.stat.get(k).copied().unwrap_or(0))
-            };
+            let delta = |k: &str| now.stat_since(&before, k);
             let tf = st.kinds.get(&(ns, "table_full")).copied().unwrap_or(0);
             let rule = st.kinds.get(&(ns, "rule")).copied().unwrap_or(0);
             let ev = evidence(

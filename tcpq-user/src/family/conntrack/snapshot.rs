@@ -54,6 +54,12 @@ pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
 }
 
 impl CtSnapshot {
+    /// How much the `/proc/net/stat/nf_conntrack` column `key` grew since `before`.
+    pub fn stat_since(&self, before: &CtSnapshot, key: &str) -> u64 {
+        let of = |s: &CtSnapshot| s.stat.get(key).copied().unwrap_or(0);
+        of(self).saturating_sub(of(before))
+    }
+
     /// nf_conntrack being loaded does not mean this namespace tracks connections: only a rule
     /// that needs state (or NAT) turns it on. Without any entry or activity, it is not in use.
     fn with_activity(mut self) -> Self {
