@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -138,26 +138,6 @@ impl Tracer {
     /// A tracing command started some other way (e.g. under `ip netns exec`, which execs tcpq:
     /// the child is tcpq itself), waited for like any other.
     pub fn from_command(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpq trace");
-        let mut stdout = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut out = String::new();
-            let _ = stdout.read_to_string(&mut out);
-            out
-        });
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         // A hang guard, not a timing assert: tcpq verifies its programs in ~1 s here, but in
         // most of a minute under qemu's TCG (the kernel matrix), longer while it shares the CPUs
         // with another VM. TCPQ_TEST_START_SECS overrides the wait.
@@ -165,27 +145,23 @@ impl Tracer {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(120);
-        let deadline = Instant::now() + Duration::from_secs(wait);
-        let mut stderr_lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.starts_with("tcpq: tracing");
-                    stderr_lines.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("tcpq did not start: {stderr_lines:?}");
-                }
-            }
-        }
+        cmd.stdout(Stdio::piped());
+        let started = tcpq_lab::tcpq::start(
+            &mut cmd,
+            |line| line.starts_with("tcpq: tracing"),
+            Duration::from_secs(wait),
+        )
+        .unwrap_or_else(|e| panic!("tcpq did not start: {e:#}"));
+        let mut child = started.child;
+        let mut stdout = child.stdout.take().expect("tcpq's stdout is piped");
+        let stdout = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
         Self {
             child,
-            stderr_lines,
+            stderr_lines: started.banner,
             stdout: Some(stdout),
         }
     }

@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -159,12 +159,14 @@ struct Running {
     cpu_at_start: f64,
 }
 
+/// A start-up longer than this is a hang (the target is < 300 ms; qemu's TCG takes a minute).
+const START_GUARD: Duration = Duration::from_secs(120);
+
 /// Starts `tcpq ARGS`; `collect` keeps its stdout (else it goes to /dev/null).
 fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Running> {
     let bin = tcpq_bin(PROFILE);
-    let started = Instant::now();
-    let mut child = Command::new("taskset")
-        .args(["-c", TCPQ_CPU])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", TCPQ_CPU])
         .arg(&bin)
         .args(args)
         .envs(env.iter().copied())
@@ -172,40 +174,23 @@ fn start_tcpq(args: &[&str], env: &[(&str, &str)], collect: bool) -> Result<Runn
             Stdio::piped()
         } else {
             Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .spawn()
+        });
+    // Its later stderr lines are drained, unread, by the helper's reader.
+    let tcpq_lab::tcpq::Started {
+        mut child,
+        spawned_at,
+        startup,
+        ..
+    } = tcpq_lab::tcpq::start(&mut cmd, tcpq_lab::tcpq::is_banner, START_GUARD)
         .with_context(|| format!("start {} {}", bin.display(), args.join(" ")))?;
-    let mut err = BufReader::new(child.stderr.take().context("tcpq stderr")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line).context("read tcpq's banner")? == 0 {
-            let _ = child.wait();
-            bail!("tcpq {} exited before attaching", args.join(" "));
-        }
-        // trace: "tcpq: tracing …", top: "… attached …", diagnose: "tcpq: diagnosing …",
-        // export: "tcpq: serving Prometheus metrics on …".
-        if line.starts_with("tcpq: tracing")
-            || line.starts_with("tcpq: diagnosing")
-            || line.starts_with("tcpq: serving")
-            || (line.starts_with("tcpq: top") && line.contains("attached"))
-        {
-            break;
-        }
-    }
-    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
+    let startup_ms = startup.as_secs_f64() * 1000.0;
     // Each line with when it arrived (seconds since start): how on time frames are, as their
     // reader sees them.
     let stdout = child.stdout.take().map(|out| {
         thread::spawn(move || {
             let (mut s, mut at) = (String::new(), Vec::new());
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                at.push(started.elapsed().as_secs_f64());
+                at.push(spawned_at.elapsed().as_secs_f64());
                 s.push_str(&line);
                 s.push('\n');
             }
