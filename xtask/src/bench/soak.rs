@@ -17,7 +17,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{PROFILE, start_tcpq, tcpq_bin, vm_rss_kib};
+use super::{PROFILE, procfs::vm_rss_kib, running::start_tcpq};
+use crate::tcpq_bin;
 
 /// The labs cycled through, with their arguments (short runs: the point is churn — namespaces,
 /// listeners, processes and destinations that come and go). `storm` is rate-limited: the
