@@ -1,7 +1,7 @@
 //! tcpq's labs: reproducible incidents in network namespaces of their own (`tcpq lab NAME`),
 //! and the pieces the integration tests and `cargo xtask bench` build theirs from — namespaces,
-//! nft rules and sysctls inside them, global sysctls restored on drop, load generators, and the
-//! one parser of the kernel's counters files. Written once here; tcpq-user depends on this
+//! nft rules and sysctls inside them, global sysctls restored on drop, load generators, the
+//! one parser of the kernel's counters files, and starting tcpq until it is ready. Written once here; tcpq-user depends on this
 //! crate, never the other way round.
 use std::{
     thread,
@@ -13,6 +13,7 @@ pub mod generators;
 pub mod netns;
 mod scenarios;
 pub mod sysctl;
+pub mod tcpq;
 
 pub use scenarios::{Lab, Scenario, run};
 

@@ -121,13 +121,17 @@ impl Running {
     /// Like `start`, with stdout to `stdout` instead of a pipe drained by the test.
     fn start_to<S: AsRef<OsStr> + Debug>(args: &[S], ready: &str, stdout: Option<OwnedFd>) -> Self {
         let drained = stdout.is_none();
-        let mut child = tcpq()
-            .args(args)
+        let mut cmd = tcpq();
+        cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpq");
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from));
+        let started = tcpq_lab::tcpq::start(
+            &mut cmd,
+            |line| line.starts_with(ready),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("tcpq {args:?} did not start: {e:#}"));
+        let mut child = started.child;
         if drained {
             let mut stdout = child.stdout.take().unwrap();
             std::thread::spawn(move || {
@@ -135,27 +139,10 @@ impl Running {
                 let _ = stdout.read_to_end(&mut sink);
             });
         }
-        let (tx, stderr) = mpsc::channel();
-        let err = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match stderr.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.starts_with(ready) => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("tcpq {args:?} did not start: {seen:?}");
-                }
-            }
+        Self {
+            child,
+            stderr: started.stderr,
         }
-        Self { child, stderr }
     }
 
     fn pid(&self) -> u32 {
