@@ -226,31 +226,23 @@ mod tests {
     #[test]
     fn verdicts() {
         let mut s = AcceptStats::default();
+        let srv = Accepted {
+            tgid: 9,
+            comm: "srv".into(),
+            lport: 9000,
+            rport: 1,
+            listen_fd: 3,
+            ..accepted()
+        };
         for i in 1..=50u64 {
             s.record(&Accepted {
-                ts_ns: 0,
-                netns: 1,
-                tgid: 9,
-                comm: "srv".into(),
-                laddr: "127.0.0.1".parse().unwrap(),
-                lport: 9000,
-                raddr: "127.0.0.1".parse().unwrap(),
-                rport: 1,
-                listen_fd: 3,
                 result: Ok(Some(i * 100_000_000)),
+                ..srv.clone()
             });
         }
         s.record(&Accepted {
-            ts_ns: 0,
-            netns: 1,
-            tgid: 9,
-            comm: "srv".into(),
-            laddr: "127.0.0.1".parse().unwrap(),
-            lport: 9000,
-            raddr: "127.0.0.1".parse().unwrap(),
-            rport: 1,
-            listen_fd: 3,
             result: Err(24),
+            ..srv
         });
         let (p50, p99, max) = s.wait_quantiles().unwrap();
         assert!((2_400_000_000..=2_600_000_000).contains(&p50), "{p50}");
