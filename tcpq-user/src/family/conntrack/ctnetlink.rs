@@ -1,6 +1,5 @@
 //! The conntrack table through ctnetlink (NETLINK_NETFILTER, IPCTNL_MSG_CT_GET dump) with the
 //! rust-netlink crates; the caller falls back to /proc/net/nf_conntrack when this fails.
-use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use netlink_packet_core::{
@@ -15,7 +14,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::aggregate::CtEntry;
+use super::aggregate::{CtEntry, OrigTuple};
 
 /// TCP conntrack states (enum tcp_conntrack).
 fn tcp_state(s: u8) -> &'static str {
@@ -45,10 +44,7 @@ fn proto_name(p: &Protocol) -> String {
 
 /// One dumped entry → `CtEntry` (original direction).
 pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
-    let mut src: Option<IpAddr> = None;
-    let mut dst: Option<IpAddr> = None;
-    let mut sport = None;
-    let mut dport = None;
+    let mut tuple = OrigTuple::default();
     let mut proto = String::from("unknown");
     let mut timeout = 0u64;
     let mut state = None;
@@ -60,8 +56,8 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
                         Tuple::Ip(ips) => {
                             for ip in ips {
                                 match ip {
-                                    IPTuple::SourceAddress(a) => src = Some(*a),
-                                    IPTuple::DestinationAddress(a) => dst = Some(*a),
+                                    IPTuple::SourceAddress(a) => tuple.src = Some(*a),
+                                    IPTuple::DestinationAddress(a) => tuple.dst = Some(*a),
                                     _ => {}
                                 }
                             }
@@ -70,8 +66,8 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
                             for p in ps {
                                 match p {
                                     ProtoTuple::Protocol(p) => proto = proto_name(p),
-                                    ProtoTuple::SourcePort(p) => sport = Some(*p),
-                                    ProtoTuple::DestinationPort(p) => dport = Some(*p),
+                                    ProtoTuple::SourcePort(p) => tuple.sport = Some(*p),
+                                    ProtoTuple::DestinationPort(p) => tuple.dport = Some(*p),
                                     _ => {}
                                 }
                             }
@@ -95,15 +91,7 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
             _ => {}
         }
     }
-    Some(CtEntry {
-        proto,
-        timeout,
-        state,
-        src: src?,
-        dst: dst?,
-        sport,
-        dport,
-    })
+    tuple.entry(proto, timeout, state)
 }
 
 /// Dumps the calling thread's namespace's conntrack table.
