@@ -337,3 +337,46 @@ fn no_queue_snapshot_no_zero_backlog_text() {
 fn nothing_no_findings() {
     assert!(diagnose_listener(&ev()).is_empty());
 }
+
+#[test]
+fn a_listeners_evidence_takes_its_queue_and_owners_from_the_aggregate_and_socket() {
+    use crate::family::listen::aggregate::{ClientSet, ListenerKey};
+    let mut clients = ClientSet::default();
+    clients.insert("10.0.0.1".parse().unwrap());
+    let mut total = KindCounts::default();
+    total.add(OverflowKind::Ack, 5);
+    let a = ListenerAgg {
+        key: ListenerKey {
+            netns: 7,
+            cookie: 1,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 8080,
+        },
+        total,
+        window: KindCounts::default(),
+        last_queue: 9,
+        backlog: 8,
+        max_synq: 3,
+        first_ts_ns: 0,
+        last_ts_ns: 0,
+        clients,
+    };
+    let info = ListenerInfo {
+        owners: ev().owners,
+        listen_arg: Some(511),
+        ..Default::default()
+    };
+    let e = ListenerEvidence::of_listener(&a, Some(&info), 1, "nsenter ".into(), 2.0);
+    assert_eq!(
+        (e.netns, e.host_netns, e.ns_enter.as_str()),
+        (7, 1, "nsenter ")
+    );
+    assert_eq!((e.laddr, e.lport), (Some(a.key.laddr), 8080));
+    assert_eq!((e.backlog, e.last_queue, e.max_synq), (8, 9, 3));
+    assert_eq!((e.counts, e.clients, e.duration_s), (total, 1, 2.0));
+    assert_eq!((e.listen_arg, e.app), (Some(511), App::Nginx));
+    assert_eq!(e.owners[0].pid, 42);
+    let unknown = ListenerEvidence::of_listener(&a, None, 1, String::new(), 2.0);
+    assert!(unknown.owners.is_empty() && unknown.listen_arg.is_none());
+    assert_eq!(unknown.app, App::Other);
+}
