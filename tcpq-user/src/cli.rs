@@ -47,15 +47,6 @@ pub enum HooksMode {
     All,
 }
 
-impl TierArgs {
-    pub fn live(&self, default: HooksMode) -> crate::live::session::LiveOptions {
-        crate::live::session::LiveOptions {
-            hooks_all: self.hooks.unwrap_or(default) == HooksMode::All,
-            quiet: self.quiet_period,
-        }
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpq",

@@ -16,7 +16,7 @@ proptest! {
     #[test]
     fn text_parsers_never_panic(text in ".{0,400}") {
         let _ = crate::snapshot::counters::parse_pairs(&text);
-        let _ = crate::family::conntrack::aggregate::parse_stat(&text);
+        let _ = crate::snapshot::counters::parse_ct_stat(&text);
         let _ = crate::family::conntrack::aggregate::parse_entries(&text);
         let _ = crate::family::connect::diagnose::PortRange::parse(&text, &text);
         let _ = crate::kernel::tracefs::parse_format(&text);

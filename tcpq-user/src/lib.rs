@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod cmd;
 pub mod diagnosis;
+pub mod event_loop;
 pub mod family;
 pub mod fixes;
 #[cfg(test)]

@@ -28,7 +28,7 @@ impl Clock {
         Self { wall_minus_mono_ns }
     }
     pub fn now_mono_ns() -> u64 {
-        clock_ns(nix::time::ClockId::CLOCK_MONOTONIC).max(0) as u64
+        crate::kernel::ktime_ns()
     }
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
         let ns = (mono_ns as i128 + self.wall_minus_mono_ns).max(0) as u128;

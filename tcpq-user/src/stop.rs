@@ -1,21 +1,45 @@
-//! Stop requests by signal (SIGINT, SIGTERM, SIGHUP) for the commands that poll in a loop
-//! (`lab`, `diagnose`, `top`, `export`); the tracing commands use tokio's signals in cmd/ring.rs.
+//! Stop requests by signal (SIGINT, SIGTERM, SIGHUP), for every command that runs until one
+//! (the event loop in `event_loop.rs`, and `lab`). A stop also makes `wake_fd` readable, so a
+//! wait that polls it ends at once — no race between checking `requested` and blocking.
 //! A terminal that goes away (the tmux session killed, the ssh connection lost) is a stop too:
 //! `watch_terminal` turns its hangup into a SIGHUP, so every command leaves the same way.
 use std::{
     os::fd::RawFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static WATCHING: AtomicBool = AtomicBool::new(false);
+/// The self-pipe a stop writes to (-1 until `install` made it): read end, write end.
+static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
+static WAKE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+    let fd = WAKE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) of one byte from a static is async-signal-safe; a full pipe (a stop
+        // already pending) fails with EAGAIN, which is fine.
+        unsafe {
+            libc::write(fd, c"!".as_ptr().cast(), 1);
+        }
+    }
 }
 
-/// Installs the handlers; call before announcing that the command runs.
+/// Installs the handlers (and the wake pipe, once); call before announcing that the command
+/// runs.
 pub fn install() {
+    if WAKE_READ.load(Ordering::SeqCst) < 0 {
+        let mut ends = [-1 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the two-element array it is given.
+        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } == 0 {
+            WAKE_WRITE.store(ends[1], Ordering::SeqCst);
+            WAKE_READ.store(ends[0], Ordering::SeqCst);
+        } else {
+            // Waits then end at their timeout instead (bounded: a second at most).
+            log::warn!("create the stop pipe: {}", std::io::Error::last_os_error());
+        }
+    }
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
@@ -29,11 +53,18 @@ pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// A descriptor that is readable from the moment a stop is requested (never drained: every
+/// later wait ends at once too); None before `install`.
+pub fn wake_fd() -> Option<RawFd> {
+    let fd = WAKE_READ.load(Ordering::SeqCst);
+    (fd >= 0).then_some(fd)
+}
+
 /// Watches the terminals tcpq runs on (stdin, stdout, stderr: those that are one) from a thread
 /// blocked in poll(2). When one hangs up, its descriptors are pointed at /dev/null (what is
 /// still written — a last frame, the summary, restoring the screen — must not fail with EIO and
 /// panic), a stop is requested and tcpq sends itself SIGHUP, which ends whatever the command
-/// waits in. Call once a SIGHUP handler is in place (`install`, or tokio's in cmd/ring.rs).
+/// waits in. Call once a SIGHUP handler is in place (`install`).
 pub fn watch_terminal() {
     if WATCHING.swap(true, Ordering::SeqCst) {
         return;

@@ -1,12 +1,12 @@
 //! A loaded connect family for `trace connect` and `ports`: its ring, its exact kernel-side
 //! totals and the loop that feeds both to the command.
-use std::time::Duration;
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
 use serde_json::json;
 use tcpq_common::{connect as c, names};
 
+use super::ring::{Handlers, Schedule};
 use crate::{
     family::connect::decode::{ConnectOutcome, decode_connect},
     kernel::probe::{self, Family, HookState, LoadOptions, sum_per_cpu},
@@ -84,43 +84,36 @@ impl ConnectSession {
             .join(", ")
     }
 
-    /// Runs until `duration`, Ctrl-C/SIGTERM/SIGHUP; `on_event` for every outcome, `on_tick`
-    /// every second, `on_summary` every `summary_every`.
+    /// Runs to `schedule`'s end or Ctrl-C/SIGTERM/SIGHUP; `on_event` for every outcome,
+    /// `on_tick` every second, `on_summary` every summary interval and at the end.
     pub fn run(
         self,
-        duration: Option<Duration>,
-        summary_every: Duration,
+        schedule: impl Into<Schedule>,
+        banner: impl FnOnce(),
         mut on_event: impl FnMut(&ConnectOutcome),
-        mut on_tick: impl FnMut(),
+        on_tick: impl FnMut(),
         mut on_summary: impl FnMut(&ConnectTotals, bool),
-        ready: impl FnOnce(),
-    ) -> Result<()> {
+    ) {
         let ConnectSession {
             loaded,
             ring,
             counts,
             ring_lost,
         } = self;
-        super::ring::run(
-            ring,
-            duration,
-            summary_every,
-            |bytes| {
-                if let Ok(o) = decode_connect(bytes) {
-                    on_event(&o);
-                }
-            },
-            &mut on_tick,
-            |final_run| {
-                let t = ConnectTotals {
-                    missed_runs: loaded.missed_runs(),
-                    ..totals(&counts, &ring_lost)
-                };
-                on_summary(&t, final_run)
-            },
-            ready,
-        )?;
+        let on_record = |bytes: &[u8]| {
+            if let Ok(o) = decode_connect(bytes) {
+                on_event(&o);
+            }
+        };
+        let on_summary = |final_run| {
+            let t = ConnectTotals {
+                missed_runs: loaded.missed_runs(),
+                ..totals(&counts, &ring_lost)
+            };
+            on_summary(&t, final_run)
+        };
+        let handlers = Handlers::new(on_record, on_tick, on_summary);
+        super::ring::run(ring, schedule, banner, handlers);
         drop(loaded);
-        Ok(())
     }
 }

@@ -1,21 +1,19 @@
 //! `tcpq conntrack`: the table per namespace (headroom, drops, top consumers, timeouts and what
 //! to change).
-use std::{
-    cell::RefCell,
-    time::{Duration, Instant},
-};
+use std::{cell::RefCell, time::Instant};
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use tcpq_common::names;
 
 use super::filter::PidFilter;
+use super::ring::{Handlers, Schedule};
 use crate::{
     cli::ConntrackArgs,
     family::conntrack::{
         decode::{decode_drop, drop_kind},
         diagnose::diagnose_conntrack,
-        snapshot::{evidence, snapshot_in},
+        snapshot::snapshot_in,
     },
     kernel::{
         env::Privileges,
@@ -64,32 +62,27 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
         let ring = loaded.take_ring(names::DROP_EVENTS)?;
         let counts = RefCell::new((0u64, 0u64));
 
-        super::ring::run(
-            ring,
-            Some(args.duration),
-            args.duration + Duration::from_secs(3600),
-            |bytes| {
-                if let Ok(e) = decode_drop(bytes)
-                    && e.netfilter
-                    && e.netns == ns
-                {
-                    let mut c = counts.borrow_mut();
-                    if drop_kind(e.has_ct, true) == "table_full" {
-                        c.0 += 1
-                    } else {
-                        c.1 += 1
-                    }
+        let on_record = |bytes: &[u8]| {
+            if let Ok(e) = decode_drop(bytes)
+                && e.netfilter
+                && e.netns == ns
+            {
+                let mut c = counts.borrow_mut();
+                if drop_kind(e.has_ct, true) == "table_full" {
+                    c.0 += 1
+                } else {
+                    c.1 += 1
                 }
-            },
-            || {},
-            |_| {},
-            || {
-                eprintln!(
-                    "tcpq: watching netfilter drops for {:.0} s…",
-                    args.duration.as_secs_f64()
-                )
-            },
-        )?;
+            }
+        };
+        let banner = || {
+            eprintln!(
+                "tcpq: watching netfilter drops for {:.0} s…",
+                args.duration.as_secs_f64()
+            )
+        };
+        let handlers = Handlers::new(on_record, || {}, |_| {});
+        super::ring::run(ring, Schedule::once(args.duration), banner, handlers);
         drop(loaded);
         traced = Some(counts.into_inner());
     }
@@ -97,14 +90,7 @@ pub fn run_snapshot(args: ConntrackArgs) -> Result<i32> {
     let dur = started.elapsed().as_secs_f64();
     let delta = |k: &str| now.stat_since(&before, k);
     let (tf, rule) = traced.unwrap_or((delta("drop"), 0));
-    let ev = evidence(
-        &now,
-        tf,
-        rule,
-        delta("early_drop"),
-        dur,
-        netns::enter_prefix(ns, host),
-    );
+    let ev = now.evidence(&before, tf, rule, dur, netns::enter_prefix(ns, host));
     let findings = diagnose_conntrack(&ev);
     if args.json {
         println!(

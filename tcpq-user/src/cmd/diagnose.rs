@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::{DiagnoseArgs, HooksMode},
+    event_loop::{self, Every},
     family::sockets::aggregate::CloseWaitSeen,
     live::{
         causes::{find_causes, scan_sockets},
@@ -21,9 +22,13 @@ use crate::{
     stop,
 };
 
+const SECOND: Duration = Duration::from_secs(1);
+/// How often the rings are drained during the run.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
     // Every program from the first second by default: a bounded report wants every detail.
-    let live = args.tiers.live(HooksMode::All);
+    let live = super::live_options(&args.tiers, HooksMode::All);
     // ESTABLISHED connections idle this long are stale (`--idle`, as in `tcpq sockets`).
     let idle = args.idle.idle;
     let mut session = Session::start(live)?;
@@ -47,21 +52,28 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         crate::live::session::describe_tiers(&live)
     );
     let started = Instant::now();
-    let mut last_progress = 0;
-    while started.elapsed() < args.duration && !stop::requested() {
-        session.drain();
-        session.poll(false);
-        let secs = started.elapsed().as_secs();
-        if secs != last_progress {
-            last_progress = secs;
-            session.sample_acceptors();
-            session.sample_limits();
-            if tty {
-                eprint!("\r  collecting… {secs}/{} s", args.duration.as_secs());
+    let mut second = Every::new(started + SECOND, SECOND);
+    event_loop::run_until(
+        Some(started + args.duration),
+        |now| {
+            session.drain();
+            session.poll(false);
+            if second.fire(now) {
+                session.sample_acceptors();
+                session.sample_limits();
+                if tty {
+                    let secs = started.elapsed().as_secs();
+                    eprint!("\r  collecting… {secs}/{} s", args.duration.as_secs());
+                }
             }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            // Every hook family at once fills the rings fast (a storm): drained at 100 Hz.
+            (now + DRAIN_EVERY).min(second.due())
+        },
+        |timeout| {
+            event_loop::sleep(timeout);
+            true
+        },
+    );
     session.drain();
     // The counters at the end of the run (tier 0), for the evidence.
     session.poll(true);

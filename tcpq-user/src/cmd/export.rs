@@ -12,10 +12,11 @@ use anyhow::{Result, anyhow};
 use super::metrics_http::{LIMITS, Page, bind, start_http};
 use crate::{
     cli::{ExportArgs, HooksMode},
+    event_loop::{self, next_due},
     kernel::privilege,
     live::{
         metrics::{Metrics, Owner},
-        producer::{Producer, next_due},
+        producer::Producer,
     },
     stop,
 };
@@ -27,7 +28,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
             args.listen
         )
     })?;
-    let mut producer = Producer::start(args.tiers.live(HooksMode::Auto))?;
+    let mut producer = Producer::start(super::live_options(&args.tiers, HooksMode::Auto))?;
     // Programs loaded, stats fd and tracefs done, socket bound: from here on only what
     // `privilege::RUNTIME_NEEDS` lists. Before any thread starts (the terminal watcher, HTTP).
     let kept = privilege::drop_to_runtime();
@@ -46,7 +47,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
     let mut deadline = started + args.interval;
     loop {
         let go_on = producer.collect_until(deadline, |wait| {
-            std::thread::sleep(wait);
+            event_loop::sleep(wait);
             true
         });
         let tick = producer.tick();

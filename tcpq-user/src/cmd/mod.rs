@@ -19,3 +19,17 @@ pub mod trace_conntrack;
 pub mod trace_drops;
 pub mod trace_out;
 pub mod trace_overflow;
+
+use crate::{
+    cli::{HooksMode, TierArgs},
+    live::session::LiveOptions,
+};
+
+/// The live session's options from a live command's `--hooks`/`--quiet-period` (`default`: the
+/// command's own `--hooks` default).
+pub fn live_options(tiers: &TierArgs, default: HooksMode) -> LiveOptions {
+    LiveOptions {
+        hooks_all: tiers.hooks.unwrap_or(default) == HooksMode::All,
+        quiet: tiers.quiet_period,
+    }
+}

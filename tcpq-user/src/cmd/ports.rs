@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Result;
@@ -11,6 +11,7 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use procfs::process::{FDTarget, Process};
 use serde_json::json;
 
+use super::ring::Schedule;
 use super::{
     connect_session::ConnectSession,
     filter::{DstFilter, PidFilter},
@@ -61,8 +62,13 @@ pub fn run(args: PortsArgs) -> Result<i32> {
         let session = ConnectSession::open()?;
         let mut agg = ConnectAggregator::new(50_000);
         session.run(
-            Some(args.duration),
-            args.duration + Duration::from_secs(3600),
+            Schedule::once(args.duration),
+            || {
+                eprintln!(
+                    "tcpq: tracing connects for {:.0} s…",
+                    args.duration.as_secs_f64()
+                )
+            },
             |o| {
                 if pid_filter
                     .as_ref()
@@ -78,13 +84,7 @@ pub fn run(args: PortsArgs) -> Result<i32> {
             },
             || {},
             |_, _| {},
-            || {
-                eprintln!(
-                    "tcpq: tracing connects for {:.0} s…",
-                    args.duration.as_secs_f64()
-                )
-            },
-        )?;
+        );
         traced = Some(agg);
     } else if !privileges.can_load_bpf() {
         eprintln!(

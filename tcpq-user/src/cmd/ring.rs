@@ -1,78 +1,118 @@
-//! The event loop every tracing command shares: drain a ring buffer as it fills, tick every
-//! second, summarize periodically, stop on Ctrl-C/SIGTERM/SIGHUP, the terminal's hangup or after
-//! a duration, then drain what the kernel already queued and summarize the whole run.
-use std::time::Duration;
-
-use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+//! How every tracing command runs (on the one event loop, `event_loop.rs`): drain its ring buffer
+//! as it fills, tick every second, summarize periodically, stop on Ctrl-C/SIGTERM/SIGHUP, the
+//! terminal's hangup or after a duration, then drain what the kernel already queued and
+//! summarize the whole run.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    cli::TraceOutput,
+    event_loop::{self, Every},
+    stop,
+};
+
+/// When a trace ends and how often it summarizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// None: until a stop.
+    pub duration: Option<Duration>,
+    /// None: only the final summary.
+    pub summary_every: Option<Duration>,
+}
+
+impl Schedule {
+    /// A run of `duration` with only its final summary (`ports`, `conntrack`).
+    pub fn once(duration: Duration) -> Self {
+        Self {
+            duration: Some(duration),
+            summary_every: None,
+        }
+    }
+}
+
+impl From<&TraceOutput> for Schedule {
+    fn from(out: &TraceOutput) -> Self {
+        Self {
+            duration: out.duration,
+            summary_every: Some(out.summary_interval),
+        }
+    }
+}
+
+/// What a trace does with its records and its clock.
+pub struct Handlers<R, T, S> {
+    /// Each record as the ring delivers it.
+    pub on_record: R,
+    /// Once a second (line budgets, owners).
+    pub on_tick: T,
+    /// Every summary interval (false), and once at the end over the whole run (true).
+    pub on_summary: S,
+}
+
+impl<R: FnMut(&[u8]), T: FnMut(), S: FnMut(bool)> Handlers<R, T, S> {
+    pub fn new(on_record: R, on_tick: T, on_summary: S) -> Self {
+        Self {
+            on_record,
+            on_tick,
+            on_summary,
+        }
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Runs a trace to its end; `banner` is announced once the stop handlers are in place (a
+/// signal sent after it must find them).
 pub fn run(
-    ring: RingBuf<MapData>,
-    duration: Option<Duration>,
-    summary_every: Duration,
-    mut on_record: impl FnMut(&[u8]),
-    mut on_tick: impl FnMut(),
-    mut on_summary: impl FnMut(bool),
-    ready: impl FnOnce(),
-) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the event loop")?;
-    rt.block_on(async {
-        // SAFETY: the ring buffer owns its map fd for the AsyncFd's whole life.
-        let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
-        let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
-        // The terminal going away arrives as a SIGHUP too (handled just above).
-        crate::stop::watch_terminal();
-        // Announce only now: a signal sent after the banner must find the handlers in place.
-        ready();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut summary_tick = tokio::time::interval(summary_every);
-        summary_tick.tick().await;
-        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+    mut ring: RingBuf<MapData>,
+    schedule: impl Into<Schedule>,
+    banner: impl FnOnce(),
+    handlers: Handlers<impl FnMut(&[u8]), impl FnMut(), impl FnMut(bool)>,
+) {
+    let Handlers {
+        mut on_record,
+        mut on_tick,
+        mut on_summary,
+    } = handlers;
+    let schedule = schedule.into();
+    stop::install();
+    stop::watch_terminal();
+    banner();
+    let start = Instant::now();
+    let deadline = schedule.duration.map(|d| start + d);
+    let mut tick = Every::new(start, SECOND);
+    let mut summary = schedule.summary_every.map(|p| Every::new(start + p, p));
+    let ring_fd = ring.as_fd().as_raw_fd();
+    event_loop::run_until(
+        deadline,
+        |now| {
+            while let Some(item) = ring.next() {
+                on_record(&item);
             }
-        };
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                guard = afd.readable_mut() => {
-                    let mut guard = guard.context("poll the ring buffer")?;
-                    let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
-                        on_record(&item);
-                    }
-                    guard.clear_ready();
-                }
-                _ = tick.tick() => on_tick(),
-                _ = summary_tick.tick() => {
-                    if deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1)) {
-                        continue; // the final summary follows at once
-                    }
-                    on_summary(false);
-                }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = sighup.recv() => break,
-                _ = &mut sleep => break,
+            if tick.fire(now) {
+                on_tick();
             }
-        }
-        let rb = afd.get_mut();
-        while let Some(item) = rb.next() {
-            on_record(&item);
-        }
-        on_summary(true);
-        Ok::<(), anyhow::Error>(())
-    })
+            // A summary due within a second of the end: the final one follows at once.
+            let ending = deadline.is_some_and(|d| d.saturating_duration_since(now) < SECOND);
+            if let Some(summary) = &mut summary
+                && summary.fire(now)
+                && !ending
+            {
+                on_summary(false);
+            }
+            summary.map_or(tick.due(), |s| tick.due().min(s.due()))
+        },
+        |timeout| {
+            event_loop::wait_readable(&[ring_fd], timeout);
+            true
+        },
+    );
+    while let Some(item) = ring.next() {
+        on_record(&item);
+    }
+    on_summary(true);
 }

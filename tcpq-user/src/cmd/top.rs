@@ -12,9 +12,10 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     cli::{HooksMode, TopArgs},
+    event_loop::{self, next_due},
     live::{
         frame::{self, Frame, History},
-        producer::{Producer, next_due},
+        producer::Producer,
         tui::{self, Action, UiState},
     },
     stop,
@@ -22,7 +23,7 @@ use crate::{
 
 pub fn run(args: TopArgs) -> Result<i32> {
     let full_screen = !args.batch && !args.json && std::io::stdout().is_terminal();
-    let live = args.tiers.live(HooksMode::Auto);
+    let live = super::live_options(&args.tiers, HooksMode::Auto);
     let mut producer = Producer::start(live)?;
     stop::install();
     stop::watch_terminal();
@@ -41,7 +42,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
     let mut deadline = Instant::now() + args.delay;
     loop {
         let go_on = producer.collect_until(deadline, |wait| {
-            std::thread::sleep(wait);
+            event_loop::sleep(wait);
             true
         });
         let mut frame = producer.tick().frame;

@@ -265,15 +265,10 @@ pub fn run(args: TraceAcceptArgs) -> Result<()> {
         }
         out.flush();
     };
-    super::ring::run(
-        ring,
-        args.out.duration,
-        args.out.summary_interval,
-        on_record,
-        on_tick,
-        on_summary,
-        || eprintln!("tcpq: tracing accepted connections and accept-queue waits — Ctrl-C to stop"),
-    )?;
+    let banner =
+        || eprintln!("tcpq: tracing accepted connections and accept-queue waits — Ctrl-C to stop");
+    let handlers = super::ring::Handlers::new(on_record, on_tick, on_summary);
+    super::ring::run(ring, &args.out, banner, handlers);
     drop(loaded);
     Ok(())
 }

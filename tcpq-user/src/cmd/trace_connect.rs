@@ -277,14 +277,8 @@ pub fn run(args: TraceConnectArgs) -> Result<()> {
             if args.failed { " (failures only)" } else { "" },
         )
     };
-    session.run(
-        args.out.duration,
-        args.out.summary_interval,
-        on_event,
-        on_tick,
-        on_summary,
-        ready,
-    )
+    session.run(&args.out, ready, on_event, on_tick, on_summary);
+    Ok(())
 }
 
 #[cfg(test)]

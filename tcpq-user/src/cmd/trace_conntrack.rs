@@ -13,11 +13,11 @@ use tcpq_common::{drop as d, names};
 use super::trace_out::{Budget, TraceOut};
 use crate::{
     cli::TraceConntrackArgs,
-    family::conntrack::render::process_text,
+    family::conntrack::render::{drop_json, process_text},
     family::conntrack::{
         decode::{NfDrop, decode_drop, drop_kind, proto_name},
         diagnose::diagnose_conntrack,
-        snapshot::{CtSnapshot, ct_in_use, evidence, snapshot_in},
+        snapshot::{CtSnapshot, ct_in_use, snapshot_in},
     },
     kernel::probe::{self, Family, LoadOptions, sum_per_cpu},
     render::{Clock, endpoint},
@@ -89,19 +89,7 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         let in_use = ct_in_use(&active, e.netns, e.has_ct);
         let kind = drop_kind(e.has_ct, in_use);
         *st.kinds.entry((e.netns, kind)).or_insert(0) += 1;
-        // Inbound drops happen in softirq: the owner is the listener of the destination port.
-        let (pid, comm) = if e.outbound {
-            (e.tgid, e.comm.clone())
-        } else {
-            match st
-                .dir
-                .lookup(e.netns, 0, e.daddr, e.dport)
-                .and_then(|i| i.primary().cloned())
-            {
-                Some(o) => (o.pid, o.comm),
-                None => (0, String::new()),
-            }
-        };
+        let (pid, comm) = e.owner(&mut st.dir);
         if pid != 0 && !st.comms.contains_key(&pid) && st.comms.len() < 65536 {
             st.comms.insert(pid, comm.clone());
         }
@@ -115,15 +103,8 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
             return;
         }
         if args.out.json {
-            out.emit(json!({
-                "ts": clock.rfc3339(e.ts_ns), "event": "conntrack_drop", "kind": kind,
-                "cause": (kind == "table_full").then_some("conntrack_full"), "count": 1, "netns": e.netns,
-                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
-                "pod": id.pod, "container": id.container,
-                "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
-                "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
-                "ct_count": count, "ct_max": max,
-            }).to_string());
+            let own = json!({"event": "conntrack_drop", "kind": kind, "cause": (kind == "table_full").then_some("conntrack_full"), "ct_count": count, "ct_max": max});
+            out.emit(drop_json(&e, clock.rfc3339(e.ts_ns), pid, &comm, &id, own));
         } else {
             out.header_once("TIME             NETNS       KIND        DIR  PROTO  SOURCE                 DESTINATION            COUNT/MAX      PROCESS");
             out.emit(format!(
@@ -131,7 +112,7 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
                 clock.short(e.ts_ns),
                 e.netns,
                 kind,
-                if e.outbound { "out" } else { "in" },
+                e.direction(),
                 proto_name(e.proto),
                 endpoint(e.saddr, e.sport),
                 endpoint(e.daddr, e.dport),
@@ -166,14 +147,7 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
             let delta = |k: &str| now.stat_since(&before, k);
             let tf = st.kinds.get(&(ns, "table_full")).copied().unwrap_or(0);
             let rule = st.kinds.get(&(ns, "rule")).copied().unwrap_or(0);
-            let ev = evidence(
-                &now,
-                tf,
-                rule,
-                delta("early_drop"),
-                dur,
-                netns::enter_prefix(ns, host),
-            );
+            let ev = now.evidence(&before, tf, rule, dur, netns::enter_prefix(ns, host));
             let findings = diagnose_conntrack(&ev);
             // Drops the kernel counted that never reached skb:kfree_skb as table-full frees
             // (seen on 6.18 in ~1 of 25 lab runs, 1–12 of ~480; an independent bpftrace
@@ -199,19 +173,11 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         }
         out.flush();
     };
-    super::ring::run(
-        ring,
-        args.out.duration,
-        args.out.summary_interval,
-        on_record,
-        on_tick,
-        on_summary,
-        || {
-            eprintln!(
-                "tcpq: tracing netfilter drops (conntrack table full or a rule) — Ctrl-C to stop"
-            )
-        },
-    )?;
+    let banner = || {
+        eprintln!("tcpq: tracing netfilter drops (conntrack table full or a rule) — Ctrl-C to stop")
+    };
+    let handlers = super::ring::Handlers::new(on_record, on_tick, on_summary);
+    super::ring::run(ring, &args.out, banner, handlers);
     drop(loaded);
     Ok(())
 }

@@ -12,8 +12,8 @@ use tcpq_common::{drop as d, names};
 use super::trace_out::{Budget, TraceOut};
 use crate::{
     cli::TraceDropsArgs,
-    family::conntrack::decode::{decode_drop, proto_name},
-    family::conntrack::render::process_text,
+    family::conntrack::decode::decode_drop,
+    family::conntrack::render::{drop_json, process_text},
     kernel::probe::{self, Family, LoadOptions, sum_per_cpu},
     render::{Clock, endpoint},
     snapshot::listeners::ListenerDirectory,
@@ -93,18 +93,7 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
         let reason = name(e.reason);
         let mut st = state.borrow_mut();
         *st.by_reason.entry(reason.clone()).or_insert(0) += 1;
-        let (pid, comm) = if e.outbound {
-            (e.tgid, e.comm.clone())
-        } else {
-            match st
-                .dir
-                .lookup(e.netns, 0, e.daddr, e.dport)
-                .and_then(|i| i.primary().cloned())
-            {
-                Some(o) => (o.pid, o.comm),
-                None => (0, String::new()),
-            }
-        };
+        let (pid, comm) = e.owner(&mut st.dir);
         let id = st.dir.identities.get(pid, &comm);
         let key: ReasonKey = (e.netns, e.reason, e.daddr, e.dport);
         let (flushed, print) = budget.admit(e.ts_ns, &key, &e.reason);
@@ -113,14 +102,8 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
             return;
         }
         if args.out.json {
-            out.emit(json!({
-                "ts": clock.rfc3339(e.ts_ns), "event": "drop", "reason": reason, "count": 1, "netns": e.netns,
-                "pid": (pid != 0).then_some(pid), "comm": (!comm.is_empty()).then_some(&comm),
-                "pod": id.pod, "container": id.container,
-                "direction": if e.outbound { "out" } else { "in" }, "proto": proto_name(e.proto),
-                "saddr": e.saddr.to_string(), "sport": e.sport, "daddr": e.daddr.to_string(), "dport": e.dport,
-                "tcp_flags": e.tcp_flags,
-            }).to_string());
+            let own = json!({"event": "drop", "reason": reason, "tcp_flags": e.tcp_flags});
+            out.emit(drop_json(&e, clock.rfc3339(e.ts_ns), pid, &comm, &id, own));
         } else {
             out.header_once("TIME             NETNS       REASON                     DIR  SOURCE                 DESTINATION            PROCESS");
             out.emit(format!(
@@ -128,7 +111,7 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
                 clock.short(e.ts_ns),
                 e.netns,
                 reason,
-                if e.outbound { "out" } else { "in" },
+                e.direction(),
                 endpoint(e.saddr, e.sport),
                 endpoint(e.daddr, e.dport),
                 process_text(pid, &comm, &id)
@@ -162,19 +145,13 @@ pub fn run(args: TraceDropsArgs) -> Result<()> {
         }
         out.flush();
     };
-    super::ring::run(
-        ring,
-        args.out.duration,
-        args.out.summary_interval,
-        on_record,
-        on_tick,
-        on_summary,
-        || {
-            eprintln!(
-                "tcpq: tracing TCP drops by reason ({n_reasons} reasons known from BTF) — Ctrl-C to stop"
-            )
-        },
-    )?;
+    let banner = || {
+        eprintln!(
+            "tcpq: tracing TCP drops by reason ({n_reasons} reasons known from BTF) — Ctrl-C to stop"
+        )
+    };
+    let handlers = super::ring::Handlers::new(on_record, on_tick, on_summary);
+    super::ring::run(ring, &args.out, banner, handlers);
     drop(loaded);
     Ok(())
 }

@@ -410,39 +410,36 @@ pub fn run(args: TraceOverflowArgs) -> Result<()> {
     if let Some(ns) = netns::current() {
         t.borrow_mut().note_netns(ns);
     }
-    super::ring::run(
-        ring,
-        args.out.duration,
-        args.out.summary_interval,
-        |bytes| t.borrow_mut().handle(bytes),
-        || t.borrow_mut().tick(),
-        |final_run| {
-            let k = kernel_totals(&counts);
-            t.borrow_mut().summary(
-                &k,
-                &run_facts(&lost, &counts, confirmed, loaded.missed_runs()),
-                final_run,
-            );
-        },
-        || {
-            eprintln!(
-                "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
-                args.port
-                    .map(|p| format!(" on port {p}"))
-                    .unwrap_or_default(),
-                args.pid
-                    .as_ref()
-                    .map(|p| format!(" for {p}"))
-                    .unwrap_or_default(),
-                if confirmed {
-                    "confirmed from the kernel's actions"
-                } else {
-                    "predicted from the queues (outcome hooks unavailable)"
-                },
-                attached.join(", ")
-            )
-        },
-    )?;
+    let on_record = |bytes: &[u8]| t.borrow_mut().handle(bytes);
+    let on_tick = || t.borrow_mut().tick();
+    let on_summary = |final_run| {
+        let k = kernel_totals(&counts);
+        t.borrow_mut().summary(
+            &k,
+            &run_facts(&lost, &counts, confirmed, loaded.missed_runs()),
+            final_run,
+        );
+    };
+    let banner = || {
+        eprintln!(
+            "tcpq: tracing listen overflows{}{} — verdicts {} — hooks: {} — Ctrl-C to stop",
+            args.port
+                .map(|p| format!(" on port {p}"))
+                .unwrap_or_default(),
+            args.pid
+                .as_ref()
+                .map(|p| format!(" for {p}"))
+                .unwrap_or_default(),
+            if confirmed {
+                "confirmed from the kernel's actions"
+            } else {
+                "predicted from the queues (outcome hooks unavailable)"
+            },
+            attached.join(", ")
+        )
+    };
+    let handlers = super::ring::Handlers::new(on_record, on_tick, on_summary);
+    super::ring::run(ring, &args.out, banner, handlers);
     let errors = t.borrow().decode_errors;
     if errors > 0 {
         eprintln!(

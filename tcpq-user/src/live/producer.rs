@@ -1,5 +1,5 @@
 //! One frame per interval from a live session: the core `top` and `export` share (drain the
-//! rings, read tier 0, find and rank the causes, build the frame).
+//! rings on the event loop, read tier 0, find and rank the causes, build the frame).
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -11,7 +11,11 @@ use super::{
     gather,
     session::{Aggregates, LiveOptions, Session},
 };
-use crate::{diagnosis::rank, family::sockets::aggregate::DEFAULT_IDLE, stop};
+use crate::{
+    diagnosis::rank,
+    event_loop::{self, Ended},
+    family::sockets::aggregate::DEFAULT_IDLE,
+};
 
 /// One interval's results.
 pub struct Tick {
@@ -78,62 +82,31 @@ impl Producer {
         Tick { frame, causes, agg }
     }
 
-    /// Drains the rings until `deadline` (or a stop), calling `between` every ~50 ms.
+    /// Drains the rings until `deadline` (or a stop), calling `between` (which waits at most
+    /// the time it is given) at least every 50 ms; false when it ended before the deadline.
     pub fn collect_until(
         &mut self,
         deadline: Instant,
-        mut between: impl FnMut(Duration) -> bool,
+        between: impl FnMut(Duration) -> bool,
     ) -> bool {
-        while Instant::now() < deadline {
-            if stop::requested() {
-                return false;
-            }
-            self.session.drain();
-            // A reading between frames that would run past the frame's due time waits for the
-            // frame's own (10,000 listeners: tens of ms).
-            if deadline.saturating_duration_since(Instant::now())
-                > 2 * self.session.engine.poll_cost
-            {
-                self.session.poll(false);
-            }
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(50));
-            if !between(wait) {
-                return false;
-            }
-        }
-        true
+        let session = &mut self.session;
+        let ended = event_loop::run_until(
+            Some(deadline),
+            |now| {
+                session.drain();
+                // A reading between frames that would run past the frame's due time waits for
+                // the frame's own (10,000 listeners: tens of ms).
+                if deadline.saturating_duration_since(Instant::now()) > 2 * session.engine.poll_cost
+                {
+                    session.poll(false);
+                }
+                now + DRAIN_EVERY
+            },
+            between,
+        );
+        ended == Ended::Deadline
     }
 }
 
-/// When the frame after one due at `due` is due: one `delay` later, on a fixed cadence (a tick's
-/// own time does not push the next frame back); a tick that overran whole intervals skips
-/// them rather than sending frames back to back.
-pub fn next_due(due: Instant, delay: Duration, now: Instant) -> Instant {
-    let next = due + delay;
-    if next > now || delay.is_zero() {
-        return next.max(now);
-    }
-    let behind = now.saturating_duration_since(next).as_nanos() / delay.as_nanos();
-    let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
-    next + delay * skip
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_keep_a_fixed_cadence_and_skip_what_a_long_tick_overran() {
-        let t0 = Instant::now();
-        let d = Duration::from_secs(1);
-        let ms = Duration::from_millis;
-        // A 30 ms tick does not push the next frame back.
-        assert_eq!(next_due(t0, d, t0 + ms(30)), t0 + d);
-        // A tick that overran the next slot: the one after it, not at once.
-        assert_eq!(next_due(t0, d, t0 + ms(1500)), t0 + 2 * d);
-        assert_eq!(next_due(t0, d, t0 + ms(3000)), t0 + 4 * d);
-        assert_eq!(next_due(t0, Duration::ZERO, t0 + ms(5)), t0 + ms(5));
-    }
-}
+/// How often the rings are drained between frames.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);

@@ -278,7 +278,7 @@ impl NsWatcher {
             if let Some(stat) = w.ct_stat.as_mut()
                 && reread(stat, buf)
             {
-                let cols = crate::family::conntrack::aggregate::parse_stat(buf);
+                let cols = super::counters::parse_ct_stat(buf);
                 let max = w
                     .ct_max
                     .as_mut()

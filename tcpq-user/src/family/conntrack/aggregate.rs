@@ -1,31 +1,9 @@
-//! Conntrack: the table's counters and entries (/proc/net/stat/nf_conntrack,
-//! /proc/net/nf_conntrack) parsed, and its top consumers. Pure and unit-tested.
+//! Conntrack: the table's entries (/proc/net/nf_conntrack) parsed, and its top consumers (its
+//! counters' parser, `parse_ct_stat`, is in snapshot/counters.rs: tier 0 reads them too). Pure
+//! and unit-tested.
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
-
-/// Sum of the per-CPU columns of /proc/net/stat/nf_conntrack (hex values).
-pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return BTreeMap::new();
-    };
-    let names: Vec<&str> = header.split_whitespace().collect();
-    let mut out: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
-    for line in lines {
-        for (name, v) in names.iter().zip(line.split_whitespace()) {
-            if let Ok(v) = u64::from_str_radix(v, 16) {
-                // `entries` is global (repeated per CPU): keep it once.
-                if *name == "entries" {
-                    out.insert(name.to_string(), v);
-                } else {
-                    *out.entry(name.to_string()).or_insert(0) += v;
-                }
-            }
-        }
-    }
-    out
-}
 
 /// One line of /proc/net/nf_conntrack (the original direction).
 #[derive(Debug, Clone, PartialEq, Eq)]

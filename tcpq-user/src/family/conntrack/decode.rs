@@ -4,7 +4,10 @@ use std::net::IpAddr;
 
 use tcpq_common::{DropEvent, drop as d, kind};
 
-use crate::wire::{DecodeError, addr, comm_str, read_event_of_kind};
+use crate::{
+    snapshot::listeners::ListenerDirectory,
+    wire::{DecodeError, addr, comm_str, read_event_of_kind},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NfDrop {
@@ -24,6 +27,29 @@ pub struct NfDrop {
     pub has_ct: bool,
     pub outbound: bool,
     pub tcp_flags: u8,
+}
+
+impl NfDrop {
+    /// The process a drop is charged to (pid 0 and no name: none found). An outbound packet is
+    /// dropped in its sender's context; an inbound one in softirq, so its owner is the listener
+    /// of the destination port.
+    pub fn owner(&self, dir: &mut ListenerDirectory) -> (u32, String) {
+        if self.outbound {
+            return (self.tgid, self.comm.clone());
+        }
+        match dir
+            .lookup(self.netns, 0, self.daddr, self.dport)
+            .and_then(|i| i.primary().cloned())
+        {
+            Some(o) => (o.pid, o.comm),
+            None => (0, String::new()),
+        }
+    }
+
+    /// `out` or `in`, as the trace lines show it.
+    pub fn direction(&self) -> &'static str {
+        if self.outbound { "out" } else { "in" }
+    }
 }
 
 pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {

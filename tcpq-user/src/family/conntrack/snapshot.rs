@@ -8,11 +8,14 @@ use std::{
 };
 
 use super::{
-    aggregate::{CtEntry, TopConsumers, parse_entries, parse_entry, parse_stat, top_consumers},
+    aggregate::{CtEntry, TopConsumers, parse_entries, parse_entry, top_consumers},
     ctnetlink,
     diagnose::CtEvidence,
 };
-use crate::snapshot::{counters::read_sysctl, netns};
+use crate::snapshot::{
+    counters::{parse_ct_stat, read_sysctl},
+    netns,
+};
 
 /// What /proc says about one namespace's conntrack table.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +47,7 @@ pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
         )
         .unwrap_or(0),
         stat: std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
-            .map(|t| parse_stat(&t))
+            .map(|t| parse_ct_stat(&t))
             .unwrap_or_default(),
         entries: Vec::new(),
         entries_source: "",
@@ -54,6 +57,42 @@ pub fn snapshot_here(with_entries: bool) -> CtSnapshot {
 }
 
 impl CtSnapshot {
+    /// The diagnosis's evidence for a run since `before` in which tcpq saw `table_full` and
+    /// `rule` drops over `duration_s`; `ns_prefix` enters the namespace in the fixes' commands.
+    pub fn evidence(
+        &self,
+        before: &CtSnapshot,
+        table_full: u64,
+        rule: u64,
+        duration_s: f64,
+        ns_prefix: String,
+    ) -> CtEvidence {
+        let early = self.stat_since(before, "early_drop");
+        let entries = &self.entries;
+        let top = top_consumers(entries, self.established_timeout, 5);
+        // The busiest local destination port among loopback flows: a candidate for notrack.
+        let mut local: BTreeMap<(String, u16), u64> = BTreeMap::new();
+        for e in entries.iter().filter(|e| e.dst.is_loopback()) {
+            if let Some(p) = e.dport {
+                *local.entry((e.dst.to_string(), p)).or_insert(0) += 1;
+            }
+        }
+        let busiest_local_dport = local.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
+        CtEvidence {
+            count: self.count,
+            max: self.max,
+            buckets: self.buckets,
+            established_timeout: self.established_timeout,
+            table_full_drops: table_full,
+            rule_drops: rule,
+            early_drops: early,
+            duration_s,
+            top,
+            busiest_local_dport,
+            ns_prefix,
+        }
+    }
+
     /// How much the `/proc/net/stat/nf_conntrack` column `key` grew since `before`.
     pub fn stat_since(&self, before: &CtSnapshot, key: &str) -> u64 {
         let of = |s: &CtSnapshot| s.stat.get(key).copied().unwrap_or(0);
@@ -185,39 +224,6 @@ fn sample_entries_here(limit: usize) -> (Vec<CtEntry>, bool) {
         .filter_map(|l| parse_entry(&l))
         .collect();
     (entries, lines.next().is_some())
-}
-
-pub fn evidence(
-    snap: &CtSnapshot,
-    table_full: u64,
-    rule: u64,
-    early: u64,
-    duration_s: f64,
-    ns_prefix: String,
-) -> CtEvidence {
-    let entries = &snap.entries;
-    let top = top_consumers(entries, snap.established_timeout, 5);
-    // The busiest local destination port among loopback flows: a candidate for notrack.
-    let mut local: BTreeMap<(String, u16), u64> = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.dst.is_loopback()) {
-        if let Some(p) = e.dport {
-            *local.entry((e.dst.to_string(), p)).or_insert(0) += 1;
-        }
-    }
-    let busiest_local_dport = local.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
-    CtEvidence {
-        count: snap.count,
-        max: snap.max,
-        buckets: snap.buckets,
-        established_timeout: snap.established_timeout,
-        table_full_drops: table_full,
-        rule_drops: rule,
-        early_drops: early,
-        duration_s,
-        top,
-        busiest_local_dport,
-        ns_prefix,
-    }
 }
 
 /// Is conntrack in use in `ns`? Once seen in use it stays so. A drop without an entry in a

@@ -134,7 +134,7 @@ impl Loaded {
         let mut since: Array<&mut MapData, u64> =
             Array::try_from(map).map_err(|e| format!("open {}: {e}", names::ENQUEUE_SINCE))?;
         since
-            .set(0, crate::render::Clock::now_mono_ns(), 0)
+            .set(0, crate::kernel::ktime_ns(), 0)
             .map_err(|e| format!("write {}: {e}", names::ENQUEUE_SINCE))
     }
 
