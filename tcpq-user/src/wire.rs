@@ -37,6 +37,18 @@ pub fn header(bytes: &[u8]) -> Result<tcpq_common::EventHeader, DecodeError> {
     read_event(bytes)
 }
 
+/// The wire record `T` when the record's kind is one of `kinds` (the ones a family's `T`
+/// carries); a record too short for `T` is reported as such before its kind.
+pub fn read_event_of_kind<T: aya::Pod>(bytes: &[u8], kinds: &[u16]) -> Result<T, DecodeError> {
+    let event = read_event(bytes)?;
+    let kind = header(bytes)?.kind;
+    if kinds.contains(&kind) {
+        Ok(event)
+    } else {
+        Err(DecodeError::UnknownKind(kind))
+    }
+}
+
 pub fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
     if family == 10 {
         let v6 = Ipv6Addr::from(*raw);
@@ -62,5 +74,48 @@ pub fn errno_name(e: i32) -> String {
         format!("errno {e}")
     } else {
         format!("{n:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcpq_common::{ConnectEvent, EventHeader, kind};
+
+    use super::*;
+
+    fn connect_record(kind: u16) -> Vec<u8> {
+        let e = ConnectEvent {
+            header: EventHeader {
+                kind,
+                ..Default::default()
+            },
+            tgid: 7,
+            ..Default::default()
+        };
+        // SAFETY: ConnectEvent is a plain #[repr(C)] wire struct; the slice lives as long as `e`.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const ConnectEvent).cast::<u8>(),
+                std::mem::size_of::<ConnectEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn a_record_of_another_kind_or_too_short_is_refused() {
+        let kinds = [kind::CONNECT_SYSCALL, kind::CONNECT_HANDSHAKE];
+        let ok = connect_record(kind::CONNECT_HANDSHAKE);
+        let e: ConnectEvent = read_event_of_kind(&ok, &kinds).unwrap();
+        assert_eq!((e.header.kind, e.tgid), (kind::CONNECT_HANDSHAKE, 7));
+        let other = connect_record(kind::ACCEPTED);
+        assert_eq!(
+            read_event_of_kind::<ConnectEvent>(&other, &kinds).unwrap_err(),
+            DecodeError::UnknownKind(kind::ACCEPTED)
+        );
+        assert!(matches!(
+            read_event_of_kind::<ConnectEvent>(&other[..10], &kinds),
+            Err(DecodeError::Short { len: 10, .. })
+        ));
     }
 }

@@ -9,7 +9,6 @@ use tcpq_common::names;
 use super::trace_out::{TraceOut, Windows};
 use crate::{
     cli::TraceOverflowArgs,
-    diagnosis::owner::app_of_owners,
     family::listen::{
         aggregate::{Admit, KindCounts, ListenLines, ListenerAgg, OverflowAggregator},
         decode::{ListenRecord, OverflowEvent, OverflowKind, decode_listen},
@@ -250,26 +249,18 @@ impl Tracer {
                     .or_else(|| self.dir.listen_arg(ns, i.inode, a.key.laddr, a.key.lport))
             });
             let evidence = ListenerEvidence {
-                netns: ns,
-                host_netns: self.host_netns,
-                ns_enter: netns::enter_prefix(ns, self.host_netns),
-                laddr: Some(a.key.laddr),
-                lport: a.key.lport,
-                owners: info.as_ref().map(|i| i.owners.clone()).unwrap_or_default(),
                 counts,
-                duration_s,
-                backlog: a.backlog,
-                last_queue: a.last_queue,
-                max_synq: a.max_synq,
                 listen_arg,
                 sysctls: sysctls.clone(),
                 accepts,
                 cookies_sent_recv,
-                clients: a.clients.len(),
-                app: info
-                    .as_ref()
-                    .map(|i| app_of_owners(&i.owners))
-                    .unwrap_or_default(),
+                ..ListenerEvidence::of_listener(
+                    a,
+                    info.as_deref(),
+                    self.host_netns,
+                    netns::enter_prefix(ns, self.host_netns),
+                    duration_s,
+                )
             };
             let findings = diagnose_listener(&evidence);
             summaries.push((a, evidence, findings));

@@ -35,3 +35,39 @@ pub mod cause {
 pub fn rank<T>(items: &mut [T], impact: impl Fn(&T) -> u64) {
     items.sort_by_key(|item| std::cmp::Reverse(impact(item)));
 }
+
+/// Assertions every family's diagnosis tests make about a finding's wording.
+#[cfg(test)]
+pub mod check {
+    use super::Finding;
+
+    /// The finding's text contains `needle`; shows the whole text when not.
+    #[track_caller]
+    pub fn assert_text(f: &Finding, needle: &str) {
+        assert!(f.text.contains(needle), "text lacks {needle:?}: {}", f.text);
+    }
+
+    /// Fix line `i` contains `needle`; shows every fix when not.
+    #[track_caller]
+    pub fn assert_fix(f: &Finding, i: usize, needle: &str) {
+        assert!(
+            f.fix.get(i).is_some_and(|x| x.contains(needle)),
+            "fix[{i}] lacks {needle:?}: {:?}",
+            f.fix
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "text lacks \"refused\": 3 accepted")]
+    fn a_missing_word_shows_the_text() {
+        let f = Finding {
+            cause: "x",
+            impact: 0,
+            text: "3 accepted".into(),
+            fix: vec!["raise it".into()],
+        };
+        assert_text(&f, "accepted");
+        assert_fix(&f, 0, "raise");
+        assert_text(&f, "refused");
+    }
+}

@@ -111,6 +111,25 @@ impl KernelBtf {
 
     /// Every (name, value) of an enum, e.g. `skb_drop_reason` for drop-reason names.
     pub fn enum_members(&self, enum_name: &str) -> Result<Vec<(String, u64)>> {
+        let out = self.enumerators(enum_name)?;
+        if out.is_empty() {
+            bail!("BTF enum `{enum_name}` not found");
+        }
+        Ok(out)
+    }
+
+    /// Value of an enumerator (e.g. `skb_drop_reason` / `SKB_DROP_REASON_NETFILTER_DROP`).
+    pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<u64> {
+        self.enumerators(enum_name)?
+            .into_iter()
+            .find(|(name, _)| name == variant)
+            .map(|(_, value)| value)
+            .ok_or_else(|| anyhow!("BTF enum `{enum_name}` has no `{variant}`"))
+    }
+
+    /// The (name, value) of every enumerator of every enum named `enum_name`, 32- and 64-bit
+    /// alike; an enumerator whose name does not resolve is listed with an empty name.
+    fn enumerators(&self, enum_name: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for t in self
             .btf
@@ -131,38 +150,7 @@ impl KernelBtf {
                 _ => {}
             }
         }
-        if out.is_empty() {
-            bail!("BTF enum `{enum_name}` not found");
-        }
         Ok(out)
-    }
-
-    /// Value of an enumerator (e.g. `skb_drop_reason` / `SKB_DROP_REASON_NETFILTER_DROP`).
-    pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<u64> {
-        for t in self
-            .btf
-            .resolve_types_by_name(enum_name)
-            .map_err(|e| anyhow!("BTF has no enum `{enum_name}`: {e}"))?
-        {
-            match t {
-                Type::Enum(e) => {
-                    for m in &e.members {
-                        if self.btf.resolve_name(m).ok().as_deref() == Some(variant) {
-                            return Ok(m.val() as u64);
-                        }
-                    }
-                }
-                Type::Enum64(e) => {
-                    for m in &e.members {
-                        if self.btf.resolve_name(m).ok().as_deref() == Some(variant) {
-                            return Ok(m.val());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        bail!("BTF enum `{enum_name}` has no `{variant}`")
     }
 }
 
@@ -239,4 +227,22 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<Vec<(&'static str, u32)>> {
                 .map(|o| (*global, o))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enumerator_value_is_the_one_listed_among_the_members() {
+        // Reads the running kernel's BTF; nothing to check on a kernel without it.
+        let Ok(btf) = KernelBtf::load(Path::new("/sys/kernel/btf/vmlinux")) else {
+            return;
+        };
+        let members = btf.enum_members("tcp_ca_event").unwrap();
+        let (name, value) = &members[1];
+        assert_eq!(btf.enum_value("tcp_ca_event", name).unwrap(), *value);
+        assert!(btf.enum_value("tcp_ca_event", "NO_SUCH_EVENT").is_err());
+        assert!(btf.enum_members("no_such_enum_in_any_kernel").is_err());
+    }
 }

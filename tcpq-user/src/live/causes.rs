@@ -78,26 +78,16 @@ pub fn find_causes(
             .map(|(_, s)| s.accepts)
             .sum::<u64>();
         let ev = ListenerEvidence {
-            netns: ns,
-            host_netns: host,
-            ns_enter: netns::enter_prefix(ns, host),
-            laddr: Some(laddr),
-            lport,
-            owners: info.as_ref().map(|i| i.owners.clone()).unwrap_or_default(),
-            counts: a.total,
-            duration_s,
-            backlog: a.backlog,
-            last_queue: a.last_queue,
-            max_synq: a.max_synq,
-            listen_arg: info.as_ref().and_then(|i| i.listen_arg),
             sysctls: counters::ListenSysctls::read_in(ns),
             accepts: Some(acc),
             cookies_sent_recv,
-            clients: a.clients.len(),
-            app: info
-                .as_ref()
-                .map(|i| app_of_owners(&i.owners))
-                .unwrap_or_default(),
+            ..ListenerEvidence::of_listener(
+                a,
+                info.as_deref(),
+                host,
+                netns::enter_prefix(ns, host),
+                duration_s,
+            )
         };
         let owner = owner_of(info.as_ref());
         for f in diagnose_listener(&ev) {

@@ -1,17 +1,16 @@
 //! TCP sockets of the current network namespace through NETLINK_SOCK_DIAG (inet_diag), using the
 //! rust-netlink crates for the wire format.
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr, ops::ControlFlow};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use anyhow::{Context as _, Result};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::netlink_dump;
 
 pub const TCP_LISTEN: u8 = 10;
 
@@ -236,27 +235,18 @@ fn dump_family_filtered(
     bytecode: Option<&[u8]>,
     out: &mut Vec<DiagSocket>,
 ) -> Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions,
-            states,
-            socket_id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
+    let mut buf = netlink_dump::request(SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions,
+        states,
+        socket_id,
+    }));
     if let Some(bc) = bytecode {
         // The crate has no attributes for a request: append the rtattr and fix nlmsg_len.
         let attr_len = 4 + bc.len();
@@ -271,63 +261,41 @@ fn dump_family_filtered(
         .send(&buf[..], 0)
         .context("send sock_diag dump request")?;
 
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket
-            .recv(&mut &mut rx[..], 0)
-            .context("receive sock_diag dump")?;
-        if size == 0 {
-            bail!("sock_diag dump ended without NLMSG_DONE");
+    netlink_dump::read(socket, 64 * 1024, "sock_diag", |msg| {
+        if let SockDiagMessage::InetResponse(r) = msg {
+            let h = &r.header;
+            let info = r.nlas.iter().find_map(|n| match n {
+                netlink_packet_sock_diag::inet::nlas::Nla::TcpInfo(t) => Some(TcpActivity {
+                    last_data_sent_ms: t.last_data_sent,
+                    last_data_recv_ms: t.last_data_recv,
+                    bytes_acked: t.bytes_acked,
+                    bytes_received: t.bytes_received,
+                    unacked: t.unacked,
+                }),
+                _ => None,
+            });
+            let drops = r.nlas.iter().find_map(|n| match n {
+                netlink_packet_sock_diag::inet::nlas::Nla::MemInfo(m) => Some(m.drops),
+                _ => None,
+            });
+            out.push(DiagSocket {
+                state: h.state,
+                laddr: unmap(h.socket_id.source_address),
+                lport: h.socket_id.source_port,
+                raddr: unmap(h.socket_id.destination_address),
+                rport: h.socket_id.destination_port,
+                recv_queue: h.recv_queue,
+                send_queue: h.send_queue,
+                uid: h.uid,
+                inode: h.inode as u64,
+                cookie: cookie_of(&h.socket_id.cookie),
+                info,
+                drops,
+            });
         }
-        let mut offset = 0;
-        while offset < size {
-            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..size])
-                .map_err(|e| anyhow!("decode sock_diag message: {e}"))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let h = &r.header;
-                    let info = r.nlas.iter().find_map(|n| match n {
-                        netlink_packet_sock_diag::inet::nlas::Nla::TcpInfo(t) => {
-                            Some(TcpActivity {
-                                last_data_sent_ms: t.last_data_sent,
-                                last_data_recv_ms: t.last_data_recv,
-                                bytes_acked: t.bytes_acked,
-                                bytes_received: t.bytes_received,
-                                unacked: t.unacked,
-                            })
-                        }
-                        _ => None,
-                    });
-                    let drops = r.nlas.iter().find_map(|n| match n {
-                        netlink_packet_sock_diag::inet::nlas::Nla::MemInfo(m) => Some(m.drops),
-                        _ => None,
-                    });
-                    out.push(DiagSocket {
-                        state: h.state,
-                        laddr: unmap(h.socket_id.source_address),
-                        lport: h.socket_id.source_port,
-                        raddr: unmap(h.socket_id.destination_address),
-                        rport: h.socket_id.destination_port,
-                        recv_queue: h.recv_queue,
-                        send_queue: h.send_queue,
-                        uid: h.uid,
-                        inode: h.inode as u64,
-                        cookie: cookie_of(&h.socket_id.cookie),
-                        info,
-                        drops,
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => bail!("sock_diag dump failed: {e:?}"),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-    }
+        ControlFlow::Continue(())
+    })?;
+    Ok(())
 }
 
 /// The kernel's name of a TCP state (`ss` spells them the same).

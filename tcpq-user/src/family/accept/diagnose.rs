@@ -172,6 +172,7 @@ mod tests {
         super::{aggregate::*, decode::*},
         *,
     };
+    use crate::diagnosis::check::{assert_fix, assert_text};
 
     fn owner(pid: u32) -> Owner {
         Owner {
@@ -206,16 +207,15 @@ mod tests {
         let f = diagnose_accept(&e);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].impact, 5);
-        assert!(
-            f[0].text.contains(
-                "2 EMFILE (the process's own limit, RLIMIT_NOFILE: pid 7's open-file limit is 1024)"
-            ) && f[0]
-                .text
-                .contains("3 ENFILE (the whole system's open-file table is full: fs.file-max)"),
-            "{}",
-            f[0].text
+        assert_text(
+            &f[0],
+            "2 EMFILE (the process's own limit, RLIMIT_NOFILE: pid 7's open-file limit is 1024)",
         );
-        assert!(f[0].fix[0].contains("LimitNOFILE"), "{:?}", f[0].fix);
+        assert_text(
+            &f[0],
+            "3 ENFILE (the whole system's open-file table is full: fs.file-max)",
+        );
+        assert_fix(&f[0], 0, "LimitNOFILE");
         assert!(
             f[0].fix[1].contains("sysctl -w fs.file-max=") && f[0].fix[1].contains("file-nr"),
             "{:?}",
@@ -226,31 +226,23 @@ mod tests {
     #[test]
     fn verdicts() {
         let mut s = AcceptStats::default();
+        let srv = Accepted {
+            tgid: 9,
+            comm: "srv".into(),
+            lport: 9000,
+            rport: 1,
+            listen_fd: 3,
+            ..accepted()
+        };
         for i in 1..=50u64 {
             s.record(&Accepted {
-                ts_ns: 0,
-                netns: 1,
-                tgid: 9,
-                comm: "srv".into(),
-                laddr: "127.0.0.1".parse().unwrap(),
-                lport: 9000,
-                raddr: "127.0.0.1".parse().unwrap(),
-                rport: 1,
-                listen_fd: 3,
                 result: Ok(Some(i * 100_000_000)),
+                ..srv.clone()
             });
         }
         s.record(&Accepted {
-            ts_ns: 0,
-            netns: 1,
-            tgid: 9,
-            comm: "srv".into(),
-            laddr: "127.0.0.1".parse().unwrap(),
-            lport: 9000,
-            raddr: "127.0.0.1".parse().unwrap(),
-            rport: 1,
-            listen_fd: 3,
             result: Err(24),
+            ..srv
         });
         let (p50, p99, max) = s.wait_quantiles().unwrap();
         assert!((2_400_000_000..=2_600_000_000).contains(&p50), "{p50}");
@@ -270,20 +262,15 @@ mod tests {
         };
         let f = diagnose_accept(&e);
         assert_eq!(f[0].cause, "accept_errors");
-        assert!(
-            f[0].text.contains("1 EMFILE") && f[0].text.contains("limit is 16"),
-            "{}",
-            f[0].text
-        );
+        assert_text(&f[0], "1 EMFILE");
+        assert_text(&f[0], "limit is 16");
         assert!(!f[0].text.contains("ENFILE"), "{}", f[0].text);
-        assert!(f[0].fix[0].contains("LimitNOFILE"), "{:?}", f[0].fix);
+        assert_fix(&f[0], 0, "LimitNOFILE");
         assert!(!f[0].fix.iter().any(|x| x.contains("fs.file-max")));
         assert_eq!(f[1].cause, "app_not_accepting");
-        assert!(
-            f[1].text
-                .contains("5 processes share :9000, 0 idle in accept: all workers busy"),
-            "{}",
-            f[1].text
+        assert_text(
+            &f[1],
+            "5 processes share :9000, 0 idle in accept: all workers busy",
         );
         assert!(f[1].fix[0].contains("pm.max_children"));
         assert!(
@@ -343,11 +330,7 @@ mod tests {
         };
         let f = diagnose_accept(&refused);
         assert_eq!(f[0].impact, 42);
-        assert!(
-            f[0].text.contains("and 12 connections were refused"),
-            "{}",
-            f[0].text
-        );
+        assert_text(&f[0], "and 12 connections were refused");
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use tcpq_common::{ConnectEvent, kind};
 
-use crate::wire::{DecodeError, addr, comm_str, errno_name, read_event};
+use crate::wire::{DecodeError, addr, comm_str, errno_name, read_event_of_kind};
 
 /// How a connect ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,11 +59,8 @@ pub struct ConnectOutcome {
 }
 
 pub fn decode_connect(bytes: &[u8]) -> Result<ConnectOutcome, DecodeError> {
-    let e: ConnectEvent = read_event(bytes)?;
-    let k = e.header.kind;
-    if k != kind::CONNECT_SYSCALL && k != kind::CONNECT_HANDSHAKE {
-        return Err(DecodeError::UnknownKind(k));
-    }
+    let e: ConnectEvent =
+        read_event_of_kind(bytes, &[kind::CONNECT_SYSCALL, kind::CONNECT_HANDSHAKE])?;
     Ok(ConnectOutcome {
         ts_ns: e.header.ts_ns,
         netns: e.header.netns,

@@ -304,6 +304,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::diagnosis::check::{assert_fix, assert_text};
 
     fn sock(state: u8, lport: u16, rport: u16, inode: u64) -> DiagSocket {
         DiagSocket {
@@ -352,7 +353,7 @@ mod tests {
         let f = diagnose_connect_failures(stats, &dest).unwrap();
         assert_eq!((f.cause, f.impact), ("connect_failures", 5));
         assert_eq!(f.text, "5 connects to 127.0.0.1:9000 failed: refused 5");
-        assert!(f.fix[0].contains("--dst 127.0.0.1:9000"), "{:?}", f.fix);
+        assert_fix(&f, 0, "--dst 127.0.0.1:9000");
         assert_eq!(dest_label(Some("::1".parse().unwrap()), 80), "[::1]:80");
         assert_eq!(dest_label(None, 80), "*:80");
     }
@@ -433,11 +434,9 @@ mod tests {
         };
         let f = diagnose_ports(&e);
         assert_eq!(f[0].cause, "ports_exhausted");
-        assert!(
-            f[0].text
-                .contains("16 of 16 usable ports in use (100 %; ip_local_port_range 40000–40015)"),
-            "{}",
-            f[0].text
+        assert_text(
+            &f[0],
+            "16 of 16 usable ports in use (100 %; ip_local_port_range 40000–40015)",
         );
         assert!(f[0].text.contains("TIME_WAIT 16"));
         assert!(f[0].text.contains("EADDRNOTAVAIL"));

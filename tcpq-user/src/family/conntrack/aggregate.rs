@@ -28,31 +28,47 @@ pub fn parse_entry(line: &str) -> Option<CtEntry> {
     let proto = f.get(2)?.to_string();
     let timeout = f.get(4)?.parse().ok()?;
     let state = f.get(5).filter(|s| !s.contains('=')).map(|s| s.to_string());
-    let mut src = None;
-    let mut dst = None;
-    let mut sport = None;
-    let mut dport = None;
+    // The original direction's tuple comes first; the reply's repeats the keys.
+    let mut tuple = OrigTuple::default();
     for kv in &f[5..] {
         let Some((k, v)) = kv.split_once('=') else {
             continue;
         };
         match k {
-            "src" if src.is_none() => src = v.parse().ok(),
-            "dst" if dst.is_none() => dst = v.parse().ok(),
-            "sport" if sport.is_none() => sport = v.parse().ok(),
-            "dport" if dport.is_none() => dport = v.parse().ok(),
+            "src" if tuple.src.is_none() => tuple.src = v.parse().ok(),
+            "dst" if tuple.dst.is_none() => tuple.dst = v.parse().ok(),
+            "sport" if tuple.sport.is_none() => tuple.sport = v.parse().ok(),
+            "dport" if tuple.dport.is_none() => tuple.dport = v.parse().ok(),
             _ => {}
         }
     }
-    Some(CtEntry {
-        proto,
-        timeout,
-        state,
-        src: src?,
-        dst: dst?,
-        sport,
-        dport,
-    })
+    tuple.entry(proto, timeout, state)
+}
+
+/// An entry's original-direction tuple as a parser (proc file or ctnetlink) collects it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrigTuple {
+    /// Both addresses are required: an entry without them is skipped.
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    /// None for a protocol without ports (icmp).
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl OrigTuple {
+    /// The entry; None unless both addresses were found.
+    pub fn entry(self, proto: String, timeout: u64, state: Option<String>) -> Option<CtEntry> {
+        Some(CtEntry {
+            proto,
+            timeout,
+            state,
+            src: self.src?,
+            dst: self.dst?,
+            sport: self.sport,
+            dport: self.dport,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -112,5 +128,28 @@ pub fn top_consumers(entries: &[CtEntry], established_timeout: u64, k: usize) ->
         by_dport: top(dport),
         by_state: top(state),
         idle_established: idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tuple_makes_an_entry_only_with_both_addresses() {
+        let tuple = OrigTuple {
+            src: "10.0.0.1".parse().ok(),
+            dst: "10.0.0.2".parse().ok(),
+            sport: None,
+            dport: Some(53),
+        };
+        let e = tuple.clone().entry("udp".into(), 29, None).unwrap();
+        assert_eq!(
+            (e.proto.as_str(), e.timeout, e.sport, e.dport),
+            ("udp", 29, None, Some(53))
+        );
+        assert_eq!(e.dst.to_string(), "10.0.0.2");
+        let no_dst = OrigTuple { dst: None, ..tuple };
+        assert!(no_dst.entry("udp".into(), 29, None).is_none());
     }
 }

@@ -1,11 +1,8 @@
 //! The conntrack table through ctnetlink (NETLINK_NETFILTER, IPCTNL_MSG_CT_GET dump) with the
 //! rust-netlink crates; the caller falls back to /proc/net/nf_conntrack when this fails.
-use std::net::IpAddr;
+use std::ops::ControlFlow;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use anyhow::{Context as _, Result};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::{
@@ -15,7 +12,8 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::aggregate::CtEntry;
+use super::aggregate::{CtEntry, OrigTuple};
+use crate::snapshot::netlink_dump;
 
 /// TCP conntrack states (enum tcp_conntrack).
 fn tcp_state(s: u8) -> &'static str {
@@ -45,10 +43,7 @@ fn proto_name(p: &Protocol) -> String {
 
 /// One dumped entry → `CtEntry` (original direction).
 pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
-    let mut src: Option<IpAddr> = None;
-    let mut dst: Option<IpAddr> = None;
-    let mut sport = None;
-    let mut dport = None;
+    let mut tuple = OrigTuple::default();
     let mut proto = String::from("unknown");
     let mut timeout = 0u64;
     let mut state = None;
@@ -60,8 +55,8 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
                         Tuple::Ip(ips) => {
                             for ip in ips {
                                 match ip {
-                                    IPTuple::SourceAddress(a) => src = Some(*a),
-                                    IPTuple::DestinationAddress(a) => dst = Some(*a),
+                                    IPTuple::SourceAddress(a) => tuple.src = Some(*a),
+                                    IPTuple::DestinationAddress(a) => tuple.dst = Some(*a),
                                     _ => {}
                                 }
                             }
@@ -70,8 +65,8 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
                             for p in ps {
                                 match p {
                                     ProtoTuple::Protocol(p) => proto = proto_name(p),
-                                    ProtoTuple::SourcePort(p) => sport = Some(*p),
-                                    ProtoTuple::DestinationPort(p) => dport = Some(*p),
+                                    ProtoTuple::SourcePort(p) => tuple.sport = Some(*p),
+                                    ProtoTuple::DestinationPort(p) => tuple.dport = Some(*p),
                                     _ => {}
                                 }
                             }
@@ -95,15 +90,7 @@ pub fn entry_from_attrs(attrs: &[ConntrackAttribute]) -> Option<CtEntry> {
             _ => {}
         }
     }
-    Some(CtEntry {
-        proto,
-        timeout,
-        state,
-        src: src?,
-        dst: dst?,
-        sport,
-        dport,
-    })
+    tuple.entry(proto, timeout, state)
 }
 
 /// Dumps the calling thread's namespace's conntrack table.
@@ -121,58 +108,26 @@ pub fn dump_first(limit: usize) -> Result<(Vec<CtEntry>, bool)> {
     socket
         .connect(&SocketAddr::new(0, 0))
         .context("connect ctnetlink socket")?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(
-        header,
-        NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, libc::NFNETLINK_V0 as u8, 0),
-            ConntrackMessage::Get(vec![]),
-        )
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
+    let request = netlink_dump::request(NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Unspec, libc::NFNETLINK_V0 as u8, 0),
+        ConntrackMessage::Get(vec![]),
+    ));
     socket
-        .send(&buf[..], 0)
+        .send(&request[..], 0)
         .context("send ctnetlink dump request")?;
     let mut out = Vec::new();
-    let mut rx = vec![0u8; 256 * 1024];
-    loop {
-        let size = socket
-            .recv(&mut &mut rx[..], 0)
-            .context("receive ctnetlink dump")?;
-        if size == 0 {
-            bail!("ctnetlink dump ended without NLMSG_DONE");
-        }
-        let mut offset = 0;
-        while offset < size {
-            let msg = <NetlinkMessage<NetfilterMessage>>::deserialize(&rx[offset..size])
-                .map_err(|e| anyhow!("decode ctnetlink message: {e}"))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
-                    ..
-                }) => {
-                    if out.len() >= limit {
-                        return Ok((out, true));
-                    }
-                    if let Some(e) = entry_from_attrs(&attrs) {
-                        out.push(e);
-                    }
-                }
-                NetlinkPayload::Done(_) => return Ok((out, false)),
-                NetlinkPayload::Error(e) => bail!("ctnetlink dump failed: {e:?}"),
-                _ => {}
+    let more = netlink_dump::read(&socket, 256 * 1024, "ctnetlink", |msg: NetfilterMessage| {
+        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = msg.inner {
+            if out.len() >= limit {
+                return ControlFlow::Break(());
             }
-            if len == 0 {
-                break;
+            if let Some(e) = entry_from_attrs(&attrs) {
+                out.push(e);
             }
-            offset += len;
         }
-    }
+        ControlFlow::Continue(())
+    })?;
+    Ok((out, more))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use tcpq_common::{DropEvent, drop as d, kind};
 
 use crate::{
     snapshot::listeners::ListenerDirectory,
-    wire::{DecodeError, addr, comm_str, read_event},
+    wire::{DecodeError, addr, comm_str, read_event_of_kind},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +53,9 @@ impl NfDrop {
 }
 
 pub fn decode_drop(bytes: &[u8]) -> Result<NfDrop, DecodeError> {
-    let e: DropEvent = read_event(bytes)?;
-    let k = e.header.kind;
-    if k != kind::DROP_NETFILTER && k != kind::DROP_TCP {
-        return Err(DecodeError::UnknownKind(k));
-    }
+    let e: DropEvent = read_event_of_kind(bytes, &[kind::DROP_NETFILTER, kind::DROP_TCP])?;
     Ok(NfDrop {
-        netfilter: k == kind::DROP_NETFILTER,
+        netfilter: e.header.kind == kind::DROP_NETFILTER,
         reason: e.reason,
         ts_ns: e.header.ts_ns,
         netns: e.header.netns,

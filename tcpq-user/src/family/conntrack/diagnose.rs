@@ -171,6 +171,7 @@ mod tests {
         super::{aggregate::*, decode::*},
         *,
     };
+    use crate::diagnosis::check::assert_text;
 
     #[test]
     fn source_networks_group_a_client_pool() {
@@ -238,12 +239,8 @@ mod tests {
             "{}",
             f[0].text
         );
-        assert!(f[0].text.contains("no drop yet"), "{}", f[0].text);
-        assert!(
-            f[0].text.contains("its network 10.9.8.0/24 holds 600"),
-            "{}",
-            f[0].text
-        );
+        assert_text(&f[0], "no drop yet");
+        assert_text(&f[0], "its network 10.9.8.0/24 holds 600");
         let limit = f[0]
             .fix
             .iter()
@@ -309,11 +306,7 @@ mod tests {
         };
         let f = diagnose_conntrack(&e);
         assert_eq!(f[0].cause, "conntrack_full");
-        assert!(
-            f[0].text.contains("64 of 64 entries (0 free)"),
-            "{}",
-            f[0].text
-        );
+        assert_text(&f[0], "64 of 64 entries (0 free)");
         let fixes = f[0].fix.join("\n");
         assert!(
             fixes.contains("nf_conntrack_max=262144") && fixes.contains("hashsize"),

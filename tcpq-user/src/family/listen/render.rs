@@ -56,28 +56,28 @@ pub fn event_text(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
     )
 }
 
-fn owners_json(info: Option<&ListenerInfo>) -> (Value, Value, Value) {
-    match info {
-        Some(i) if !i.owners.is_empty() => (
-            json!(i.owners[0].pid),
-            json!(i.owners[0].comm),
-            json!(i.owners.iter().map(|o| o.pid).collect::<Vec<_>>()),
-        ),
-        _ => (Value::Null, Value::Null, json!([])),
+/// `line` with the listener's owner: `pid` and `comm` of the first owner, every owner's `pids`,
+/// and its `pod` and `container` (null, and no pids, on the host or when unknown).
+fn with_owner(mut line: Value, info: Option<&ListenerInfo>) -> Value {
+    let first = info.and_then(|i| i.primary());
+    let pids: Vec<u32> = info
+        .map(|i| i.owners.iter().map(|o| o.pid).collect())
+        .unwrap_or_default();
+    if let Value::Object(fields) = &mut line {
+        fields.insert("pid".into(), json!(first.map(|o| o.pid)));
+        fields.insert("comm".into(), json!(first.map(|o| &o.comm)));
+        fields.insert("pids".into(), json!(pids));
+        fields.insert("pod".into(), json!(info.and_then(|i| i.pod.as_ref())));
+        fields.insert(
+            "container".into(),
+            json!(info.and_then(|i| i.container.as_ref())),
+        );
     }
-}
-
-/// `pod` and `container` of the listener's owner (null on the host or unknown).
-fn pod_json(info: Option<&ListenerInfo>) -> (Value, Value) {
-    (
-        json!(info.and_then(|i| i.pod.clone())),
-        json!(info.and_then(|i| i.container.clone())),
-    )
+    line
 }
 
 pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>) -> Value {
-    let (pid, comm, pids) = owners_json(info);
-    json!({
+    let fields = json!({
         "ts": clock.rfc3339(ev.ts_ns),
         "event": ev.kind.event(),
         "kind": ev.kind.id(),
@@ -88,15 +88,11 @@ pub fn event_json(clock: &Clock, ev: &OverflowEvent, info: Option<&ListenerInfo>
         "lport": ev.lport,
         "raddr": ev.raddr.to_string(),
         "rport": ev.rport,
-        "pid": pid,
-        "comm": comm,
-        "pids": pids,
-        "pod": pod_json(info).0,
-        "container": pod_json(info).1,
         "backlog": ev.backlog,
         "queue": ev.queue,
         "synq": ev.synq,
-    })
+    });
+    with_owner(fields, info)
 }
 
 pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> String {
@@ -115,8 +111,7 @@ pub fn aggregate_text(clock: &Clock, line: &AggregateLine, info: Option<&Listene
 }
 
 pub fn aggregate_json(clock: &Clock, line: &AggregateLine, info: Option<&ListenerInfo>) -> Value {
-    let (pid, comm, pids) = owners_json(info);
-    json!({
+    let fields = json!({
         "ts": clock.rfc3339(line.second * 1_000_000_000),
         "event": line.kind.event(),
         "kind": line.kind.id(),
@@ -129,14 +124,10 @@ pub fn aggregate_json(clock: &Clock, line: &AggregateLine, info: Option<&Listene
         "lport": line.key.lport,
         "raddr": Value::Null,
         "rport": Value::Null,
-        "pid": pid,
-        "comm": comm,
-        "pids": pids,
-        "pod": pod_json(info).0,
-        "container": pod_json(info).1,
         "backlog": line.backlog,
         "queue": line.last_queue,
-    })
+    });
+    with_owner(fields, info)
 }
 
 pub fn counts_json(c: &KindCounts) -> Value {
@@ -282,16 +273,10 @@ pub fn summary_json(
     let ls: Vec<Value> = listeners
         .iter()
         .map(|l| {
-            let (pid, comm, pids) = owners_json(l.info);
-            json!({
+            let fields = json!({
                 "netns": l.netns,
                 "laddr": l.laddr.to_string(),
                 "lport": l.lport,
-                "pid": pid,
-                "comm": comm,
-                "pids": pids,
-                "pod": pod_json(l.info).0,
-                "container": pod_json(l.info).1,
                 "counts": counts_json(&l.counts),
                 "count": l.counts.refused(),
                 "backlog": l.backlog,
@@ -302,7 +287,8 @@ pub fn summary_json(
                 "accepts": l.accepts,
                 "clients": l.clients,
                 "causes": l.findings,
-            })
+            });
+            with_owner(fields, l.info)
         })
         .collect();
     json!({
@@ -384,6 +370,29 @@ mod tests {
         assert_eq!(v["pod"], "shop/web-1");
         assert_eq!(v["container"], "nginx");
         assert_eq!(v["raddr"], "127.0.0.2");
+    }
+
+    #[test]
+    fn a_line_without_a_known_owner_has_null_owner_fields() {
+        let clock = Clock::fixed(0);
+        let v = event_json(&clock, &ev(), None);
+        assert_eq!(
+            (
+                &v["pid"],
+                &v["comm"],
+                &v["pids"],
+                &v["pod"],
+                &v["container"]
+            ),
+            (
+                &Value::Null,
+                &Value::Null,
+                &json!([]),
+                &Value::Null,
+                &Value::Null
+            )
+        );
+        assert_eq!(v["queue"], ev().queue);
     }
 
     #[test]

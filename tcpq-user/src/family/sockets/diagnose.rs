@@ -135,7 +135,10 @@ mod tests {
     };
 
     use super::{super::aggregate::*, *};
-    use crate::snapshot::sockdiag::{DiagSocket, TcpActivity};
+    use crate::{
+        diagnosis::check::assert_text,
+        snapshot::sockdiag::{DiagSocket, TcpActivity},
+    };
 
     fn s(state: u8, inode: u64, rport: u16, idle: u32) -> DiagSocket {
         DiagSocket {
@@ -215,18 +218,16 @@ mod tests {
         let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT", &CloseWaitSeen::default());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].cause, "stale_established");
-        assert!(f[0].text.contains("10.0.0.1:3306"), "{}", f[0].text);
+        assert_text(&f[0], "10.0.0.1:3306");
         // Both seen 10 s ago: a leak of two.
         let earlier = CloseWaitSeen::of(std::slice::from_ref(&p), 10.0);
         let f = diagnose_sockets(&p, 60.0, Some(1024), "TIMEOUT", &earlier);
         assert_eq!(f[1].cause, "close_wait_leak");
-        assert!(
-            f[1].text
-                .contains("2 sockets in CLOSE_WAIT for at least 10 s (fds 10,11)")
-                && f[1].text.contains("limit 1024"),
-            "{}",
-            f[1].text
+        assert_text(
+            &f[1],
+            "2 sockets in CLOSE_WAIT for at least 10 s (fds 10,11)",
         );
+        assert_text(&f[1], "limit 1024");
         // Only one of them (inode 4's socket, fd 10) was there then: one lasting, one newer.
         let one = CloseWaitSeen {
             cookies: [1004].into_iter().collect(),
@@ -234,13 +235,8 @@ mod tests {
         };
         let f = diagnose_close_wait(&p, None, &one).unwrap();
         assert_eq!(f.impact, 1);
-        assert!(
-            f.text
-                .contains("1 socket in CLOSE_WAIT for at least 3 s (fds 10)")
-                && f.text.contains("; 1 newer"),
-            "{}",
-            f.text
-        );
+        assert_text(&f, "1 socket in CLOSE_WAIT for at least 3 s (fds 10)");
+        assert_text(&f, "; 1 newer");
         assert_eq!(
             time_wait_by_remote(&socks, 5),
             vec![("10.0.0.1:80".to_string(), 1)]
@@ -326,13 +322,8 @@ mod tests {
             "{}",
             f.text
         );
-        assert!(f.text.contains("keepalive does not help"), "{}", f.text);
-        assert!(
-            f.text
-                .contains("111 more connections to it idle after an answer"),
-            "{}",
-            f.text
-        );
+        assert_text(&f, "keepalive does not help");
+        assert_text(&f, "111 more connections to it idle after an answer");
         assert!(f.fix[0].contains("read timeouts") && f.fix[0].contains("default_socket_timeout"));
         assert!(
             f.fix.iter().all(|l| !l.contains("TCP_USER_TIMEOUT")),
@@ -344,11 +335,8 @@ mod tests {
         let mut gone = groups[1].clone();
         gone.unacknowledged = 1;
         let f = diagnose_stale(&gone, 60.0, "x").unwrap();
-        assert!(
-            f.text.contains("pid 301") && f.text.contains("1 not even acknowledged"),
-            "{}",
-            f.text
-        );
+        assert_text(&f, "pid 301");
+        assert_text(&f, "1 not even acknowledged");
         assert!(!f.text.contains("keepalive"), "{}", f.text);
         assert!(
             f.fix.iter().any(|l| l.contains("TCP_USER_TIMEOUT")),

@@ -11,7 +11,9 @@ use std::{
 use serde::Serialize;
 
 pub use build::{build, rate_per_s};
-pub use text::{families_text, kinds_text, opt, owner_text, pct, render_text, tallied_note};
+pub use text::{
+    counters_text, families_text, opt, owner_text, pct, rates_text, render_text, tallied_note,
+};
 
 /// Kernel counters worth a line in the header when they move (/proc/net/netstat and snmp).
 pub const WATCHED_COUNTERS: &[&str] = &[

@@ -9,7 +9,8 @@ pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
-pub fn kinds_text(per_s: &BTreeMap<&'static str, f64>) -> String {
+/// Rates per kind or result (`syn 2.5, ack 1`), or "-" when there are none.
+pub fn rates_text<K: std::fmt::Display>(per_s: &BTreeMap<K, f64>) -> String {
     if per_s.is_empty() {
         return "-".into();
     }
@@ -18,6 +19,18 @@ pub fn kinds_text(per_s: &BTreeMap<&'static str, f64>) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The kernel counters that moved (`name N/s`) joined by `separator`, or "no change".
+pub fn counters_text(counters: &[CounterRate], separator: &str) -> String {
+    if counters.is_empty() {
+        return "no change".into();
+    }
+    counters
+        .iter()
+        .map(|c| format!("{} {}/s", c.name, c.per_s))
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 pub fn owner_text(pid: Option<u32>, process: Option<&str>) -> String {
@@ -95,21 +108,7 @@ pub fn render_text(f: &Frame) -> String {
             f.frames_dropped, f.frames_dropped_total
         );
     }
-    let counters = f
-        .counters
-        .iter()
-        .map(|c| format!("{} {}/s", c.name, c.per_s))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let _ = writeln!(
-        s,
-        "kernel counters: {}",
-        if counters.is_empty() {
-            "no change".into()
-        } else {
-            counters
-        }
-    );
+    let _ = writeln!(s, "kernel counters: {}", counters_text(&f.counters, ", "));
     let _ = writeln!(s, "CAUSES NOW");
     if f.causes.is_empty() {
         let _ = writeln!(s, "  none");
@@ -158,7 +157,7 @@ pub fn render_text(f: &Frame) -> String {
             format!("{}/{}", opt(l.queue), opt(l.backlog)),
             l.refused_per_s,
             {
-                let mut k = kinds_text(&l.per_s);
+                let mut k = rates_text(&l.per_s);
                 if let Some(n) = l.untraced.filter(|n| *n > 0) {
                     k.push_str(&format!(" +{n} untraced"));
                 }
@@ -197,12 +196,6 @@ pub fn render_text(f: &Frame) -> String {
         "CONNp99us"
     );
     for o in f.outbound.iter().take(20) {
-        let by = o
-            .failures_by_result
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             s,
             "  {:<10} {:<20} {:<24} {:>10.1} {:>10.1} {:<24} {:>12} {:>9} {:>10}",
@@ -211,7 +204,7 @@ pub fn render_text(f: &Frame) -> String {
             o.destination,
             o.connects_per_s,
             o.failures_per_s,
-            if by.is_empty() { "-".into() } else { by },
+            rates_text(&o.failures_by_result),
             format!("{}/{}", opt(o.ports_used), opt(o.ports_usable)),
             opt(o.time_wait),
             opt(o.connect_p99_us),
@@ -236,6 +229,28 @@ pub fn pct(n: u64, of: u64) -> f64 {
 mod tests {
     use super::*;
     use crate::live::session::Aggregates;
+
+    #[test]
+    fn rates_and_counters_are_listed_or_say_there_are_none() {
+        let by_result = BTreeMap::from([("refused".to_string(), 2.5), ("timeout".into(), 1.0)]);
+        assert_eq!(rates_text(&by_result), "refused 2.5, timeout 1");
+        assert_eq!(rates_text(&BTreeMap::<&str, f64>::new()), "-");
+        let counters = [
+            CounterRate {
+                name: "ListenDrops".into(),
+                per_s: 3.0,
+            },
+            CounterRate {
+                name: "TCPTimeouts".into(),
+                per_s: 0.5,
+            },
+        ];
+        assert_eq!(
+            counters_text(&counters, " · "),
+            "ListenDrops 3/s · TCPTimeouts 0.5/s"
+        );
+        assert_eq!(counters_text(&[], ", "), "no change");
+    }
 
     /// A listener's guessed share and a namespace's unlisted refusals reach the frame, and
     /// the listener's `refused` with `refused_unattributed` is the namespace's whole count.

@@ -11,7 +11,7 @@ use super::{
     Panel, SORTS, UiState,
     rows::{panel_rows, table},
 };
-use crate::live::frame::{Frame, History, pct};
+use crate::live::frame::{Frame, History, counters_text, pct};
 
 const HELP: &str = "q quit · p pause · s sort (impact, rate, name) · / filter (enter keeps, esc clears) · tab next panel · ↑↓ select · enter details · ? help";
 
@@ -33,12 +33,6 @@ pub fn draw(t: &mut TermFrame, f: &Frame, hist: &History, ui: &UiState) {
     ])
     .areas(area);
 
-    let counters = f
-        .counters
-        .iter()
-        .map(|c| format!("{} {}/s", c.name, c.per_s))
-        .collect::<Vec<_>>()
-        .join(" · ");
     let lost_style = if f.lost_interval > 0 {
         Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
     } else {
@@ -64,11 +58,7 @@ pub fn draw(t: &mut TermFrame, f: &Frame, hist: &History, ui: &UiState) {
         ]),
         Line::from(format!(
             "kernel counters: {}",
-            if counters.is_empty() {
-                "no change".into()
-            } else {
-                counters
-            }
+            counters_text(&f.counters, " · ")
         )),
         Line::from(if f.hooks_inactive.is_empty() {
             crate::live::frame::families_text(f)

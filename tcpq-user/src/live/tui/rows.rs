@@ -6,7 +6,7 @@ use ratatui::{
 };
 
 use super::{Panel, SORTS, UiState};
-use crate::live::frame::{Frame, kinds_text, opt, owner_text};
+use crate::live::frame::{Frame, opt, owner_text, rates_text};
 
 fn matches(filter: &str, fields: &[&str]) -> bool {
     filter.is_empty() || {
@@ -117,7 +117,7 @@ fn listener_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     opt(l.queue),
                     opt(l.backlog),
                     l.refused_per_s,
-                    kinds_text(&l.per_s),
+                    rates_text(&l.per_s),
                     l.accepts_per_s,
                     opt(l.accept_wait_p99_us),
                     opt(l.idle_acceptors),
@@ -129,7 +129,7 @@ fn listener_rows(f: &Frame, ui: &UiState) -> PanelRows {
                         owner_text(l.pid, l.process.as_deref()),
                         format!("{}/{}", opt(l.queue), opt(l.backlog)),
                         format!("{:.1}", l.refused_per_s),
-                        kinds_text(&l.per_s),
+                        rates_text(&l.per_s),
                         format!("{:.1}", l.accepts_per_s),
                         opt(l.accept_wait_p99_us.map(|u| format!("{u}µs"))),
                         format!("{}/{}", opt(l.idle_acceptors), opt(l.acceptors)),
@@ -173,12 +173,7 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
         rows: v
             .into_iter()
             .map(|r| {
-                let by = r
-                    .failures_by_result
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let by = rates_text(&r.failures_by_result);
                 let detail = format!(
                     "{} → {} (netns {}){}\nconnects {:.1}/s, failures {:.1}/s ({}), ports {}/{} used, TIME_WAIT {}, connect p99 {} µs",
                     owner_text(Some(r.pid), Some(&r.process)),
@@ -187,7 +182,7 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
                     r.cgroup.as_deref().map(|g| format!(", {}", crate::snapshot::container::describe(g))).unwrap_or_default(),
                     r.connects_per_s,
                     r.failures_per_s,
-                    if by.is_empty() { "none" } else { &by },
+                    if r.failures_by_result.is_empty() { "none" } else { &by },
                     opt(r.ports_used),
                     opt(r.ports_usable),
                     opt(r.time_wait),
@@ -199,7 +194,7 @@ fn outbound_rows(f: &Frame, ui: &UiState) -> PanelRows {
                         r.destination.clone(),
                         format!("{:.1}", r.connects_per_s),
                         format!("{:.1}", r.failures_per_s),
-                        if by.is_empty() { "-".into() } else { by },
+                        by,
                         format!("{}/{}", opt(r.ports_used), opt(r.ports_usable)),
                         opt(r.time_wait),
                         opt(r.connect_p99_us.map(|u| format!("{u}µs"))),

@@ -2,10 +2,17 @@
 //! Pure; every rule is unit-tested.
 use std::net::IpAddr;
 
-use super::{aggregate::KindCounts, decode::OverflowKind};
+use super::{
+    aggregate::{KindCounts, ListenerAgg},
+    decode::OverflowKind,
+};
 use crate::{
-    diagnosis::{Finding, cause, owner::App, rank},
-    snapshot::{counters::ListenSysctls, procs::Owner},
+    diagnosis::{
+        Finding, cause,
+        owner::{App, app_of_owners},
+        rank,
+    },
+    snapshot::{counters::ListenSysctls, listeners::ListenerInfo, procs::Owner},
 };
 
 mod backlog;
@@ -40,6 +47,37 @@ pub struct ListenerEvidence {
     pub clients: usize,
     /// The owner's program, for fixes in its own syntax (`owner::app_of_owners`).
     pub app: App,
+}
+
+impl ListenerEvidence {
+    /// What one listener's aggregate `a` and its socket's `info` (owners, listen() argument)
+    /// say, counting the whole run; the caller adds what it measured besides (sysctls,
+    /// accepts, cookie counters) and, for one window, that window's counts.
+    pub fn of_listener(
+        a: &ListenerAgg,
+        info: Option<&ListenerInfo>,
+        host_netns: u32,
+        ns_enter: String,
+        duration_s: f64,
+    ) -> Self {
+        ListenerEvidence {
+            netns: a.key.netns,
+            host_netns,
+            ns_enter,
+            laddr: Some(a.key.laddr),
+            lport: a.key.lport,
+            owners: info.map(|i| i.owners.clone()).unwrap_or_default(),
+            counts: a.total,
+            duration_s,
+            backlog: a.backlog,
+            last_queue: a.last_queue,
+            max_synq: a.max_synq,
+            listen_arg: info.and_then(|i| i.listen_arg),
+            clients: a.clients.len(),
+            app: info.map(|i| app_of_owners(&i.owners)).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
 }
 
 fn who(e: &ListenerEvidence) -> String {

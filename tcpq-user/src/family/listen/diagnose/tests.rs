@@ -1,16 +1,7 @@
 //! The listen diagnosis's rules, one case each: which findings a listener's evidence gives, and
 //! their text and fixes.
 use super::*;
-
-/// Fix line `i` contains `needle`; shows every fix when not.
-#[track_caller]
-fn assert_fix(f: &Finding, i: usize, needle: &str) {
-    assert!(
-        f.fix.get(i).is_some_and(|x| x.contains(needle)),
-        "fix[{i}] lacks {needle:?}: {:?}",
-        f.fix
-    );
-}
+use crate::diagnosis::check::{assert_fix, assert_text};
 
 fn ev() -> ListenerEvidence {
     ListenerEvidence {
@@ -44,11 +35,9 @@ fn small_app_backlog_names_the_app_setting() {
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].cause, "accept_queue_full");
     assert_eq!(f[0].impact, 33);
-    assert!(
-        f[0].text
-            .contains("min(listen() 8 [seen by tcpq], net.core.somaxconn 4096)"),
-        "{}",
-        f[0].text
+    assert_text(
+        &f[0],
+        "min(listen() 8 [seen by tcpq], net.core.somaxconn 4096)",
     );
     assert!(f[0].text.contains("nginx's backlog is the limit"));
     assert!(f[0].text.contains("think they are connected"));
@@ -92,12 +81,9 @@ fn equal_limits_need_both_raised() {
         BacklogLimit::Equal { limit: 10 }
     );
     let f = diagnose_listener(&e);
-    assert!(
-        f[0].text.contains(
-            "min(listen() 10 [seen by tcpq], net.core.somaxconn 10): both limits are 10, so raising only one leaves the backlog at 10"
-        ),
-        "{}",
-        f[0].text
+    assert_text(
+        &f[0],
+        "min(listen() 10 [seen by tcpq], net.core.somaxconn 10): both limits are 10, so raising only one leaves the backlog at 10",
     );
     assert!(
         !f[0].text.contains("somaxconn is the limit"),
@@ -113,16 +99,13 @@ fn equal_limits_need_both_raised() {
     // Not seen (diagnose, top): somaxconn first, the tie named, both fixes.
     e.listen_arg = None;
     let f = diagnose_listener(&e);
-    assert!(
-        f[0].text.contains("listen() ≥ 10 [inferred]")
-            && f[0]
-                .text
-                .contains("or both are, if the application asked for exactly 10: then raise both"),
-        "{}",
-        f[0].text
+    assert_text(&f[0], "listen() ≥ 10 [inferred]");
+    assert_text(
+        &f[0],
+        "or both are, if the application asked for exactly 10: then raise both",
     );
     assert!(f[0].fix[0].starts_with("sysctl -w net.core.somaxconn=1024"));
-    assert!(f[0].fix[1].contains("backlog=1024"), "{:?}", f[0].fix);
+    assert_fix(&f[0], 1, "backlog=1024");
 }
 
 /// The SYN queue's limit is the accept queue's: somaxconn 10 under php-fpm's 511 caps both.
@@ -138,10 +121,9 @@ fn syn_queue_under_somaxconn_puts_somaxconn_first() {
     e.counts.add(OverflowKind::Synq, 40);
     let f = diagnose_listener(&e);
     assert_eq!(f[0].cause, "syn_queue_full");
-    assert!(
-        f[0].text.contains("the SYN queue has the accept queue's limit: effective backlog 10 = min(listen() 511 [seen by tcpq], net.core.somaxconn 10): somaxconn is the limit"),
-        "{}",
-        f[0].text
+    assert_text(
+        &f[0],
+        "the SYN queue has the accept queue's limit: effective backlog 10 = min(listen() 511 [seen by tcpq], net.core.somaxconn 10): somaxconn is the limit",
     );
     let fix = &f[0].fix;
     assert!(
@@ -180,11 +162,8 @@ fn syn_queue_under_somaxconn_puts_somaxconn_first() {
     e.cookies_sent_recv = Some((50, 48));
     let f = diagnose_listener(&e);
     assert_eq!(f[0].cause, "syn_cookies");
-    assert!(
-        f[0].text.contains("legitimate load") && f[0].text.contains("somaxconn is the limit"),
-        "{}",
-        f[0].text
-    );
+    assert_text(&f[0], "legitimate load");
+    assert_text(&f[0], "somaxconn is the limit");
     assert_fix(&f[0], 0, "sysctl -w net.core.somaxconn=1024");
     assert_fix(&f[0], 1, "fluentd in_forward `backlog 1024`");
     assert!(!f[0].fix.iter().any(|x| x.contains("tcp_max_syn_backlog")));
@@ -207,13 +186,9 @@ fn somaxconn_limit_names_the_sysctl() {
     e.listen_arg = Some(511);
     e.counts.add(OverflowKind::Syn, 5);
     let f = diagnose_listener(&e);
-    assert!(
-        f[0].text.contains("somaxconn is the limit"),
-        "{}",
-        f[0].text
-    );
+    assert_text(&f[0], "somaxconn is the limit");
     assert_fix(&f[0], 0, "sysctl -w net.core.somaxconn=1024");
-    assert!(f[0].fix[1].contains("backlog=1024"), "{:?}", f[0].fix);
+    assert_fix(&f[0], 1, "backlog=1024");
     // listen() already asks for enough: only the sysctl, then a new listen().
     e.app = App::Redis;
     e.listen_arg = Some(-1);
@@ -233,11 +208,7 @@ fn inferred_when_not_seen_and_nsenter_in_other_netns() {
     e.backlog = 4096;
     e.counts.add(OverflowKind::Syn, 5);
     let f = diagnose_listener(&e);
-    assert!(
-        f[0].text.contains("listen() ≥ 4096 [inferred]"),
-        "{}",
-        f[0].text
-    );
+    assert_text(&f[0], "listen() ≥ 4096 [inferred]");
     assert_fix(
         &f[0],
         0,
@@ -253,10 +224,10 @@ fn zero_accepts_means_app_not_accepting() {
     let f = diagnose_listener(&e);
     assert_eq!(f[0].cause, "app_not_accepting");
     assert!(f[0].text.contains("accepted 0 connections"));
-    assert!(f[0].fix[0].contains("worker_connections"), "{:?}", f[0].fix);
+    assert_fix(&f[0], 0, "worker_connections");
     e.app = App::PhpFpm;
     let f = diagnose_listener(&e);
-    assert!(f[0].fix[0].contains("pm.max_children"), "{:?}", f[0].fix);
+    assert_fix(&f[0], 0, "pm.max_children");
     assert!(!f[0].fix[0].contains("worker_connections"));
 }
 
@@ -271,13 +242,8 @@ fn max_syn_backlog_rule_is_named_with_its_sysctl() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].cause, "syn_queue_full");
     assert_eq!(f[0].impact, 40);
-    assert!(
-        f[0].text
-            .contains("tcp_max_syn_backlog 128, so the limit is 96")
-            && f[0].text.contains("backlog of 1024"),
-        "{}",
-        f[0].text
-    );
+    assert_text(&f[0], "tcp_max_syn_backlog 128, so the limit is 96");
+    assert_text(&f[0], "backlog of 1024");
     assert!(f[0].fix[0].contains("tcp_syncookies=1"));
     assert!(
         f[0].fix[1].starts_with("sysctl -w net.ipv4.tcp_max_syn_backlog=2048   #"),
@@ -307,7 +273,7 @@ fn synq_cookies_resets() {
     );
     assert!(f[0].text.contains("looks like a SYN flood"));
     // The listener's own backlog is the limit: its fix first, then cookies.
-    assert!(f[1].fix[0].contains("backlog=1024"), "{:?}", f[1].fix);
+    assert_fix(&f[1], 0, "backlog=1024");
     assert!(f[1].fix.iter().any(|x| x.contains("tcp_syncookies=1")));
     assert!(f[3].fix[0].contains("tcp_abort_on_overflow=0"));
 }
@@ -325,15 +291,56 @@ fn no_queue_snapshot_no_zero_backlog_text() {
     e.backlog = 16;
     e.max_synq = 17;
     let f = diagnose_listener(&e);
-    assert!(
-        f[0].text
-            .contains("(SYN queue full: 17 half-open requests for a backlog of 16, "),
-        "{}",
-        f[0].text
+    assert_text(
+        &f[0],
+        "(SYN queue full: 17 half-open requests for a backlog of 16, ",
     );
 }
 
 #[test]
 fn nothing_no_findings() {
     assert!(diagnose_listener(&ev()).is_empty());
+}
+
+#[test]
+fn a_listeners_evidence_takes_its_queue_and_owners_from_the_aggregate_and_socket() {
+    use crate::family::listen::aggregate::{ClientSet, ListenerKey};
+    let mut clients = ClientSet::default();
+    clients.insert("10.0.0.1".parse().unwrap());
+    let mut total = KindCounts::default();
+    total.add(OverflowKind::Ack, 5);
+    let a = ListenerAgg {
+        key: ListenerKey {
+            netns: 7,
+            cookie: 1,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 8080,
+        },
+        total,
+        window: KindCounts::default(),
+        last_queue: 9,
+        backlog: 8,
+        max_synq: 3,
+        first_ts_ns: 0,
+        last_ts_ns: 0,
+        clients,
+    };
+    let info = ListenerInfo {
+        owners: ev().owners,
+        listen_arg: Some(511),
+        ..Default::default()
+    };
+    let e = ListenerEvidence::of_listener(&a, Some(&info), 1, "nsenter ".into(), 2.0);
+    assert_eq!(
+        (e.netns, e.host_netns, e.ns_enter.as_str()),
+        (7, 1, "nsenter ")
+    );
+    assert_eq!((e.laddr, e.lport), (Some(a.key.laddr), 8080));
+    assert_eq!((e.backlog, e.last_queue, e.max_synq), (8, 9, 3));
+    assert_eq!((e.counts, e.clients, e.duration_s), (total, 1, 2.0));
+    assert_eq!((e.listen_arg, e.app), (Some(511), App::Nginx));
+    assert_eq!(e.owners[0].pid, 42);
+    let unknown = ListenerEvidence::of_listener(&a, None, 1, String::new(), 2.0);
+    assert!(unknown.owners.is_empty() && unknown.listen_arg.is_none());
+    assert_eq!(unknown.app, App::Other);
 }
