@@ -24,6 +24,7 @@ mod tracer;
 // The helpers of one test binary each, named after it.
 pub mod exporter;
 pub mod image;
+pub mod listen;
 pub mod systemd;
 
 pub use apps::{first_line, python_in, silent_upstream};
