@@ -25,6 +25,7 @@ mod tracer;
 pub mod exporter;
 pub mod image;
 pub mod listen;
+pub mod signals;
 pub mod systemd;
 
 pub use apps::{first_line, python_in, silent_upstream};
