@@ -22,6 +22,7 @@ mod top;
 mod tracer;
 
 // The helpers of one test binary each, named after it.
+pub mod diagnose;
 pub mod exporter;
 pub mod image;
 pub mod listen;
