@@ -1,8 +1,10 @@
 //! Helpers for tcpq's integration tests: they run the real `tcpq` binary as root against
 //! incidents reproduced by `tcpq lab` in network namespaces created here, and compare what tcpq
 //! reports with the kernel's own counters of those namespaces. One module per job, everything
-//! re-exported here (`use tcpq_tests::*`); this file: root, the tcpq binary, and the sequence
-//! that keeps the names of a test's namespaces and cgroups apart.
+//! re-exported here (`use tcpq_tests::*`) but the helpers of a single test binary, which that
+//! binary imports by path (`use tcpq_tests::exporter::*`) so their names stay its own; this file:
+//! root, the tcpq binary, and the sequence that keeps the names of a test's namespaces and
+//! cgroups apart.
 use std::{path::PathBuf, process::Command, sync::atomic::AtomicU32};
 
 mod apps;
@@ -18,6 +20,14 @@ mod promql;
 mod tools;
 mod top;
 mod tracer;
+
+// The helpers of one test binary each, named after it.
+pub mod diagnose;
+pub mod exporter;
+pub mod image;
+pub mod listen;
+pub mod signals;
+pub mod systemd;
 
 pub use apps::{first_line, python_in, silent_upstream};
 pub use cgroup::{TestCgroup, cgroup2_root};
