@@ -183,7 +183,15 @@ pub fn live_consumers(ns: u32, snap: &CtSnapshot) -> LiveConsumers {
         };
     }
     let timeout = snap.established_timeout;
-    let found = netns::run_in(ns, || consumers_here(timeout)).unwrap_or_default();
+    let found = match netns::run_in(ns, || consumers_here(timeout)) {
+        Ok(found) => found,
+        Err(e) => {
+            // The cause is still named, without its consumers (a namespace gone since tier 0
+            // saw it is common: debug, not a warning on top's screen every interval).
+            log::debug!("read the conntrack entries of network namespace {ns}: {e:#}");
+            LiveConsumers::default()
+        }
+    };
     cache.insert(
         ns,
         CachedConsumers {
@@ -210,8 +218,9 @@ pub fn consumers_here(established_timeout: u64) -> LiveConsumers {
 /// At most `limit` entries of the calling thread's namespace: ctnetlink, else the first lines
 /// of /proc/net/nf_conntrack (read line by line: a big table's file is 100+ MB of text).
 fn sample_entries_here(limit: usize) -> (Vec<CtEntry>, bool) {
-    if let Ok(found) = ctnetlink::dump_first(limit) {
-        return found;
+    match ctnetlink::dump_first(limit) {
+        Ok(found) => return found,
+        Err(e) => log::debug!("conntrack entries over ctnetlink: {e:#}; trying /proc"),
     }
     use std::io::BufRead as _;
     let Ok(file) = std::fs::File::open("/proc/thread-self/net/nf_conntrack") else {
