@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 
-/// Parses the "Prefix: names…" / "Prefix: values…" line pairs of /proc/net/netstat and
-/// /proc/net/snmp into `Prefix:Name → value`. (procfs parses snmp but not netstat's TcpExt.)
-pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
+/// Calls `each(prefix, name, value)` for every counter of the "Prefix: names…" / "Prefix:
+/// values…" line pairs of /proc/net/netstat and /proc/net/snmp (a value line is one of numbers
+/// under a header of the same prefix; negative values, snmp's -1 for "dynamic", read as 0).
+fn for_each_counter<'a>(text: &'a str, mut each: impl FnMut(&'a str, &'a str, u64)) {
     let mut header: Option<(&str, &str)> = None;
     for line in text.lines() {
         let Some((prefix, rest)) = line.split_once(':') else {
@@ -19,7 +19,7 @@ pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
             Some((hp, names)) if hp == prefix && numeric => {
                 for (n, v) in names.split_whitespace().zip(rest.split_whitespace()) {
                     if let Ok(v) = v.parse::<i64>() {
-                        out.insert(format!("{prefix}:{n}"), v.max(0) as u64);
+                        each(prefix, n, v.max(0) as u64);
                     }
                 }
                 header = None;
@@ -27,36 +27,32 @@ pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
             _ => header = Some((prefix, rest)),
         }
     }
+}
+
+/// Parses /proc/net/netstat or /proc/net/snmp into `Prefix:Name → value`. (procfs parses snmp
+/// but not netstat's TcpExt.)
+pub fn parse_pairs(text: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for_each_counter(text, |prefix, n, v| {
+        out.insert(format!("{prefix}:{n}"), v);
+    });
     out
 }
 
 /// Like `parse_pairs`, keeping only the `Prefix:Name` keys in `wanted` (no allocation for the
 /// others: tier 0 reads these files several times a second).
 pub fn parse_selected(text: &str, wanted: &[&str], out: &mut HashMap<String, u64>) {
-    let mut header: Option<(&str, &str)> = None;
-    for line in text.lines() {
-        let Some((prefix, rest)) = line.split_once(':') else {
-            header = None;
-            continue;
-        };
-        match header {
-            Some((hp, names)) if hp == prefix => {
-                for (n, v) in names.split_whitespace().zip(rest.split_whitespace()) {
-                    let wanted_here = wanted.iter().any(|w| {
-                        w.len() == prefix.len() + 1 + n.len()
-                            && w.starts_with(prefix)
-                            && w.ends_with(n)
-                            && w.as_bytes()[prefix.len()] == b':'
-                    });
-                    if wanted_here && let Ok(v) = v.parse::<i64>() {
-                        out.insert(format!("{prefix}:{n}"), v.max(0) as u64);
-                    }
-                }
-                header = None;
-            }
-            _ => header = Some((prefix, rest)),
+    for_each_counter(text, |prefix, n, v| {
+        let wanted_here = wanted.iter().any(|w| {
+            w.len() == prefix.len() + 1 + n.len()
+                && w.starts_with(prefix)
+                && w.ends_with(n)
+                && w.as_bytes()[prefix.len()] == b':'
+        });
+        if wanted_here {
+            out.insert(format!("{prefix}:{n}"), v);
         }
-    }
+    });
 }
 
 /// TcpExt and Tcp counters of the calling thread's network namespace.
@@ -82,7 +78,7 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &
 }
 
 #[cfg(test)]
-mod selected_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -103,11 +99,6 @@ mod selected_tests {
             "same reading as parse_pairs"
         );
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn parses_netstat() {

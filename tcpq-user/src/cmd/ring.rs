@@ -46,11 +46,11 @@ impl From<&TraceOutput> for Schedule {
 /// What a trace does with its records and its clock.
 pub struct Handlers<R, T, S> {
     /// Each record as the ring delivers it.
-    pub on_record: R,
+    on_record: R,
     /// Once a second (line budgets, owners).
-    pub on_tick: T,
+    on_tick: T,
     /// Every summary interval (false), and once at the end over the whole run (true).
-    pub on_summary: S,
+    on_summary: S,
 }
 
 impl<R: FnMut(&[u8]), T: FnMut(), S: FnMut(bool)> Handlers<R, T, S> {
