@@ -41,6 +41,11 @@ impl Netns {
             inode => u64::from(inode),
         }
     }
+    /// Sets a per-namespace sysctl inside this namespace (`path` under /proc/sys).
+    pub fn write_sysctl(&self, path: &'static str, value: &str) {
+        tcpq_lab::netns::write_sysctl_in(&self.guard, path, value)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
     /// TcpExt/Tcp counters of this namespace, read with the kernel's own /proc files (not tcpq).
     pub fn counters(&self) -> HashMap<String, u64> {
         self.counters_of(&self.name)

@@ -258,7 +258,10 @@ fn a_nearly_full_table_is_named_before_it_drops() {
         &ns,
         "table inet tcpq_near {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
     );
-    // 190 flows from 127.0.1.1-190 (one /24) to a closed UDP port, held 30 s (unreplied).
+    // 190 flows from 127.0.1.1-190 (one /24) to a closed UDP port, unreplied. Their entries
+    // must outlive tcpq's start: unreplied UDP lasts 30 s by default, and under TCG (the 6.1
+    // VM) loading diagnose's programs takes longer than that — its read found 0 entries.
+    ns.write_sysctl("/proc/sys/net/netfilter/nf_conntrack_udp_timeout", "600");
     let mut py = python_in(
         &ns,
         "import socket,sys\nfor i in range(1,191):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n s.bind(('127.0.1.%d'%i,40000))\n s.sendto(b'x',('127.0.0.1',9))\n s.close()\nprint('sent',flush=True)\nsys.stdin.read()",
