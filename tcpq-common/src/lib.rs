@@ -68,6 +68,11 @@ pub mod names {
     pub const DROP_COUNTS: &str = "DROP_COUNTS";
     pub const PROG_DROP_KFREE: &str = "drop_kfree";
     pub const PROG_DROP_OWNER: &str = "drop_owner";
+    /// A second program on `skb:kfree_skb`: the drop part for the calls the kernel skipped
+    /// `skb_kfree` for (it was already running on that CPU).
+    pub const PROG_DROP_NESTED: &str = "drop_kfree_nested";
+    /// Per-CPU count of those skipped runs it did instead (taken out of the missed runs).
+    pub const RESCUED_RUNS: &str = "RESCUED_RUNS";
     /// LRU hash: socket pointer → the process that connected it (drop family).
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";

@@ -8,7 +8,12 @@
 //! family runs (tier 1: it reads nothing but the tracepoint's arguments on a healthy load).
 //! `skb_kfree` is the same for `skb:kfree_skb`: the drop family's netfilter drops (tier 1) and
 //! the listen family's final-ACK outcomes (tier 2).
-use aya_ebpf::{macros::map, macros::raw_tracepoint, maps::Array, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::map,
+    macros::raw_tracepoint,
+    maps::{Array, PerCpuArray},
+    programs::RawTracePointContext,
+};
 use tcpq_common::{dispatcher, kfree_hooks, reset_hooks, state_hooks};
 
 use crate::offsets::{KFREE_HOOKS, RESET_HOOKS, RSN_ABORT_ON_CLOSE, STATE_HOOKS};
@@ -54,6 +59,19 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// 1 while `skb_kfree` runs its drop part on this CPU. The kernel skips a raw tracepoint
+/// program's run when that program is already running on the CPU (__bpf_trace_run(): the
+/// program's per-CPU `active` count; counted in its `recursion_misses`) — a softirq's drop
+/// interrupting `skb_kfree` while it handles a drop in process context. `drop_kfree_nested` has
+/// a guard of its own, so it runs for exactly those calls.
+#[map]
+static KFREE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs of `skb_kfree` the kernel skipped that `drop_kfree_nested` did in its place (the drop
+/// part, with no listen part armed): userspace takes them out of the missed runs it reports.
+#[map]
+static RESCUED_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `skb:kfree_skb(skb, location, reason, rx_sk)`.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn skb_kfree(ctx: RawTracePointContext) -> i32 {
@@ -61,10 +79,47 @@ pub fn skb_kfree(ctx: RawTracePointContext) -> i32 {
     let reason = ctx.arg::<u64>(2) as u32;
     let on = KFREE_HOOKS.load() & armed(dispatcher::SKB_KFREE);
     if on & kfree_hooks::DROP != 0 {
-        crate::drop::on_kfree(skb, reason);
+        let busy = KFREE_BUSY.get_ptr_mut(0);
+        if let Some(b) = busy {
+            // SAFETY: this CPU's slot; only this program and the nested one (which reads it)
+            // touch it, and this one does not nest on a CPU.
+            unsafe { *b = 1 };
+        }
+        crate::drop::on_kfree(skb, reason, crate::drop::SCRATCH_OUTER);
+        if let Some(b) = busy {
+            // SAFETY: as above.
+            unsafe { *b = 0 };
+        }
     }
     if on & kfree_hooks::OUTCOME != 0 {
         crate::listen::on_kfree(skb, reason);
+    }
+    0
+}
+
+/// The drop part of `skb_kfree` for the calls the kernel skipped it for (see KFREE_BUSY): a
+/// second program on `skb:kfree_skb` that leaves at once unless `skb_kfree` is running on this
+/// CPU now — one array read per freed packet, and the packet's own record otherwise.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_kfree_nested(ctx: RawTracePointContext) -> i32 {
+    if KFREE_BUSY.get(0).is_none_or(|b| *b == 0) {
+        return 0;
+    }
+    let on = KFREE_HOOKS.load() & armed(dispatcher::SKB_KFREE);
+    if on & kfree_hooks::DROP == 0 {
+        return 0;
+    }
+    let skb: u64 = ctx.arg(0);
+    let reason = ctx.arg::<u64>(2) as u32;
+    // Its own scratch record: the outer run is using the other one.
+    crate::drop::on_kfree(skb, reason, crate::drop::SCRATCH_NESTED);
+    // The skipped run's listen part (final-ACK outcomes) is not redone here: such a run stays
+    // counted as missed.
+    if on & kfree_hooks::OUTCOME == 0
+        && let Some(n) = RESCUED_RUNS.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot, written by this program alone, which does not nest.
+        unsafe { *n += 1 };
     }
     0
 }

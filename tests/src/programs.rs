@@ -22,6 +22,7 @@ const TCPQ_PROGRAMS: &[&str] = &[
     "connect_retrans",
     "skb_kfree",
     "drop_owner",
+    "drop_kfree_nested",
     "accept_enqueue",
     "accept_enter4",
     "accept_enter",

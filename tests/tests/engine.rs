@@ -9,7 +9,7 @@ use serde_json::Value;
 use tcpq_tests::*;
 
 /// What stays attached while every family is quiet (kernel names are cut at 15 bytes).
-const TIER1: &[&str] = &["sock_state", "skb_kfree", "send_reset"];
+const TIER1: &[&str] = &["sock_state", "skb_kfree", "drop_kfree_nest", "send_reset"];
 
 fn family_state<'a>(frame: &'a Value, family: &str) -> &'a str {
     frame["families"]

@@ -8,19 +8,26 @@ use crate::offsets::*;
 use crate::shared::emit::emit;
 use crate::shared::read::{kread, kread_bytes, sk_netns};
 
-/// `skb:kfree_skb(skb, location, reason, rx_sk)` (via `state::skb_kfree`).
+/// `DROP_SCRATCH` slot of `state::skb_kfree`'s runs.
+pub const SCRATCH_OUTER: u32 = 0;
+/// `DROP_SCRATCH` slot of `state::drop_kfree_nested`'s runs (a drop while the outer one works).
+pub const SCRATCH_NESTED: u32 = 1;
+
+/// `skb:kfree_skb(skb, location, reason, rx_sk)` (via `state::skb_kfree`, or
+/// `state::drop_kfree_nested` for the runs the kernel skipped it for); `scratch`: the record
+/// slot of the calling program.
 // A BPF-to-BPF call, not inlined: the listen part's frame stays its own.
 #[inline(never)]
-pub fn on_kfree(skb: u64, reason: u32) {
+pub fn on_kfree(skb: u64, reason: u32, scratch: u32) {
     let nf = RSN_NETFILTER_DROP.load();
     let is_nf = nf != 0 && reason == nf;
     if !is_nf && !DROP_CONFIG.get(d::CONFIG_ALL_TCP).is_some_and(|v| *v == 1) {
         return; // the common case: any other free
     }
-    let _ = try_drop(skb, reason, is_nf);
+    let _ = try_drop(skb, reason, is_nf, scratch);
 }
 
-fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
+fn try_drop(skb: u64, reason: u32, is_nf: bool, slot: u32) -> Result<(), i64> {
     let head: u64 = kread(skb, OFF_SKB_HEAD.load());
     let nh: u16 = kread(skb, OFF_SKB_NETWORK_HEADER.load());
     if head == 0 || nh == 0xffff {
@@ -29,10 +36,10 @@ fn try_drop(skb: u64, reason: u32, is_nf: bool) -> Result<(), i64> {
     }
     let ip = head + nh as u64;
     let hdr: [u8; 40] = kread_bytes(ip, 0);
-    let Some(scratch) = DROP_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = DROP_SCRATCH.get_ptr_mut(slot) else {
         return Ok(());
     };
-    // SAFETY: this CPU's scratch slot, used by `skb_kfree` alone (see DROP_SCRATCH).
+    // SAFETY: this CPU's record for the calling program, used by it alone (see DROP_SCRATCH).
     let ev = unsafe { &mut *scratch };
     *ev = DropEvent {
         header: EventHeader {

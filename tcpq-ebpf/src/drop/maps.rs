@@ -37,9 +37,10 @@ pub(super) fn count(slot: u32) {
     }
 }
 
-/// Where `skb_kfree` builds a drop record before it goes to the ring: off the stack, which
-/// kernels before 6.13 limit to 512 bytes per call chain (6.1 refused the family: "combined
-/// stack size of 2 calls is 544"). `skb_kfree` does not nest on a CPU (a raw tracepoint program
-/// firing inside itself is skipped), and nothing else writes the slot.
+/// Where a drop record is built before it goes to the ring: off the stack, which kernels
+/// before 6.13 limit to 512 bytes per call chain (6.1 refused the family: "combined stack size
+/// of 2 calls is 544"). One slot per program (`kfree::SCRATCH_OUTER` for `skb_kfree`,
+/// `SCRATCH_NESTED` for `drop_kfree_nested`, which runs while the first is mid-record): neither
+/// nests on a CPU (a raw tracepoint program firing inside itself is skipped).
 #[map]
-pub(super) static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
+pub(super) static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(2, 0);

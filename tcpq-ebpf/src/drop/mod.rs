@@ -7,5 +7,5 @@ mod kfree;
 mod maps;
 mod owner;
 
-pub use kfree::on_kfree;
+pub use kfree::{SCRATCH_NESTED, SCRATCH_OUTER, on_kfree};
 pub use owner::on_state;

@@ -139,6 +139,8 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
         let lost = sum_per_cpu(&ring_lost, tcpq_common::lost::DROP);
         let unparsed = sum_per_cpu(&counts, d::COUNT_UNPARSED);
         let missed = loaded.missed_runs();
+        // Drops seen only because drop_kfree_nested ran where the kernel skipped skb_kfree.
+        let rescued = loaded.rescued_runs();
         let st = state.borrow();
         let nss: Vec<u32> = st.first.keys().copied().collect();
         for ns in nss {
@@ -154,7 +156,7 @@ pub fn run(args: TraceConntrackArgs) -> Result<()> {
             // counter on the same tracepoint misses the same ones): shown, never hidden.
             let untraced = delta("drop").saturating_sub(tf);
             if args.out.json {
-                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
+                out.emit(json!({"ts": clock.rfc3339(Clock::now_mono_ns()), "event": "conntrack_summary", "duration_s": (dur * 10.0).round() / 10.0, "netns": ns, "lost_events": lost, "missed_runs": missed, "rescued_runs": rescued, "unparsed_events": unparsed, "table_full": tf, "rule": rule, "stat_drop": delta("drop"), "untraced_drops": untraced, "stat_early_drop": delta("early_drop"), "stat_insert_failed": delta("insert_failed"), "ct_count": now.count, "ct_max": now.max, "top": ev.top, "causes": findings}).to_string());
             } else {
                 out.emit(format!(
                     "── conntrack summary over {dur:.1} s ── netns {ns}: table_full {tf}, rule {rule} (kernel stat drop +{}{}, early_drop +{}) · count {}/{} · lost events {lost}, missed runs {missed}, unparsed {unparsed}",

@@ -243,6 +243,15 @@ pub const HOOKS: &[HookSpec] = &[
         alternatives: &[],
     },
     HookSpec {
+        program: names::PROG_DROP_NESTED,
+        attach: Attach::RawTracepoint("kfree_skb"),
+        family: Family::Drop,
+        core: false,
+        gives: "netfilter drops in a softirq that interrupted drop_kfree on the same CPU (the kernel skips a program's nested runs)",
+        without: "those drops are not seen; they are reported as missed runs",
+        alternatives: &[],
+    },
+    HookSpec {
         program: names::PROG_DROP_OWNER,
         attach: Attach::Part(SOCK_STATE, state_hooks::OWNER),
         family: Family::Drop,

@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use tcpq_common::dispatcher;
+use tcpq_common::{dispatcher, names};
 
 use super::{
     environment::Environment,
@@ -58,13 +58,27 @@ impl Loaded {
     /// bpf_prog_get_recursion_context()), e.g. a softirq's kfree_skb interrupting one in process
     /// context; tracepoint programs share one such guard per CPU (trace_call_bpf():
     /// bpf_prog_active). Each skipped run may be an event tcpq never saw, so it is reported
-    /// with the lost events.
+    /// with the lost events — less the skipped runs of `skb_kfree` that `drop_kfree_nested` did
+    /// in its place (RESCUED_RUNS). The nested program's own skipped runs stay in: one that
+    /// interrupts its brief check while `skb_kfree` is not running loses nothing, so the count
+    /// errs high, never low.
     pub fn missed_runs(&self) -> u64 {
-        self.ebpf
+        let skipped: u64 = self
+            .ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| fdinfo_counter(fd.as_fd().as_raw_fd(), "recursion_misses"))
-            .sum()
+            .sum();
+        skipped.saturating_sub(self.rescued_runs())
+    }
+
+    /// Skipped runs of `skb_kfree` that `drop_kfree_nested` did instead (0 when not loaded).
+    pub fn rescued_runs(&self) -> u64 {
+        self.ebpf
+            .map(names::RESCUED_RUNS)
+            .and_then(|map| PerCpuArray::<_, u64>::try_from(map).ok())
+            .map(|counts| sum_per_cpu(&counts, 0))
+            .unwrap_or(0)
     }
 
     pub fn attached(&self, program: &str) -> bool {
@@ -88,7 +102,7 @@ fn fdinfo_value(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Sums a per-CPU u64 slot.
-pub fn sum_per_cpu(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+pub fn sum_per_cpu<M: std::borrow::Borrow<MapData>>(map: &PerCpuArray<M, u64>, index: u32) -> u64 {
     map.get(&index, 0)
         .map(|values| values.iter().copied().sum())
         .unwrap_or(0)

@@ -63,7 +63,8 @@ pub const LIVE_UNUSED_COUNTERS_FIRST: &[&str] = &[
 
 /// Tier 2: loaded and verified at start, attached only while their family's tier-0 signal
 /// moves (`Engine`). What stays attached (tier 1): `sock_state` with only the connect
-/// family's failure path (EADDRNOTAVAIL) and `skb_kfree` with only the drop part (leaves on the drop reason).
+/// family's failure path (EADDRNOTAVAIL), `skb_kfree` with only the drop part (leaves on the drop
+/// reason) and `drop_kfree_nested` (leaves on a per-CPU flag unless `skb_kfree` is running).
 pub const LIVE_STANDBY: &[&str] = &[
     names::PROG_LISTEN_INGRESS,
     names::PROG_SYNACK_RETRANS,
