@@ -79,16 +79,20 @@ pub fn skb_kfree(ctx: RawTracePointContext) -> i32 {
     let reason = ctx.arg::<u64>(2) as u32;
     let on = KFREE_HOOKS.load() & armed(dispatcher::SKB_KFREE);
     if on & kfree_hooks::DROP != 0 {
-        let busy = KFREE_BUSY.get_ptr_mut(0);
-        if let Some(b) = busy {
-            // SAFETY: this CPU's slot; only this program and the nested one (which reads it)
-            // touch it, and this one does not nest on a CPU.
-            unsafe { *b = 1 };
-        }
-        crate::drop::on_kfree(skb, reason, crate::drop::SCRATCH_OUTER);
-        if let Some(b) = busy {
-            // SAFETY: as above.
-            unsafe { *b = 0 };
+        match KFREE_BUSY.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; only this program writes it (the nested one reads it).
+            Some(b) if unsafe { *b } == 0 => {
+                // SAFETY: as above.
+                unsafe { *b = 1 };
+                crate::drop::on_kfree(skb, reason, crate::drop::SCRATCH_OUTER);
+                // SAFETY: as above.
+                unsafe { *b = 0 };
+            }
+            // Running inside its own run on this CPU: the kernels tcpq knows (6.1–6.18) skip
+            // such a run (__bpf_trace_run()); on one that did not, drop_kfree_nested does this
+            // call — not both, and not in the record the outer run is filling.
+            Some(_) => {}
+            None => crate::drop::on_kfree(skb, reason, crate::drop::SCRATCH_OUTER),
         }
     }
     if on & kfree_hooks::OUTCOME != 0 {
