@@ -32,6 +32,13 @@ fn main() -> ExitCode {
         // pinned). `lab` keeps Rust's default so its cleanup (namespaces, nf_conntrack_max) runs.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    if runs_until_stopped(&cli.command) {
+        // Before the programs load (100 ms here, a minute under TCG): a stop sent meanwhile is
+        // acted on as soon as the command runs. Installed only later, a SIGINT in that window
+        // would be lost when the shell started tcpq with it ignored (a background job of a
+        // script), and tcpq would run on.
+        stop::install();
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -39,6 +46,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The commands that run until a stop (or their --duration); the others end by themselves and
+/// keep the default signal actions.
+fn runs_until_stopped(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Check(_) | Command::Conntrack(_) | Command::Sockets(_)
+    )
 }
 
 /// Dispatch: each subcommand's options go as parsed to its `run`.

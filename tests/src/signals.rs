@@ -407,3 +407,84 @@ pub fn leaves_on_sigterm_while_nobody_reads_its_stdout(what: &str, args: &[&str]
     sends_and_sees_it_leave(what, &mut tcpq, libc::SIGTERM);
     drop(read_end); // never read
 }
+
+/// SIGINT is caught by `pid` now (its handler installed: /proc/PID/status SigCgt).
+fn catches_sigint(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// `tcpq ARGS` started the way a script's background job is (SIGINT ignored) gets a SIGINT
+/// while its programs are still loading, before its `ready` line: it takes its stop handler
+/// before it loads anything, so the signal is kept and acted on once the command runs, instead
+/// of being lost and tcpq running on.
+pub fn a_sigint_during_start_up_is_kept(what: &str, args: &[&str], ready: &str) {
+    let mut cmd = tcpq();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only signal(2) between fork and exec, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start tcpq");
+    let pid = child.id();
+    let announced = Arc::new(AtomicBool::new(false));
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    {
+        let announced = announced.clone();
+        let ready = ready.to_string();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with(&ready) {
+                    announced.store(true, Ordering::SeqCst);
+                }
+                let _ = lines_tx.send(line);
+            }
+        });
+    }
+    let guard = Instant::now();
+    while !catches_sigint(pid) {
+        assert!(
+            guard.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            "{what}: tcpq never installed its SIGINT handler"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(
+        !announced.load(Ordering::SeqCst),
+        "{what}: the stop handler comes before the programs load, long before the `{ready}` line"
+    );
+    // SAFETY: kill(2) on the pid of the tcpq this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    // A hang guard, not a timing assertion: loading takes ~0.2 s here, a minute under TCG.
+    let left = eventually(Duration::from_secs(120), || gone(pid));
+    if !left {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(
+        left,
+        "{what}: the SIGINT sent during start-up was lost: {said:?}"
+    );
+    assert!(
+        status.success(),
+        "{what}: tcpq exited with {status}: {said:?}"
+    );
+}

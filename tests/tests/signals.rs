@@ -88,6 +88,15 @@ root_test!(
     )
 );
 
+root_test!(
+    trace_connect_keeps_a_sigint_sent_while_it_loads:
+    a_sigint_during_start_up_is_kept("trace connect", &["trace", "connect"], "tcpq: tracing")
+);
+root_test!(
+    diagnose_keeps_a_sigint_sent_while_it_loads:
+    a_sigint_during_start_up_is_kept("diagnose", &["diagnose", "--duration", "60s"], "tcpq: diagnosing")
+);
+
 /// What an ssh disconnect does to `tcpq top`: the session holding its terminal is killed while
 /// an incident feeds its events path.
 #[test]
