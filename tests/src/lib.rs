@@ -42,7 +42,8 @@ pub use output::{
     assert_count_matches, causes, counts_by_kind, final_summary, fix_lines, listener_summary,
 };
 pub use programs::{
-    AttachedProgram, attached_by, attached_tcpq_programs, bpf_programs_of, fd_count, rss_kib,
+    AttachedProgram, attached_by, attached_tcpq_programs, bpf_programs_of, fd_count,
+    hook_unavailable, rss_kib,
 };
 pub use promql::{PromqlRefs, grafana_to_promql, promql_refs};
 pub use tools::{newest_in_dist, present_or_skip, tool_or_skip};

@@ -114,3 +114,24 @@ pub fn fd_count(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Why this kernel cannot serve tcpq's hook `program` — `tcpq check --json`'s detail for a hook
+/// in state "unavailable" (a kernel that lacks what it needs) — or None when it can.
+pub fn hook_unavailable(program: &str) -> Option<String> {
+    let out = crate::tcpq()
+        .args(["check", "--json"])
+        .output()
+        .expect("run tcpq check --json");
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tcpq check --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    check["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["program"] == program && h["state"] == "unavailable")
+        .map(|h| h["detail"].as_str().unwrap_or("unavailable").to_string())
+}
