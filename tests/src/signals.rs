@@ -442,6 +442,12 @@ pub fn a_sigint_during_start_up_is_kept(what: &str, args: &[&str], ready: &str) 
     let announced = Arc::new(AtomicBool::new(false));
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
+    // Killed and reaped on drop, also when an assertion below fails (a tcpq left running with
+    // SIGINT ignored would trace on for hours).
+    let mut tcpq = Running {
+        child,
+        stderr: lines,
+    };
     {
         let announced = announced.clone();
         let ready = ready.to_string();
@@ -461,24 +467,28 @@ pub fn a_sigint_during_start_up_is_kept(what: &str, args: &[&str], ready: &str) 
     let guard = Instant::now();
     while !catches_sigint(pid) {
         assert!(
-            guard.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            guard.elapsed() < Duration::from_secs(60) && tcpq.child.try_wait().unwrap().is_none(),
             "{what}: tcpq never installed its SIGINT handler"
         );
         std::thread::sleep(Duration::from_micros(200));
     }
+    // The handler is there before tcpq holds any program (its BTF is read first, tens of ms);
+    // installed where it used to be, every program was already attached by then.
+    let programs = bpf_programs_of(pid);
     assert!(
-        !announced.load(Ordering::SeqCst),
-        "{what}: the stop handler comes before the programs load, long before the `{ready}` line"
+        programs.is_empty() && !announced.load(Ordering::SeqCst),
+        "{what}: the stop handler comes before the programs load ({} held already), long before the `{ready}` line",
+        programs.len()
     );
     // SAFETY: kill(2) on the pid of the tcpq this test started.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     // A hang guard, not a timing assertion: loading takes ~0.2 s here, a minute under TCG.
     let left = eventually(Duration::from_secs(120), || gone(pid));
     if !left {
-        let _ = child.kill();
+        let _ = tcpq.child.kill();
     }
-    let status = child.wait().unwrap();
-    let said: Vec<String> = lines.try_iter().collect();
+    let status = tcpq.child.wait().unwrap();
+    let said: Vec<String> = tcpq.stderr.try_iter().collect();
     assert!(
         left,
         "{what}: the SIGINT sent during start-up was lost: {said:?}"
